@@ -1,0 +1,57 @@
+"""Cloud (coordinator) configs: TOML document (or dict) → CloudConfig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .fields import REQUIRED, TableReader, top_level_table, unknown_key_error
+from .node import CLOUD_NODE_KEYS, parse_node
+from .paths import directory_problem, file_problem, resolve
+from .schema import CloudConfig, NodeConfig
+from .toml_source import read_toml
+
+CLOUD_TABLES = ("node", "storage", "fleet")
+STORAGE_KEYS = ("database", "artifact_dir")
+FLEET_KEYS = ("heartbeat_interval_ms",)
+CLOUD_NODE_DEFAULT = NodeConfig(id="cloud", host="127.0.0.1", grpc_port=7001, metrics_port=7002)
+
+
+def load_cloud_config(path: str | Path) -> CloudConfig:
+    """Read and check a cloud config file; relative paths in it are taken from the file's directory."""
+    data = read_toml(path)
+    return parse_cloud_config(data, source=str(path), base_dir=Path(path).resolve().parent)
+
+
+def parse_cloud_config(data: dict[str, Any], source: str = "<string>", base_dir: Path | None = None) -> CloudConfig:
+    """Check a TOML-shaped dict and build the CloudConfig; ``storage.database`` is required."""
+    if not isinstance(data, dict):
+        raise ConfigError.for_value(source, "<document>", data, "a table of [node], [storage], [fleet]")
+    base = Path.cwd() if base_dir is None else Path(base_dir)
+    for name, value in data.items():
+        if name not in CLOUD_TABLES:
+            raise unknown_key_error(source, "", name, value, CLOUD_TABLES)
+    node = parse_node(top_level_table(data, source, "node"), source, keys=CLOUD_NODE_KEYS,
+                      default=CLOUD_NODE_DEFAULT, id_required=False)
+    storage = TableReader(top_level_table(data, source, "storage"), source, "storage", STORAGE_KEYS)
+    db_text = storage.string("database", REQUIRED, expected="a SQLite database file path (relative to the config)")
+    database = resolve(db_text, base)
+    problem = file_problem(database)
+    if problem:
+        raise storage.error("database", db_text, f"a writable file path, but {problem} "
+                                                 f"(resolved to {str(database)!r})")
+    artifact_dir = database.parent / "artifacts"
+    art_text = storage.string("artifact_dir", "", expected="a directory path (relative to the config)",
+                              allow_empty=True)
+    if art_text:
+        artifact_dir = resolve(art_text, base)
+    problem = directory_problem(artifact_dir)
+    if problem:
+        raise storage.error("artifact_dir", art_text or str(artifact_dir),
+                            f"a readable directory or one that can be created, but {problem} "
+                            f"(resolved to {str(artifact_dir)!r})")
+    fleet = TableReader(top_level_table(data, source, "fleet"), source, "fleet", FLEET_KEYS)
+    heartbeat = fleet.integer("heartbeat_interval_ms", 1000, minimum=1, maximum=3_600_000)
+    return CloudConfig(source=source, node=node, database=database, artifact_dir=artifact_dir,
+                       heartbeat_interval_ms=heartbeat)

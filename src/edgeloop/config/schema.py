@@ -1,0 +1,153 @@
+"""The frozen dataclasses a parsed config becomes.
+
+Defaults make ``EdgeConfig()`` a usable single-node config, so commands driven by flags need no file.
+Values are validated by the parsers (``edge``, ``cloud``); building these directly trusts the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+VERSION_POLICY_KINDS = ("latest", "all", "specific")
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model are served: the newest ``latest_n``, all, or a fixed set."""
+
+    kind: str = "latest"
+    latest_n: int = 1
+    versions: tuple[int, ...] = ()
+
+    def select(self, available: "tuple[int, ...] | list[int]") -> tuple[int, ...]:
+        """The versions to serve out of those on disk, ascending."""
+        present = sorted(set(available))
+        if self.kind == "all":
+            return tuple(present)
+        if self.kind == "specific":
+            return tuple(v for v in present if v in self.versions)
+        return tuple(present[-self.latest_n:]) if self.latest_n > 0 else ()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How one model is served: batching and onnxruntime session options."""
+
+    name: str
+    version_policy: VersionPolicy = VersionPolicy()
+    max_batch_size: int = 0  # 0 = no batching
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    graph_optimization_level: str = "all"  # disable|basic|extended|all
+    execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+    @property
+    def batching(self) -> bool:
+        """True when requests may be merged into batches."""
+        return self.max_batch_size > 0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Identity and listening endpoints of one process."""
+
+    id: str = "edge"
+    host: str = "127.0.0.1"
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    weight: float = 1.0
+    zone: str = "default"
+
+    @property
+    def grpc_address(self) -> str:
+        """``host:port`` of the gRPC endpoint (IPv6 hosts bracketed)."""
+        return join_host_port(self.host, self.grpc_port)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The inference server: repository, message limits, workers, per-model settings."""
+
+    model_repository: Path | None = None
+    max_receive_message_bytes: int = 64 * 2**20
+    max_send_message_bytes: int = 64 * 2**20
+    grpc_workers: int = 8
+    model_defaults: ModelConfig = ModelConfig(name="*")
+    models: tuple[ModelConfig, ...] = ()
+
+    def model(self, name: str) -> ModelConfig:
+        """Settings for ``name``: its own entry, else the defaults under that name."""
+        for entry in self.models:
+            if entry.name == name:
+                return entry
+        return replace(self.model_defaults, name=name)
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Peer discovery, liveness and spill-over routing between edges."""
+
+    enabled: bool = True
+    zeroconf_interfaces: tuple[str, ...] = ("127.0.0.1",)
+    service_type: str = "_edgeloop._tcp.local."
+    static_peers: tuple[str, ...] = ()  # "host:port"
+    heartbeat_interval_ms: int = 250
+    down_after_ms: int = 1000
+    capacity_factor: float | None = None
+    spill_queue_depth: int | None = None
+    decision_log: Path | None = None
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Everything one edge process needs."""
+
+    source: str = "<flags>"
+    node: NodeConfig = NodeConfig()
+    serving: ServingConfig = ServingConfig()
+    mesh: MeshConfig = MeshConfig()
+    coordinator_address: str | None = None
+
+    def with_overrides(self, **dotted: object) -> "EdgeConfig":
+        """A copy with dotted keys replaced, validated like a file.
+
+        Use ``cfg.with_overrides(**{"node.grpc_port": 9001})``; ``__`` may stand for ``.``
+        (``node__grpc_port=9001``). Errors name ``<flags>`` as their file.
+        """
+        from .overrides import apply_overrides  # late: overrides imports the parser, which imports this module
+
+        return apply_overrides(self, dotted)
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    """Everything the coordinator process needs."""
+
+    source: str
+    node: NodeConfig
+    database: Path
+    artifact_dir: Path
+    heartbeat_interval_ms: int = 1000
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port``, bracketing IPv6 literals."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+__all__ = [
+    "CloudConfig",
+    "EdgeConfig",
+    "GRAPH_OPTIMIZATION_LEVELS",
+    "MeshConfig",
+    "ModelConfig",
+    "NodeConfig",
+    "ServingConfig",
+    "VERSION_POLICY_KINDS",
+    "VersionPolicy",
+    "join_host_port",
+]
