@@ -1,0 +1,138 @@
+"""An edge node: the inference server, its health and reflection services, and its metrics endpoint.
+
+``EdgeNode(config)`` binds its gRPC port at construction (so ``grpc_port`` is known before start and
+other parts may add servicers to ``server``), loads the repository in ``start()``, and in ``stop()``
+turns health NOT_SERVING, lets in-flight requests finish within the grace period and unloads.
+Mesh wiring (discovery, routing) attaches here when ``config.mesh.enabled``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from edgeloop.serving.manager import ModelManager
+from edgeloop.serving.metrics import ServingMetrics
+from edgeloop.serving.repository import ModelRepository
+from edgeloop.serving.server import create_grpc_server
+from edgeloop.serving.servicer import InferenceServicer
+
+log = logging.getLogger("edgeloop.node")
+
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+
+
+class EdgeNode:
+    """One edge process's serving side, built from an EdgeConfig."""
+
+    def __init__(self, config) -> None:
+        from grpc_health.v1 import health, health_pb2_grpc
+
+        from edgeloop.protocol import inference_pb2_grpc
+
+        self.config = config
+        self.metrics = ServingMetrics()
+        self.models = ModelManager(ModelRepository(config.serving.model_repository), config.serving, self.metrics)
+        self.servicer = InferenceServicer(self.models)
+        self.server = create_grpc_server(config.serving)
+        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        #: full names of services offered by reflection; others may append before ``start()``
+        self.reflection_service_names: list[str] = [INFERENCE_SERVICE, health.SERVICE_NAME]
+        host = config.node.host
+        address = f"[{host}]:{config.node.grpc_port}" if ":" in host else f"{host}:{config.node.grpc_port}"
+        try:
+            self._grpc_port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {address} (node.grpc_port / --grpc-port): {exc}") from None
+        self._metrics_port: int | None = None
+        self._metrics_httpd = None
+        self._stopped = threading.Event()
+        self._started = False
+        self._stop_lock = threading.Lock()
+        self.models.add_listener(lambda event=None: self._update_health())
+        self.mesh = None
+        if config.mesh.enabled:  # mesh wiring: Peer service + router now, discovery/heartbeats at start
+            from edgeloop.mesh.runtime import Mesh
+
+            self.mesh = Mesh(config.node, config.mesh, self.models)
+            self.mesh.attach(self.server, self.servicer)
+            self.reflection_service_names.append("edgeloop.v1.Peer")
+
+    @property
+    def grpc_port(self) -> int:
+        """The bound gRPC port (the real one when the config asked for port 0)."""
+        return self._grpc_port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound metrics port once started (None before start or when metrics are off)."""
+        return self._metrics_port
+
+    @property
+    def address(self) -> str:
+        host = self.config.node.host
+        return f"[{host}]:{self._grpc_port}" if ":" in host else f"{host}:{self._grpc_port}"
+
+    def start(self) -> "EdgeNode":
+        """Load the repository, start serving and the metrics endpoint."""
+        from grpc_reflection.v1alpha import reflection
+        from prometheus_client import start_http_server
+
+        failed = self.models.load_all()
+        for name, reason in failed.items():
+            log.error("model %s not loaded: %s", name, reason)
+        reflection.enable_server_reflection([*self.reflection_service_names, reflection.SERVICE_NAME], self.server)
+        self.server.start()
+        self._started = True
+        self._update_health()
+        if self.config.node.metrics_port is not None and self.config.node.metrics_port >= 0:
+            httpd, _thread = start_http_server(self.config.node.metrics_port, addr=self.config.node.host,
+                                               registry=self.metrics.registry)
+            self._metrics_httpd = httpd
+            self._metrics_port = httpd.server_port
+        if self.mesh is not None:
+            self.mesh.start(self._grpc_port, self._metrics_port)
+        ready = self.models.ready_models()
+        log.info("node %s listening on %s (metrics on port %s); %d model(s) ready: %s", self.config.node.id,
+                 self.address, self._metrics_port, len(ready), ready)
+        return self
+
+    def _update_health(self) -> None:
+        from grpc_health.v1 import health_pb2
+
+        status = (health_pb2.HealthCheckResponse.SERVING if self._started and self.models.any_ready()
+                  and not self.servicer.draining else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.health.set("", status)
+        self.health.set(INFERENCE_SERVICE, status)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking requests (health NOT_SERVING), finish in-flight ones within ``grace_s``, unload."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            log.info("node %s draining (grace %.1f s)", self.config.node.id, grace_s)
+            if self.mesh is not None:
+                self.mesh.stop()  # goodbye first: peers stop routing here before we drain
+            self.servicer.draining = True
+            self.health.enter_graceful_shutdown()
+            self.server.stop(grace_s).wait()
+            self.models.close(drain_timeout_s=grace_s)
+            if self._metrics_httpd is not None:
+                # serve_forever notices shutdown only at its 0.5 s poll: let that happen in the background
+                threading.Thread(target=_close_http_server, args=(self._metrics_httpd,), daemon=True,
+                                 name="edgeloop-metrics-close").start()
+            self._stopped.set()
+            log.info("node %s stopped", self.config.node.id)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until ``stop()`` completed; True if it did within ``timeout``."""
+        return self._stopped.wait(timeout)
+
+
+def _close_http_server(httpd) -> None:
+    httpd.shutdown()
+    httpd.server_close()
+
+
+__all__ = ["EdgeNode"]

@@ -1,0 +1,206 @@
+"""Dynamic batching without a scheduler thread: leader/follower over the gRPC handler threads.
+
+A request that finds its model idle (nothing queued, nothing running) runs at once in its own
+thread: no queue delay, no hand-off.  A request that arrives while an execution is running queues;
+the first queued request becomes the *leader*.  The leader waits until the running execution ends,
+and then, if the batch is still below ``max_batch_size`` / a preferred size, at most until its own
+``max_queue_delay`` has passed, collecting the followers that arrive meanwhile.  It then merges the
+queued requests whose non-batch dimensions match its own into one onnxruntime run, splits the
+outputs back, wakes the followers with their slices and hands leadership to the next queued request.
+Requests that cannot be merged (other non-batch dims) stay queued for the next leader.
+
+One execution runs at a time per model version (like one Triton instance): while it runs, the next
+batch forms.  Merging concatenates along the batch dimension and slices the outputs; row-wise models
+give bit-identical results (tests check this).
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from time import perf_counter_ns
+
+import numpy as np
+
+
+class _Slot:
+    """One queued request: its feeds, and where its results (or error) are handed back."""
+
+    __slots__ = ("feeds", "batch", "key", "wake", "outputs", "error", "lead", "t_enqueue",
+                 "queue_ns", "input_ns", "infer_ns")
+
+    def __init__(self, feeds, batch: int, key, t_enqueue: int) -> None:
+        self.feeds = feeds
+        self.batch = batch
+        self.key = key
+        self.wake = threading.Lock()
+        self.wake.acquire()  # released by whoever hands this slot its results or leadership
+        self.outputs = None
+        self.error: BaseException | None = None
+        self.lead = False
+        self.t_enqueue = t_enqueue
+        self.queue_ns = self.input_ns = self.infer_ns = 0
+
+
+class BatchResult:
+    """What a submitter gets back: its output slices and where its time went."""
+
+    __slots__ = ("outputs", "queue_ns", "input_ns", "infer_ns")
+
+    def __init__(self, outputs, queue_ns: int, input_ns: int, infer_ns: int) -> None:
+        self.outputs = outputs
+        self.queue_ns = queue_ns
+        self.input_ns = input_ns
+        self.infer_ns = infer_ns
+
+
+class DynamicBatcher:
+    """Merges concurrent requests of one model version into shared onnxruntime runs.
+
+    ``run(feeds) -> list[np.ndarray]`` executes the model (all outputs, in a fixed order);
+    ``on_execution(batch_size, input_ns, infer_ns, output_ns)`` is told about every run.
+    """
+
+    def __init__(self, run: Callable[[dict], list], input_names: Sequence[str], max_batch_size: int,
+                 max_queue_delay_us: int = 0, preferred_batch_sizes: Sequence[int] = (),
+                 on_execution: Callable[[int, int, int, int], None] | None = None) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size={max_batch_size}; expected >= 1 for a dynamic batcher")
+        self._run = run
+        self._input_names = tuple(input_names)
+        self.max_batch_size = max_batch_size
+        self._delay_ns = max(0, int(max_queue_delay_us)) * 1000
+        self._preferred = frozenset(p for p in preferred_batch_sizes if 0 < p <= max_batch_size)
+        self._on_execution = on_execution or (lambda *a: None)
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[_Slot] = []
+        self._leader: _Slot | None = None
+        self._busy = False
+
+    def submit(self, feeds: dict, batch: int, key) -> BatchResult:
+        """Run ``feeds`` (first dim ``batch``) alone or merged with others whose ``key`` matches."""
+        t_enqueue = perf_counter_ns()
+        cond = self._cond
+        with cond:
+            if not self._busy and not self._queue:
+                self._busy = True
+                slot = None
+            else:
+                slot = _Slot(feeds, batch, key, t_enqueue)
+                self._queue.append(slot)
+                if self._leader is None:
+                    self._leader = slot
+                    slot.lead = True
+                else:
+                    cond.notify()  # the waiting leader re-checks whether its batch is full
+        if slot is None:
+            return self._run_alone(feeds, batch)
+        if not slot.lead:
+            slot.wake.acquire()
+            if not slot.lead:
+                if slot.error is not None:
+                    raise slot.error
+                return BatchResult(slot.outputs, slot.queue_ns, slot.input_ns, slot.infer_ns)
+        return self._lead(slot)
+
+    # ------------------------------------------------------------------------------ internals
+    def _run_alone(self, feeds: dict, batch: int) -> BatchResult:
+        try:
+            t0 = perf_counter_ns()
+            outputs = self._run(feeds)
+            t1 = perf_counter_ns()
+            self._on_execution(batch, 0, t1 - t0, 0)
+            return BatchResult(outputs, 0, 0, t1 - t0)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def _collectible(self) -> int:
+        queue = self._queue
+        key = queue[0].key
+        size = 0
+        for slot in queue:
+            if slot.key == key and size + slot.batch <= self.max_batch_size:
+                size += slot.batch
+        return size
+
+    def _take(self) -> list[_Slot]:
+        queue = self._queue
+        key = queue[0].key
+        group, rest, size = [], [], 0
+        for slot in queue:
+            if slot.key == key and size + slot.batch <= self.max_batch_size:
+                group.append(slot)
+                size += slot.batch
+            else:
+                rest.append(slot)
+        self._queue = rest
+        return group
+
+    def _lead(self, me: _Slot) -> BatchResult:
+        cond = self._cond
+        with cond:
+            while True:
+                if self._busy:
+                    cond.wait()
+                    continue
+                size = self._collectible()
+                if size >= self.max_batch_size or size in self._preferred:
+                    break
+                remaining = me.t_enqueue + self._delay_ns - perf_counter_ns()
+                if remaining <= 0:
+                    break
+                cond.wait(remaining / 1e9)
+            group = self._take()
+            self._busy = True
+            if self._queue:
+                nxt = self._queue[0]
+                nxt.lead = True
+                self._leader = nxt
+                nxt.wake.release()
+            else:
+                self._leader = None
+        try:
+            self._execute(group)
+        finally:
+            with cond:
+                self._busy = False
+                cond.notify_all()
+            for slot in group:
+                if slot is not me:
+                    slot.wake.release()
+        if me.error is not None:
+            raise me.error
+        return BatchResult(me.outputs, me.queue_ns, me.input_ns, me.infer_ns)
+
+    def _execute(self, group: list[_Slot]) -> None:
+        t0 = perf_counter_ns()
+        try:
+            if len(group) == 1:
+                feeds = group[0].feeds
+            else:
+                feeds = {name: np.concatenate([s.feeds[name] for s in group]) for name in self._input_names}
+            t1 = perf_counter_ns()
+            outputs = self._run(feeds)
+            t2 = perf_counter_ns()
+            if len(group) == 1:
+                group[0].outputs = outputs
+            else:
+                start = 0
+                for slot in group:
+                    end = start + slot.batch
+                    slot.outputs = [out[start:end] for out in outputs]
+                    start = end
+            t3 = perf_counter_ns()
+        except BaseException as exc:  # every merged request learns of the failure
+            for slot in group:
+                slot.error = exc
+            return
+        for slot in group:
+            slot.queue_ns = t0 - slot.t_enqueue
+            slot.input_ns = t1 - t0
+            slot.infer_ns = t2 - t1
+        self._on_execution(sum(s.batch for s in group), t1 - t0, t2 - t1, t3 - t2)
+
+
+__all__ = ["BatchResult", "DynamicBatcher"]

@@ -1,0 +1,107 @@
+"""Models the project builds itself (onnx.helper), so a newcomer and the tests have something to serve.
+
+Nothing is downloaded: ``build_mlp`` is a seeded two-layer perceptron, ``build_multi_io_model`` passes
+every protocol datatype through and adds two float inputs, and ``write_model`` lays a model out in the
+repository format ``<root>/<name>/<version>/model.onnx`` with a ``manifest.json`` (sha256, size).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeloop.serving.repository import MANIFEST_FILE, MODEL_FILE, atomic_write
+
+#: Opset and IR version every onnxruntime >= 1.17 accepts.
+OPSET = 17
+IR_VERSION = 9
+
+#: Protocol datatype -> ONNX element type, for the pass-through tensors of the multi-I/O model.
+ONNX_TYPES = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgeloop")
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def build_mlp(in_dim: int = 32, hidden: int = 64, out_dim: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """Gemm -> Relu -> Gemm, float32, input ``INPUT0`` [batch, in_dim], output ``OUTPUT0`` [batch, out_dim]."""
+    for name, value in (("in_dim", in_dim), ("hidden", hidden), ("out_dim", out_dim)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"build_mlp: {name}={value!r}; expected a positive integer")
+    rng = np.random.default_rng(seed)
+    weights = [
+        numpy_helper.from_array((rng.standard_normal((in_dim, hidden)) / np.sqrt(in_dim)).astype(np.float32), "W1"),
+        numpy_helper.from_array((rng.standard_normal(hidden) * 0.1).astype(np.float32), "B1"),
+        numpy_helper.from_array((rng.standard_normal((hidden, out_dim)) / np.sqrt(hidden)).astype(np.float32), "W2"),
+        numpy_helper.from_array((rng.standard_normal(out_dim) * 0.1).astype(np.float32), "B2"),
+    ]
+    nodes = [
+        helper.make_node("Gemm", ["INPUT0", "W1", "B1"], ["hidden"]),
+        helper.make_node("Relu", ["hidden"], ["hidden_relu"]),
+        helper.make_node("Gemm", ["hidden_relu", "W2", "B2"], ["OUTPUT0"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "edgeloop_mlp",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", in_dim])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", out_dim])],
+        weights,
+    )
+    return _model(graph)
+
+
+def build_multi_io_model(width: int = 3) -> onnx.ModelProto:
+    """Several inputs and outputs over every datatype, all with a dynamic batch dim.
+
+    Inputs ``X``, ``Y`` (FP32 [batch, 4]) give ``SUM`` = X + Y and ``DIFF`` = X - Y; for every
+    protocol datatype ``DT`` an input ``IN_DT`` [batch, width] is passed through to ``OUT_DT``.
+    """
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("X", "Y")]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in ("SUM", "DIFF")]
+    nodes = [helper.make_node("Add", ["X", "Y"], ["SUM"]), helper.make_node("Sub", ["X", "Y"], ["DIFF"])]
+    for datatype, elem in ONNX_TYPES.items():
+        inputs.append(helper.make_tensor_value_info(f"IN_{datatype}", elem, ["batch", width]))
+        outputs.append(helper.make_tensor_value_info(f"OUT_{datatype}", elem, ["batch", width]))
+        nodes.append(helper.make_node("Identity", [f"IN_{datatype}"], [f"OUT_{datatype}"]))
+    return _model(helper.make_graph(nodes, "edgeloop_multi_io", inputs, outputs))
+
+
+def write_model(root, name: str, version: int, model_proto: onnx.ModelProto | bytes,
+                manifest: bool = True) -> Path:
+    """Write ``<root>/<name>/<version>/model.onnx`` atomically (and ``manifest.json``); return its path."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"write_model: version={version!r}; expected a positive integer")
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"write_model: name={name!r}; expected a plain directory name")
+    data = model_proto if isinstance(model_proto, (bytes, bytearray)) else model_proto.SerializeToString()
+    directory = Path(root) / name / str(version)
+    path = directory / MODEL_FILE
+    atomic_write(path, bytes(data))
+    if manifest:
+        meta = {"name": name, "version": version, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        atomic_write(directory / MANIFEST_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
+    return path
+
+
+__all__ = ["ONNX_TYPES", "build_mlp", "build_multi_io_model", "write_model"]

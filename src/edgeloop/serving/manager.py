@@ -1,0 +1,358 @@
+"""The model manager: which versions are served, their lifecycle, and request routing.
+
+Routing reads one immutable snapshot (``dict`` name -> ``_Served``) that loads and unloads replace
+as a whole, so requests never take a lock to find their version, and a version swap is atomic:
+requests that started on the old version finish on it, new ones go to the new one.  Loads and
+unloads are serialised by an admin lock.  A version is READY only after its session loaded and
+answered a warm-up run; a failed load leaves whatever was serving untouched and records the reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from edgeloop.protocol import inference_pb2
+from edgeloop.protocol.errors import (ProtocolError, failed_precondition, invalid_argument, not_found,
+                                      unavailable)
+from edgeloop.serving.metrics import ServingMetrics
+from edgeloop.serving.model_version import ModelVersion
+from edgeloop.serving.repository import MANIFEST_FILE, MODEL_FILE, ModelRepository, RepositoryError, parse_version
+from edgeloop.serving.session import SessionError, create_session
+from edgeloop.serving.signature import ModelSignature, SignatureError, check_declared
+
+log = logging.getLogger("edgeloop.serving")
+
+READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+PLATFORM = "onnxruntime_onnx"
+#: How long an unload or a swap waits for in-flight requests of the old version.
+DRAIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    """Told to listeners after every load or unload: what happened and what is now ready."""
+
+    kind: str  # "load" | "unload"
+    model: str
+    ready_versions: tuple[int, ...]
+
+
+class _Served:
+    """The ready versions of one model (immutable once published)."""
+
+    __slots__ = ("versions", "by_str", "default")
+
+    def __init__(self, versions: dict[int, ModelVersion]) -> None:
+        self.versions = dict(sorted(versions.items()))
+        self.by_str = {mv.version_str: mv for mv in self.versions.values()}
+        self.default = self.versions[max(self.versions)]
+
+
+class LoadError(Exception):
+    """A version could not be made READY; the message is the reason."""
+
+
+class ModelManager:
+    """Loads versions from a ModelRepository per the serving config and routes requests to them."""
+
+    def __init__(self, repository: ModelRepository, serving_config, metrics: ServingMetrics | None = None) -> None:
+        self.repository = repository
+        self.config = serving_config
+        self.metrics = metrics or ServingMetrics()
+        self._served: dict[str, _Served] = {}
+        self._states: dict[str, dict[int, tuple[str, str]]] = {}
+        self._admin = threading.RLock()
+        self._listeners: list = []
+
+    # ------------------------------------------------------------------------------ routing
+    def acquire(self, name: str, version: str) -> ModelVersion:
+        """The version a request should run on, counted in (call ``leave()`` after)."""
+        for _ in range(3):
+            served = self._served.get(name)
+            if served is None:
+                raise self._not_serving(name)
+            mv = served.default if not version else served.by_str.get(version)
+            if mv is None:
+                mv = self._resolve_version(name, version, served)
+            if mv.try_enter():
+                return mv
+        raise unavailable(f"model {name!r} version {version or mv.version_str} is being unloaded; retry")
+
+    def _not_serving(self, name: str) -> ProtocolError:
+        if name in self._states or self.repository.has_model(name):
+            states = self._states.get(name, {})
+            reasons = "; ".join(f"version {v}: {s}{' (' + r + ')' if r else ''}" for v, (s, r) in sorted(states.items()))
+            return unavailable(f"model {name!r} is not ready{': ' + reasons if reasons else ''}")
+        return not_found(f"model_name {name!r} is not a known model; expected one of "
+                         f"{', '.join(map(repr, self.known_models())) or '(none)'}")
+
+    def _resolve_version(self, name: str, version: str, served: _Served) -> ModelVersion:
+        number = parse_version(version.strip())
+        if number is None:
+            raise invalid_argument(f"model_version {version!r} for model {name!r}; expected a positive integer "
+                                   f"or empty for the latest ready version")
+        mv = served.versions.get(number)
+        if mv is not None:
+            return mv
+        state = self._states.get(name, {}).get(number)
+        if state is not None:
+            return_reason = f" ({state[1]})" if state[1] else ""
+            raise unavailable(f"model {name!r} version {number} is {state[0]}{return_reason}; ready versions: "
+                              f"{list(served.versions)}")
+        raise not_found(f"model_version {version!r} of model {name!r} does not exist; ready versions: "
+                        f"{list(served.versions)}")
+
+    def known_models(self) -> list[str]:
+        return sorted(set(self.repository.model_names()) | set(self._states) | set(self._served))
+
+    def ready_models(self) -> dict[str, list[int]]:
+        """``{model: [ready versions ascending]}`` — what the mesh advertises."""
+        return {name: list(s.versions) for name, s in sorted(self._served.items())}
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        served = self._served.get(name)
+        if served is None:
+            return False
+        if not version:
+            return True
+        number = parse_version(version)
+        return number is not None and number in served.versions
+
+    def any_ready(self) -> bool:
+        return bool(self._served)
+
+    def queue_depth(self, model: str | None = None) -> int:
+        """Requests waiting or running, for one model or all (the mesh's spill signal)."""
+        served = self._served
+        if model is not None:
+            s = served.get(model)
+            return sum(mv.inflight for mv in s.versions.values()) if s else 0
+        return sum(mv.inflight for s in served.values() for mv in s.versions.values())
+
+    def add_listener(self, fn) -> None:
+        """``fn(event: ModelEvent)`` runs after every load and unload (errors are logged, not raised)."""
+        self._listeners.append(fn)
+
+    def _notify(self, kind: str, name: str) -> None:
+        served = self._served.get(name)
+        event = ModelEvent(kind, name, tuple(served.versions) if served else ())
+        for fn in list(self._listeners):
+            try:
+                fn(event)
+            except Exception:
+                log.exception("model listener %r failed on %s", fn, event)
+
+    # ----------------------------------------------------------------------------- metadata
+    def metadata(self, name: str, version: str):
+        mv = self._peek(name, version)
+        served = self._served[name]
+
+        def tensors(specs):
+            return [inference_pb2.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype,
+                                                                       shape=s.shape) for s in specs]
+
+        return inference_pb2.ModelMetadataResponse(
+            name=name, versions=[str(v) for v in served.versions], platform=PLATFORM,
+            inputs=tensors(mv.signature.inputs), outputs=tensors(mv.signature.outputs))
+
+    def _peek(self, name: str, version: str) -> ModelVersion:
+        served = self._served.get(name)
+        if served is None:
+            raise self._not_serving(name)
+        if not version:
+            return served.default
+        return served.by_str.get(version) or self._resolve_version(name, version, served)
+
+    def statistics(self, name: str = "", version: str = "") -> list:
+        """ModelStatistics of ready versions (all models when ``name`` is empty)."""
+        if not name:
+            return [mv.stats.snapshot() for s in self._served.values() for mv in s.versions.values()]
+        if version:
+            return [self._peek(name, version).stats.snapshot()]
+        served = self._served.get(name)
+        if served is None:
+            raise self._not_serving(name)
+        return [mv.stats.snapshot() for mv in served.versions.values()]
+
+    def index(self, ready_only: bool = False) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) for every model in the repository or ever loaded."""
+        rows = []
+        for name in self.known_models():
+            states = self._states.get(name)
+            if not states:
+                if not ready_only:
+                    rows.append((name, "", "", ""))
+                continue
+            for version, (state, reason) in sorted(states.items()):
+                if not ready_only or state == READY:
+                    rows.append((name, str(version), state, reason))
+        return rows
+
+    # ---------------------------------------------------------------------------- lifecycle
+    def load_all(self) -> dict[str, str]:
+        """Load every model in the repository; returns ``{model: error}`` for those that failed."""
+        failed = {}
+        for name in self.repository.model_names():
+            try:
+                self.load(name)
+            except ProtocolError as exc:
+                failed[name] = exc.message
+        return failed
+
+    def load(self, name: str, files: dict[str, bytes] | None = None) -> None:
+        """(Re)load ``name`` per its version policy, after writing ``files`` (``"<v>/model.onnx"`` -> bytes).
+
+        Raises ProtocolError: NOT_FOUND (no such model), INVALID_ARGUMENT (bad file parameter),
+        FAILED_PRECONDITION (a version failed to load; what was serving still serves).
+        """
+        with self._admin:
+            if files:
+                self._write_files(name, files)
+            if not self.repository.has_model(name):
+                raise not_found(f"model_name {name!r} is not in the model repository "
+                                f"{self.repository.root}; expected one of "
+                                f"{', '.join(map(repr, self.repository.model_names())) or '(none)'}")
+            config = self.config.model(name)
+            on_disk = self.repository.versions(name)
+            wanted = config.version_policy.select(on_disk)
+            if not wanted:
+                raise failed_precondition(f"model {name!r}: no version on disk {on_disk} matches the version "
+                                          f"policy {config.version_policy}")
+            current = dict(self._served[name].versions) if name in self._served else {}
+            states = self._states.setdefault(name, {})
+            chosen: dict[int, ModelVersion] = {}
+            failures: list[str] = []
+            failed_reasons: dict[int, str] = {}
+            for version in wanted:
+                old = current.get(version)
+                try:
+                    fingerprint = self.repository.fingerprint(name, version)
+                except OSError as exc:
+                    failures.append(f"version {version}: {exc}")
+                    states[version] = (UNAVAILABLE, str(exc))
+                    continue
+                if old is not None and old.fingerprint == fingerprint and old.config == config:
+                    chosen[version] = old
+                    continue
+                states[version] = (LOADING, "")
+                try:
+                    chosen[version] = self._load_version(name, version, config, fingerprint)
+                except LoadError as exc:
+                    reason = str(exc)
+                    log.warning("model %s version %d failed to load: %s", name, version, reason)
+                    failures.append(f"version {version}: {reason}")
+                    failed_reasons[version] = reason
+                    states[version] = (UNAVAILABLE, reason)
+            if failures and current:
+                for version, mv in chosen.items():
+                    if current.get(version) is not mv:
+                        mv.metrics.set_loaded(False)
+                for version in current:
+                    reason = failed_reasons.get(version)
+                    states[version] = (READY, f"previous file still serving; the new file failed: {reason}"
+                                       if reason else "")
+                raise failed_precondition(f"model {name!r} failed to load ({'; '.join(failures)}); still serving "
+                                          f"versions {sorted(current)}")
+            self._publish(name, chosen, current, states)
+            if failures:
+                raise failed_precondition(f"model {name!r} failed to load ({'; '.join(failures)})"
+                                          + (f"; serving versions {sorted(chosen)}" if chosen else ""))
+
+    def _publish(self, name: str, chosen: dict, current: dict, states: dict) -> None:
+        served = dict(self._served)
+        if chosen:
+            served[name] = _Served(chosen)
+        else:
+            served.pop(name, None)
+        self._served = served
+        for version in chosen:
+            states[version] = (READY, "")
+        for version, mv in current.items():
+            if chosen.get(version) is mv:
+                continue
+            if version not in chosen:
+                states[version] = (UNLOADING, "")
+            if not mv.retire(DRAIN_TIMEOUT_S):
+                log.warning("model %s version %d: in-flight requests still running after %.0f s", name, version,
+                            DRAIN_TIMEOUT_S)
+            if version not in chosen:
+                states[version] = (UNAVAILABLE, "unloaded: not selected by the version policy")
+                log.info("unloaded model %s version %d (version policy)", name, version)
+        for version, mv in chosen.items():
+            mv.metrics.set_loaded(True)
+        self._notify("load", name)
+
+    def _load_version(self, name: str, version: int, config, fingerprint) -> ModelVersion:
+        what = f"model {name!r} version {version}"
+        start = time.perf_counter()
+        try:
+            data, manifest = self.repository.read_model(name, version)
+            session = create_session(data, config, what)
+            signature = ModelSignature.from_session(session, config.max_batch_size)
+            check_declared(signature, manifest)
+        except (RepositoryError, SessionError, SignatureError) as exc:
+            raise LoadError(str(exc)) from None
+        mv = ModelVersion(name, version, session, signature, config, fingerprint,
+                          self.metrics.for_version(name, str(version)))
+        try:
+            mv.warm_up()
+        except Exception as exc:
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise LoadError(f"warm-up request failed: {text}") from None
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        fmt = lambda specs: ", ".join(f"{s.name}:{s.datatype}{list(s.shape)}" for s in specs)  # noqa: E731
+        log.info("loaded model %s version %d inputs [%s] outputs [%s] in %.1f ms%s", name, version,
+                 fmt(signature.inputs), fmt(signature.outputs), elapsed_ms,
+                 f" (max_batch_size={config.max_batch_size})" if config.max_batch_size else "")
+        return mv
+
+    def _write_files(self, name: str, files: dict[str, bytes]) -> None:
+        written_models = set()
+        manifests = set()
+        for relative, data in sorted(files.items()):
+            try:
+                version = self.repository.write_version_file(name, relative, data)
+            except RepositoryError as exc:
+                raise invalid_argument(f"parameters: {exc}") from None
+            (written_models if relative.endswith(MODEL_FILE) else manifests).add(version)
+            if relative.endswith(MODEL_FILE):
+                log.info("wrote model %s version %d from a load request (%d bytes)", name, version, len(data))
+        for version in written_models - manifests:
+            # a pushed model file supersedes any manifest left beside an older file
+            data = self.repository.model_path(name, version).read_bytes()
+            meta = {"name": name, "version": version, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            self.repository.write_version_file(name, f"{version}/{MANIFEST_FILE}",
+                                               json.dumps(meta, indent=2, sort_keys=True).encode())
+
+    def unload(self, name: str, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Stop serving ``name``: refuse new requests, wait for in-flight ones, release sessions."""
+        with self._admin:
+            served = self._served.get(name)
+            if served is None:
+                if name in self._states or self.repository.has_model(name):
+                    return  # already unloaded: nothing to do, as Triton
+                raise not_found(f"model_name {name!r} is not a known model; expected one of "
+                                f"{', '.join(map(repr, self.known_models())) or '(none)'}")
+            remaining = dict(self._served)
+            del remaining[name]
+            self._served = remaining
+            states = self._states.setdefault(name, {})
+            for version, mv in served.versions.items():
+                states[version] = (UNLOADING, "")
+            for version, mv in served.versions.items():
+                mv.retire(drain_timeout_s)
+                states[version] = (UNAVAILABLE, "unloaded")
+                log.info("unloaded model %s version %d", name, version)
+            self._notify("unload", name)
+
+    def close(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Unload everything (used at shutdown, after the server stopped taking requests)."""
+        for name in list(self._served):
+            self.unload(name, drain_timeout_s)
+
+
+__all__ = ["DRAIN_TIMEOUT_S", "LoadError", "ModelEvent", "ModelManager", "PLATFORM", "READY", "UNAVAILABLE"]

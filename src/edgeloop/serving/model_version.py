@@ -1,0 +1,164 @@
+"""One loaded model version: its session, signature, batcher, counters, and the inference hot path.
+
+Requests hold the version they started on (``try_enter``/``leave``) so a hot swap or unload never
+pulls a session from under a running request: ``retire`` stops new entries and waits for the
+in-flight ones to finish.
+"""
+from __future__ import annotations
+
+import threading
+from time import perf_counter_ns
+
+from edgeloop.protocol import inference_pb2
+from edgeloop.protocol.errors import ProtocolError, internal, invalid_argument
+from edgeloop.serving.batcher import DynamicBatcher
+from edgeloop.serving.signature import ModelSignature, output_raw
+from edgeloop.serving.stats import VersionStats
+
+_Response = inference_pb2.ModelInferResponse
+_OutputTensor = inference_pb2.ModelInferResponse.InferOutputTensor
+
+
+def _run_error(exc: Exception, what: str) -> ProtocolError:
+    """onnxruntime's InvalidArgument is the request's fault; anything else is the server's."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if type(exc).__name__ in ("InvalidArgument", "INVALID_ARGUMENT"):
+        return invalid_argument(f"{what}: onnxruntime rejected the inputs: {text}")
+    return internal(f"{what}: onnxruntime failed: {text}")
+
+
+class ModelVersion:
+    """A READY-able version of a model. Build it, ``warm_up()``, then route requests to ``infer``."""
+
+    def __init__(self, name: str, version: int, session, signature: ModelSignature, config, fingerprint,
+                 metrics) -> None:
+        self.name = name
+        self.version = version
+        self.version_str = str(version)
+        self.session = session
+        self.signature = signature
+        self.config = config
+        self.fingerprint = fingerprint
+        self.stats = VersionStats(name, self.version_str)
+        self.metrics = metrics
+        self.what = f"model {name!r} version {version}"
+        self._run = session.run
+        self._all_output_names = list(signature.output_names)
+        self._output_index = {n: i for i, n in enumerate(signature.output_names)}
+        self._input_names = tuple(s.name for s in signature.inputs)
+        self._gate = threading.Condition(threading.Lock())
+        self._inflight = 0
+        self._accepting = True
+        self._batcher = None
+        if config.max_batch_size > 0:
+            self._batcher = DynamicBatcher(
+                self._run_all, self._input_names, config.max_batch_size, config.max_queue_delay_us,
+                config.preferred_batch_sizes, self._on_execution)
+
+    # ---------------------------------------------------------------------------- lifecycle
+    def warm_up(self) -> None:
+        """One run on zero inputs (dynamic dims = 1): a version is READY only once this answers."""
+        outputs = self._run(self._all_output_names, self.signature.warmup_feeds())
+        if len(outputs) != len(self._all_output_names):
+            raise RuntimeError(f"warm-up returned {len(outputs)} outputs; expected {len(self._all_output_names)}")
+
+    def try_enter(self) -> bool:
+        """Count a request in; False once the version is retiring."""
+        with self._gate:
+            if not self._accepting:
+                return False
+            self._inflight += 1
+            return True
+
+    def leave(self) -> None:
+        with self._gate:
+            self._inflight -= 1
+            if self._inflight == 0 and not self._accepting:
+                self._gate.notify_all()
+
+    @property
+    def inflight(self) -> int:
+        """Requests of this version waiting in the batcher or running."""
+        return self._inflight
+
+    def retire(self, timeout_s: float) -> bool:
+        """Refuse new requests and wait (bounded) for in-flight ones; True if all finished."""
+        with self._gate:
+            self._accepting = False
+            drained = self._gate.wait_for(lambda: self._inflight == 0, timeout_s)
+        self.metrics.set_loaded(False)
+        return drained
+
+    # ----------------------------------------------------------------------------- hot path
+    def _run_all(self, feeds):
+        try:
+            return self._run(self._all_output_names, feeds)
+        except Exception as exc:
+            raise _run_error(exc, self.what) from None
+
+    def _on_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        self.stats.record_execution(batch_size, input_ns, infer_ns, output_ns)
+        self.metrics.batch_size.observe(batch_size)
+
+    def infer(self, request, t_start: int):
+        """Answer one ModelInferRequest (the caller holds ``try_enter``); failures are counted and re-raised."""
+        try:
+            signature = self.signature
+            feeds, batch = signature.decode(request)
+            specs = signature.requested_outputs(request)
+            t_decoded = perf_counter_ns()
+            decode_ns = t_decoded - t_start
+            if self._batcher is None:
+                names = self._all_output_names if specs is signature.outputs else [s.name for s in specs]
+                try:
+                    outputs = self._run(names, feeds)
+                except Exception as exc:
+                    raise _run_error(exc, self.what) from None
+                infer_ns = perf_counter_ns() - t_decoded
+                queue_ns = -1
+            else:
+                key = tuple(feeds[n].shape[1:] for n in self._input_names)
+                result = self._batcher.submit(feeds, batch, key)
+                outputs = result.outputs
+                if specs is not signature.outputs:
+                    index = self._output_index
+                    outputs = [outputs[index[s.name]] for s in specs]
+                infer_ns = result.infer_ns
+                queue_ns = result.queue_ns
+                input_ns = decode_ns + result.input_ns
+                inferences = batch
+            t_output = perf_counter_ns()
+            response = _Response(
+                model_name=self.name,
+                model_version=self.version_str,
+                id=request.id,
+                outputs=[_OutputTensor(name=s.name, datatype=s.datatype, shape=a.shape)
+                         for s, a in zip(specs, outputs)],
+                raw_output_contents=[output_raw(s, a) for s, a in zip(specs, outputs)],
+            )
+            t_end = perf_counter_ns()
+        except ProtocolError:
+            self.record_failure(t_start)
+            raise
+        except Exception as exc:
+            self.record_failure(t_start)
+            raise internal(f"{self.what}: {type(exc).__name__}: {exc}") from None
+        total_ns = t_end - t_start
+        m = self.metrics
+        if queue_ns < 0:  # ran alone, unbatched: one lock for all counters, no queue to observe
+            self.stats.record_solo(total_ns, decode_ns, infer_ns, t_end - t_output)
+            m.batch_size.observe(1)
+        else:
+            self.stats.record_success(inferences, total_ns, queue_ns, input_ns, infer_ns, t_end - t_output)
+            m.queue_seconds.observe(queue_ns * 1e-9)
+        m.requests.inc()
+        m.request_seconds.observe(total_ns * 1e-9)
+        m.compute_seconds.observe(infer_ns * 1e-9)
+        return response
+
+    def record_failure(self, t_start: int) -> None:
+        self.stats.record_failure(perf_counter_ns() - t_start)
+        self.metrics.failures.inc()
+
+
+__all__ = ["ModelVersion"]

@@ -1,0 +1,146 @@
+"""The model repository on disk: ``<root>/<model>/<version>/model.onnx`` (+ optional ``manifest.json``).
+
+Only reads and atomic writes live here; which versions are served is the manager's business.
+A ``manifest.json`` beside ``model.onnx`` may carry ``sha256`` (hex) and ``size`` (bytes); when present
+they are checked before the file is handed to onnxruntime, so a torn or tampered copy never loads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+_VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")
+
+
+class RepositoryError(Exception):
+    """A repository entry that cannot be used; the message is the reason shown in the index."""
+
+
+def valid_model_name(name: str) -> bool:
+    """Model names are plain directory names: letters, digits, ``_ . -``, not starting with a dot."""
+    return bool(_NAME_RE.match(name)) and name not in (".", "..")
+
+
+def parse_version(text: str) -> int | None:
+    """The positive integer a version directory or field names, else None."""
+    return int(text) if _VERSION_RE.match(text) else None
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a torn one.
+
+    Temp file in the same directory, fsync, ``os.replace``, then fsync of the directory.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{id(data):x}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class ModelRepository:
+    """Read access (and atomic writes) to one repository root; ``root=None`` is an empty repository."""
+
+    def __init__(self, root: Path | str | None) -> None:
+        self.root = Path(root) if root is not None else None
+
+    def model_names(self) -> list[str]:
+        """Model directories under the root, sorted."""
+        if self.root is None or not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and valid_model_name(p.name))
+
+    def has_model(self, name: str) -> bool:
+        return self.root is not None and valid_model_name(name) and (self.root / name).is_dir()
+
+    def versions(self, name: str) -> list[int]:
+        """Positive integer version directories of ``name`` that hold a model file, ascending."""
+        if not self.has_model(name):
+            return []
+        found = []
+        for entry in (self.root / name).iterdir():
+            version = parse_version(entry.name)
+            if version is not None and (entry / MODEL_FILE).is_file():
+                found.append(version)
+        return sorted(found)
+
+    def model_path(self, name: str, version: int) -> Path:
+        if self.root is None:
+            raise RepositoryError("no model repository is configured (--model-repository)")
+        return self.root / name / str(version) / MODEL_FILE
+
+    def fingerprint(self, name: str, version: int) -> tuple[int, int, int]:
+        """(inode, mtime_ns, size) of the model file: changes whenever the file is replaced."""
+        st = self.model_path(name, version).stat()
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def read_model(self, name: str, version: int) -> tuple[bytes, dict | None]:
+        """The model file's bytes and its manifest (None if absent), checked against the manifest."""
+        path = self.model_path(name, version)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise RepositoryError(f"cannot read {path}: {exc.strerror or exc}") from None
+        manifest_path = path.with_name(MANIFEST_FILE)
+        manifest = _check_manifest(manifest_path, data) if manifest_path.exists() else None
+        return data, manifest
+
+    def write_version_file(self, name: str, relative: str, data: bytes) -> int:
+        """Atomically write ``<version>/model.onnx`` or ``<version>/manifest.json`` of ``name``; return the version."""
+        if self.root is None:
+            raise RepositoryError("no model repository is configured (--model-repository)")
+        if not valid_model_name(name):
+            raise RepositoryError(f"model_name {name!r} is not a plain directory name")
+        parts = relative.split("/")
+        version = parse_version(parts[0]) if len(parts) == 2 else None
+        if version is None or parts[1] not in (MODEL_FILE, MANIFEST_FILE):
+            raise RepositoryError(f"file parameter 'file:{relative}' is not allowed; expected "
+                                  f"'file:<positive version>/{MODEL_FILE}' or 'file:<version>/{MANIFEST_FILE}'")
+        atomic_write(self.root / name / str(version) / parts[1], data)
+        return version
+
+
+def _check_manifest(manifest_path: Path, data: bytes) -> dict:
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RepositoryError(f"{manifest_path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise RepositoryError(f"{manifest_path} holds {type(manifest).__name__}; expected a JSON object")
+    size = manifest.get("size")
+    if size is not None and size != len(data):
+        raise RepositoryError(f"{MODEL_FILE} is {len(data)} bytes but {manifest_path} says size={size}")
+    digest = manifest.get("sha256")
+    if digest is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if str(digest).lower() != actual:
+            raise RepositoryError(f"{MODEL_FILE} has sha256 {actual} but {manifest_path} says sha256={digest}")
+    return manifest
+
+
+__all__ = [
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "ModelRepository",
+    "RepositoryError",
+    "atomic_write",
+    "parse_version",
+    "valid_model_name",
+]

@@ -1,0 +1,141 @@
+"""The Open Inference Protocol servicer (Triton's ``inference.GRPCInferenceService``).
+
+It translates RPCs to ModelManager calls and ``ProtocolError`` into gRPC status codes.  The mesh
+plugs in through ``router``: when set, ``router.maybe_forward(request, context)`` sees every
+ModelInfer / ModelStreamInfer request first and may answer it (a response) or decline (None).
+"""
+from __future__ import annotations
+
+import logging
+from time import perf_counter_ns
+
+import edgeloop
+from edgeloop.protocol import inference_pb2, inference_pb2_grpc
+from edgeloop.protocol.errors import ProtocolError, invalid_argument
+
+log = logging.getLogger("edgeloop.serving")
+
+SERVER_NAME = "edgeloop"
+EXTENSIONS = ("model_repository", "model_repository(unload_dependents)", "statistics", "parameters")
+_FILE_PREFIX = "file:"
+
+
+class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
+    """Serves the models of one ModelManager; ``router`` is the mesh's forwarding hook (or None)."""
+
+    def __init__(self, models, router=None, server_name: str = SERVER_NAME) -> None:
+        self.models = models
+        self.router = router
+        self.server_name = server_name
+        self.draining = False
+
+    # --------------------------------------------------------------------------- health-ish
+    def ServerLive(self, request, context):
+        return inference_pb2.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return inference_pb2.ServerReadyResponse(ready=not self.draining and self.models.any_ready())
+
+    def ModelReady(self, request, context):
+        return inference_pb2.ModelReadyResponse(ready=not self.draining
+                                                and self.models.is_ready(request.name, request.version))
+
+    def ServerMetadata(self, request, context):
+        return inference_pb2.ServerMetadataResponse(name=self.server_name, version=edgeloop.__version__,
+                                                    extensions=EXTENSIONS)
+
+    def ModelMetadata(self, request, context):
+        try:
+            return self.models.metadata(request.name, request.version)
+        except ProtocolError as exc:
+            context.abort(exc.code, exc.message)
+
+    # ---------------------------------------------------------------------------- inference
+    def _infer(self, request, context):
+        router = self.router
+        if router is not None:
+            response = router.maybe_forward(request, context)
+            if response is not None:
+                return response
+        t_start = perf_counter_ns()
+        mv = self.models.acquire(request.model_name, request.model_version)
+        try:
+            return mv.infer(request, t_start)
+        finally:
+            mv.leave()
+
+    def ModelInfer(self, request, context):
+        try:
+            return self._infer(request, context)
+        except ProtocolError as exc:
+            context.abort(exc.code, exc.message)
+
+    def ModelStreamInfer(self, request_iterator, context):
+        """One response per request, in order; a failed request yields ``error_message`` and the stream goes on."""
+        for request in request_iterator:
+            try:
+                response = self._infer(request, context)
+            except ProtocolError as exc:
+                yield inference_pb2.ModelStreamInferResponse(
+                    error_message=f"{exc.code.name}: {exc.message}",
+                    infer_response=inference_pb2.ModelInferResponse(
+                        model_name=request.model_name, model_version=request.model_version, id=request.id))
+                continue
+            except Exception as exc:  # a stream must survive anything one request does
+                log.exception("stream request %r failed", request.id)
+                yield inference_pb2.ModelStreamInferResponse(error_message=f"INTERNAL: {exc}")
+                continue
+            yield inference_pb2.ModelStreamInferResponse(infer_response=response)
+
+    # --------------------------------------------------------------------------- statistics
+    def ModelStatistics(self, request, context):
+        try:
+            stats = self.models.statistics(request.name, request.version)
+        except ProtocolError as exc:
+            context.abort(exc.code, exc.message)
+        return inference_pb2.ModelStatisticsResponse(model_stats=stats)
+
+    # --------------------------------------------------------------------------- repository
+    def RepositoryIndex(self, request, context):
+        Index = inference_pb2.RepositoryIndexResponse.ModelIndex
+        rows = self.models.index(ready_only=request.ready)
+        return inference_pb2.RepositoryIndexResponse(
+            models=[Index(name=n, version=v, state=s, reason=r) for n, v, s, r in rows])
+
+    def RepositoryModelLoad(self, request, context):
+        try:
+            if not request.model_name:
+                raise invalid_argument("model_name is empty; expected the name of a model in the repository")
+            files = _file_parameters(request.parameters)
+            self.models.load(request.model_name, files)
+        except ProtocolError as exc:
+            context.abort(exc.code, exc.message)
+        return inference_pb2.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request, context):
+        try:
+            if not request.model_name:
+                raise invalid_argument("model_name is empty; expected the name of a loaded model")
+            self.models.unload(request.model_name)
+        except ProtocolError as exc:
+            context.abort(exc.code, exc.message)
+        return inference_pb2.RepositoryModelUnloadResponse()
+
+
+def _file_parameters(parameters) -> dict[str, bytes]:
+    """``file:<version>/model.onnx`` bytes parameters of a load request; other parameters are refused."""
+    files = {}
+    for key in sorted(parameters):
+        value = parameters[key]
+        if key.startswith(_FILE_PREFIX):
+            if value.WhichOneof("parameter_choice") != "bytes_param":
+                raise invalid_argument(f"parameters[{key!r}] holds {value.WhichOneof('parameter_choice')}; "
+                                       f"expected bytes_param with the file's contents")
+            files[key[len(_FILE_PREFIX):]] = value.bytes_param
+        else:
+            raise invalid_argument(f"parameters[{key!r}] is not supported; expected only "
+                                   f"'file:<version>/model.onnx' bytes parameters")
+    return files
+
+
+__all__ = ["EXTENSIONS", "InferenceServicer", "SERVER_NAME"]

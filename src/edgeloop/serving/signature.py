@@ -1,0 +1,258 @@
+"""A loaded model's input/output signature, and the per-request checks derived from it.
+
+Everything a request is checked against (names, datatypes, ranks, static dims, element sizes) is
+computed once when the version loads, so the hot path is a few dict lookups and integer compares.
+Messages name the field, the value received and what was expected.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeloop.protocol.codec import DATATYPES, MAX_ELEMENTS, bytes_tensor_to_raw, decode_input, raw_to_bytes_tensor
+from edgeloop.protocol.errors import invalid_argument
+
+#: onnxruntime type strings -> protocol datatypes.
+ORT_TYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+class SignatureError(Exception):
+    """The model's graph cannot be served (unsupported tensor type, batching without a batch dim)."""
+
+
+class TensorSpec:
+    """One input or output: name, datatype and shape (-1 = dynamic), plus precomputed check tables."""
+
+    __slots__ = ("name", "datatype", "dtype", "itemsize", "shape", "rank", "static_dims", "is_bytes", "what")
+
+    def __init__(self, name: str, datatype: str, shape: tuple[int, ...], kind: str) -> None:
+        self.name = name
+        self.datatype = datatype
+        self.dtype = DATATYPES[datatype].dtype
+        self.itemsize = DATATYPES[datatype].itemsize
+        self.shape = shape
+        self.rank = len(shape)
+        self.static_dims = tuple((axis, dim) for axis, dim in enumerate(shape) if dim >= 0)
+        self.is_bytes = datatype == "BYTES"
+        self.what = f"{kind} {name!r}"
+
+    def __repr__(self) -> str:
+        return f"TensorSpec({self.name!r}, {self.datatype}, {list(self.shape)})"
+
+    def check_shape(self, shape: tuple) -> int:
+        """Validate a request shape against this spec; return its element count."""
+        if len(shape) != self.rank:
+            raise invalid_argument(f"{self.what}: shape {list(shape)} has {len(shape)} dimensions; expected "
+                                   f"{self.rank} matching {list(self.shape)}")
+        for axis, dim in self.static_dims:
+            if shape[axis] != dim:
+                raise invalid_argument(f"{self.what}: shape {list(shape)} has {shape[axis]} at dimension {axis}; "
+                                       f"expected {dim} (model shape {list(self.shape)}, -1 = any)")
+        count = 1
+        for dim in shape:
+            if dim < 0:
+                raise invalid_argument(f"{self.what}: shape {list(shape)} has a negative dimension {dim}; "
+                                       f"expected dimensions >= 0")
+            count *= dim
+        if count > MAX_ELEMENTS:
+            raise invalid_argument(f"{self.what}: shape {list(shape)} holds {count} elements; expected at most "
+                                   f"{MAX_ELEMENTS}")
+        return count
+
+    def warmup_array(self) -> np.ndarray:
+        """A zero tensor of this spec with every dynamic dim set to 1."""
+        shape = tuple(1 if dim < 0 else dim for dim in self.shape)
+        if self.is_bytes:
+            return np.full(shape, "", dtype=object)
+        return np.zeros(shape, dtype=self.dtype)
+
+
+def _dims(shape) -> tuple[int, ...]:
+    return tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in shape)
+
+
+class ModelSignature:
+    """Inputs and outputs of one loaded version, and the request decoding checked against them."""
+
+    def __init__(self, inputs: list[TensorSpec], outputs: list[TensorSpec], max_batch_size: int = 0) -> None:
+        self.inputs = tuple(inputs)
+        self.outputs = tuple(outputs)
+        self.input_by_name = {s.name: s for s in self.inputs}
+        self.output_by_name = {s.name: s for s in self.outputs}
+        self.output_names = [s.name for s in self.outputs]
+        self.max_batch_size = max_batch_size
+        self._n_inputs = len(self.inputs)
+        self._expected_inputs = ", ".join(repr(s.name) for s in self.inputs)
+        self._expected_outputs = ", ".join(repr(s.name) for s in self.outputs)
+        if max_batch_size > 0:
+            for spec in self.inputs + self.outputs:
+                if spec.rank == 0 or spec.shape[0] != -1:
+                    raise SignatureError(f"max_batch_size={max_batch_size} needs a dynamic first (batch) dimension "
+                                         f"on every input and output, but {spec.what} has shape {list(spec.shape)}")
+
+    @classmethod
+    def from_session(cls, session, max_batch_size: int = 0) -> "ModelSignature":
+        """Read the signature of an onnxruntime session; unsupported tensor types raise SignatureError."""
+        def specs(args, kind):
+            out = []
+            for arg in args:
+                datatype = ORT_TYPES.get(arg.type)
+                if datatype is None:
+                    raise SignatureError(f"{kind} {arg.name!r} has type {arg.type}; expected a tensor of one of "
+                                         f"{', '.join(ORT_TYPES)}")
+                out.append(TensorSpec(arg.name, datatype, _dims(arg.shape), kind))
+            return out
+
+        return cls(specs(session.get_inputs(), "input"), specs(session.get_outputs(), "output"), max_batch_size)
+
+    def warmup_feeds(self) -> dict[str, np.ndarray]:
+        """Inputs for the warm-up run that proves a version can answer before it is READY."""
+        return {spec.name: spec.warmup_array() for spec in self.inputs}
+
+    # ------------------------------------------------------------------------------- requests
+    def decode(self, request) -> tuple[dict[str, np.ndarray], int]:
+        """Check a ModelInferRequest's inputs and decode them into onnxruntime feeds.
+
+        Returns ``(feeds, batch)``; ``batch`` is the shared first dimension when the model batches,
+        else 1.  Raises ProtocolError(INVALID_ARGUMENT) naming the offending field.
+        """
+        inputs = request.inputs
+        raws = request.raw_input_contents
+        n = len(inputs)
+        if n != self._n_inputs:
+            self._explain_input_names(inputs)
+        use_raw = len(raws) > 0
+        if use_raw and len(raws) != n:
+            raise invalid_argument(f"raw_input_contents has {len(raws)} entries for {n} inputs; expected one "
+                                   f"entry per input, in the order of 'inputs'")
+        feeds = {}
+        batch = 1
+        by_name = self.input_by_name
+        batching = self.max_batch_size > 0
+        for i in range(n):
+            tensor = inputs[i]
+            spec = by_name.get(tensor.name)
+            if spec is None or spec.name in feeds:
+                self._explain_input_names(inputs)
+            if tensor.datatype != spec.datatype:
+                raise invalid_argument(f"{spec.what}: datatype {tensor.datatype!r}; expected {spec.datatype!r}")
+            shape = tuple(tensor.shape)
+            count = spec.check_shape(shape)
+            if use_raw:
+                if tensor.HasField("contents"):
+                    raise invalid_argument(f"{spec.what}: has both typed contents and raw_input_contents[{i}]; "
+                                           f"expected exactly one")
+                raw = raws[i]
+                if spec.is_bytes:
+                    array = _to_ort_strings(raw_to_bytes_tensor(raw, shape, spec.what), spec.what)
+                else:
+                    if len(raw) != count * spec.itemsize:
+                        raise invalid_argument(
+                            f"{spec.what}: raw_input_contents[{i}] holds {len(raw)} bytes; expected "
+                            f"{count * spec.itemsize} (shape {list(shape)} x {spec.itemsize} bytes of {spec.datatype})")
+                    array = np.frombuffer(raw, dtype=spec.dtype).reshape(shape)
+            else:
+                array = decode_input(tensor, None, spec.what)
+                if spec.is_bytes:
+                    array = _to_ort_strings(array, spec.what)
+            if batching:
+                b = shape[0]
+                if i == 0:
+                    batch = b
+                    if b < 1 or b > self.max_batch_size:
+                        raise invalid_argument(f"{spec.what}: batch dimension {b} (shape {list(shape)}); expected "
+                                               f"1..{self.max_batch_size} (max_batch_size)")
+                elif b != batch:
+                    raise invalid_argument(f"{spec.what}: batch dimension {b}; expected {batch}, the batch "
+                                           f"dimension of input {inputs[0].name!r}")
+            feeds[spec.name] = array
+        return feeds, batch
+
+    def _explain_input_names(self, inputs) -> None:
+        seen = set()
+        for tensor in inputs:
+            if tensor.name not in self.input_by_name:
+                raise invalid_argument(f"inputs: unknown input name {tensor.name!r}; expected one of "
+                                       f"{self._expected_inputs}")
+            if tensor.name in seen:
+                raise invalid_argument(f"inputs: input {tensor.name!r} appears more than once; expected each "
+                                       f"input once")
+            seen.add(tensor.name)
+        missing = [s.name for s in self.inputs if s.name not in seen]
+        raise invalid_argument(f"inputs: missing input(s) {', '.join(map(repr, missing))}; the model expects "
+                               f"{self._expected_inputs}")
+
+    def requested_outputs(self, request) -> tuple[TensorSpec, ...]:
+        """The outputs a request asks for (all when ``outputs`` is empty), checked by name."""
+        wanted = request.outputs
+        if not wanted:
+            return self.outputs
+        specs = []
+        for out in wanted:
+            spec = self.output_by_name.get(out.name)
+            if spec is None:
+                raise invalid_argument(f"outputs: unknown output name {out.name!r}; expected one of "
+                                       f"{self._expected_outputs}")
+            if spec in specs:
+                raise invalid_argument(f"outputs: output {out.name!r} is requested more than once; expected "
+                                       f"each output at most once")
+            specs.append(spec)
+        return tuple(specs)
+
+
+def _to_ort_strings(array: np.ndarray, what: str) -> np.ndarray:
+    """onnxruntime string tensors take ``str``: BYTES elements must be UTF-8."""
+    flat = array.reshape(-1)
+    out = np.empty(flat.shape[0], dtype=object)
+    for i, item in enumerate(flat):
+        try:
+            out[i] = item.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise invalid_argument(f"{what}: BYTES element {i} is not valid UTF-8 ({exc.reason} at byte "
+                                   f"{exc.start}); expected UTF-8 text for a string tensor") from None
+    return out.reshape(array.shape)
+
+
+def output_raw(spec: TensorSpec, array: np.ndarray) -> bytes:
+    """Raw bytes of one output in the protocol layout (length-prefixed UTF-8 for strings)."""
+    if spec.is_bytes:
+        return bytes_tensor_to_raw(array)
+    return array.tobytes()
+
+
+
+
+
+def check_declared(signature: ModelSignature, manifest: dict | None) -> None:
+    """If a manifest declares ``inputs``/``outputs`` ([{name, datatype, shape}]), the graph must match."""
+    if not manifest:
+        return
+    for kind, specs in (("inputs", signature.inputs), ("outputs", signature.outputs)):
+        declared = manifest.get(kind)
+        if declared is None:
+            continue
+        actual = [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
+        try:
+            wanted = [{"name": d["name"], "datatype": d["datatype"], "shape": [int(x) for x in d["shape"]]}
+                      for d in declared]
+        except (TypeError, KeyError, ValueError):
+            raise SignatureError(f"manifest {kind} is {declared!r}; expected a list of "
+                                 f"{{name, datatype, shape}} objects") from None
+        if wanted != actual:
+            raise SignatureError(f"signature mismatch: the manifest declares {kind} {wanted} but the model has "
+                                 f"{actual}")
+
+__all__ = ["ModelSignature", "ORT_TYPES", "SignatureError", "TensorSpec", "check_declared", "output_raw"]
