@@ -1,0 +1,166 @@
+"""``MeshClient``: send each request straight to the node that owns it (no extra hop).
+
+The client keeps the same membership view the nodes keep — zeroconf browsing on the given
+interfaces and/or seed addresses resolved with ``Peer.Describe``, liveness from gRPC
+health — and places requests with the same deterministic placement, so a keyed request
+reaches its owner directly.  On UNAVAILABLE it retries once on the next node of the key's
+preference list (inference is idempotent), as the nodes do when they forward.
+
+    with MeshClient(interfaces=["127.0.0.1"]) as client:
+        client.wait_ready(nodes=3, model="mlp")
+        outputs = client.infer("mlp", {"INPUT0": x}, routing_key="user-42")
+"""
+from __future__ import annotations
+
+import threading
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from edgeloop.mesh.channels import ChannelPool
+from edgeloop.mesh.membership import Membership
+from edgeloop.mesh.router import ROUTING_KEY, spill_order
+from edgeloop.protocol.errors import ProtocolError, not_found, unavailable
+
+
+class MeshClient:
+    """A placement-aware Open Inference Protocol client for an edgeloop mesh."""
+
+    def __init__(
+        self,
+        seeds: Sequence[str] = (),
+        interfaces: Sequence[str] | None = ("127.0.0.1",),
+        service_type: str = "_edgeloop._tcp.local.",
+        heartbeat_interval_ms: int = 250,
+        down_after_ms: int = 1000,
+        spill_queue_depth: int | None = None,
+        timeout_s: float = 30.0,
+        start: bool = True,
+    ):
+        from edgeloop.mesh.liveness import LivenessMonitor
+
+        for seed in seeds:
+            host, sep, port = seed.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"seeds: got {seed!r}, expected 'host:port'")
+        self.seeds = list(seeds)
+        self.interfaces = list(interfaces or ())
+        self.service_type = service_type
+        self.spill_queue_depth = spill_queue_depth
+        self.timeout_s = timeout_s
+        self.membership = Membership(self_id=None)
+        self.pool = ChannelPool()
+        self.liveness = LivenessMonitor(self.membership, self.pool, heartbeat_interval_ms, down_after_ms)
+        self.discovery = None
+        self.retries = 0  # requests that needed the fallback node
+        self._lock = threading.Lock()
+        self._started = False
+        if start:
+            self.start()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "MeshClient":
+        if self._started:
+            return self
+        if self.interfaces:
+            from edgeloop.mesh.discovery import Discovery
+
+            self.discovery = Discovery(self.membership, self.service_type, self.interfaces, announcement=None)
+            self.discovery.start()
+        for seed in self.seeds:
+            self.liveness.add_seed(seed, "seed")
+        self.liveness.start()
+        self._started = True
+        return self
+
+    def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        if self.discovery is not None:
+            self.discovery.stop()
+        self.liveness.stop()
+        self.pool.close()
+
+    def __enter__(self) -> "MeshClient":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the view
+    def view(self):
+        """Current members (id, address, state, models, weight, queue depth), sorted by id."""
+        return self.membership.members()
+
+    @property
+    def epoch(self) -> int:
+        return self.membership.epoch
+
+    def wait_ready(self, nodes: int = 1, model: str | None = None, timeout: float = 10.0) -> bool:
+        """Wait until ``nodes`` members are up (serving ``model``, when given)."""
+        def ready(m: Membership) -> bool:
+            up = [x for x in m.members() if x.alive and (model is None or model in x.models)]
+            return len(up) >= nodes
+
+        return self.membership.wait_until(ready, timeout)
+
+    def owner(self, key: str | bytes, model: str, version: int | None = None) -> str | None:
+        """The node that owns ``key`` for ``model`` in the current view."""
+        return self.membership.placement().owner(key, model, version)
+
+    # ------------------------------------------------------------------ inference
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        routing_key: str | None = None,
+        version: int | None = None,
+        outputs: Iterable[str] | None = None,
+        request_id: str = "",
+    ) -> dict[str, np.ndarray]:
+        """Run ``model`` on ``inputs`` at the owner of ``routing_key``; the outputs as arrays."""
+        from edgeloop.protocol.codec import build_infer_request, infer_response_to_numpy
+
+        request = build_infer_request(model, inputs, model_version="" if version is None else str(version),
+                                      request_id=request_id, outputs=outputs)
+        return infer_response_to_numpy(self.infer_request(request, routing_key))
+
+    def infer_request(self, request, routing_key: str | None = None):
+        """Send a ``ModelInferRequest`` to its owner (one retry on the next node); the raw response."""
+        import grpc
+
+        if routing_key is not None:
+            request.parameters[ROUTING_KEY].string_param = routing_key
+        elif ROUTING_KEY in request.parameters:
+            routing_key = request.parameters[ROUTING_KEY].string_param
+        model = request.model_name
+        version = int(request.model_version) if request.model_version.isdigit() else None
+        key = routing_key if routing_key is not None else (request.id or model)
+        placement = self.membership.placement()
+        order = placement.preference(key, model, version)
+        if not order:
+            raise not_found(f"model {model!r}: no node in the client's view serves it "
+                            f"(epoch {placement.snapshot.epoch}, {len(placement.snapshot.nodes)} nodes up)")
+        if self.spill_queue_depth is not None:
+            order = spill_order(order, self._depth, self.spill_queue_depth)
+        last_error = None
+        for attempt, node_id in enumerate(order[:2]):
+            member = self.membership.get(node_id)
+            if member is None:
+                continue
+            try:
+                return self.pool.get(member.address).inference.ModelInfer(request, timeout=self.timeout_s)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise ProtocolError(exc.code(), exc.details() or "") from None
+                last_error = exc
+                if attempt == 0 and len(order) > 1:
+                    with self._lock:
+                        self.retries += 1
+        raise unavailable(f"model {model!r} key {key!r}: {order[:2]} unavailable"
+                          + (f" ({last_error.details()})" if last_error is not None else ""))
+
+    def _depth(self, node_id: str) -> int:
+        member = self.membership.get(node_id)
+        return member.queue_depth if member is not None else 0

@@ -1,0 +1,166 @@
+"""Liveness: every heartbeat, ask each peer's gRPC health service whether it is serving.
+
+mDNS caches a dead peer's records for minutes, so it cannot say who is alive.  Instead each
+tick sends ``grpc.health.v1.Health/Check`` (short deadline) and ``Peer/Describe`` (models,
+queue depth) to every member; a member is up after a SERVING answer and down after
+``down_after_ms`` without one (at once on an explicit NOT_SERVING: it is draining).
+Seed addresses whose identity is not known yet are resolved with Describe.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import grpc
+
+from edgeloop.mesh.channels import ChannelPool
+from edgeloop.mesh.membership import DOWN, UP, Membership, describe_fields
+from edgeloop.protocol import mesh_pb2
+
+log = logging.getLogger(__name__)
+
+
+class LivenessMonitor:
+    """Background heartbeats that keep ``membership`` states and queue depths current."""
+
+    def __init__(
+        self,
+        membership: Membership,
+        pool: ChannelPool,
+        heartbeat_interval_ms: int = 250,
+        down_after_ms: int = 1000,
+    ):
+        from grpc_health.v1 import health_pb2
+
+        self._health_pb2 = health_pb2
+        self.membership = membership
+        self.pool = pool
+        self.interval = heartbeat_interval_ms / 1000.0
+        self.down_after = down_after_ms / 1000.0
+        self.timeout = min(1.0, max(0.1, self.interval))
+        self._seeds: dict[str, str] = {}  # address -> source, until their identity is known
+        self._seed_ids: dict[str, str] = {}  # address -> node id once known
+        self._last_ok: dict[str, float] = {}
+        self.remote_epochs: dict[str, int] = {}  # each peer's own membership epoch (from Describe)
+        self._in_flight: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        membership.add_listener(lambda _epoch: self._wake.set())
+
+    def add_seed(self, address: str, source: str = "static") -> None:
+        """Watch ``address`` (``host:port``) and add it to the view once Describe answers."""
+        with self._lock:
+            self._seeds[address] = source
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="edgeloop-liveness", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:  # a bad tick must not end liveness for the process
+                log.exception("liveness tick failed")
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    # ------------------------------------------------------------------ one tick
+    def _tick(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            seeds = [(a, s) for a, s in self._seeds.items() if a not in self._seed_ids]
+        for address, source in seeds:
+            self._send(("seed", address), self.pool.get(address).peer.Describe,
+                       mesh_pb2.DescribeRequest(), lambda f, a=address, s=source: self._on_seed(f, a, s))
+        members = self.membership.members()
+        present = {m.node_id for m in members}
+        for gone in [n for n in self._last_ok if n not in present]:
+            del self._last_ok[gone]  # a member that left and comes back starts a fresh timer
+        for member in members:
+            if member.node_id == self.membership.self_id:
+                continue
+            node_id = member.node_id
+            self._last_ok.setdefault(node_id, now)
+            stubs = self.pool.get(member.address)
+            self._send(("check", node_id), stubs.health.Check, self._health_pb2.HealthCheckRequest(),
+                       lambda f, n=node_id: self._on_check(f, n))
+            self._send(("describe", node_id), stubs.peer.Describe, mesh_pb2.DescribeRequest(),
+                       lambda f, n=node_id: self._on_describe(f, n))
+            if member.state != DOWN and now - self._last_ok[node_id] > self.down_after:
+                if self.membership.set_state(node_id, DOWN):
+                    log.info("peer %s is down (no health answer for %.0f ms)", node_id, self.down_after * 1000)
+
+    def _send(self, tag: tuple[str, str], method, request, on_done) -> None:
+        """Fire one RPC unless the previous one with this tag is still pending."""
+        with self._lock:
+            if tag in self._in_flight:
+                return
+            self._in_flight.add(tag)
+        future = method.future(request, timeout=self.timeout)
+
+        def done(f, tag=tag):
+            with self._lock:
+                self._in_flight.discard(tag)
+            if not self._stop.is_set():
+                on_done(f)
+
+        future.add_done_callback(done)
+
+    def _on_check(self, future, node_id: str) -> None:
+        try:
+            status = future.result().status
+        except grpc.RpcError:
+            return  # counted as silence: down once down_after has passed
+        if status == self._health_pb2.HealthCheckResponse.SERVING:
+            self._last_ok[node_id] = time.monotonic()
+            if self.membership.set_state(node_id, UP):
+                log.info("peer %s is up", node_id)
+        elif self.membership.set_state(node_id, DOWN):
+            log.info("peer %s is not serving (draining)", node_id)
+
+    def _on_describe(self, future, node_id: str) -> None:
+        try:
+            desc = future.result()
+        except grpc.RpcError:
+            return
+        if desc.node.node_id != node_id or self.membership.get(node_id) is None:
+            return  # another process now answers at that address, or the member left
+        self.remote_epochs[node_id] = int(desc.membership_epoch)
+        fields = describe_fields(desc)
+        fields.pop("host")  # keep the address we reached it on
+        fields.pop("grpc_port")
+        member = self.membership.get(node_id)
+        self.membership.upsert(node_id, next(iter(member.sources)), **fields)
+        self.membership.set_queue_depth(node_id, desc.queue_depth)
+
+    def _on_seed(self, future, address: str, source: str) -> None:
+        try:
+            desc = future.result()
+        except grpc.RpcError:
+            return  # retried next tick
+        node_id = desc.node.node_id
+        if not node_id or node_id == self.membership.self_id:
+            with self._lock:
+                self._seed_ids[address] = node_id or "?"
+            return
+        host, _, port = address.rpartition(":")
+        fields = describe_fields(desc)
+        fields["host"], fields["grpc_port"] = host.strip("[]"), int(port)
+        with self._lock:
+            self._seed_ids[address] = node_id
+        self._last_ok[node_id] = time.monotonic()
+        self.remote_epochs[node_id] = int(desc.membership_epoch)
+        self.membership.upsert(node_id, source, **fields)
+        self.membership.set_queue_depth(node_id, desc.queue_depth)
+        self.membership.set_state(node_id, UP)

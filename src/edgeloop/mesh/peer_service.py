@@ -1,0 +1,51 @@
+"""The ``edgeloop.v1.Peer`` service: tells peers (and clients) who this node is.
+
+Describe answers identity, ready model versions, membership epoch and queue depth — what
+static peers and seed-based clients need to join the view, and what spill routing reads.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import grpc
+
+from edgeloop.mesh.membership import PROTOCOL_VERSION
+from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
+
+
+class PeerServicer(mesh_pb2_grpc.PeerServicer):
+    """Describe from live callbacks, so every answer is current."""
+
+    def __init__(
+        self,
+        identity: Callable[[], mesh_pb2.NodeIdentity],
+        ready_models: Callable[[], Mapping[str, list[int]]],
+        queue_depth: Callable[[], int],
+        epoch: Callable[[], int],
+    ):
+        self._identity = identity
+        self._ready_models = ready_models
+        self._queue_depth = queue_depth
+        self._epoch = epoch
+
+    def Describe(self, request, context):
+        desc = mesh_pb2.NodeDescription(
+            node=self._identity(),
+            membership_epoch=self._epoch(),
+            queue_depth=max(0, min(int(self._queue_depth()), 2**32 - 1)),
+        )
+        for model, versions in sorted(self._ready_models().items()):
+            for v in sorted(versions):
+                desc.models.add(model=model, version=int(v), state="READY")
+        return desc
+
+    def FetchArtifact(self, request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                      "Peer.FetchArtifact: peer-to-peer artifact transfer is not implemented on this node; "
+                      "fetch from the coordinator")
+
+
+def node_identity(node_id: str, host: str, grpc_port: int, metrics_port: int, weight: float,
+                  zone: str) -> mesh_pb2.NodeIdentity:
+    return mesh_pb2.NodeIdentity(node_id=node_id, host=host, grpc_port=grpc_port, metrics_port=metrics_port,
+                                 weight=weight, zone=zone, protocol_version=PROTOCOL_VERSION)

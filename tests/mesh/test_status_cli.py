@@ -1,0 +1,57 @@
+"""``edgeloop status --mesh`` prints the view: nodes, liveness, models+versions, weights, epochs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from meshkit import BarePeer, wait_for
+
+
+def status(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgeloop", "status", "--mesh", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_status_from_seeds():
+    a = BarePeer("edge-x", models={"mlp": [1, 2]}, weight=2.0, zeroconf_interfaces=()).start()
+    b = BarePeer("edge-y", models={"iris": [3]}, zeroconf_interfaces=(), static_peers=(a.address,)).start()
+    try:
+        assert wait_for(lambda: "edge-x" in b.alive_ids(), 5) is not None
+        done = status("--no-zeroconf", "--seed", a.address, "--seed", b.address, "--json")
+        assert done.returncode == 0, done.stderr
+        view = json.loads(done.stdout)
+        nodes = {n["id"]: n for n in view["nodes"]}
+        assert set(nodes) == {"edge-x", "edge-y"}
+        assert nodes["edge-x"]["state"] == "up" and nodes["edge-x"]["weight"] == 2.0
+        assert nodes["edge-x"]["models"] == {"mlp": [1, 2]} and nodes["edge-y"]["models"] == {"iris": [3]}
+        assert nodes["edge-y"]["node_epoch"] >= 2  # edge-y's own view changed when it learned edge-x
+        table = status("--no-zeroconf", "--seed", a.address)
+        assert table.returncode == 0
+        assert "edge-x" in table.stdout and "mlp:1,2" in table.stdout and " up " in table.stdout
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_status_reports_an_empty_mesh_and_bad_seeds():
+    done = status("--no-zeroconf", "--seed", "127.0.0.1:1", "--wait", "0.5")
+    assert done.returncode == 1 and "no nodes found" in done.stdout
+    bad = status("--no-zeroconf", "--seed", "nonsense")
+    assert bad.returncode == 2 and "seeds: got 'nonsense', expected 'host:port'" in bad.stderr
+
+
+@pytest.mark.netns
+def test_status_over_zeroconf():
+    peers = [BarePeer("edge-p").start(), BarePeer("edge-q", models={"mlp": [1], "other": [5]}).start()]
+    try:
+        done = status("--wait", "1.5")
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[0].startswith("mesh view epoch") and "2 nodes, 2 up" in lines[0]
+        assert any(line.startswith("edge-q") and "other:5" in line for line in lines)
+    finally:
+        for p in peers:
+            p.stop()
