@@ -136,3 +136,23 @@ def _close_http_server(httpd) -> None:
 
 
 __all__ = ["EdgeNode"]
+
+
+# ---------------------------------------------------------------- operations the CLI reaches through the node
+# (the architecture lets `cli` import node/coordinator/protocol/perf, not the parts themselves)
+
+DEMO_MODEL_NAME = "demo_mlp"
+
+
+def write_demo_model(root, name: str = DEMO_MODEL_NAME, version: int = 1):
+    """Write the project's own demo MLP (32->64->4, built with onnx.helper) into a model repository."""
+    from edgeloop.serving.demo_models import build_mlp, write_model
+
+    return write_model(root, name, version, build_mlp())
+
+
+def replay_decision_log(path):
+    """Recompute every placement decision in a mesh decision log (see ``edgeloop.mesh.decision_log``)."""
+    from edgeloop.mesh.decision_log import replay
+
+    return replay(path)

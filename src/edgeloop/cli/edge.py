@@ -56,9 +56,9 @@ def build_config(args):
 
 
 def write_demo_model(directory: str) -> int:
-    from edgeloop.serving.demo_models import build_mlp, write_model
+    from edgeloop.node import write_demo_model as write
 
-    path = write_model(directory, DEMO_MODEL_NAME, 1, build_mlp())
+    path = write(directory, DEMO_MODEL_NAME, 1)
     print(f"wrote demo model {DEMO_MODEL_NAME} version 1 to {path}")
     print(f"serve it with: edgeloop edge --model-repository {directory} --grpc-port 8001 --no-mesh")
     return 0

@@ -5,7 +5,7 @@ import sys
 
 
 def _replay(args) -> int:
-    from edgeloop.mesh.decision_log import replay
+    from edgeloop.node import replay_decision_log as replay
 
     try:
         report = replay(args.log)
