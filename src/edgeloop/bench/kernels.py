@@ -22,9 +22,12 @@ def collect_cases(quick: bool, only: str | None):
 
 
 def run(quick: bool = False, only: str | None = None, json_path: str | None = None) -> int:
+    # Collect first: building the cases imports SciPy/sklearn and loads their BLAS libraries, and
+    # threadpoolctl can only limit libraries that are already loaded when the limit is entered.
+    cases = collect_cases(quick, only)
     with single_blas_thread():
         results = []
-        for case in collect_cases(quick, only):
+        for case in cases:
             results.append(measure(case, max_seconds=3.0 if quick else 10.0))
         print_table(results)
     misses = [r for r in results if not r.ok]
