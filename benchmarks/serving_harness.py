@@ -179,3 +179,18 @@ def time_calls(call, payload: bytes, count: int, max_s: float, timeout_s: float 
         if t1 > stop:
             break
     return out
+
+
+def time_session_run(session, x, count: int, max_s: float) -> list[float]:
+    """Seconds per ``session.run`` on ``x`` (after one warm-up run), up to ``count`` runs or ``max_s`` seconds."""
+    feed = {session.get_inputs()[0].name: x}
+    session.run(None, feed)
+    out, stop = [], time.perf_counter() + max_s
+    for _ in range(count):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        t1 = time.perf_counter()
+        out.append(t1 - t0)
+        if t1 > stop:
+            break
+    return out
