@@ -188,12 +188,20 @@ def check_load_unload(client, model: str, model_file: str) -> None:
     with open(model_file, "rb") as fh:
         onnx_bytes = fh.read()
     expect(not client.is_model_ready(pushed, client_timeout=TIMEOUT_S), f"{pushed!r} is ready before it was loaded")
-    # tritonclient itself does not require ``config`` with ``files`` (Triton's server does; edgeloop does not).
-    client.load_model(pushed, files={"file:1/model.onnx": onnx_bytes}, client_timeout=TIMEOUT_S)
+    # Triton's server requires ``config`` with ``files``; edgeloop honours it (max_batch_size etc.).
+    client.load_model(pushed, config='{"backend":"onnxruntime","max_batch_size":8}',
+                      files={"file:1/model.onnx": onnx_bytes}, client_timeout=TIMEOUT_S)
     expect(client.is_model_ready(pushed, client_timeout=TIMEOUT_S), f"{pushed!r} is not ready after load_model")
     x = make_inputs(batch=2, seed=4)
     result = client.infer(pushed, to_infer_inputs(x), client_timeout=TIMEOUT_S)
     compare("y_fp32", result.as_numpy("y_fp32"), expected_outputs(x)["y_fp32"])
+    too_big = make_inputs(batch=9, seed=5)
+    try:
+        client.infer(pushed, to_infer_inputs(too_big), client_timeout=TIMEOUT_S)
+    except InferenceServerException as exc:
+        expect("max_batch_size" in str(exc), f"batch 9 on {pushed!r} failed without naming max_batch_size: {exc}")
+    else:
+        raise CheckFailed(f"batch 9 on {pushed!r} succeeded although its load config said max_batch_size 8")
 
     index = client.get_model_repository_index(client_timeout=TIMEOUT_S)
     names = {m.name for m in index.models}

@@ -5,6 +5,12 @@ as a whole, so requests never take a lock to find their version, and a version s
 requests that started on the old version finish on it, new ones go to the new one.  Loads and
 unloads are serialised by an admin lock.  A version is READY only after its session loaded and
 answered a warm-up run; a failed load leaves whatever was serving untouched and records the reason.
+
+A load may carry Triton's model configuration (JSON, see ``triton_config``).  Its settings override
+the edge config's for that model *from then on*, in memory only: later loads without a config keep
+them (until another config replaces them), unloading keeps them, a restart forgets them.  The
+override is kept only once the load has published its versions; a load refused or rolled back
+leaves the previous settings in force.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from edgeloop.serving.model_version import ModelVersion
 from edgeloop.serving.repository import MANIFEST_FILE, MODEL_FILE, ModelRepository, RepositoryError, parse_version
 from edgeloop.serving.session import SessionError, create_session
 from edgeloop.serving.signature import ModelSignature, SignatureError, check_declared
+from edgeloop.serving.triton_config import parse_triton_config
 
 log = logging.getLogger("edgeloop.serving")
 
@@ -67,6 +74,7 @@ class ModelManager:
         self._states: dict[str, dict[int, tuple[str, str]]] = {}
         self._admin = threading.RLock()
         self._listeners: list = []
+        self._overrides: dict = {}  # model -> ModelConfig set by a load's Triton config (in memory)
 
     # ------------------------------------------------------------------------------ routing
     def acquire(self, name: str, version: str) -> ModelVersion:
@@ -203,20 +211,30 @@ class ModelManager:
                 failed[name] = exc.message
         return failed
 
-    def load(self, name: str, files: dict[str, bytes] | None = None) -> None:
+    def model_config(self, name: str):
+        """The settings ``name`` loads with: a load's Triton config override, else the edge config's."""
+        override = self._overrides.get(name)
+        return override if override is not None else self.config.model(name)
+
+    def load(self, name: str, files: dict[str, bytes] | None = None, triton_config: str | None = None) -> None:
         """(Re)load ``name`` per its version policy, after writing ``files`` (``"<v>/model.onnx"`` -> bytes).
 
-        Raises ProtocolError: NOT_FOUND (no such model), INVALID_ARGUMENT (bad file parameter),
-        FAILED_PRECONDITION (a version failed to load; what was serving still serves).
+        ``triton_config`` (Triton's model configuration as JSON) overrides the model's settings from
+        now on; with no files it reloads the repository's versions with the new settings.
+        Raises ProtocolError: NOT_FOUND (no such model), INVALID_ARGUMENT (bad file parameter or
+        config), FAILED_PRECONDITION (a version failed to load; what was serving still serves).
         """
         with self._admin:
+            override = None
+            if triton_config is not None:
+                override = parse_triton_config(triton_config, self.config.model(name))
             if files:
                 self._write_files(name, files)
             if not self.repository.has_model(name):
                 raise not_found(f"model_name {name!r} is not in the model repository "
                                 f"{self.repository.root}; expected one of "
                                 f"{', '.join(map(repr, self.repository.model_names())) or '(none)'}")
-            config = self.config.model(name)
+            config = override if override is not None else self.model_config(name)
             on_disk = self.repository.versions(name)
             wanted = config.version_policy.select(on_disk)
             if not wanted:
@@ -247,16 +265,19 @@ class ModelManager:
                     failures.append(f"version {version}: {reason}")
                     failed_reasons[version] = reason
                     states[version] = (UNAVAILABLE, reason)
-            if failures and current:
-                for version, mv in chosen.items():
-                    if current.get(version) is not mv:
-                        mv.metrics.set_loaded(False)
+            if failures and current:  # nothing is published: the new versions were never exported
                 for version in current:
                     reason = failed_reasons.get(version)
                     states[version] = (READY, f"previous file still serving; the new file failed: {reason}"
                                        if reason else "")
                 raise failed_precondition(f"model {name!r} failed to load ({'; '.join(failures)}); still serving "
                                           f"versions {sorted(current)}")
+            if override is not None:
+                self._overrides[name] = override
+                log.info("model %s: settings from the load's config (in memory): max_batch_size=%d "
+                         "max_queue_delay_us=%d preferred_batch_sizes=%s version_policy=%s", name,
+                         override.max_batch_size, override.max_queue_delay_us,
+                         list(override.preferred_batch_sizes), override.version_policy)
             self._publish(name, chosen, current, states)
             if failures:
                 raise failed_precondition(f"model {name!r} failed to load ({'; '.join(failures)})"
@@ -283,7 +304,7 @@ class ModelManager:
                 states[version] = (UNAVAILABLE, "unloaded: not selected by the version policy")
                 log.info("unloaded model %s version %d (version policy)", name, version)
         for version, mv in chosen.items():
-            mv.metrics.set_loaded(True)
+            mv.metrics.serve(mv.stats)
         self._notify("load", name)
 
     def _load_version(self, name: str, version: int, config, fingerprint) -> ModelVersion:

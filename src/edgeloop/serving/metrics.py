@@ -1,14 +1,25 @@
 """Prometheus metrics of one node, in a registry of its own (several nodes may share a process).
 
-Label children are bound once per model version (``VersionMetrics``) so a request costs a few
-counter/histogram updates and no label lookups.  Process CPU and memory come from ProcessCollector.
+Nothing here runs per request.  The request and failure counts and the latency / batch-size
+histograms are the counters ``VersionStats`` already keeps for ModelStatistics (plus plain bucket
+arrays it fills under the same lock); a custom collector turns them into metric families when the
+endpoint is scraped.  Counters stay monotonic across hot swaps: when a version retires, its totals
+are carried into its ``(model, version)`` label, so a reload of the same version keeps counting on.
+Process CPU and memory come from ProcessCollector.
 """
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+import threading
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from edgeloop.serving.stats import LATENCY_BUCKETS, MetricTotals, VersionStats
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_LABELS = ("model", "version")
+_LATENCY_LE = tuple(repr(float(b)) for b in LATENCY_BUCKETS) + ("+Inf",)
 
 
 class ServingMetrics:
@@ -16,58 +27,119 @@ class ServingMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        labels = ("model", "version")
-        r = self.registry
-        self.requests = Counter("edgeloop_inference_requests", "Inference requests answered successfully",
-                                labels, registry=r)
-        self.failures = Counter("edgeloop_inference_failures", "Inference requests that failed", labels, registry=r)
-        self.request_seconds = Histogram("edgeloop_inference_request_seconds",
-                                         "Time from receiving a request to its response", labels,
-                                         buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_seconds = Histogram("edgeloop_inference_queue_seconds",
-                                       "Time a request waited in the dynamic batcher (models with max_batch_size > 0)", labels,
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.compute_seconds = Histogram("edgeloop_inference_compute_seconds",
-                                         "onnxruntime execution time of the run a request took part in", labels,
-                                         buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("edgeloop_inference_batch_size", "Inferences per onnxruntime execution",
-                                    labels, buckets=BATCH_BUCKETS, registry=r)
-        self.loaded = Gauge("edgeloop_model_loaded", "1 for each model version that is loaded and ready",
-                            labels, registry=r)
-        self.process = ProcessCollector(registry=r)
+        self._lock = threading.Lock()
+        self._labels: dict[tuple[str, str], VersionMetrics] = {}
+        self.registry.register(_ServingCollector(self))
+        self.process = ProcessCollector(registry=self.registry)
 
     def for_version(self, model: str, version: str) -> "VersionMetrics":
-        return VersionMetrics(self, model, version)
+        """The (shared) metrics handle of one ``(model, version)`` label."""
+        key = (model, version)
+        with self._lock:
+            vm = self._labels.get(key)
+            if vm is None:
+                vm = self._labels[key] = VersionMetrics(self, model, version)
+            return vm
 
-    def failure(self, model: str, version: str) -> None:
-        """Count a failure outside a bound version (unknown version, model not ready)."""
-        self.failures.labels(model, version).inc()
+    def label_totals(self) -> list[tuple[tuple[str, str], MetricTotals, bool]]:
+        """``((model, version), totals, loaded)`` per label, sorted: carried totals plus live versions'."""
+        with self._lock:
+            entries = [(key, vm.carried, list(vm.live), vm.loaded) for key, vm in sorted(self._labels.items())]
+        out = []
+        for key, carried, live, loaded in entries:
+            totals = MetricTotals()
+            totals.add(carried)
+            for stats in live:
+                totals.add(stats.totals())
+            out.append((key, totals, loaded))
+        return out
 
 
 class VersionMetrics:
-    """Pre-bound label children of one model version (the hot path touches only these)."""
+    """Bookkeeping of one ``(model, version)`` label: which versions' stats it exports, and the gauge."""
 
-    __slots__ = ("_family", "_labels", "requests", "failures", "request_seconds", "queue_seconds",
-                 "compute_seconds", "batch_size")
+    __slots__ = ("_family", "labels", "live", "carried", "loaded")
 
     def __init__(self, family: ServingMetrics, model: str, version: str) -> None:
         self._family = family
-        self._labels = (model, version)
-        self.requests = family.requests.labels(model, version)
-        self.failures = family.failures.labels(model, version)
-        self.request_seconds = family.request_seconds.labels(model, version)
-        self.queue_seconds = family.queue_seconds.labels(model, version)
-        self.compute_seconds = family.compute_seconds.labels(model, version)
-        self.batch_size = family.batch_size.labels(model, version)
+        self.labels = (model, version)
+        self.live: list[VersionStats] = []
+        self.carried = MetricTotals()
+        self.loaded = False
 
-    def set_loaded(self, loaded: bool) -> None:
-        if loaded:
-            self._family.loaded.labels(*self._labels).set(1)
-        else:
-            try:
-                self._family.loaded.remove(*self._labels)
-            except KeyError:
-                pass
+    def serve(self, stats: VersionStats) -> None:
+        """A version of this label is published: export its stats and mark the label loaded."""
+        with self._family._lock:
+            if not any(s is stats for s in self.live):
+                self.live.append(stats)
+            self.loaded = True
+
+    def release(self, stats: VersionStats) -> None:
+        """A version of this label retired (drained): carry its totals and drop the loaded mark."""
+        with self._family._lock:
+            for i, s in enumerate(self.live):
+                if s is stats:
+                    del self.live[i]
+                    self.carried.add(stats.totals())
+                    break
+            self.loaded = False
+
+
+class _ServingCollector(Collector):
+    """Builds the serving families from the version counters at scrape time."""
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self):
+        return []  # families depend on what is loaded; nothing to check at registration
+
+    def collect(self):
+        requests = CounterMetricFamily("edgeloop_inference_requests", "Inference requests answered successfully",
+                                       labels=_LABELS)
+        failures = CounterMetricFamily("edgeloop_inference_failures", "Inference requests that failed",
+                                       labels=_LABELS)
+        request_s = HistogramMetricFamily("edgeloop_inference_request_seconds",
+                                          "Time from receiving a request to its response", labels=_LABELS)
+        queue_s = HistogramMetricFamily("edgeloop_inference_queue_seconds",
+                                        "Time a request waited in the dynamic batcher (models with max_batch_size > 0)",
+                                        labels=_LABELS)
+        compute_s = HistogramMetricFamily("edgeloop_inference_compute_seconds",
+                                          "onnxruntime execution time of the run a request took part in",
+                                          labels=_LABELS)
+        batch_size = HistogramMetricFamily("edgeloop_inference_batch_size", "Inferences per onnxruntime execution",
+                                           labels=_LABELS)
+        loaded = GaugeMetricFamily("edgeloop_model_loaded", "1 for each model version that is loaded and ready",
+                                   labels=_LABELS)
+        for labels, t, is_loaded in self._metrics.label_totals():
+            labels = list(labels)
+            requests.add_metric(labels, t.success_count)
+            failures.add_metric(labels, t.fail_count)
+            request_s.add_metric(labels, _latency_buckets(t.request_buckets), t.success_ns * 1e-9)
+            queue_s.add_metric(labels, _latency_buckets(t.queue_buckets), t.queue_ns * 1e-9)
+            compute_s.add_metric(labels, _latency_buckets(t.compute_buckets), t.infer_ns * 1e-9)
+            batch_size.add_metric(labels, *_batch_buckets(t.batches))
+            if is_loaded:
+                loaded.add_metric(labels, 1)
+        yield from (requests, failures, request_s, queue_s, compute_s, batch_size, loaded)
+
+
+def _latency_buckets(counts: list[int]) -> list[tuple[str, int]]:
+    """Per-bucket counts -> Prometheus' cumulative ``(le, count)`` pairs."""
+    out, running = [], 0
+    for le, n in zip(_LATENCY_LE, counts):
+        running += n
+        out.append((le, running))
+    return out
+
+
+def _batch_buckets(batches: dict[int, int]) -> tuple[list[tuple[str, int]], int]:
+    """Executions per batch size -> cumulative ``(le, count)`` pairs over BATCH_BUCKETS, and the sum."""
+    out = []
+    for bound in BATCH_BUCKETS:
+        out.append((repr(float(bound)), sum(n for size, n in batches.items() if size <= bound)))
+    out.append(("+Inf", sum(batches.values())))
+    return out, sum(size * n for size, n in batches.items())
 
 
 __all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "ServingMetrics", "VersionMetrics"]

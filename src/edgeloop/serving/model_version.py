@@ -46,7 +46,13 @@ class ModelVersion:
         self._all_output_names = list(signature.output_names)
         self._output_index = {n: i for i, n in enumerate(signature.output_names)}
         self._input_names = tuple(s.name for s in signature.inputs)
-        self._gate = threading.Condition(threading.Lock())
+        self._head_template = _Response(model_name=name, model_version=self.version_str)
+        self._full_template = _Response(model_name=name, model_version=self.version_str, outputs=[
+            _OutputTensor(name=spec.name, datatype=spec.datatype) for spec in signature.outputs])
+        self._bytes_outputs = any(spec.is_bytes for spec in signature.outputs)
+        # the plain lock is taken twice per request (enter, leave); the condition only by retire
+        self._lock = threading.Lock()
+        self._gate = threading.Condition(self._lock)
         self._inflight = 0
         self._accepting = True
         self._batcher = None
@@ -64,14 +70,14 @@ class ModelVersion:
 
     def try_enter(self) -> bool:
         """Count a request in; False once the version is retiring."""
-        with self._gate:
+        with self._lock:
             if not self._accepting:
                 return False
             self._inflight += 1
             return True
 
     def leave(self) -> None:
-        with self._gate:
+        with self._lock:
             self._inflight -= 1
             if self._inflight == 0 and not self._accepting:
                 self._gate.notify_all()
@@ -86,7 +92,7 @@ class ModelVersion:
         with self._gate:
             self._accepting = False
             drained = self._gate.wait_for(lambda: self._inflight == 0, timeout_s)
-        self.metrics.set_loaded(False)
+        self.metrics.release(self.stats)
         return drained
 
     # ----------------------------------------------------------------------------- hot path
@@ -98,7 +104,6 @@ class ModelVersion:
 
     def _on_execution(self, batch_size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         self.stats.record_execution(batch_size, input_ns, infer_ns, output_ns)
-        self.metrics.batch_size.observe(batch_size)
 
     def infer(self, request, t_start: int):
         """Answer one ModelInferRequest (the caller holds ``try_enter``); failures are counted and re-raised."""
@@ -128,14 +133,7 @@ class ModelVersion:
                 input_ns = decode_ns + result.input_ns
                 inferences = batch
             t_output = perf_counter_ns()
-            response = _Response(
-                model_name=self.name,
-                model_version=self.version_str,
-                id=request.id,
-                outputs=[_OutputTensor(name=s.name, datatype=s.datatype, shape=a.shape)
-                         for s, a in zip(specs, outputs)],
-                raw_output_contents=[output_raw(s, a) for s, a in zip(specs, outputs)],
-            )
+            response = self._respond(request, specs, outputs)
             t_end = perf_counter_ns()
         except ProtocolError:
             self.record_failure(t_start)
@@ -143,22 +141,45 @@ class ModelVersion:
         except Exception as exc:
             self.record_failure(t_start)
             raise internal(f"{self.what}: {type(exc).__name__}: {exc}") from None
-        total_ns = t_end - t_start
-        m = self.metrics
-        if queue_ns < 0:  # ran alone, unbatched: one lock for all counters, no queue to observe
-            self.stats.record_solo(total_ns, decode_ns, infer_ns, t_end - t_output)
-            m.batch_size.observe(1)
+        # the statistics are also the Prometheus data (exported at scrape time): one record, one lock
+        if queue_ns < 0:  # ran alone, unbatched: one execution of batch size 1, no queue
+            self.stats.record_solo(t_end - t_start, decode_ns, infer_ns, t_end - t_output)
         else:
-            self.stats.record_success(inferences, total_ns, queue_ns, input_ns, infer_ns, t_end - t_output)
-            m.queue_seconds.observe(queue_ns * 1e-9)
-        m.requests.inc()
-        m.request_seconds.observe(total_ns * 1e-9)
-        m.compute_seconds.observe(infer_ns * 1e-9)
+            self.stats.record_success(inferences, t_end - t_start, queue_ns, input_ns, infer_ns, t_end - t_output)
+        return response
+
+    def _respond(self, request, specs, outputs):
+        """The response message: copied from a template made at load time, then shapes and bytes filled in.
+
+        ``CopyFrom`` of a prebuilt message is cheaper than building name/version/output tensors from
+        keyword arguments on every request.
+        """
+        response = _Response()
+        if specs is self.signature.outputs:
+            response.CopyFrom(self._full_template)
+            response.id = request.id
+            if len(outputs) == 1 and not self._bytes_outputs:
+                array = outputs[0]
+                response.outputs[0].shape.extend(array.shape)
+                response.raw_output_contents.append(array.tobytes())
+                return response
+            tensors = response.outputs
+            for i, array in enumerate(outputs):
+                tensors[i].shape.extend(array.shape)
+        else:
+            response.CopyFrom(self._head_template)
+            response.id = request.id
+            add = response.outputs.add
+            for spec, array in zip(specs, outputs):
+                add(name=spec.name, datatype=spec.datatype, shape=array.shape)
+        if self._bytes_outputs:
+            response.raw_output_contents.extend([output_raw(s, a) for s, a in zip(specs, outputs)])
+        else:
+            response.raw_output_contents.extend([a.tobytes() for a in outputs])
         return response
 
     def record_failure(self, t_start: int) -> None:
         self.stats.record_failure(perf_counter_ns() - t_start)
-        self.metrics.failures.inc()
 
 
 __all__ = ["ModelVersion"]

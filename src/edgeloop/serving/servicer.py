@@ -18,6 +18,7 @@ log = logging.getLogger("edgeloop.serving")
 SERVER_NAME = "edgeloop"
 EXTENSIONS = ("model_repository", "model_repository(unload_dependents)", "statistics", "parameters")
 _FILE_PREFIX = "file:"
+_CONFIG_KEY = "config"
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
@@ -106,8 +107,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         try:
             if not request.model_name:
                 raise invalid_argument("model_name is empty; expected the name of a model in the repository")
-            files = _file_parameters(request.parameters)
-            self.models.load(request.model_name, files)
+            files, config = _load_parameters(request.parameters)
+            self.models.load(request.model_name, files, config)
         except ProtocolError as exc:
             context.abort(exc.code, exc.message)
         return inference_pb2.RepositoryModelLoadResponse()
@@ -122,20 +123,30 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return inference_pb2.RepositoryModelUnloadResponse()
 
 
-def _file_parameters(parameters) -> dict[str, bytes]:
-    """``file:<version>/model.onnx`` bytes parameters of a load request; other parameters are refused."""
-    files = {}
+def _load_parameters(parameters) -> tuple[dict[str, bytes], str | None]:
+    """The ``file:<version>/model.onnx`` bytes and the ``config`` JSON string of a load request.
+
+    ``config`` is Triton's model configuration (Triton requires one whenever files are sent); see
+    ``edgeloop.serving.triton_config`` for the fields honoured.  Other parameters are refused.
+    """
+    files, config = {}, None
     for key in sorted(parameters):
         value = parameters[key]
-        if key.startswith(_FILE_PREFIX):
-            if value.WhichOneof("parameter_choice") != "bytes_param":
-                raise invalid_argument(f"parameters[{key!r}] holds {value.WhichOneof('parameter_choice')}; "
-                                       f"expected bytes_param with the file's contents")
+        kind = value.WhichOneof("parameter_choice")
+        if key == _CONFIG_KEY:
+            if kind != "string_param":
+                raise invalid_argument(f"parameters['config'] holds {kind}; expected string_param with Triton's "
+                                       f"model configuration as JSON")
+            config = value.string_param
+        elif key.startswith(_FILE_PREFIX):
+            if kind != "bytes_param":
+                raise invalid_argument(f"parameters[{key!r}] holds {kind}; expected bytes_param with the file's "
+                                       f"contents")
             files[key[len(_FILE_PREFIX):]] = value.bytes_param
         else:
-            raise invalid_argument(f"parameters[{key!r}] is not supported; expected only "
+            raise invalid_argument(f"parameters[{key!r}] is not supported; expected 'config' (JSON string) and "
                                    f"'file:<version>/model.onnx' bytes parameters")
-    return files
+    return files, config
 
 
 __all__ = ["EXTENSIONS", "InferenceServicer", "SERVER_NAME"]

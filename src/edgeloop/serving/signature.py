@@ -29,6 +29,10 @@ ORT_TYPES = {
 }
 
 
+#: ``np.ndarray(shape, dtype, buffer)``: the same zero-copy view as ``frombuffer(...).reshape``, in one call.
+_ndarray = np.ndarray
+
+
 class SignatureError(Exception):
     """The model's graph cannot be served (unsupported tensor type, batching without a batch dim)."""
 
@@ -149,7 +153,7 @@ class ModelSignature:
                 self._explain_input_names(inputs)
             if tensor.datatype != spec.datatype:
                 raise invalid_argument(f"{spec.what}: datatype {tensor.datatype!r}; expected {spec.datatype!r}")
-            shape = tuple(tensor.shape)
+            shape = tensor.shape[:]  # a list: the cheapest copy out of the protobuf container
             count = spec.check_shape(shape)
             if use_raw:
                 if tensor.HasField("contents"):
@@ -163,7 +167,7 @@ class ModelSignature:
                         raise invalid_argument(
                             f"{spec.what}: raw_input_contents[{i}] holds {len(raw)} bytes; expected "
                             f"{count * spec.itemsize} (shape {list(shape)} x {spec.itemsize} bytes of {spec.datatype})")
-                    array = np.frombuffer(raw, dtype=spec.dtype).reshape(shape)
+                    array = _ndarray(shape, spec.dtype, raw)  # a read-only view of the bytes, no copy
             else:
                 array = decode_input(tensor, None, spec.what)
                 if spec.is_bytes:

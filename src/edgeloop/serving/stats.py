@@ -4,11 +4,55 @@ inference_count counts inferences (the batch size of each request for batching m
 execution_count counts model executions, so merged batches show execution_count < inference_count.
 Per-request durations (success, fail, queue, compute_input/infer/output) and per-execution batch
 statistics are kept in nanoseconds.  One lock, taken once per request, keeps the counters coherent.
+
+The same records also feed the Prometheus histograms: inside that one lock a request adds 1 to a
+plain bucket array per latency (``bisect`` on integer nanosecond bounds), and the metrics collector
+turns sums, counts and buckets into histogram families at scrape time.  So a request pays for its
+statistics once, and never for prometheus_client's per-observation locks and label children.
 """
 from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
+
+#: Upper bounds (``le``) of the latency histograms, in seconds and in the nanoseconds they are kept in.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LATENCY_BOUNDS_NS = tuple(round(b * 1e9) for b in LATENCY_BUCKETS)
+_N_BUCKETS = len(LATENCY_BOUNDS_NS) + 1  # the last one is +Inf
+
+
+class MetricTotals:
+    """Cumulative counters behind the Prometheus families of one model version (a plain copy).
+
+    ``*_buckets`` are per-bucket (not cumulative) counts over ``LATENCY_BOUNDS_NS`` plus +Inf;
+    ``batches`` maps an execution's batch size to how many executions had it.
+    """
+
+    __slots__ = ("success_count", "success_ns", "fail_count", "queue_ns", "infer_ns", "request_buckets",
+                 "queue_buckets", "compute_buckets", "batches")
+
+    def __init__(self) -> None:
+        self.success_count = self.success_ns = self.fail_count = self.queue_ns = self.infer_ns = 0
+        self.request_buckets = [0] * _N_BUCKETS
+        self.queue_buckets = [0] * _N_BUCKETS
+        self.compute_buckets = [0] * _N_BUCKETS
+        self.batches: dict[int, int] = {}
+
+    def add(self, other: "MetricTotals") -> None:
+        """Fold ``other`` in (a retired version's counters carried into its label's totals)."""
+        self.success_count += other.success_count
+        self.success_ns += other.success_ns
+        self.fail_count += other.fail_count
+        self.queue_ns += other.queue_ns
+        self.infer_ns += other.infer_ns
+        for mine, theirs in ((self.request_buckets, other.request_buckets),
+                             (self.queue_buckets, other.queue_buckets),
+                             (self.compute_buckets, other.compute_buckets)):
+            for i, n in enumerate(theirs):
+                mine[i] += n
+        for size, n in other.batches.items():
+            self.batches[size] = self.batches.get(size, 0) + n
 
 from edgeloop.protocol import inference_pb2
 
@@ -35,6 +79,9 @@ class VersionStats:
         self.queue_ns = 0
         self.input_ns = self.infer_ns = self.output_ns = 0
         self.batches: dict[int, _Batch] = {}
+        self.request_buckets = [0] * _N_BUCKETS
+        self.queue_buckets = [0] * _N_BUCKETS
+        self.compute_buckets = [0] * _N_BUCKETS
 
     def record_success(self, inferences: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int,
                        output_ns: int) -> None:
@@ -49,6 +96,9 @@ class VersionStats:
             self.input_ns += input_ns
             self.infer_ns += infer_ns
             self.output_ns += output_ns
+            self.request_buckets[bisect_left(LATENCY_BOUNDS_NS, total_ns)] += 1
+            self.queue_buckets[bisect_left(LATENCY_BOUNDS_NS, queue_ns)] += 1
+            self.compute_buckets[bisect_left(LATENCY_BOUNDS_NS, infer_ns)] += 1
 
     def record_solo(self, total_ns: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         """A request that ran alone (no batching): one inference, one execution of batch size 1, one lock."""
@@ -62,6 +112,8 @@ class VersionStats:
             self.input_ns += input_ns
             self.infer_ns += infer_ns
             self.output_ns += output_ns
+            self.request_buckets[bisect_left(LATENCY_BOUNDS_NS, total_ns)] += 1
+            self.compute_buckets[bisect_left(LATENCY_BOUNDS_NS, infer_ns)] += 1
             entry = self.batches.get(1)
             if entry is None:
                 entry = self.batches[1] = _Batch()
@@ -86,6 +138,21 @@ class VersionStats:
             entry.input_ns += input_ns
             entry.infer_ns += infer_ns
             entry.output_ns += output_ns
+
+    def totals(self) -> MetricTotals:
+        """A coherent copy of what the Prometheus families export (taken at scrape time)."""
+        out = MetricTotals()
+        with self._lock:
+            out.success_count = self.success_count
+            out.success_ns = self.success_ns
+            out.fail_count = self.fail_count
+            out.queue_ns = self.queue_ns
+            out.infer_ns = self.infer_ns
+            out.request_buckets = list(self.request_buckets)
+            out.queue_buckets = list(self.queue_buckets)
+            out.compute_buckets = list(self.compute_buckets)
+            out.batches = {size: b.count for size, b in self.batches.items()}
+        return out
 
     def snapshot(self):
         """A ``ModelStatistics`` message of the counters now."""
@@ -119,4 +186,4 @@ class VersionStats:
         return stats
 
 
-__all__ = ["VersionStats"]
+__all__ = ["LATENCY_BOUNDS_NS", "LATENCY_BUCKETS", "MetricTotals", "VersionStats"]

@@ -1,0 +1,146 @@
+"""Triton's model configuration (JSON, as sent in RepositoryModelLoad ``parameters['config']``) -> ModelConfig.
+
+Triton requires a config whenever a load carries files, so existing clients call
+``load_model(name, config=json_text, files={...})``.  We honour the fields that map onto our
+per-model settings and start from the model's settings in the edge config, so a field the JSON
+does not state keeps its configured value:
+
+- ``max_batch_size``                              -> ``max_batch_size``
+- ``dynamic_batching.max_queue_delay_microseconds`` -> ``max_queue_delay_us``
+- ``dynamic_batching.preferred_batch_size``         -> ``preferred_batch_sizes``
+- ``version_policy``: ``{"latest": {"num_versions": N}}`` | ``{"all": {}}`` | ``{"specific": {"versions": [...]}}``
+- ``backend`` / ``platform`` must name onnxruntime (``onnxruntime`` / ``onnxruntime_onnx``) when present
+- ``name``, when present, must be the model's name
+
+``instance_group`` and ``parameters`` are accepted and ignored; any other top-level field (Triton
+has many: input, output, optimization, ...) is ignored with a debug log line.  Integers may be JSON
+numbers or decimal strings (protobuf's JSON form writes 64-bit integers as strings).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+from edgeloop.config import ModelConfig, VersionPolicy
+from edgeloop.protocol.errors import invalid_argument
+
+log = logging.getLogger("edgeloop.serving")
+
+FIELD = "parameters['config']"
+ONNX_RUNTIME_NAMES = ("onnxruntime", "onnxruntime_onnx")
+_HONOURED = ("name", "backend", "platform", "max_batch_size", "dynamic_batching", "version_policy")
+_IGNORED_QUIETLY = ("instance_group", "parameters")
+_DYNAMIC_BATCHING = ("max_queue_delay_microseconds", "preferred_batch_size")
+
+
+def parse_triton_config(text: str, base: ModelConfig) -> ModelConfig:
+    """``base`` with the fields of Triton's JSON model configuration ``text`` applied.
+
+    Raises ProtocolError(INVALID_ARGUMENT) naming ``parameters['config']``, the field, the value
+    received and what was expected.
+    """
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise invalid_argument(f"{FIELD} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} "
+                               f"(char {exc.pos}); expected Triton's model configuration as a JSON object") from None
+    if not isinstance(doc, dict):
+        raise invalid_argument(f"{FIELD} holds a JSON {_json_type(doc)}; expected Triton's model configuration "
+                               f"as a JSON object, e.g. {{\"backend\": \"onnxruntime\", \"max_batch_size\": 8}}")
+    unknown = sorted(k for k in doc if k not in _HONOURED and k not in _IGNORED_QUIETLY)
+    if unknown:
+        log.debug("model %s: ignoring Triton config field(s) %s", base.name, ", ".join(unknown))
+
+    name = doc.get("name")
+    if name not in (None, "") and name != base.name:
+        raise invalid_argument(f"{FIELD}.name is {name!r}; expected the model's name {base.name!r} (or no name)")
+    for key in ("backend", "platform"):
+        value = doc.get(key)
+        if value not in (None, "") and value not in ONNX_RUNTIME_NAMES:
+            raise invalid_argument(f"{FIELD}.{key} is {value!r}; expected one of "
+                                   f"{', '.join(map(repr, ONNX_RUNTIME_NAMES))} (this server runs ONNX models "
+                                   f"with onnxruntime only)")
+
+    changes = {}
+    if "max_batch_size" in doc:
+        changes["max_batch_size"] = _int(doc["max_batch_size"], "max_batch_size", minimum=0)
+    if "dynamic_batching" in doc:
+        changes.update(_dynamic_batching(doc["dynamic_batching"]))
+    if "version_policy" in doc:
+        changes["version_policy"] = _version_policy(doc["version_policy"])
+    config = replace(base, **changes)
+    if config.max_batch_size > 0:
+        too_big = [p for p in config.preferred_batch_sizes if p > config.max_batch_size]
+        if too_big:
+            raise invalid_argument(f"{FIELD}.dynamic_batching.preferred_batch_size is "
+                                   f"{list(config.preferred_batch_sizes)}; expected sizes <= max_batch_size "
+                                   f"{config.max_batch_size}")
+    return config
+
+
+def _dynamic_batching(section) -> dict:
+    where = "dynamic_batching"
+    if not isinstance(section, dict):
+        raise invalid_argument(f"{FIELD}.{where} holds a JSON {_json_type(section)}; expected an object such as "
+                               f"{{\"max_queue_delay_microseconds\": 100, \"preferred_batch_size\": [4, 8]}}")
+    unknown = sorted(k for k in section if k not in _DYNAMIC_BATCHING)
+    if unknown:
+        log.debug("ignoring Triton config field(s) %s", ", ".join(f"{where}.{k}" for k in unknown))
+    out = {}
+    if "max_queue_delay_microseconds" in section:
+        out["max_queue_delay_us"] = _int(section["max_queue_delay_microseconds"],
+                                         f"{where}.max_queue_delay_microseconds", minimum=0)
+    if "preferred_batch_size" in section:
+        sizes = section["preferred_batch_size"]
+        if not isinstance(sizes, list):
+            raise invalid_argument(f"{FIELD}.{where}.preferred_batch_size is {sizes!r}; expected a list of "
+                                   f"positive integers")
+        out["preferred_batch_sizes"] = tuple(
+            _int(v, f"{where}.preferred_batch_size[{i}]", minimum=1) for i, v in enumerate(sizes))
+    return out
+
+
+def _version_policy(policy) -> VersionPolicy:
+    where = "version_policy"
+    expected = ('exactly one of {"latest": {"num_versions": N}}, {"all": {}}, '
+                '{"specific": {"versions": [1, 2]}}')
+    if not isinstance(policy, dict) or len(policy) != 1:
+        raise invalid_argument(f"{FIELD}.{where} is {json.dumps(policy)}; expected {expected}")
+    (kind, body), = policy.items()
+    if kind not in ("latest", "all", "specific"):
+        raise invalid_argument(f"{FIELD}.{where} has kind {kind!r}; expected {expected}")
+    if not isinstance(body, dict):
+        raise invalid_argument(f"{FIELD}.{where}.{kind} holds a JSON {_json_type(body)}; expected an object "
+                               f"({expected})")
+    if kind == "all":
+        return VersionPolicy(kind="all")
+    if kind == "latest":
+        n = _int(body.get("num_versions", 1), f"{where}.latest.num_versions", minimum=1)
+        return VersionPolicy(kind="latest", latest_n=n)
+    versions = body.get("versions")
+    if not isinstance(versions, list) or not versions:
+        raise invalid_argument(f"{FIELD}.{where}.specific.versions is {json.dumps(versions)}; expected a "
+                               f"non-empty list of positive integers")
+    return VersionPolicy(kind="specific", versions=tuple(
+        sorted({_int(v, f"{where}.specific.versions[{i}]", minimum=1) for i, v in enumerate(versions)})))
+
+
+def _int(value, where: str, minimum: int) -> int:
+    """A JSON number or decimal string holding an integer >= ``minimum``."""
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value)
+    if number is None or number < minimum:
+        raise invalid_argument(f"{FIELD}.{where} is {json.dumps(value)}; expected an integer >= {minimum}")
+    return number
+
+
+def _json_type(value) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+__all__ = ["FIELD", "ONNX_RUNTIME_NAMES", "parse_triton_config"]

@@ -1,0 +1,146 @@
+"""RepositoryModelLoad with Triton's ``parameters['config']`` (JSON model configuration), on real nodes."""
+from __future__ import annotations
+
+import json
+import logging
+
+import grpc
+import numpy as np
+import pytest
+from serving_fixtures import RPC_TIMEOUT_S
+
+from edgeloop.config import ModelConfig
+from edgeloop.protocol import inference_pb2
+from edgeloop.protocol.codec import build_infer_request, infer_response_to_numpy
+from edgeloop.serving.demo_models import build_mlp, write_model
+
+
+def load(handle, name, config=None, files=None):
+    request = inference_pb2.RepositoryModelLoadRequest(model_name=name)
+    if config is not None:
+        request.parameters["config"].string_param = config if isinstance(config, str) else json.dumps(config)
+    for path, data in (files or {}).items():
+        request.parameters[f"file:{path}"].bytes_param = data
+    return handle.stub.RepositoryModelLoad(request, timeout=RPC_TIMEOUT_S)
+
+
+def infer(handle, name, batch, version=""):
+    x = np.arange(batch * 32, dtype=np.float32).reshape(batch, 32) / 100
+    response = handle.infer(build_infer_request(name, {"INPUT0": x}, model_version=version))
+    return response.model_version, infer_response_to_numpy(response)["OUTPUT0"]
+
+
+def refused_batch(handle, name, batch):
+    with pytest.raises(grpc.RpcError) as err:
+        infer(handle, name, batch)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    return err.value.details()
+
+
+def test_load_with_config_and_files_applies_batching_settings(repo, start_node):
+    handle = start_node(repo)
+    data = build_mlp(seed=3).SerializeToString()
+    config = {"name": "pushed", "backend": "onnxruntime", "max_batch_size": 4,
+              "dynamic_batching": {"max_queue_delay_microseconds": "1500", "preferred_batch_size": [2, 4]},
+              "instance_group": [{"kind": "KIND_CPU", "count": 1}], "parameters": {}}
+    load(handle, "pushed", config, {"1/model.onnx": data})
+    assert handle.node.models.ready_models()["pushed"] == [1]
+    settings = handle.node.models.model_config("pushed")
+    assert (settings.max_batch_size, settings.max_queue_delay_us, settings.preferred_batch_sizes) == (4, 1500, (2, 4))
+    version, out = infer(handle, "pushed", 4)
+    assert version == "1" and out.shape == (4, 4)
+    assert "expected 1..4 (max_batch_size)" in refused_batch(handle, "pushed", 5)
+
+
+def test_config_without_files_reloads_with_new_settings_and_they_stick(repo, start_node):
+    handle = start_node(repo)  # mlp: no batching, any batch size
+    _, before = infer(handle, "mlp", 6)
+    load(handle, "mlp", '{"backend":"onnxruntime","max_batch_size":2}')
+    assert "max_batch_size" in refused_batch(handle, "mlp", 6)
+    _, small = infer(handle, "mlp", 2)
+    np.testing.assert_array_equal(small, before[:2])
+    load(handle, "mlp")  # a later load without config keeps the override
+    assert handle.node.models.model_config("mlp").max_batch_size == 2
+    assert "max_batch_size" in refused_batch(handle, "mlp", 6)
+    handle.node.models.unload("mlp")
+    load(handle, "mlp")  # and so does unload + load
+    assert "max_batch_size" in refused_batch(handle, "mlp", 6)
+    load(handle, "mlp", {"platform": "onnxruntime_onnx", "max_batch_size": 0})  # a new config replaces it
+    _, after = infer(handle, "mlp", 6)
+    np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize("policy, expected", [
+    ({"all": {}}, [1, 2, 3]),
+    ({"specific": {"versions": [1, 3]}}, [1, 3]),
+    ({"latest": {"num_versions": "2"}}, [2, 3]),
+    ({"latest": {"num_versions": 1}}, [3]),
+])
+def test_config_version_policy(tmp_path, start_node, policy, expected):
+    root = tmp_path / "models"
+    for version in (1, 2, 3):
+        write_model(root, "mlp", version, build_mlp(seed=version))
+    handle = start_node(root, models=[ModelConfig(name="mlp")])
+    assert handle.node.models.ready_models() == {"mlp": [3]}
+    load(handle, "mlp", {"backend": "onnxruntime", "version_policy": policy})
+    assert handle.node.models.ready_models() == {"mlp": expected}
+    for v in expected:
+        assert infer(handle, "mlp", 1, str(v))[0] == str(v)
+
+
+@pytest.mark.parametrize("config, needles", [
+    ('{"backend": "onnxruntime", "max_batch_size": 8', ["not valid JSON", "line 1 column", "expected"]),
+    ('{"backend": onnxruntime}', ["not valid JSON", "line 1 column 13", "expected"]),
+    ("[1, 2]", ["JSON array", "expected Triton's model configuration as a JSON object"]),
+    ({"backend": "tensorflow"}, ["backend is 'tensorflow'", "'onnxruntime'"]),
+    ({"platform": "pytorch_libtorch"}, ["platform is 'pytorch_libtorch'", "'onnxruntime_onnx'"]),
+    ({"max_batch_size": -1}, ["max_batch_size is -1", "expected an integer >= 0"]),
+    ({"max_batch_size": "eight"}, ["max_batch_size is \"eight\"", "expected an integer"]),
+    ({"max_batch_size": 4, "dynamic_batching": {"preferred_batch_size": [8]}},
+     ["preferred_batch_size is [8]", "<= max_batch_size 4"]),
+    ({"dynamic_batching": {"max_queue_delay_microseconds": -5}}, ["max_queue_delay_microseconds is -5"]),
+    ({"version_policy": {"newest": {}}}, ["version_policy has kind 'newest'", "expected exactly one of"]),
+    ({"version_policy": {"specific": {"versions": []}}}, ["specific.versions is []", "positive integers"]),
+    ({"name": "other"}, ["name is 'other'", "expected the model's name 'mlp'"]),
+])
+def test_bad_config_is_invalid_argument_and_changes_nothing(repo, start_node, config, needles):
+    handle = start_node(repo)
+    _, before = infer(handle, "mlp", 3)
+    with pytest.raises(grpc.RpcError) as err:
+        load(handle, "mlp", config, {"2/model.onnx": build_mlp(seed=2).SerializeToString()})
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details()
+    assert "parameters['config']" in details
+    for needle in needles:
+        assert needle in details, details
+    assert not (repo / "mlp" / "2").exists()  # refused before any file was written
+    assert handle.node.models.model_config("mlp").max_batch_size == 0
+    version, after = infer(handle, "mlp", 3)
+    assert version == "1"
+    np.testing.assert_array_equal(after, before)
+
+
+def test_unknown_config_fields_are_ignored_and_logged_at_debug(repo, start_node, caplog):
+    handle = start_node(repo)
+    config = {"backend": "onnxruntime", "max_batch_size": 8, "input": [{"name": "INPUT0"}],
+              "optimization": {"graph": {"level": 1}}, "instance_group": [{"count": 2}],
+              "dynamic_batching": {"max_queue_delay_microseconds": 100, "priority_levels": 2}}
+    with caplog.at_level(logging.DEBUG, logger="edgeloop.serving"):
+        load(handle, "mlp", config)
+    ignored = [r.getMessage() for r in caplog.records if "ignoring Triton config" in r.getMessage()]
+    assert any("input, optimization" in m for m in ignored), ignored
+    assert any("dynamic_batching.priority_levels" in m for m in ignored), ignored
+    assert not any("instance_group" in m for m in ignored)
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if "ignoring Triton config" in r.getMessage())
+    assert handle.node.models.model_config("mlp").max_batch_size == 8
+    assert infer(handle, "mlp", 8)[1].shape == (8, 4)
+
+
+def test_config_must_be_a_string_param(repo, start_node):
+    handle = start_node(repo)
+    request = inference_pb2.RepositoryModelLoadRequest(model_name="mlp")
+    request.parameters["config"].int64_param = 8
+    with pytest.raises(grpc.RpcError) as err:
+        handle.stub.RepositoryModelLoad(request, timeout=RPC_TIMEOUT_S)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "parameters['config'] holds int64_param; expected string_param" in err.value.details()
