@@ -35,7 +35,9 @@ with a brute-force NumPy transcription, bit for bit).
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport uint64_t, int64_t
 from libc.string cimport memcpy
+from libc.stdlib cimport malloc, free, qsort
 from libc.math cimport INFINITY
+from cpython.number cimport PyNumber_Index
 
 import numpy as np
 
@@ -146,6 +148,8 @@ cdef double CAND_FACTOR = 1.125  # exact in binary
 # below 2**53 * (1 - (1 + 2**-18) / CAND_FACTOR) = 2**53 / 9 - 2**35 / 1.125: see best_weighted
 cdef uint64_t D_LIMIT = ((<uint64_t>1) << 53) // 9 - ((<uint64_t>1) << 35)
 cdef uint64_t D_MIN = (<uint64_t>1) << 20
+cdef enum:
+    FIRST_STACK_NODES = 512  # PreparedNodes.first keeps its scratch on the stack up to this many nodes
 
 
 # ---------------------------------------------------------------- XXH64
@@ -430,91 +434,254 @@ cdef inline Py_ssize_t best_masked(uint64_t a, Py_ssize_t n, const uint64_t* nb,
     return best
 
 
-cdef void _mix_all(const uint64_t[::1] src, uint64_t salt, uint64_t[::1] dst) noexcept nogil:
-    """pre30(mix64(id ^ salt)) of every id: a node's half of every pair hash."""
-    cdef Py_ssize_t i
-    for i in range(src.shape[0]):
-        dst[i] = pre30(mix64(src[i] ^ salt))
+cdef struct RankItem:
+    double score
+    uint64_t h
+    uint64_t node_id
+    int64_t index
 
 
-def assign(const uint64_t[::1] keys, const uint64_t[::1] nodes, const double[::1] weights,
-           bint weighted, int64_t[::1] out, int n_threads=0):
-    """First choice of every key (parallel over keys; n_threads <= 0: the OpenMP default).
+cdef int _cmp_by_hash(const void* pa, const void* pb) noexcept nogil:
+    """Bigger raw pair hash first; ties (impossible for unique ids) to the smaller id."""
+    cdef const RankItem* a = <const RankItem*>pa
+    cdef const RankItem* b = <const RankItem*>pb
+    if a.h != b.h:
+        return -1 if a.h > b.h else 1
+    if a.node_id != b.node_id:
+        return -1 if a.node_id < b.node_id else 1
+    return 0
 
-    Fewer than PARALLEL_MIN_KEYS keys run serially: a thread team costs more than it saves.
+
+cdef int _cmp_by_score(const void* pa, const void* pb) noexcept nogil:
+    """Higher score first; equal scores to the smaller id (the hrw_assign rule)."""
+    cdef const RankItem* a = <const RankItem*>pa
+    cdef const RankItem* b = <const RankItem*>pb
+    if a.score != b.score:
+        return -1 if a.score > b.score else 1
+    if a.node_id != b.node_id:
+        return -1 if a.node_id < b.node_id else 1
+    return 0
+
+
+cdef class PreparedNodes:
+    """A node set with its half of every pair hash computed once (the base of ``HrwNodes``).
+
+    Every decision - one key's winner (``first``), its preference order (``rank``) and a
+    batch with or without a cap (``_assign_first`` / ``_assign_capped``) - goes through the
+    same ``best_equal`` / ``best_weighted`` / ``best_masked`` as before, so they cannot
+    disagree.  Arrays must be validated by the caller (``kernels.placement.HrwNodes``);
+    once prepared the object is immutable and safe to share between threads.
     """
-    cdef Py_ssize_t k, K = keys.shape[0], N = nodes.shape[0]
-    cdef int nt = n_threads if n_threads > 0 else edgeloop_omp_max_threads()
-    if K < PARALLEL_MIN_KEYS or nt < 1:
-        nt = 1
-    cdef uint64_t[::1] nb = _alloc_u64(N)
-    cdef uint64_t[:, ::1] scratch = np.empty((nt, N), dtype=np.uint64)  # one row per thread
-    cdef double[::1] inv_w = np.empty(N, dtype=np.float64)
-    cdef const uint64_t* pb = &nb[0]
-    cdef const uint64_t* ids = &nodes[0]
-    cdef const double* w = &weights[0]
-    cdef double w_max = 0.0
-    for k in range(N):
-        w_max = weights[k] if weights[k] > w_max else w_max
-        inv_w[k] = 1.0 / weights[k] if weights[k] > 0.0 else INFINITY
-    with nogil:
-        _mix_all(nodes, _NODE_SALT, nb)
-        if nt == 1:
-            if weighted:
-                for k in range(K):
-                    out[k] = best_weighted(pre30(mix64(keys[k] ^ _KEY_SALT)), N, pb, ids, w, &inv_w[0], w_max,
-                                           &scratch[0, 0])
-            else:
-                for k in range(K):
-                    out[k] = best_equal(pre30(mix64(keys[k] ^ _KEY_SALT)), N, pb, ids, &scratch[0, 0])
-        elif weighted:
-            for k in prange(K, schedule="static", num_threads=nt):
-                out[k] = best_weighted(pre30(mix64(keys[k] ^ _KEY_SALT)), N, pb, ids, w, &inv_w[0], w_max,
-                                       &scratch[threadid(), 0])
+
+    cdef object _ids_arr, _w_arr, _nb_arr, _inv_w_arr
+    cdef const uint64_t* _ids
+    cdef const uint64_t* _nb
+    cdef const double* _w
+    cdef const double* _inv_w
+    cdef double _w_max
+    cdef bint _weighted
+    cdef Py_ssize_t _n
+
+    def _prepare(self, ids, weights, bint weighted):
+        """Take validated ``ids`` (unique uint64[N], N >= 1) and ``weights`` (float64[N]) once."""
+        if self._n:
+            raise RuntimeError("HrwNodes is immutable: it is already prepared")
+        cdef Py_ssize_t i, n = len(ids)
+        if n < 1 or len(weights) != n:
+            raise ValueError(f"nodes: expected N >= 1 ids and N weights, got {n} and {len(weights)}")
+        ids_arr = np.array(ids, dtype=np.uint64, copy=True, order="C")
+        w_arr = np.array(weights, dtype=np.float64, copy=True, order="C")
+        nb_arr = np.empty(n, dtype=np.uint64)
+        inv_w_arr = np.empty(n, dtype=np.float64)
+        cdef uint64_t[::1] ids_v = ids_arr, nb_v = nb_arr
+        cdef double[::1] w_v = w_arr, inv_v = inv_w_arr
+        cdef double w_max = 0.0
+        for i in range(n):
+            nb_v[i] = pre30(mix64(ids_v[i] ^ _NODE_SALT))
+            w_max = w_v[i] if w_v[i] > w_max else w_max
+            inv_v[i] = 1.0 / w_v[i] if w_v[i] > 0.0 else INFINITY
+        for arr in (ids_arr, w_arr, nb_arr, inv_w_arr):
+            arr.flags.writeable = False
+        self._ids_arr, self._w_arr, self._nb_arr, self._inv_w_arr = ids_arr, w_arr, nb_arr, inv_w_arr
+        self._ids, self._nb, self._w, self._inv_w = &ids_v[0], &nb_v[0], &w_v[0], &inv_v[0]
+        self._w_max = w_max
+        self._weighted = weighted
+        self._n = n
+
+    @property
+    def ids(self):
+        """The node ids (read-only uint64[N]), in the caller's order: indices refer to it."""
+        return self._ids_arr
+
+    @property
+    def weights(self):
+        """The weights (read-only float64[N]; all ones when none were given)."""
+        return self._w_arr
+
+    @property
+    def weighted(self):
+        """False when every weight is equal: raw pair hashes are then compared as integers."""
+        return bool(self._weighted)
+
+    def __len__(self):
+        return self._n
+
+    def __reduce__(self):
+        return (type(self), (self._ids_arr, self._w_arr))
+
+    cdef Py_ssize_t _first(self, uint64_t key) noexcept nogil:
+        """Winner index for one hashed key; -1 if unprepared or out of memory.  Reentrant."""
+        cdef uint64_t stack_buf[FIRST_STACK_NODES]
+        cdef uint64_t* buf = stack_buf
+        cdef Py_ssize_t best
+        cdef uint64_t a
+        if self._n == 0:
+            return -1
+        if self._n > FIRST_STACK_NODES:
+            buf = <uint64_t*>malloc(self._n * sizeof(uint64_t))
+            if buf == NULL:
+                return -1
+        a = pre30(mix64(key ^ _KEY_SALT))
+        if self._weighted:
+            best = best_weighted(a, self._n, self._nb, self._ids, self._w, self._inv_w, self._w_max, buf)
         else:
-            for k in prange(K, schedule="static", num_threads=nt):
-                out[k] = best_equal(pre30(mix64(keys[k] ^ _KEY_SALT)), N, pb, ids, &scratch[threadid(), 0])
+            best = best_equal(a, self._n, self._nb, self._ids, buf)
+        if buf != stack_buf:
+            free(buf)
+        return best
+
+    def first(self, key):
+        """Index of ``key``'s winner (``key``: an int in [0, 2**64), e.g. ``stable_hash(...)``).
+
+        Exactly ``hrw_assign([key], ...)[0]`` (same code, ties included) but with nothing
+        allocated or validated per call beyond the key, serial, so it costs ~1 us at 100
+        nodes.  It keeps the GIL: releasing it for a microsecond of work would hand it to
+        another thread and could wait a whole switch interval (5 ms) to get it back.
+        """
+        cdef Py_ssize_t best = self._first(_key_u64(key))
+        if best < 0:
+            _unusable(self._n)
+        return best
+
+    def rank(self, key):
+        """``key``'s full preference order (node indices, best first), as ``hrw_rank``."""
+        cdef uint64_t k = _key_u64(key)
+        if self._n == 0:
+            _unusable(0)
+        cdef Py_ssize_t i, n = self._n
+        out = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] out_v = out
+        cdef RankItem* items = <RankItem*>malloc(n * sizeof(RankItem))
+        if items == NULL:
+            raise MemoryError(f"rank: cannot allocate {n} entries")
+        cdef uint64_t a = pre30(mix64(k ^ _KEY_SALT))
+        cdef int (*cmp)(const void*, const void*) noexcept nogil
+        cmp = _cmp_by_score if self._weighted else _cmp_by_hash
+        with nogil:
+            for i in range(n):
+                items[i].h = mix64_tail(a ^ self._nb[i])
+                items[i].score = self._w[i] / neg_log_u(items[i].h) if self._weighted else 0.0
+                items[i].node_id = self._ids[i]
+                items[i].index = i
+            qsort(items, n, sizeof(RankItem), cmp)
+            for i in range(n):
+                out_v[i] = items[i].index
+        free(items)
+        return out
+
+    def _assign_first(self, const uint64_t[::1] keys, int64_t[::1] out, int n_threads=0):
+        """First choice of every key (parallel over keys; n_threads <= 0: the OpenMP default).
+
+        Fewer than PARALLEL_MIN_KEYS keys run serially: a thread team costs more than it saves.
+        """
+        cdef Py_ssize_t k, K = keys.shape[0], N = self._n
+        if N == 0:
+            _unusable(0)
+        if out.shape[0] != K:
+            raise ValueError(f"out must have shape ({K},), got ({out.shape[0]},)")
+        cdef int nt = n_threads if n_threads > 0 else edgeloop_omp_max_threads()
+        if K < PARALLEL_MIN_KEYS or nt < 1:
+            nt = 1
+        cdef uint64_t[:, ::1] scratch = np.empty((nt, N), dtype=np.uint64)  # one row per thread
+        cdef const uint64_t* pb = self._nb
+        cdef const uint64_t* ids = self._ids
+        cdef const double* w = self._w
+        cdef const double* inv_w = self._inv_w
+        cdef double w_max = self._w_max
+        if K == 0:
+            return
+        with nogil:
+            if nt == 1:
+                if self._weighted:
+                    for k in range(K):
+                        out[k] = best_weighted(pre30(mix64(keys[k] ^ _KEY_SALT)), N, pb, ids, w, inv_w, w_max,
+                                               &scratch[0, 0])
+                else:
+                    for k in range(K):
+                        out[k] = best_equal(pre30(mix64(keys[k] ^ _KEY_SALT)), N, pb, ids, &scratch[0, 0])
+            elif self._weighted:
+                for k in prange(K, schedule="static", num_threads=nt):
+                    out[k] = best_weighted(pre30(mix64(keys[k] ^ _KEY_SALT)), N, pb, ids, w, inv_w, w_max,
+                                           &scratch[threadid(), 0])
+            else:
+                for k in prange(K, schedule="static", num_threads=nt):
+                    out[k] = best_equal(pre30(mix64(keys[k] ^ _KEY_SALT)), N, pb, ids, &scratch[threadid(), 0])
+
+    def _assign_capped(self, const uint64_t[::1] keys, const int64_t[::1] caps, int64_t[::1] out):
+        """Bounded-load assignment, keys in index order; ``out`` must hold the first choices.
+
+        A key whose first choice is full takes the best-scoring node that still has room, which is
+        exactly the first node with room on its own preference list.
+        """
+        cdef Py_ssize_t k, c, K = keys.shape[0], N = self._n
+        if N == 0:
+            _unusable(0)
+        if caps.shape[0] != N or out.shape[0] != K:
+            raise ValueError(f"caps/out must have shapes ({N},)/({K},), got ({caps.shape[0]},)/({out.shape[0]},)")
+        cdef int64_t[::1] load = _alloc_i64(N)
+        cdef unsigned char[::1] full = _alloc_u8(N)
+        cdef uint64_t a
+        with nogil:
+            for c in range(N):
+                full[c] = caps[c] <= 0
+            for k in range(K):
+                c = out[k]
+                if full[c]:
+                    a = pre30(mix64(keys[k] ^ _KEY_SALT))
+                    c = best_masked(a, N, self._nb, self._ids, self._w, self._weighted, &full[0])
+                    out[k] = c
+                if c < 0:  # unreachable when sum(caps) >= K, which the caller checks
+                    break
+                load[c] += 1
+                if load[c] >= caps[c]:
+                    full[c] = 1
 
 
-def assign_capped(const uint64_t[::1] keys, const uint64_t[::1] nodes, const double[::1] weights,
-                  bint weighted, const int64_t[::1] caps, int64_t[::1] out):
-    """Bounded-load assignment, keys in index order; ``out`` must hold the first choices.
-
-    A key whose first choice is full takes the best-scoring node that still has room, which is
-    exactly the first node with room on its own preference list.
-    """
-    cdef Py_ssize_t k, c, K = keys.shape[0], N = nodes.shape[0]
-    cdef uint64_t[::1] nb = _alloc_u64(N)
-    cdef int64_t[::1] load = _alloc_i64(N)
-    cdef unsigned char[::1] full = _alloc_u8(N)
-    cdef uint64_t a
-    with nogil:
-        _mix_all(nodes, _NODE_SALT, nb)
-        for c in range(N):
-            full[c] = caps[c] <= 0
-        for k in range(K):
-            c = out[k]
-            if full[c]:
-                a = pre30(mix64(keys[k] ^ _KEY_SALT))
-                c = best_masked(a, N, &nb[0], &nodes[0], &weights[0], weighted, &full[0])
-                out[k] = c
-            if c < 0:  # unreachable when sum(caps) >= K, which the caller checks
-                break
-            load[c] += 1
-            if load[c] >= caps[c]:
-                full[c] = 1
+cdef inline uint64_t _key_u64(object key) except? 0:
+    """A hashed key as uint64: exact ints only (``__index__``; a float is an error, not truncated)."""
+    cdef uint64_t k
+    if type(key) is not int:
+        try:
+            key = PyNumber_Index(key)
+        except TypeError:
+            raise _bad_key(key) from None
+    try:
+        k = key
+    except OverflowError:
+        raise _bad_key(key) from None
+    return k
 
 
-def scores(uint64_t key, const uint64_t[::1] nodes, const double[::1] weights, bint weighted,
-           uint64_t[::1] raw, double[::1] score):
-    """Raw pair hashes and (when weighted) scores of one key against every node."""
-    cdef Py_ssize_t i
-    cdef uint64_t a = mix64(key ^ _KEY_SALT)
-    with nogil:
-        for i in range(nodes.shape[0]):
-            raw[i] = mix64(a ^ mix64(nodes[i] ^ _NODE_SALT))
-            if weighted:
-                score[i] = weights[i] / neg_log_u(raw[i])
+cdef object _bad_key(object key):
+    if isinstance(key, int) and not isinstance(key, bool):
+        return ValueError(f"key must be in [0, 2**64), got {key}")
+    return TypeError(f"key must be an int in [0, 2**64) (e.g. stable_hash(...)), got {type(key).__name__}: {key!r:.80}")
+
+
+cdef int _unusable(Py_ssize_t n) except -1:
+    if n == 0:
+        raise RuntimeError("HrwNodes is not prepared: build it with HrwNodes(nodes, weights)")
+    raise MemoryError(f"cannot allocate scratch for {n} nodes")
 
 
 def capacities(const double[::1] weights_by_id, double capacity_factor, Py_ssize_t n_keys,
@@ -534,10 +701,6 @@ def capacities(const double[::1] weights_by_id, double capacity_factor, Py_ssize
         if <double>cap < q:
             cap += 1
         caps_by_id[i] = cap
-
-
-cdef uint64_t[::1] _alloc_u64(Py_ssize_t n):
-    return np.empty(n, dtype=np.uint64)
 
 
 cdef int64_t[::1] _alloc_i64(Py_ssize_t n):

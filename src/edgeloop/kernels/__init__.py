@@ -23,6 +23,8 @@ _EXPORTS = {
     "reconstruction_error": "stats",
     # placement hashing (kernels/placement.py over native/_placement.pyx)
     "stable_hash": "placement",
+    "stable_hash_many": "placement",
+    "HrwNodes": "placement",
     "hrw_assign": "placement",
     "hrw_rank": "placement",
 }

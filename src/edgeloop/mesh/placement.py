@@ -1,6 +1,7 @@
 """Deterministic placement: which node owns a key for a model.
 
-Placement is weighted rendezvous hashing (``kernels.hrw_assign`` / ``hrw_rank``) over a
+Placement is weighted rendezvous hashing (``kernels.HrwNodes``, the prepared form of
+``kernels.hrw_assign`` / ``hrw_rank``, one per model per snapshot) over a
 *canonical* membership snapshot: node ids sorted, weights, the model versions each node
 serves, and the epoch.  The snapshot has a digest (sha256 of its canonical JSON) so every
 decision can be logged with the digest and replayed later on any machine.
@@ -14,11 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
-
-import numpy as np
 
 from edgeloop import kernels
 
@@ -108,69 +106,23 @@ class Snapshot:
 
 
 class _Candidates:
-    """The nodes serving one (model, version), as arrays the kernel takes.
+    """The nodes serving one (model, version), prepared once for the placement kernel.
 
-    The arrays are validated once here (through the public ``kernels.hrw_assign``), so
-    ``first_choice`` can call the compiled scoring kernel directly: the public wrappers
-    re-check their arguments on every call, which costs more than the decision itself at
-    100 nodes, and ``hrw_assign``'s parallel loop wakes a thread team even for one key
-    (hundreds of microseconds on a busy machine).  The winner is picked exactly as
-    ``hrw_rank`` orders nodes (highest score; ties to the smaller node hash), which the
-    kernels guarantee equals ``hrw_assign``'s first choice.
+    ``nodes`` is a ``kernels.HrwNodes`` over the node-id hashes (None when no node serves
+    the model): it validates and pre-mixes the node side once, and every decision (owner,
+    preference, batch) is the kernel's own rule.  Equal weights are passed as None so that
+    the bounded-load caps are computed exactly as with unweighted ``hrw_assign``.
     """
 
-    __slots__ = ("ids", "hashes", "weights", "_kernel_weights", "_weighted", "_scores", "_buffers")
+    __slots__ = ("ids", "nodes")
 
     def __init__(self, entries: Sequence[NodeEntry]):
         self.ids = tuple(e.node_id for e in entries)
-        self.hashes = np.array([kernels.stable_hash(i) for i in self.ids], dtype=np.uint64)
-        ws = np.array([e.weight for e in entries], dtype=np.float64)
-        # Equal weights: let the kernel compare raw hashes (exact integer order, same result).
-        self._weighted = bool(len(ws) > 0 and not np.all(ws == ws[0]))
-        self.weights = ws if self._weighted else None
-        self._kernel_weights = ws if self._weighted else np.ones(len(ws), dtype=np.float64)
-        self._scores = None
-        self._buffers = threading.local()
-        if len(self.ids) > 1:
-            kernels.hrw_assign(np.zeros(1, dtype=np.uint64), self.hashes, self.weights)  # validates the arrays
-            self._scores = _scores_kernel()
-
-    def first_choice(self, key_hash_value: int) -> int:
-        """Index of the rendezvous winner for one hashed key."""
-        if self._scores is None:
-            return int(kernels.hrw_rank(key_hash_value, self.hashes, self.weights)[0])
-        try:
-            raw, score = self._buffers.pair
-        except AttributeError:  # first call on this thread: its own scratch arrays
-            self._buffers.pair = raw, score = np.empty(len(self.ids), np.uint64), np.zeros(len(self.ids))
-        self._scores(key_hash_value, self.hashes, self._kernel_weights, self._weighted, raw, score)
-        if not self._weighted:
-            # Raw pair hashes are mix64(a ^ mix64(node ^ salt)); mix64 is a bijection and node
-            # ids are unique, so no two nodes can tie: the maximum is the winner.
-            return int(raw.argmax())
-        best = score.argmax()
-        if np.count_nonzero(score == score[best]) == 1:
-            return int(best)
-        tied = np.flatnonzero(score == score[best])
-        return int(tied[np.argmin(self.hashes[tied])])
-
-
-def _scores_kernel():
-    """The compiled per-node scoring kernel behind ``kernels.hrw_rank``, or None if not exposed."""
-    from edgeloop.kernels import placement as kp
-
-    native = getattr(kp, "_pl", None)
-    return getattr(native, "scores", None)
-
-
-def _hash_many(keys: Sequence[str | bytes]) -> np.ndarray:
-    """``stable_hash`` of every key, vectorised when the kernels offer it."""
-    from edgeloop.kernels import placement as kp
-
-    many = getattr(kp, "stable_hash_many", None)
-    if many is not None:
-        return many(keys)
-    return np.fromiter((key_hash(k) for k in keys), dtype=np.uint64, count=len(keys))
+        self.nodes = None
+        if entries:
+            weights = [e.weight for e in entries]
+            equal = all(w == weights[0] for w in weights)
+            self.nodes = kernels.HrwNodes(kernels.stable_hash_many(self.ids), None if equal else weights)
 
 
 def key_hash(key: str | bytes) -> int:
@@ -183,8 +135,8 @@ def key_hash(key: str | bytes) -> int:
 class Placement:
     """Owner and fallback order of keys over one snapshot.
 
-    Per-(model, version) candidate arrays are built once per snapshot, so ``owner`` is a
-    dictionary lookup, one hash and one compiled kernel call.
+    Per-(model, version) candidates are prepared once per snapshot (``kernels.HrwNodes``),
+    so ``owner`` is a dictionary lookup, one hash and one compiled kernel call.
     """
 
     def __init__(self, snapshot: Snapshot):
@@ -210,20 +162,17 @@ class Placement:
         rendezvous winner; ``assign`` applies the cap across a batch of keys.
         """
         cand = self._lookup(model, version)
-        n = len(cand.ids)
-        if n == 0:
+        if cand.nodes is None:
             return None
-        if n == 1:
-            return cand.ids[0]
-        return cand.ids[cand.first_choice(key_hash(key))]
+        return cand.ids[cand.nodes.first(key_hash(key))]
 
     def preference(self, key: str | bytes, model: str, version: int | None = None) -> list[str]:
         """All nodes serving ``model``, best first: the owner, then the fallbacks in order."""
         cand = self._lookup(model, version)
-        if len(cand.ids) <= 1:
-            return list(cand.ids)
-        order = kernels.hrw_rank(key_hash(key), cand.hashes, cand.weights)
-        return [cand.ids[int(i)] for i in order]
+        if cand.nodes is None:
+            return []
+        ids = cand.ids
+        return [ids[i] for i in cand.nodes.rank(key_hash(key)).tolist()]
 
     def assign(self, keys: Sequence[str | bytes], model: str, version: int | None = None) -> list[str]:
         """Owners of a batch of keys, with the snapshot's bounded-load cap applied in key order."""
@@ -232,7 +181,6 @@ class Placement:
             raise LookupError(f"model {model!r}: no node in snapshot {self.digest[:12]} serves it")
         for k in keys[:1]:
             key_hash(k)  # type check with a clear message
-        hashes = _hash_many(keys)
-        idx = kernels.hrw_assign(hashes, cand.hashes, cand.weights, self.snapshot.capacity_factor)
+        idx = cand.nodes.assign(kernels.stable_hash_many(keys), self.snapshot.capacity_factor)
         ids = cand.ids
-        return [ids[int(i)] for i in idx]
+        return [ids[i] for i in idx.tolist()]

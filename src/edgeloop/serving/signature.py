@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeloop.protocol.codec import DATATYPES, MAX_ELEMENTS, bytes_tensor_to_raw, decode_input, raw_to_bytes_tensor
+from edgeloop.protocol.codec import DATATYPES, bytes_tensor_to_raw, decode_input, element_count, raw_to_bytes_tensor
 from edgeloop.protocol.errors import invalid_argument
 
 #: onnxruntime type strings -> protocol datatypes.
@@ -65,16 +65,7 @@ class TensorSpec:
             if shape[axis] != dim:
                 raise invalid_argument(f"{self.what}: shape {list(shape)} has {shape[axis]} at dimension {axis}; "
                                        f"expected {dim} (model shape {list(self.shape)}, -1 = any)")
-        count = 1
-        for dim in shape:
-            if dim < 0:
-                raise invalid_argument(f"{self.what}: shape {list(shape)} has a negative dimension {dim}; "
-                                       f"expected dimensions >= 0")
-            count *= dim
-        if count > MAX_ELEMENTS:
-            raise invalid_argument(f"{self.what}: shape {list(shape)} holds {count} elements; expected at most "
-                                   f"{MAX_ELEMENTS}")
-        return count
+        return element_count(shape, self.what)
 
     def warmup_array(self) -> np.ndarray:
         """A zero tensor of this spec with every dynamic dim set to 1."""
