@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgeloop.kernels import hrw_assign, hrw_rank, stable_hash
+from edgeloop.kernels import HrwNodes, hrw_assign, hrw_rank, stable_hash
 from edgeloop.kernels.placement import KEY_SALT, NODE_SALT, stable_hash_many
 
 M64 = (1 << 64) - 1
@@ -434,3 +434,174 @@ def test_accepts_python_ints_and_empty_keys():
     big = [2**64 - 1, 0, 2**63]
     got = hrw_assign(big, [10, 20, 30])
     np.testing.assert_array_equal(got, hrw_assign(np.array(big, dtype=np.uint64), np.array([10, 20, 30], dtype=np.uint64)))
+
+
+# --------------------------------------------------------------------------- prepared node sets (HrwNodes)
+
+
+def _weight_variants(rng, n):
+    return {
+        "none": None,
+        "uniform": rng.uniform(0.2, 5.0, n),
+        "zeros": np.where(np.arange(n) % 3 == 1, 0.0, rng.uniform(0.5, 2.0, n)) if n > 1 else np.ones(1),
+        "spread": np.geomspace(1e-6, 1e6, n)[rng.permutation(n)],
+        "equal-2.5": np.full(n, 2.5),
+    }
+
+
+@pytest.mark.parametrize("n_nodes", [1, 2, 7, 100, 700])  # 700: beyond first()'s stack scratch
+def test_prepared_first_rank_assign_equal_the_functions(n_nodes):
+    rng = np.random.default_rng(100 + n_nodes)
+    keys = rng.integers(0, 2**64 - 1, 3000 if n_nodes < 700 else 600, dtype=np.uint64)
+    nodes = rng.integers(0, 2**64 - 1, n_nodes, dtype=np.uint64)
+    for name, w in _weight_variants(rng, n_nodes).items():
+        prepared = HrwNodes(nodes, w)
+        expected = hrw_assign(keys, nodes, w)
+        firsts = np.array([prepared.first(k) for k in keys.tolist()])
+        np.testing.assert_array_equal(firsts, expected, err_msg=name)
+        equal = w is None or np.all(w == w[0])
+        np.testing.assert_array_equal(firsts[:300], hrw_reference(keys[:300], nodes, None if equal else w), name)
+        np.testing.assert_array_equal(prepared.assign(keys), expected, err_msg=name)
+        for factor in (1.0, 1.1):
+            np.testing.assert_array_equal(
+                prepared.assign(keys, factor), hrw_assign(keys, nodes, w, capacity_factor=factor), err_msg=name
+            )
+        for k in keys[:100].tolist():
+            rank = prepared.rank(k)
+            assert rank.dtype == np.int64
+            np.testing.assert_array_equal(rank, hrw_rank(k, nodes, w), err_msg=name)
+            assert rank[0] == prepared.first(k)
+
+
+def _unmix64(z: int) -> int:
+    """Inverse of mix64 (SplitMix64's finaliser): to build nodes with chosen pair hashes."""
+    def unxorshift(x, s):
+        y = x
+        for _ in range(64 // s + 1):
+            y = x ^ (y >> s)
+        return y
+
+    z = unxorshift(z, 31)
+    z = (z * pow(0x94D049BB133111EB, -1, 1 << 64)) & M64
+    z = unxorshift(z, 27)
+    z = (z * pow(0xBF58476D1CE4E5B9, -1, 1 << 64)) & M64
+    return unxorshift(z, 30)
+
+
+def _node_with_pair_hash(key: int, h: int) -> int:
+    """The node id whose pair hash with ``key`` is exactly ``h`` (see the module docstring)."""
+    a = int(mix64_np(np.array([key ^ KEY_SALT], dtype=np.uint64))[0])
+    return _unmix64(_unmix64(h) ^ a) ^ NODE_SALT
+
+
+def test_unmix64_inverts_mix64():
+    zs = np.random.default_rng(1).integers(0, 2**64 - 1, 50, dtype=np.uint64)
+    assert [_unmix64(int(m)) for m in mix64_np(zs)] == zs.tolist()
+
+
+@pytest.mark.parametrize("t_top", [2**52 - 1, 2**52 - 2**39, 2**51])  # winner far, near and inside the fast path
+def test_prepared_forced_ties_go_to_the_smaller_id(t_top):
+    # Two nodes whose pair hashes differ only in the low 12 bits have the same u, hence
+    # (same weight) bit-identical scores: an exact tie, which the smaller node id must win.
+    rng = np.random.default_rng(t_top % 1000)
+    seen = set()
+    for key in rng.integers(0, 2**64 - 1, 20, dtype=np.uint64).tolist():
+        tie_a = _node_with_pair_hash(key, (t_top << 12) | int(rng.integers(0, 4096)))
+        tie_b = _node_with_pair_hash(key, (t_top << 12) | int(rng.integers(0, 4096)))
+        if tie_a == tie_b:
+            continue
+        others = rng.integers(0, 2**64 - 1, 40, dtype=np.uint64)
+        nodes = np.concatenate([others[:20], np.array([tie_b, tie_a], dtype=np.uint64), others[20:]])
+        w = np.concatenate([rng.uniform(0.5, 1.0, 20), [3.0, 3.0], rng.uniform(0.5, 1.0, 20)])
+        if t_top == 2**51:  # u = 1/2: not a sure winner; zero out the rivals so the pair ties at the top
+            w[:20] = w[22:] = 0.0
+        key_side = mix64_np(np.array([key ^ KEY_SALT], dtype=np.uint64))
+        pair = mix64_np(key_side ^ mix64_np(np.array([tie_a, tie_b], dtype=np.uint64) ^ np.uint64(NODE_SALT)))
+        assert pair[0] >> np.uint64(12) == pair[1] >> np.uint64(12) == t_top and pair[0] != pair[1]
+        smaller = 20 if tie_b < tie_a else 21
+        seen.add(smaller)
+        prepared = HrwNodes(nodes, w)
+        assert prepared.first(key) == smaller
+        assert hrw_assign([key], nodes, w)[0] == smaller
+        assert hrw_reference(np.array([key], dtype=np.uint64), nodes, w)[0] == smaller
+        rank = prepared.rank(key)
+        assert rank[:2].tolist() == [smaller, 41 - smaller]
+        np.testing.assert_array_equal(rank, hrw_rank(key, nodes, w))
+    assert seen == {20, 21}  # the smaller id sat at either position
+
+
+def test_prepared_zero_weight_ties_rank_by_id():
+    nodes = np.array([50, 7, 9, 30, 11], dtype=np.uint64)
+    prepared = HrwNodes(nodes, [0.0, 0.0, 2.0, 0.0, 1.0])
+    for key in range(200):
+        rank = prepared.rank(key).tolist()
+        assert set(rank[:2]) == {2, 4} and rank[2:] == [1, 3, 0]  # ids 7, 30, 50 tie at score 0
+        assert prepared.first(key) == rank[0] == hrw_assign([key], nodes, prepared.weights)[0]
+
+
+def test_prepared_is_immutable_shareable_and_picklable():
+    import pickle
+    import threading
+
+    rng = np.random.default_rng(4)
+    nodes = rng.integers(0, 2**64 - 1, 600, dtype=np.uint64)
+    w = rng.uniform(0.5, 2.0, 600)
+    source = nodes.copy()
+    prepared = HrwNodes(source, w)
+    source[:] = 0  # the prepared set holds its own copy
+    keys = rng.integers(0, 2**64 - 1, 2000, dtype=np.uint64).tolist()
+    expected = hrw_assign(keys, nodes, w).tolist()
+    with pytest.raises(ValueError, match="read-only"):
+        prepared.ids[0] = 1
+    with pytest.raises(RuntimeError, match="already prepared"):
+        prepared._prepare(nodes, w, True)
+    results = {}
+
+    def work(i):
+        results[i] = [prepared.first(k) for k in keys]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(results[i] == expected for i in range(4))
+    clone = pickle.loads(pickle.dumps(prepared))
+    assert isinstance(clone, HrwNodes) and clone.weighted and len(clone) == 600
+    assert [clone.first(k) for k in keys[:200]] == expected[:200]
+
+
+def test_prepared_argument_errors():
+    nodes = np.arange(4, dtype=np.uint64)
+    prepared = HrwNodes(nodes)
+    assert not prepared.weighted and prepared.weights.tolist() == [1.0] * 4
+    assert prepared.first(np.uint64(3)) == prepared.first(3) == prepared.first(np.int64(3))
+    with pytest.raises(ValueError, match=r"key must be in \[0, 2\*\*64\), got -1"):
+        prepared.first(-1)
+    with pytest.raises(ValueError, match=r"key must be in \[0, 2\*\*64\), got 18446744073709551616"):
+        prepared.rank(2**64)
+    with pytest.raises(TypeError, match="key must be an int.*got float: 1.5"):
+        prepared.first(1.5)  # never truncated
+    with pytest.raises(TypeError, match="key must be an int.*got str"):
+        prepared.rank("k")
+    with pytest.raises(ValueError, match=r"nodes must be unique ids, got duplicates \[2\]"):
+        HrwNodes([1, 2, 2])
+    with pytest.raises(ValueError, match="nodes must not be empty"):
+        HrwNodes([])
+    with pytest.raises(ValueError, match="weights must not all be zero"):
+        HrwNodes(nodes, [0.0] * 4)
+    with pytest.raises(ValueError, match="capacity_factor=0.5 is infeasible"):
+        prepared.assign(np.arange(10, dtype=np.uint64), 0.5)
+    with pytest.raises(ValueError, match="n_threads must be None or an int >= 1, got 0"):
+        prepared.assign([1, 2], n_threads=0)
+    from edgeloop._native import load
+
+    with pytest.raises(RuntimeError, match="not prepared"):
+        load("_placement").PreparedNodes().first(1)
+
+
+def test_kernels_package_exports_the_prepared_form():
+    import edgeloop.kernels as k
+
+    assert k.HrwNodes is HrwNodes and k.stable_hash_many is stable_hash_many
+    assert {"HrwNodes", "stable_hash_many"} <= set(k.__all__)

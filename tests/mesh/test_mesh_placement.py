@@ -161,3 +161,32 @@ def test_bad_arguments_name_what_is_wrong():
         Snapshot.build([NodeEntry.build("a")], capacity_factor=0.5)
     with pytest.raises(TypeError, match="key: got int"):
         Placement(make_snapshot(3)).owner(17, "mlp")
+
+
+@pytest.mark.parametrize("weights", [None, [1.0, 2.0, 0.5, 3.0, 1.0, 1.5, 2.5, 1.0, 4.0, 0.25] * 4, [2.0] * 40])
+def test_owner_preference_assign_are_the_kernel_decisions(weights):
+    # The mesh adds no rule of its own: owner/preference/assign are hrw_assign/hrw_rank over
+    # the stable hashes of the node ids (equal weights: the unweighted integer compare).
+    from edgeloop.kernels import hrw_assign, hrw_rank, stable_hash, stable_hash_many
+
+    snap = make_snapshot(40, weights=weights, capacity_factor=1.05)
+    placement = Placement(snap)
+    ids = [n.node_id for n in snap.nodes]
+    node_hashes = stable_hash_many(ids)
+    w = None if weights is None or len(set(weights)) == 1 else [n.weight for n in snap.nodes]
+    keys = KEYS[:3000]
+    first = hrw_assign(stable_hash_many(keys), node_hashes, w)
+    assert [placement.owner(k, "mlp") for k in keys] == [ids[i] for i in first]
+    assert placement.assign(keys, "mlp") == [
+        ids[i] for i in hrw_assign(stable_hash_many(keys), node_hashes, w, capacity_factor=1.05)
+    ]
+    for k in keys[:200]:
+        assert placement.preference(k, "mlp") == [ids[i] for i in hrw_rank(stable_hash(k), node_hashes, w)]
+
+
+def test_single_candidate_owner_and_preference():
+    placement = Placement(make_snapshot(1))
+    assert placement.owner("k", "mlp") == "edge-00"
+    assert placement.preference("k", "mlp") == ["edge-00"]
+    assert placement.assign(["a", "b"], "mlp") == ["edge-00", "edge-00"]
+    assert placement.assign([], "mlp") == []
