@@ -126,6 +126,11 @@ CASES = [
      "mesh.static_peers", "'127.0.0.1:8011'", "listed twice"),
     ("interface-name", NODE + '[mesh]\nzeroconf_interfaces = ["eth0"]\n', "mesh.zeroconf_interfaces[0]",
      "'eth0'", "IP addresses"),
+    ("weight-too-large", NODE.replace("[node]\n", "[node]\nweight = 1e200\n", 1), "node.weight", "1e+200",
+     "<= 1e+100"),
+    # zeroconf runs IPv4 only (IPVersion.V4Only): an IPv6 interface would be silently unused
+    ("interface-ipv6", NODE + '[mesh]\nzeroconf_interfaces = ["127.0.0.1", "::1"]\n', "mesh.zeroconf_interfaces[1]",
+     "'::1'", "IPv4"),
     ("service-type", NODE + '[mesh]\nservice_type = "edgeloop"\n', "mesh.service_type", "'edgeloop'",
      "_edgeloop._tcp.local."),
     ("down-not-after-heartbeat", NODE + "[mesh]\nheartbeat_interval_ms = 500\ndown_after_ms = 500\n",

@@ -246,10 +246,12 @@ def test_js_distance_matches_scipy():
 def test_divergence_argument_errors():
     with pytest.raises(ValueError, match=r"cur_counts must have the shape of ref_counts \(2, 3\), got \(2, 4\)"):
         psi(np.ones((2, 3)), np.ones((2, 4)))
-    with pytest.raises(ValueError, match="ref_counts must be finite and >= 0"):
+    with pytest.raises(ValueError, match=r"ref_counts must be finite and >= 0, got -1\.0 at index \(0, 1\)"):
         js_distance([[1, -1]], [[1, 1]])
-    with pytest.raises(ValueError, match="cur_counts must be finite and >= 0"):
+    with pytest.raises(ValueError, match=r"cur_counts must be finite and >= 0, got nan at index \(0, 0\)"):
         psi([[1, 1]], [[np.nan, 1]])
+    with pytest.raises(ValueError, match=r"cur_counts must be finite and >= 0, got -3\.0 at index \(2,\)"):
+        psi([1, 1, 1], [1, 1, -3])
     with pytest.raises(ValueError, match=r"ref_counts must be \(bins,\) or \(features, bins\), got shape \(1, 1, 2\)"):
         psi(np.ones((1, 1, 2)), np.ones((1, 1, 2)))
     with pytest.raises(ValueError, match="eps must be a finite number >= 0, got -1.0"):

@@ -25,6 +25,10 @@ def test_txt_record_round_trip():
     ({b"id": b"x", b"grpc": b"99999"}, "TXT key 'grpc': got 99999"),
     ({b"id": b"x", b"grpc": b"1", b"weight": b"-2"}, "TXT key 'weight': got -2.0"),
     ({b"id": b"x", b"grpc": b"1", b"models": b"mlp"}, "TXT 'models': part 'mlp'"),
+    # an infinite weight would make every placement over this view raise, on every node
+    ({b"id": b"x", b"grpc": b"1", b"weight": b"inf"}, "TXT key 'weight': got inf, expected a finite number > 0"),
+    ({b"id": b"x", b"grpc": b"1", b"weight": b"nan"}, "TXT key 'weight': got nan, expected a finite number > 0"),
+    ({b"id": b"x", b"grpc": b"1", b"weight": b"1e200"}, "TXT key 'weight': got 1e\\+200, expected .* <= 1e\\+100"),
 ])
 def test_bad_txt_records_are_rejected_with_the_key(props, message):
     with pytest.raises(ValueError, match=message):
@@ -107,3 +111,19 @@ def test_static_peers_join_through_describe():
     finally:
         b.stop()
         a.stop()
+
+
+def test_describe_with_a_non_finite_weight_cannot_break_placement():
+    """A peer answering Describe with weight inf/nan is placed with weight 1, not allowed to poison the view."""
+    from edgeloop.mesh.membership import describe_fields
+    from edgeloop.protocol import mesh_pb2
+
+    for bad in (float("inf"), float("nan"), -1.0, 0.0, 1e200):
+        desc = mesh_pb2.NodeDescription(node=mesh_pb2.NodeIdentity(node_id="p", host="127.0.0.1", grpc_port=1,
+                                                                   weight=bad))
+        desc.models.add(model="mlp", version=1, state="READY")
+        fields = describe_fields(desc)
+        assert fields["weight"] == 1.0, bad
+        view = Membership()
+        view.upsert("p", "test", **fields, state=UP)
+        assert view.placement().owner("k", "mlp") == "p"

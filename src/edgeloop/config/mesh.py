@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from .fields import TableReader
-from .network import ADDRESS_EXPECTATION, is_ip_address, is_service_type, split_address
+from .network import ADDRESS_EXPECTATION, is_ipv4_address, is_service_type, split_address
 from .paths import file_problem, resolve
 from .schema import MeshConfig
 
 MESH_KEYS = ("enabled", "zeroconf_interfaces", "service_type", "static_peers", "heartbeat_interval_ms",
              "down_after_ms", "capacity_factor", "spill_queue_depth", "decision_log")
-INTERFACES_EXPECTATION = "an array of distinct IP addresses to announce on, such as [\"127.0.0.1\"]"
+INTERFACES_EXPECTATION = ("an array of distinct IP addresses to announce on, IPv4 only "
+                          "(zeroconf runs IPv4 only), such as [\"127.0.0.1\"]")
 PEERS_EXPECTATION = f"an array of distinct peers, each {ADDRESS_EXPECTATION}"
 SERVICE_TYPE_EXPECTATION = "a DNS-SD service type such as '_edgeloop._tcp.local.'"
 
@@ -24,7 +25,7 @@ def parse_mesh(table: dict[str, Any], source: str, base_dir: Path) -> MeshConfig
     enabled = fields.boolean("enabled", default.enabled)
     interfaces = default.zeroconf_interfaces
     if fields.has("zeroconf_interfaces"):
-        interfaces = _distinct_strings(fields, "zeroconf_interfaces", INTERFACES_EXPECTATION, is_ip_address)
+        interfaces = _distinct_strings(fields, "zeroconf_interfaces", INTERFACES_EXPECTATION, is_ipv4_address)
     service_type = fields.string("service_type", default.service_type, expected=SERVICE_TYPE_EXPECTATION)
     if not is_service_type(service_type):
         raise fields.error("service_type", service_type, SERVICE_TYPE_EXPECTATION)

@@ -51,6 +51,14 @@ def is_ip_address(value: str) -> bool:
         return False
 
 
+def is_ipv4_address(value: str) -> bool:
+    """True for an IPv4 literal (zeroconf runs IPv4 only, so its interfaces must be IPv4)."""
+    try:
+        return isinstance(ipaddress.ip_address(value), ipaddress.IPv4Address)
+    except ValueError:
+        return False
+
+
 def is_service_type(value: str) -> bool:
     """True for a DNS-SD service type such as ``_edgeloop._tcp.local.``."""
     return bool(_SERVICE_TYPE.match(value))

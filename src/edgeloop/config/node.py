@@ -8,6 +8,7 @@ from .fields import REQUIRED, TableReader
 from .network import HOST_EXPECTATION, NODE_ID_EXPECTATION, PORT_EXPECTATION, is_host, is_node_id
 from .schema import NodeConfig
 
+MAX_WEIGHT = 1e100  # kernels.hrw_assign accepts weights up to this
 EDGE_NODE_KEYS = ("id", "host", "grpc_port", "metrics_port", "weight", "zone")
 CLOUD_NODE_KEYS = ("id", "host", "grpc_port", "metrics_port")
 
@@ -32,8 +33,10 @@ def parse_node(table: dict[str, Any], source: str, *, keys: tuple[str, ...], def
     weight = default.weight
     zone = default.zone
     if "weight" in keys:
-        weight = fields.number("weight", default.weight, exclusive_minimum=0.0,
-                               expected="a finite number > 0 (relative placement weight)")
+        weight_expected = f"a finite number > 0 and <= {MAX_WEIGHT:g} (relative placement weight)"
+        weight = fields.number("weight", default.weight, exclusive_minimum=0.0, expected=weight_expected)
+        if weight > MAX_WEIGHT:  # the placement kernel refuses larger weights
+            raise fields.error("weight", weight, weight_expected)
     if "zone" in keys:
         zone = fields.string("zone", default.zone, expected="a non-empty zone name")
     return NodeConfig(id=node_id, host=host, grpc_port=grpc_port, metrics_port=metrics_port, weight=weight, zone=zone)

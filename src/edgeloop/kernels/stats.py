@@ -200,8 +200,11 @@ def _count_pair(ref_counts, cur_counts) -> tuple[np.ndarray, np.ndarray, bool]:
     ref = np.ascontiguousarray(np.atleast_2d(ref), dtype=np.float64)
     cur = np.ascontiguousarray(np.atleast_2d(cur), dtype=np.float64)
     for name, arr in (("ref_counts", ref), ("cur_counts", cur)):
-        if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-            raise ValueError(f"{name} must be finite and >= 0")
+        bad = ~np.isfinite(arr) | (arr < 0)
+        if bad.any():
+            where = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), arr.shape))
+            shown = where[1:] if single else where  # the index as the caller wrote it (1-D stays 1-D)
+            raise ValueError(f"{name} must be finite and >= 0, got {float(arr[where])!r} at index {shown}")
     return ref, cur, single
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import queue
 import socket
 import threading
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from edgeloop.mesh.membership import PROTOCOL_VERSION, Membership
+from edgeloop.mesh.membership import MAX_WEIGHT, PROTOCOL_VERSION, Membership
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ def parse_txt(properties: Mapping[bytes, bytes | None]) -> dict:
         raise ValueError(f"bad TXT record {props}: {exc}") from None
     if not 0 < fields["grpc_port"] < 65536:
         raise ValueError(f"TXT key 'grpc': got {fields['grpc_port']}, expected a port in 1..65535")
-    if not fields["weight"] > 0:
-        raise ValueError(f"TXT key 'weight': got {fields['weight']}, expected a number > 0")
+    if not (math.isfinite(fields["weight"]) and 0 < fields["weight"] <= MAX_WEIGHT):  # else placement raises
+        raise ValueError(f"TXT key 'weight': got {fields['weight']}, expected a finite number > 0 and <= {MAX_WEIGHT:g}")
     return fields
 
 

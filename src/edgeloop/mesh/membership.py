@@ -7,6 +7,7 @@ change often and are not part of placement, so they do not bump it.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,7 @@ from edgeloop.mesh.placement import NodeEntry, Placement, Snapshot
 UNKNOWN, UP, DOWN = "unknown", "up", "down"
 
 PROTOCOL_VERSION = "1"
+MAX_WEIGHT = 1e100  # the largest weight kernels.hrw_assign accepts
 
 
 def format_address(host: str, port: int) -> str:
@@ -184,7 +186,8 @@ def describe_fields(desc) -> dict:
         "host": node.host,
         "grpc_port": int(node.grpc_port),
         "metrics_port": int(node.metrics_port),
-        "weight": float(node.weight) if node.weight > 0 else 1.0,
+        # a peer's bad weight (inf, nan, <= 0) must not make placement raise on every node
+        "weight": float(node.weight) if math.isfinite(node.weight) and 0 < node.weight <= MAX_WEIGHT else 1.0,
         "zone": node.zone or "default",
         "protocol_version": node.protocol_version or PROTOCOL_VERSION,
         "models": models,
