@@ -50,7 +50,8 @@ class MeshClient:
         self.timeout_s = timeout_s
         self.membership = Membership(self_id=None)
         self.pool = ChannelPool()
-        self.liveness = LivenessMonitor(self.membership, self.pool, heartbeat_interval_ms, down_after_ms)
+        self.liveness = LivenessMonitor(self.membership, self.pool, heartbeat_interval_ms, down_after_ms,
+                                        learn_from_peers=True)
         self.discovery = None
         self.retries = 0  # requests that needed the fallback node
         self._lock = threading.Lock()

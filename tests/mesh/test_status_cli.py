@@ -55,3 +55,43 @@ def test_status_over_zeroconf():
     finally:
         for p in peers:
             p.stop()
+
+
+def test_one_seed_shows_the_whole_view_including_a_crashed_node():
+    """A client given one seed learns the members that seed knows first-hand, and a crashed one shows down."""
+    b = BarePeer("edge-b2", models={"mlp": [1]}, zeroconf_interfaces=()).start()
+    c = BarePeer("edge-c2", models={"mlp": [2]}, zeroconf_interfaces=()).start()
+    a = BarePeer("edge-a2", zeroconf_interfaces=(), static_peers=(b.address, c.address)).start()
+    try:
+        assert wait_for(lambda: a.alive_ids() >= {"edge-b2", "edge-c2"}, 5) is not None
+        full = status("--no-zeroconf", "--seed", a.address, "--json")
+        assert full.returncode == 0, full.stderr
+        nodes = {n["id"]: n for n in json.loads(full.stdout)["nodes"]}
+        assert set(nodes) == {"edge-a2", "edge-b2", "edge-c2"}
+        assert {n["state"] for n in nodes.values()} == {"up"}
+        assert nodes["edge-c2"]["models"] == {"mlp": [2]}
+
+        c.stop_serving()  # crashed: no goodbye, no health answers
+        assert wait_for(lambda: "edge-c2" not in a.alive_ids(), 5) is not None
+        after = status("--no-zeroconf", "--seed", a.address, "--json")
+        nodes = {n["id"]: n for n in json.loads(after.stdout)["nodes"]}
+        assert nodes["edge-c2"]["state"] == "down" and nodes["edge-b2"]["state"] == "up"
+    finally:
+        for peer in (a, b, c):
+            peer.stop()
+
+
+def test_second_hand_members_are_not_passed_on():
+    """A node reports only members it sees itself, so nodes cannot keep a departed one alive for each other."""
+    from edgeloop.mesh.membership import PEER_SOURCE_PREFIX
+
+    b = BarePeer("edge-b3", zeroconf_interfaces=()).start()
+    a = BarePeer("edge-a3", zeroconf_interfaces=(), static_peers=(b.address,)).start()
+    try:
+        assert wait_for(lambda: "edge-b3" in a.alive_ids(), 5) is not None
+        a.mesh.membership.upsert("edge-ghost", PEER_SOURCE_PREFIX + "edge-b3", host="127.0.0.1", grpc_port=1)
+        described = a.mesh.peer_servicer.Describe(None, None)
+        assert [m.node.node_id for m in described.members] == ["edge-b3"]
+    finally:
+        a.stop()
+        b.stop()

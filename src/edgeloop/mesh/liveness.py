@@ -15,7 +15,7 @@ import time
 import grpc
 
 from edgeloop.mesh.channels import ChannelPool
-from edgeloop.mesh.membership import DOWN, UP, Membership, describe_fields
+from edgeloop.mesh.membership import DOWN, PEER_SOURCE_PREFIX, UP, Membership, describe_fields
 from edgeloop.protocol import mesh_pb2
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,10 @@ class LivenessMonitor:
         pool: ChannelPool,
         heartbeat_interval_ms: int = 250,
         down_after_ms: int = 1000,
+        learn_from_peers: bool = False,
     ):
+        """``learn_from_peers``: also watch the members each peer reports in Describe (what a client
+        given only seed addresses needs to see the whole mesh); their first state is the peer's."""
         from grpc_health.v1 import health_pb2
 
         self._health_pb2 = health_pb2
@@ -39,6 +42,7 @@ class LivenessMonitor:
         self.interval = heartbeat_interval_ms / 1000.0
         self.down_after = down_after_ms / 1000.0
         self.timeout = min(1.0, max(0.1, self.interval))
+        self.learn_from_peers = learn_from_peers
         self._seeds: dict[str, str] = {}  # address -> source, until their identity is known
         self._seed_ids: dict[str, str] = {}  # address -> node id once known
         self._last_ok: dict[str, float] = {}
@@ -143,6 +147,7 @@ class LivenessMonitor:
         member = self.membership.get(node_id)
         self.membership.upsert(node_id, next(iter(member.sources)), **fields)
         self.membership.set_queue_depth(node_id, desc.queue_depth)
+        self._learn(node_id, desc)
 
     def _on_seed(self, future, address: str, source: str) -> None:
         try:
@@ -164,3 +169,26 @@ class LivenessMonitor:
         self.membership.upsert(node_id, source, **fields)
         self.membership.set_queue_depth(node_id, desc.queue_depth)
         self.membership.set_state(node_id, UP)
+        self._learn(node_id, desc)
+
+    def _learn(self, peer_id: str, desc) -> None:
+        """Add the members ``peer_id`` knows first-hand; forget those it no longer reports."""
+        if not self.learn_from_peers:
+            return
+        source = PEER_SOURCE_PREFIX + peer_id
+        reported = set()
+        for state in desc.members:
+            node_id = state.node.node_id
+            if not node_id or node_id in (peer_id, self.membership.self_id):
+                continue
+            reported.add(node_id)
+            known = self.membership.get(node_id)
+            if known is None:
+                self.membership.upsert(node_id, source, **describe_fields(state))
+                if state.state in (UP, DOWN):
+                    self.membership.set_state(node_id, state.state)
+            elif source not in known.sources:
+                self.membership.upsert(node_id, source)
+        for member in self.membership.members():
+            if source in member.sources and member.node_id not in reported:
+                self.membership.remove_source(member.node_id, source)

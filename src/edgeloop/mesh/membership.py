@@ -21,6 +21,9 @@ PROTOCOL_VERSION = "1"
 MAX_WEIGHT = 1e100  # the largest weight kernels.hrw_assign accepts
 
 
+PEER_SOURCE_PREFIX = "peer:"  # source of a member learned from another node's Describe
+
+
 def format_address(host: str, port: int) -> str:
     """``host:port`` with IPv6 literals bracketed (gRPC target syntax)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -49,6 +52,11 @@ class Member:
     @property
     def alive(self) -> bool:
         return self.state == UP
+
+    @property
+    def first_hand(self) -> bool:
+        """Seen by this process itself (mDNS, a static peer or seed), not only reported by a peer."""
+        return any(not s.startswith(PEER_SOURCE_PREFIX) for s in self.sources)
 
     def placement_entry(self) -> NodeEntry:
         return NodeEntry.build(self.node_id, self.weight, self.models)

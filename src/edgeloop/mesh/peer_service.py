@@ -5,7 +5,7 @@ static peers and seed-based clients need to join the view, and what spill routin
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import grpc
 
@@ -22,8 +22,10 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
         ready_models: Callable[[], Mapping[str, list[int]]],
         queue_depth: Callable[[], int],
         epoch: Callable[[], int],
+        members: Callable[[], Iterable] | None = None,
     ):
         self._identity = identity
+        self._members = members
         self._ready_models = ready_models
         self._queue_depth = queue_depth
         self._epoch = epoch
@@ -37,6 +39,15 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
         for model, versions in sorted(self._ready_models().items()):
             for v in sorted(versions):
                 desc.models.add(model=model, version=int(v), state="READY")
+        for member in self._members() if self._members is not None else ():
+            if member.node_id == desc.node.node_id or not member.first_hand:
+                continue  # passing on second-hand members could keep a departed node alive forever
+            state = desc.members.add(state=member.state)
+            state.node.CopyFrom(node_identity(member.node_id, member.host, member.grpc_port, member.metrics_port,
+                                              member.weight, member.zone))
+            for model, versions in sorted(member.models.items()):
+                for v in versions:
+                    state.models.add(model=model, version=int(v), state="READY")
         return desc
 
     def FetchArtifact(self, request, context):

@@ -48,7 +48,7 @@ class Mesh:
         self.router = Router(node.id, self.membership, self.pool, local_queue_depth=models.queue_depth,
                              spill_queue_depth=mesh.spill_queue_depth, decision_log=self.decision_log)
         self.peer_servicer = PeerServicer(self._identity, models.ready_models, models.queue_depth,
-                                          lambda: self.membership.epoch)
+                                          lambda: self.membership.epoch, self.membership.members)
         self.discovery: Discovery | None = None
         self.liveness = LivenessMonitor(self.membership, self.pool, mesh.heartbeat_interval_ms, mesh.down_after_ms)
         self._started = False

@@ -50,17 +50,18 @@ def generate(proto_root: Path, out_dir: Path) -> list[Path]:
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed: {' '.join(args)}")
     written = []
-    for path in sorted(out_dir.rglob("*.py*")):
+    for path in sorted(out_dir.rglob("*_pb2*.py*")):  # what protoc just wrote (it overwrites every run)
         if path.suffix not in (".py", ".pyi"):
             continue
-        text = _HEADER + _rewrite_imports(path.read_text())
-        path.write_text(text)
+        path.write_text(_HEADER + _rewrite_imports(path.read_text()))
         written.append(path)
-    for pkg in {out_dir, *(p.parent for p in written)}:
+    packages = {out_dir}
+    for path in written:
+        packages.update(d for d in path.parents if d.is_relative_to(out_dir))
+    for pkg in sorted(packages):
         init = pkg / "__init__.py"
-        if not init.exists():
-            init.write_text(_HEADER)
-            written.append(init)
+        init.write_text(_HEADER)
+        written.append(init)
     return written
 
 

@@ -238,13 +238,25 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeDescription(_message.Message):
-    __slots__ = ("node", "models", "membership_epoch", "queue_depth")
+    __slots__ = ("node", "models", "membership_epoch", "queue_depth", "members")
     NODE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     node: NodeIdentity
     models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
     membership_epoch: int
     queue_depth: int
-    def __init__(self, node: _Optional[_Union[NodeIdentity, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., membership_epoch: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+    members: _containers.RepeatedCompositeFieldContainer[MemberState]
+    def __init__(self, node: _Optional[_Union[NodeIdentity, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., membership_epoch: _Optional[int] = ..., queue_depth: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MemberState, _Mapping]]] = ...) -> None: ...
+
+class MemberState(_message.Message):
+    __slots__ = ("node", "state", "models")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    node: NodeIdentity
+    state: str
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    def __init__(self, node: _Optional[_Union[NodeIdentity, _Mapping]] = ..., state: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
