@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from edgeloop.serving.manager import ModelManager
 from edgeloop.serving.metrics import ServingMetrics
 from edgeloop.serving.repository import ModelRepository
 from edgeloop.serving.server import create_grpc_server
-from edgeloop.serving.servicer import InferenceServicer
+from edgeloop.serving.servicer import InferenceServicer, stream_limit
 
 log = logging.getLogger("edgeloop.node")
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
+#: How long a draining node keeps its gRPC server up for requests already received (see ``stop``).
+DRAIN_SETTLE_S = 0.25
 
 
 class EdgeNode:
@@ -32,7 +35,7 @@ class EdgeNode:
         self.config = config
         self.metrics = ServingMetrics()
         self.models = ModelManager(ModelRepository(config.serving.model_repository), config.serving, self.metrics)
-        self.servicer = InferenceServicer(self.models)
+        self.servicer = InferenceServicer(self.models, max_streams=stream_limit(config.serving.grpc_workers))
         self.server = create_grpc_server(config.serving)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
@@ -114,9 +117,11 @@ class EdgeNode:
             log.info("node %s draining (grace %.1f s)", self.config.node.id, grace_s)
             if self.mesh is not None:
                 self.mesh.stop()  # goodbye first: peers stop routing here before we drain
-            self.servicer.draining = True
+            deadline = time.monotonic() + grace_s
+            self.servicer.draining = True  # new inference requests get UNAVAILABLE from here on
             self.health.enter_graceful_shutdown()
-            self.server.stop(grace_s).wait()
+            self._drain_in_flight(deadline)
+            self.server.stop(max(0.0, deadline - time.monotonic())).wait()
             self.models.close(drain_timeout_s=grace_s)
             if self._metrics_httpd is not None:
                 # serve_forever notices shutdown only at its 0.5 s poll: let that happen in the background
@@ -124,6 +129,19 @@ class EdgeNode:
                                  name="edgeloop-metrics-close").start()
             self._stopped.set()
             log.info("node %s stopped", self.config.node.id)
+
+    def _drain_in_flight(self, deadline: float) -> None:
+        """Keep the server up until the requests it already received are answered (bounded by ``deadline``).
+
+        ``grpc.Server.stop`` cancels calls that reached gRPC's core but no handler yet; under load
+        those are requests a client sent before the drain began.  Kept up for ``DRAIN_SETTLE_S``,
+        the server hands them to handlers, which answer UNAVAILABLE (retryable) instead of CANCELLED.
+        """
+        settle_until = min(deadline, time.monotonic() + DRAIN_SETTLE_S)
+        while time.monotonic() < deadline:
+            if time.monotonic() >= settle_until and self.models.queue_depth() == 0:
+                return
+            time.sleep(0.005)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until ``stop()`` completed; True if it did within ``timeout``."""

@@ -98,7 +98,8 @@ def tensor(datatype="FP32", shape=(2,), name="x"):
     (lambda: tensor(shape=(2**33, 2**33)), b"", ["elements"]),
     (lambda: tensor(shape=(3,)), b"\0" * 8, ["8 bytes", "expected 12"]),
     (lambda: tensor("BYTES", (1,)), struct.pack("<I", 5) + b"abc", ["length prefix 5"]),
-    (lambda: tensor("BYTES", (2,)), struct.pack("<I", 1) + b"a", ["element 1"]),
+    (lambda: tensor("BYTES", (2,)), struct.pack("<I", 1) + b"a" + b"\0\0\0", ["element 1"]),
+    (lambda: tensor("BYTES", (2,)), struct.pack("<I", 1) + b"a", ["too few", "expected at least 8"]),
     (lambda: tensor("BYTES", (1,)), struct.pack("<I", 1) + b"ab", ["1 bytes after"]),
 ])
 def test_decode_errors_are_invalid_argument_and_name_the_tensor(make, raw, words):

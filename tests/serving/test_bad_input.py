@@ -79,11 +79,16 @@ CASES = [
     ("raw count", mutate(lambda r: r.raw_input_contents.append(b"")), INVALID, ["raw_input_contents", "2"]),
     ("raw and typed", mutate(_both_contents), INVALID, ["both"]),
     ("typed count", mutate(_typed_wrong_count), INVALID, ["fp32_contents", "63", "64"]),
+    ("typed in the wrong field", mutate(lambda r: (r.raw_input_contents.pop(),
+                                                   r.inputs[0].contents.int_contents.extend([1] * 64))),
+     INVALID, ["contents.int_contents", "FP32", "contents.fp32_contents"]),
     ("typed out of range", _typed_int8_overflow(), INVALID, ["300", "INT8"]),
     ("unknown output", mutate(lambda r: r.outputs.add(name="NOPE")), INVALID, ["'NOPE'", "OUTPUT0"]),
     ("bytes prefix too long", bytes_request(struct.pack("<I", 99) + b"ab" + b"\0" * 8), INVALID,
      ["length prefix 99"]),
-    ("bytes truncated", bytes_request(struct.pack("<I", 1) + b"a"), INVALID, ["element 1"]),
+    ("bytes truncated", bytes_request((struct.pack("<I", 1) + b"a") * 2 + b"bbb"), INVALID, ["element 2"]),
+    ("bytes too short for shape", bytes_request(struct.pack("<I", 1) + b"a"), INVALID,
+     ["5 bytes", "3 BYTES elements", "at least 12"]),
     ("bytes trailing", bytes_request(b"".join(struct.pack("<I", 1) + b"a" for _ in range(3)) + b"zz"), INVALID,
      ["2 bytes after"]),
     ("bytes not utf-8", bytes_request(b"".join(struct.pack("<I", 1) + b"\xff" for _ in range(3))), INVALID,
@@ -195,3 +200,23 @@ def test_fuzzed_requests_get_allowed_codes_and_node_stays_up(node, request_):
         assert exc.details(), "errors carry a message"
     assert code in ALLOWED_CODES, code
     assert node.stub.ServerLive(inference_pb2.ServerLiveRequest(), timeout=RPC_TIMEOUT_S).live
+
+
+def test_huge_bytes_shape_over_few_bytes_is_refused_before_allocating(node):
+    import tracemalloc
+
+    from edgeloop.protocol.codec import raw_to_bytes_tensor
+    from edgeloop.protocol.errors import ProtocolError
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError) as err:
+            raw_to_bytes_tensor(struct.pack("<I", 1) + b"a", (1 << 22, 3), "input 'IN_BYTES'")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes allocated for a 5-byte tensor"  # not 12 Mi object slots
+    assert "5 bytes" in err.value.message and "[4194304, 3]" in err.value.message
+    with pytest.raises(grpc.RpcError) as rpc_err:  # over the wire: 2**30 x 3 elements would be 24 GiB of slots
+        node.infer(bytes_request(struct.pack("<I", 1) + b"a", shape=(1 << 30, 3)))
+    assert rpc_err.value.code() == INVALID and "IN_BYTES" in rpc_err.value.details()

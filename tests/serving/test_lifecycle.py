@@ -237,3 +237,26 @@ def test_index_lists_every_model_and_filters_ready(repo, start_node):
         handle.stub.RepositoryModelUnload(inference_pb2.RepositoryModelUnloadRequest(model_name="ghost"),
                                           timeout=RPC_TIMEOUT_S)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_failed_push_keeps_the_previous_file_on_disk(repo, start_node):
+    handle = start_node(repo)
+    version_dir = repo / "mlp" / "1"
+    before = {p.name: p.read_bytes() for p in version_dir.iterdir()}
+    with pytest.raises(grpc.RpcError) as err:
+        handle.stub.RepositoryModelLoad(load_request("mlp", {"1/model.onnx": b"not an onnx model"}),
+                                        timeout=RPC_TIMEOUT_S)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "still serving" in err.value.details()
+    assert {p.name: p.read_bytes() for p in version_dir.iterdir()} == before  # no garbage, no leftovers
+    # the node keeps serving v1 and a reload (or a restart) still finds the good file
+    handle.stub.RepositoryModelLoad(load_request("mlp"), timeout=RPC_TIMEOUT_S)
+    assert handle.index()[("mlp", "1")] == ("READY", "")
+    np.testing.assert_array_equal(infer_mlp(handle)[1], mlp_output(0))
+    restarted = start_node(repo)
+    assert restarted.node.models.ready_models()["mlp"] == [1]
+    # a failed push of a new model leaves nothing behind but the reason in the index
+    with pytest.raises(grpc.RpcError):
+        handle.stub.RepositoryModelLoad(load_request("fresh", {"1/model.onnx": b"garbage"}), timeout=RPC_TIMEOUT_S)
+    assert not (repo / "fresh").exists()
+    state, reason = handle.index()[("fresh", "1")]
+    assert state == "UNAVAILABLE" and "onnxruntime" in reason

@@ -154,3 +154,33 @@ def test_reflection_lists_inference_and_health(node):
     replies = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
         file_containing_symbol="inference.GRPCInferenceService")]), timeout=RPC_TIMEOUT_S))
     assert replies[0].file_descriptor_response.file_descriptor_proto
+
+
+def test_idle_streams_cannot_take_every_handler_thread(repo, start_node):
+    import queue
+
+    handle = start_node(repo, grpc_workers=4)  # at most 2 open streams
+    feeds, calls = [], []
+    for _ in range(4):  # as many streams as handler threads: unary calls must still be answered
+        feed = queue.Queue()
+        feeds.append(feed)
+        calls.append(handle.stub.ModelStreamInfer(iter(feed.get, None), timeout=RPC_TIMEOUT_S))
+    try:
+        assert handle.stub.ServerLive(inference_pb2.ServerLiveRequest(), timeout=3).live
+        x = np.ones((1, 32), np.float32)
+        assert handle.infer(build_infer_request("mlp", {"INPUT0": x}), timeout=3).model_name == "mlp"
+    finally:
+        for feed in feeds:
+            feed.put(None)
+    codes = []
+    for call in calls:
+        try:
+            list(call)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+            assert "2 streams" in exc.details() and "ModelStreamInfer" in exc.details()
+    assert sorted(c.name for c in codes) == ["OK", "OK", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"]
+    replies = list(handle.stub.ModelStreamInfer(iter([build_infer_request("mlp", {"INPUT0": x})]),
+                                                timeout=RPC_TIMEOUT_S))  # a closed stream frees its slot
+    assert replies[0].infer_response.model_name == "mlp"

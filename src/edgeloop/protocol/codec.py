@@ -120,9 +120,12 @@ def raw_to_bytes_tensor(raw: bytes, shape: Iterable[int], what: str = "BYTES ten
     """Parse length-prefixed BYTES elements into an object array of ``bytes`` with ``shape``."""
     shape = tuple(shape)
     count = element_count(shape, what)
+    pos, end = 0, len(raw)
+    if count * 4 > end:  # checked before allocating: a huge shape over a few bytes must not cost memory
+        raise invalid_argument(f"{what}: raw contents hold {end} bytes, too few for the {count} BYTES elements of "
+                               f"shape {list(shape)}; expected at least {count * 4} (a 4-byte length prefix each)")
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
-    pos, end = 0, len(raw)
     for i in range(count):
         if pos + 4 > end:
             raise invalid_argument(f"{what}: raw contents end after {i} of {count} BYTES elements at byte {pos}; "
@@ -157,14 +160,14 @@ _INT_RANGES = {np.dtype(t): (np.iinfo(t).min, np.iinfo(t).max)
 
 def _decode_typed(contents, dt: Datatype, shape: tuple, count: int, what: str) -> np.ndarray:
     values = getattr(contents, dt.contents_field)
+    for field in ("bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents",
+                  "fp32_contents", "fp64_contents", "bytes_contents"):
+        if field != dt.contents_field and len(getattr(contents, field)):  # the likelier mistake: say it first
+            raise invalid_argument(f"{what}: contents.{field} is set for datatype {dt.name}; expected only "
+                                   f"contents.{dt.contents_field}")
     if len(values) != count:
         raise invalid_argument(f"{what}: contents.{dt.contents_field} holds {len(values)} values; expected "
                                f"{count} for shape {list(shape)}")
-    for field in ("bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents",
-                  "fp32_contents", "fp64_contents", "bytes_contents"):
-        if field != dt.contents_field and len(getattr(contents, field)):
-            raise invalid_argument(f"{what}: contents.{field} is set for datatype {dt.name}; expected only "
-                                   f"contents.{dt.contents_field}")
     if dt.itemsize == 0:
         out = np.empty(count, dtype=object)
         out[:] = list(values)

@@ -26,7 +26,8 @@ from edgeloop.protocol.errors import (ProtocolError, failed_precondition, invali
                                       unavailable)
 from edgeloop.serving.metrics import ServingMetrics
 from edgeloop.serving.model_version import ModelVersion
-from edgeloop.serving.repository import MANIFEST_FILE, MODEL_FILE, ModelRepository, RepositoryError, parse_version
+from edgeloop.serving.repository import (MANIFEST_FILE, MODEL_FILE, ModelRepository, RepositoryError,
+                                         atomic_write, parse_version)
 from edgeloop.serving.session import SessionError, create_session
 from edgeloop.serving.signature import ModelSignature, SignatureError, check_declared
 from edgeloop.serving.triton_config import parse_triton_config
@@ -228,60 +229,94 @@ class ModelManager:
             override = None
             if triton_config is not None:
                 override = parse_triton_config(triton_config, self.config.model(name))
-            if files:
-                self._write_files(name, files)
-            if not self.repository.has_model(name):
-                raise not_found(f"model_name {name!r} is not in the model repository "
-                                f"{self.repository.root}; expected one of "
-                                f"{', '.join(map(repr, self.repository.model_names())) or '(none)'}")
-            config = override if override is not None else self.model_config(name)
-            on_disk = self.repository.versions(name)
-            wanted = config.version_policy.select(on_disk)
-            if not wanted:
-                raise failed_precondition(f"model {name!r}: no version on disk {on_disk} matches the version "
-                                          f"policy {config.version_policy}")
-            current = dict(self._served[name].versions) if name in self._served else {}
-            states = self._states.setdefault(name, {})
-            chosen: dict[int, ModelVersion] = {}
-            failures: list[str] = []
-            failed_reasons: dict[int, str] = {}
-            for version in wanted:
-                old = current.get(version)
-                try:
-                    fingerprint = self.repository.fingerprint(name, version)
-                except OSError as exc:
-                    failures.append(f"version {version}: {exc}")
-                    states[version] = (UNAVAILABLE, str(exc))
-                    continue
-                if old is not None and old.fingerprint == fingerprint and old.config == config:
-                    chosen[version] = old
-                    continue
-                states[version] = (LOADING, "")
-                try:
-                    chosen[version] = self._load_version(name, version, config, fingerprint)
-                except LoadError as exc:
-                    reason = str(exc)
-                    log.warning("model %s version %d failed to load: %s", name, version, reason)
-                    failures.append(f"version {version}: {reason}")
-                    failed_reasons[version] = reason
-                    states[version] = (UNAVAILABLE, reason)
-            if failures and current:  # nothing is published: the new versions were never exported
-                for version in current:
-                    reason = failed_reasons.get(version)
-                    states[version] = (READY, f"previous file still serving; the new file failed: {reason}"
-                                       if reason else "")
-                raise failed_precondition(f"model {name!r} failed to load ({'; '.join(failures)}); still serving "
-                                          f"versions {sorted(current)}")
-            if override is not None:
-                self._overrides[name] = override
-                log.info("model %s: settings from the load's config (in memory): max_batch_size=%d "
-                         "max_queue_delay_us=%d preferred_batch_sizes=%s version_policy=%s", name,
-                         override.max_batch_size, override.max_queue_delay_us,
-                         list(override.preferred_batch_sizes), override.version_policy)
-            self._publish(name, chosen, current, states)
-            if failures:
-                raise failed_precondition(f"model {name!r} failed to load ({'; '.join(failures)})"
-                                          + (f"; serving versions {sorted(chosen)}" if chosen else ""))
+            backups = self._write_files(name, files) if files else {}
+            try:
+                self._load_locked(name, override)
+            except ProtocolError:
+                self._undo_failed_push(name, backups)
+                raise
+            for _path, backup in backups.items():
+                self.repository.drop_previous(backup)
+
+    def _undo_failed_push(self, name: str, backups: dict) -> None:
+        """Put back the files a failed load overwrote, unless the new file is what now serves.
+
+        A pushed file that could not be made READY must not replace a good one on disk: the old
+        version still serves from memory, and a restart must find it again.
+        """
+        served = self._served.get(name)
+        serving_new_file = {}
+        for version in {parse_version(path.parent.name) for path in backups}:
+            mv = served.versions.get(version) if served else None
+            try:
+                serving_new_file[version] = (mv is not None
+                                             and mv.fingerprint == self.repository.fingerprint(name, version))
+            except OSError:
+                serving_new_file[version] = False
+        for path, backup in backups.items():
+            if serving_new_file[parse_version(path.parent.name)]:
+                self.repository.drop_previous(backup)
+                continue
+            try:
+                self.repository.restore_previous(path, backup)
+                log.info("model %s: restored %s after the failed load", name, path)
+            except OSError as exc:
+                log.error("model %s: cannot restore %s after the failed load: %s", name, path, exc)
+
+    def _load_locked(self, name: str, override) -> None:
+        """The body of ``load`` once pushed files are on disk (the admin lock is held)."""
+        if not self.repository.has_model(name):
+            raise not_found(f"model_name {name!r} is not in the model repository "
+                            f"{self.repository.root}; expected one of "
+                            f"{', '.join(map(repr, self.repository.model_names())) or '(none)'}")
+        config = override if override is not None else self.model_config(name)
+        on_disk = self.repository.versions(name)
+        wanted = config.version_policy.select(on_disk)
+        if not wanted:
+            raise failed_precondition(f"model {name!r}: no version on disk {on_disk} matches the version "
+                                      f"policy {config.version_policy}")
+        current = dict(self._served[name].versions) if name in self._served else {}
+        states = self._states.setdefault(name, {})
+        chosen: dict[int, ModelVersion] = {}
+        failures: list[str] = []
+        failed_reasons: dict[int, str] = {}
+        for version in wanted:
+            old = current.get(version)
+            try:
+                fingerprint = self.repository.fingerprint(name, version)
+            except OSError as exc:
+                failures.append(f"version {version}: {exc}")
+                states[version] = (UNAVAILABLE, str(exc))
+                continue
+            if old is not None and old.fingerprint == fingerprint and old.config == config:
+                chosen[version] = old
+                continue
+            states[version] = (LOADING, "")
+            try:
+                chosen[version] = self._load_version(name, version, config, fingerprint)
+            except LoadError as exc:
+                reason = str(exc)
+                log.warning("model %s version %d failed to load: %s", name, version, reason)
+                failures.append(f"version {version}: {reason}")
+                failed_reasons[version] = reason
+                states[version] = (UNAVAILABLE, reason)
+        if failures and current:  # nothing is published: the new versions were never exported
+            for version in current:
+                reason = failed_reasons.get(version)
+                states[version] = (READY, f"previous file still serving; the new file failed: {reason}"
+                                   if reason else "")
+            raise failed_precondition(f"model {name!r} failed to load ({'; '.join(failures)}); still serving "
+                                      f"versions {sorted(current)}")
+        if override is not None:
+            self._overrides[name] = override
+            log.info("model %s: settings from the load's config (in memory): max_batch_size=%d "
+                     "max_queue_delay_us=%d preferred_batch_sizes=%s version_policy=%s", name,
+                     override.max_batch_size, override.max_queue_delay_us,
+                     list(override.preferred_batch_sizes), override.version_policy)
+        self._publish(name, chosen, current, states)
+        if failures:
+            raise failed_precondition(f"model {name!r} failed to load ({'; '.join(failures)})"
+                                      + (f"; serving versions {sorted(chosen)}" if chosen else ""))
 
     def _publish(self, name: str, chosen: dict, current: dict, states: dict) -> None:
         served = dict(self._served)
@@ -331,23 +366,40 @@ class ModelManager:
                  f" (max_batch_size={config.max_batch_size})" if config.max_batch_size else "")
         return mv
 
-    def _write_files(self, name: str, files: dict[str, bytes]) -> None:
-        written_models = set()
-        manifests = set()
-        for relative, data in sorted(files.items()):
-            try:
-                version = self.repository.write_version_file(name, relative, data)
-            except RepositoryError as exc:
-                raise invalid_argument(f"parameters: {exc}") from None
-            (written_models if relative.endswith(MODEL_FILE) else manifests).add(version)
-            if relative.endswith(MODEL_FILE):
-                log.info("wrote model %s version %d from a load request (%d bytes)", name, version, len(data))
-        for version in written_models - manifests:
-            # a pushed model file supersedes any manifest left beside an older file
-            data = self.repository.model_path(name, version).read_bytes()
-            meta = {"name": name, "version": version, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-            self.repository.write_version_file(name, f"{version}/{MANIFEST_FILE}",
-                                               json.dumps(meta, indent=2, sort_keys=True).encode())
+    def _write_files(self, name: str, files: dict[str, bytes]) -> dict:
+        """Write pushed files atomically; returns ``{path: backup of the previous file or None}``."""
+        repository = self.repository
+        try:
+            targets = {relative: repository.version_file_path(name, relative) for relative in sorted(files)}
+        except RepositoryError as exc:
+            raise invalid_argument(f"parameters: {exc}") from None
+        written_models = {version for rel, (version, _p) in targets.items() if rel.endswith(MODEL_FILE)}
+        manifests = {version for rel, (version, _p) in targets.items() if rel.endswith(MANIFEST_FILE)}
+        backups: dict = {}
+
+        def write(relative: str, data: bytes) -> None:
+            version, path = repository.version_file_path(name, relative)
+            if path not in backups:
+                backups[path] = repository.keep_previous(path)
+            atomic_write(path, data)
+
+        try:
+            for relative, data in sorted(files.items()):
+                write(relative, data)
+                if relative.endswith(MODEL_FILE):
+                    log.info("wrote model %s version %d from a load request (%d bytes)", name,
+                             targets[relative][0], len(data))
+            for version in sorted(written_models - manifests):
+                # a pushed model file supersedes any manifest left beside an older file
+                data = files[f"{version}/{MODEL_FILE}"]
+                meta = {"name": name, "version": version, "sha256": hashlib.sha256(data).hexdigest(),
+                        "size": len(data)}
+                write(f"{version}/{MANIFEST_FILE}", json.dumps(meta, indent=2, sort_keys=True).encode())
+        except OSError as exc:
+            self._undo_failed_push(name, backups)
+            raise failed_precondition(f"model {name!r}: cannot write the pushed files to the repository "
+                                      f"{repository.root}: {exc}") from None
+        return backups
 
     def unload(self, name: str, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop serving ``name``: refuse new requests, wait for in-flight ones, release sessions."""

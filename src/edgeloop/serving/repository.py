@@ -102,8 +102,8 @@ class ModelRepository:
         manifest = _check_manifest(manifest_path, data) if manifest_path.exists() else None
         return data, manifest
 
-    def write_version_file(self, name: str, relative: str, data: bytes) -> int:
-        """Atomically write ``<version>/model.onnx`` or ``<version>/manifest.json`` of ``name``; return the version."""
+    def version_file_path(self, name: str, relative: str) -> tuple[int, Path]:
+        """The version and path that ``file:<relative>`` of a load request names (checked: no escape)."""
         if self.root is None:
             raise RepositoryError("no model repository is configured (--model-repository)")
         if not valid_model_name(name):
@@ -113,8 +113,45 @@ class ModelRepository:
         if version is None or parts[1] not in (MODEL_FILE, MANIFEST_FILE):
             raise RepositoryError(f"file parameter 'file:{relative}' is not allowed; expected "
                                   f"'file:<positive version>/{MODEL_FILE}' or 'file:<version>/{MANIFEST_FILE}'")
-        atomic_write(self.root / name / str(version) / parts[1], data)
+        return version, self.root / name / str(version) / parts[1]
+
+    def write_version_file(self, name: str, relative: str, data: bytes) -> int:
+        """Atomically write ``<version>/model.onnx`` or ``<version>/manifest.json`` of ``name``; return the version."""
+        version, path = self.version_file_path(name, relative)
+        atomic_write(path, data)
         return version
+
+    @staticmethod
+    def keep_previous(path: Path) -> Path | None:
+        """Hard-link the file at ``path`` (if any) to a hidden backup, so a failed push can be undone.
+
+        A hard link keeps the inode and mtime, so a restored file has the fingerprint the serving
+        version was loaded from and is not reloaded.
+        """
+        if not path.exists():
+            return None
+        backup = path.with_name(f".{path.name}.previous-{os.getpid()}")
+        backup.unlink(missing_ok=True)
+        os.link(path, backup)
+        return backup
+
+    @staticmethod
+    def restore_previous(path: Path, backup: Path | None) -> None:
+        """Undo a write: put the backup back (atomically), or remove a file that did not exist before."""
+        if backup is not None:
+            os.replace(backup, path)
+            return
+        path.unlink(missing_ok=True)
+        for directory in (path.parent, path.parent.parent):  # drop the version/model dirs the push created
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+
+    @staticmethod
+    def drop_previous(backup: Path | None) -> None:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
 
 
 def _check_manifest(manifest_path: Path, data: bytes) -> dict:

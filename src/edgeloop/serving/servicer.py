@@ -7,11 +7,14 @@ ModelInfer / ModelStreamInfer request first and may answer it (a response) or de
 from __future__ import annotations
 
 import logging
+import threading
 from time import perf_counter_ns
+
+import grpc
 
 import edgeloop
 from edgeloop.protocol import inference_pb2, inference_pb2_grpc
-from edgeloop.protocol.errors import ProtocolError, invalid_argument
+from edgeloop.protocol.errors import ProtocolError, invalid_argument, unavailable
 
 log = logging.getLogger("edgeloop.serving")
 
@@ -24,11 +27,14 @@ _CONFIG_KEY = "config"
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     """Serves the models of one ModelManager; ``router`` is the mesh's forwarding hook (or None)."""
 
-    def __init__(self, models, router=None, server_name: str = SERVER_NAME) -> None:
+    def __init__(self, models, router=None, server_name: str = SERVER_NAME, max_streams: int | None = None) -> None:
         self.models = models
         self.router = router
         self.server_name = server_name
         self.draining = False
+        #: open ModelStreamInfer calls allowed at once (None = no cap); see ``stream_limit``
+        self.max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams) if max_streams else None
 
     # --------------------------------------------------------------------------- health-ish
     def ServerLive(self, request, context):
@@ -53,6 +59,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     # ---------------------------------------------------------------------------- inference
     def _infer(self, request, context):
+        if self.draining:
+            raise unavailable(f"model {request.model_name!r}: this node is draining (shutting down) and takes no new "
+                              f"requests; expected to be retried on another node")
         router = self.router
         if router is not None:
             response = router.maybe_forward(request, context)
@@ -72,7 +81,24 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             context.abort(exc.code, exc.message)
 
     def ModelStreamInfer(self, request_iterator, context):
-        """One response per request, in order; a failed request yields ``error_message`` and the stream goes on."""
+        """One response per request, in order; a failed request yields ``error_message`` and the stream goes on.
+
+        A stream holds a handler thread for as long as the client keeps it open, idle or not; past
+        ``max_streams`` open streams a new one is refused, so streams can never take every thread
+        and leave unary calls (ServerLive, ModelInfer) unanswered.
+        """
+        streams = self._streams
+        if streams is not None and not streams.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"ModelStreamInfer: {self.max_streams} streams are already open on this node; expected at "
+                          f"most {self.max_streams} at once (serving.grpc_workers / 2): close one or use ModelInfer")
+        try:
+            yield from self._stream(request_iterator, context)
+        finally:
+            if streams is not None:
+                streams.release()
+
+    def _stream(self, request_iterator, context):
         for request in request_iterator:
             try:
                 response = self._infer(request, context)
@@ -149,4 +175,9 @@ def _load_parameters(parameters) -> tuple[dict[str, bytes], str | None]:
     return files, config
 
 
-__all__ = ["EXTENSIONS", "InferenceServicer", "SERVER_NAME"]
+def stream_limit(grpc_workers: int) -> int:
+    """Streams a node with ``grpc_workers`` handler threads keeps open at once: half its threads (at least 1)."""
+    return max(1, int(grpc_workers) // 2)
+
+
+__all__ = ["EXTENSIONS", "InferenceServicer", "SERVER_NAME", "stream_limit"]
