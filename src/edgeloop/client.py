@@ -125,14 +125,19 @@ class MeshClient:
 
         request = build_infer_request(model, inputs, model_version="" if version is None else str(version),
                                       request_id=request_id, outputs=outputs)
-        return infer_response_to_numpy(self.infer_request(request, routing_key))
+        if routing_key is not None:
+            request.parameters[ROUTING_KEY].string_param = routing_key  # our own message: no copy needed
+        return infer_response_to_numpy(self.infer_request(request))
 
     def infer_request(self, request, routing_key: str | None = None):
         """Send a ``ModelInferRequest`` to its owner (one retry on the next node); the raw response."""
         import grpc
 
         if routing_key is not None:
-            request.parameters[ROUTING_KEY].string_param = routing_key
+            routed = type(request)()  # the caller's message is left as it was
+            routed.CopyFrom(request)
+            routed.parameters[ROUTING_KEY].string_param = routing_key
+            request = routed
         elif ROUTING_KEY in request.parameters:
             routing_key = request.parameters[ROUTING_KEY].string_param
         model = request.model_name

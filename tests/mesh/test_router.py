@@ -166,3 +166,17 @@ def test_owner_over_its_queue_limit_spills_deterministically(tmp_path):
         assert {n: after[n] - before[n] for n in after} == {n: 2 * int(n == pref[1]) for n in after}
     finally:
         stop_all(nodes)
+
+
+def test_mesh_client_sends_straight_to_the_owner_and_leaves_the_callers_request_alone(trio):
+    from edgeloop.client import MeshClient
+
+    with MeshClient(seeds=[trio["a"].address], interfaces=()) as client:
+        assert client.wait_ready(nodes=3, model="mlp", timeout=10)
+        key = key_owned_by(trio["a"], "c")
+        request = build_infer_request("mlp", {"INPUT0": X}, request_id="mine")
+        before = served(trio)
+        response = client.infer_request(request, routing_key=key)
+        after = served(trio)
+    assert {n: after[n] - before[n] for n in after} == {"a": 0, "b": 0, "c": 1}
+    assert response.id == "mine" and "routing_key" not in request.parameters
