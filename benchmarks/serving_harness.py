@@ -105,8 +105,11 @@ class ServerProcess:
         self.close()
 
 
-def start_floor(model_path: Path) -> tuple[ServerProcess, int]:
-    server = ServerProcess("floor server", [sys.executable, str(HERE / "floor_server.py"), "--model", str(model_path)])
+def start_floor(model_path: Path, protocol: bool = False) -> tuple[ServerProcess, int]:
+    """The raw floor, or with ``protocol`` the protocol floor (ModelInfer protobufs), in its own process."""
+    argv = [sys.executable, str(HERE / "floor_server.py"), "--model", str(model_path)]
+    name = "protocol floor server" if protocol else "floor server"
+    server = ServerProcess(name, argv + ["--protocol"] if protocol else argv)
     try:
         return server, server.read_port()
     except BaseException:

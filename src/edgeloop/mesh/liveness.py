@@ -89,7 +89,7 @@ class LivenessMonitor:
                        mesh_pb2.DescribeRequest(), lambda f, a=address, s=source: self._on_seed(f, a, s))
         members = self.membership.members()
         present = {m.node_id for m in members}
-        for gone in [n for n in self._last_ok if n not in present]:
+        for gone in [n for n in list(self._last_ok) if n not in present]:  # list(): callbacks add keys
             del self._last_ok[gone]  # a member that left and comes back starts a fresh timer
         for member in members:
             if member.node_id == self.membership.self_id:
