@@ -152,8 +152,9 @@ _DATATYPES = ["FP32", "FP64", "INT8", "BYTES", "BOOL", "UINT64", "", "fp32"]
 @st.composite
 def mutated_requests(draw):
     """A valid mlp or multi request with a few random mutations applied."""
-    if draw(st.booleans()):
-        request = build_infer_request("mlp", {"INPUT0": np.ones((draw(st.integers(1, 3)), 32), np.float32)},
+    family = draw(st.sampled_from(["mlp", "batched", "multi"]))
+    if family != "multi":  # "batched" goes through the dynamic batcher (max_batch_size 4)
+        request = build_infer_request(family, {"INPUT0": np.ones((draw(st.integers(1, 5)), 32), np.float32)},
                                       raw=draw(st.booleans()))
     else:
         request = build_infer_request("multi", multi_inputs(batch=draw(st.integers(1, 2))), raw=draw(st.booleans()))
@@ -172,7 +173,7 @@ def mutated_requests(draw):
         elif kind == "raw" and request.raw_input_contents:
             request.raw_input_contents[i] = draw(st.binary(max_size=300))
         elif kind == "model":
-            request.model_name = draw(st.sampled_from(["mlp", "multi", "ghost", "broken", ""]))
+            request.model_name = draw(st.sampled_from(["mlp", "batched", "multi", "ghost", "broken", ""]))
         elif kind == "version":
             request.model_version = draw(st.sampled_from(["", "1", "2", "-1", "x", "01"]))
         elif kind == "drop":
