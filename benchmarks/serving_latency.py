@@ -5,11 +5,16 @@ intra-op and one inter-op thread, sequential execution, everywhere.
 
   (a) in-process ``session.run``                       — the model's own cost
   (b) the floor: bare grpcio, raw bytes in and out     — the least a Python gRPC server costs
+  (p) the protocol floor: the same server and handler, but ModelInfer protobufs in and out
+      (``floor_server.py --protocol``)                 — the least the Open Inference Protocol costs
   (c) the edge node via ModelInfer (``edgeloop edge``) — what we ship
 
-(b) and (c) run in their own processes; this process is the client.  Batch 1, sequential,
-measured in interleaved blocks (floor, node, floor, node, ...) so drifts in machine load
-hit both alike.  Then throughput at concurrency 1, 4, 16 with dynamic batching off and on
+(b), (p) and (c) run in their own processes; this process is the client.  Batch 1,
+sequential, measured in interleaved blocks whose server order runs through every
+permutation (no server always first, none always after the same one: order effects of
+~10% were seen) so drifts in machine load hit all alike.  The targets compare (c) with the
+raw floor (b); (p) only adds two informational ratios: (p)/(b), what the protocol itself
+costs, and (c)/(p), what edgeloop adds over the protocol.  Then throughput at concurrency 1, 4, 16 with dynamic batching off and on
 (two node processes, also interleaved).  Every loop is bounded in count and time.
 
 The small MLP cannot show what batching buys: its ``session.run`` is a few microseconds
@@ -24,6 +29,7 @@ are those of the small MLP only.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -84,30 +90,34 @@ def check_close(name: str, got: np.ndarray, expected: np.ndarray) -> None:
         raise SystemExit(f"{name} answered {got.tolist()}, expected {expected.tolist()}")
 
 
-def check_answers(floor_call, node_call, x: np.ndarray, expected: np.ndarray) -> None:
-    """Both servers must return what the in-process session returns, or the timings mean nothing."""
+def check_answers(floor_call, protocol_call, node_call, x: np.ndarray, expected: np.ndarray) -> None:
+    """Every server must return what the in-process session returns, or the timings mean nothing."""
     got_floor = np.frombuffer(floor_call(x.tobytes(), timeout=10), dtype=np.float32).reshape(expected.shape)
     check_close("floor server", got_floor, expected)
+    check_close("protocol floor server", node_answer(protocol_call, x, expected.shape), expected)
     check_close("node server", node_answer(node_call, x, expected.shape), expected)
 
 
-def measure_sequential(floor, floor_call, node, node_call, x, blocks: int, per_block: int, max_s: float):
-    """Interleaved blocks of sequential batch-1 requests; latencies and server CPU per request."""
-    floor_payload, node_payload = x.tobytes(), node_request(x)
-    time_calls(floor_call, floor_payload, 50, 2.0)  # warm-up: connections, allocations
-    time_calls(node_call, node_payload, 50, 2.0)
-    lat = {"floor": [], "node": []}
-    cpu = {"floor": 0.0, "node": 0.0}
+def measure_sequential(targets: dict, blocks: int, per_block: int, max_s: float):
+    """Interleaved blocks of sequential batch-1 requests; latencies and server CPU per request.
+
+    ``targets`` maps a name to ``(pid, call, payload)``.  Block ``i`` visits the servers in
+    the ``i``-th permutation of their order (cycling), so each server is first, middle and
+    last equally often and follows each other server equally often.
+    """
+    for _, call, payload in targets.values():
+        time_calls(call, payload, 50, 2.0)  # warm-up: connections, allocations
+    orders = list(itertools.permutations(targets))
+    lat = {name: [] for name in targets}
+    cpu = {name: 0.0 for name in targets}
     stop = time.perf_counter() + max_s
-    block_s = max_s / (2 * blocks)
+    block_s = max_s / (len(targets) * blocks)
     for block in range(blocks):
-        order = [("floor", floor, floor_call, floor_payload), ("node", node, node_call, node_payload)]
-        if block % 2:
-            order.reverse()  # ABBA: neither side always runs second
-        for name, server, call, payload in order:
-            c0 = process_cpu_s(server.pid)
+        for name in orders[block % len(orders)]:
+            pid, call, payload = targets[name]
+            c0 = process_cpu_s(pid)
             lat[name] += time_calls(call, payload, per_block, block_s)
-            cpu[name] += process_cpu_s(server.pid) - c0
+            cpu[name] += process_cpu_s(pid) - c0
         if time.perf_counter() > stop:
             break
     return lat, {k: cpu[k] / len(lat[k]) for k in cpu}
@@ -235,6 +245,23 @@ def print_heavy(heavy: dict) -> dict:
     return out
 
 
+def print_protocol_ratios(lat: dict, cpu: dict) -> dict:
+    """Split the node's cost over the raw floor into the protocol's share and edgeloop's (no targets)."""
+    p50 = {name: percentile_ms(values, 50) for name, values in lat.items()}
+    pairs = {
+        "protocol_floor_over_floor": ("protocol", "floor", "protocol floor / raw floor", "what the protocol itself costs"),
+        "node_over_protocol_floor": ("node", "protocol", "node / protocol floor", "what edgeloop adds over the protocol"),
+    }
+    print("\ninformational ratios (no target; the targets above stay against the raw floor)")
+    out = {}
+    for key, (top, bottom, label, meaning) in pairs.items():
+        out[key] = {"latency_p50": p50[top] / p50[bottom], "cpu_per_request": cpu[top] / cpu[bottom]}
+        print(f"  {label:26} p50 {out[key]['latency_p50']:5.2f}   CPU/req {out[key]['cpu_per_request']:5.2f}   "
+              f"({meaning}: {(p50[top] - p50[bottom]) * 1e3:+.1f} us p50, "
+              f"{(cpu[top] - cpu[bottom]) * 1e6:+.1f} us CPU per request)")
+    return out
+
+
 def parse_dims(text: str) -> tuple[int, int, int]:
     try:
         dims = tuple(int(part) for part in text.split(","))
@@ -257,10 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     from edgeloop.serving.demo_models import build_mlp, write_model
 
     if args.quick:
-        blocks, per_block, seq_max_s, rounds, level_s = 4, 100, 10.0, 2, 0.5
+        blocks, per_block, seq_max_s, rounds, level_s = 6, 80, 10.0, 2, 0.5
         heavy_rounds, heavy_level_s, heavy_runs, heavy_run_max_s = 2, 0.5, 50, 0.5
     else:
-        blocks, per_block, seq_max_s, rounds, level_s = 20, 250, 40.0, 3, 2.0
+        blocks, per_block, seq_max_s, rounds, level_s = 24, 200, 40.0, 3, 2.0
         heavy_rounds, heavy_level_s, heavy_runs, heavy_run_max_s = 2, 1.5, 200, 1.0
     levels = [1, 4, 16]
     x = np.random.default_rng(0).standard_normal((1, IN_DIM)).astype(np.float32)
@@ -278,37 +305,48 @@ def main(argv: list[str] | None = None) -> int:
             "on": write_edge_config(Path(tmp) / "edge-on.toml", "bench-on", root, 64, 500),
         }
         floor, floor_port = start_floor(model_path)
+        protocol_floor = None
         nodes = {}
         try:
+            protocol_floor, protocol_port = start_floor(model_path, protocol=True)
             for name, cfg in configs.items():
                 nodes[name] = start_node(cfg, MODEL)
             floor_channel = grpc.insecure_channel(f"127.0.0.1:{floor_port}")
             node_channels = {name: grpc.insecure_channel(f"127.0.0.1:{port}") for name, (_, port) in nodes.items()}
+            protocol_channel = grpc.insecure_channel(f"127.0.0.1:{protocol_port}")
             floor_call = floor_channel.unary_unary("/edgeloop.bench.Floor/Infer")
+            protocol_call = protocol_channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
             node_call = node_channels["off"].unary_unary("/inference.GRPCInferenceService/ModelInfer")
-            check_answers(floor_call, node_call, x, expected)
+            check_answers(floor_call, protocol_call, node_call, x, expected)
 
-            lat, cpu = measure_sequential(floor, floor_call, nodes["off"][0], node_call, x, blocks, per_block, seq_max_s)
+            targets = {"floor": (floor.pid, floor_call, x.tobytes()),
+                       "protocol": (protocol_floor.pid, protocol_call, node_request(x)),
+                       "node": (nodes["off"][0].pid, node_call, node_request(x))}
+            lat, cpu = measure_sequential(targets, blocks, per_block, seq_max_s)
             pids = {name: server.pid for name, (server, _) in nodes.items()}
             tput = measure_throughput(node_channels, pids, levels, rounds, level_s, request_pool(MODEL, IN_DIM))
             mean_batch = mean_batch_size(node_channels["on"])
             floor_channel.close()
+            protocol_channel.close()
             for ch in node_channels.values():
                 ch.close()
         finally:
             floor.close()
+            if protocol_floor is not None:
+                protocol_floor.close()
             for server, _ in nodes.values():
                 server.close()
         heavy = [] if args.no_heavy else [
             measure_heavy(Path(tmp), dims, heavy_rounds, heavy_level_s, heavy_runs, heavy_run_max_s)
             for dims in args.heavy_dims]
 
-    rows = [("(a) in-process session.run", in_proc), ("(b) floor: bare grpcio", lat["floor"]),
-            ("(c) edge node ModelInfer", lat["node"])]
-    print(f"serving latency, batch 1, sequential; onnxruntime 1 intra-op / 1 inter-op thread; {os.cpu_count()} CPUs")
+    rows = [("(a) in-process session.run", None, in_proc), ("(b) floor: bare grpcio", "floor", lat["floor"]),
+            ("(p) protocol floor: ModelInfer pb", "protocol", lat["protocol"]),
+            ("(c) edge node ModelInfer", "node", lat["node"])]
+    print(f"serving latency, batch 1, sequential; onnxruntime 1 intra-op / 1 inter-op thread; {os.cpu_count()} CPUs; "
+          f"{blocks} interleaved blocks of up to {per_block} per server, order through all permutations")
     print(f"{'':34} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} {'server CPU/req':>15}")
-    for label, values in rows:
-        key = "floor" if "floor" in label else "node" if "node" in label else None
+    for label, key, values in rows:
         cpu_text = f"{cpu[key] * 1e6:12.1f} us" if key else f"{'-':>15}"
         p50, p99 = percentile_ms(values, 50), percentile_ms(values, 99)
         print(f"{label:34} {len(values):>6} {p50:8.3f} {p99:8.3f} {cpu_text}")
@@ -354,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
           f"per request (batching off, c=16), so even free batched runs give at most {bound:.2f}x")
     figures["batching_c16_bound"] = {"session_run_us": run_us, "server_cpu_off_c16_us": off16_cpu_us,
                                      "max_on_over_off": bound}
+    figures["informational_ratios"] = print_protocol_ratios(lat, cpu)
     figures["supplementary_heavy"] = [print_heavy(h) for h in heavy]
     print(f"\n{SCALE_NOTE}")
     figures["ratios"] = ratios
