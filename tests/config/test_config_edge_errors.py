@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,15 +170,31 @@ def test_model_repository_whose_parent_is_missing(tmp_path):
     assert "does not exist" in err.expected
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any directory, so permissions cannot be tested")
 def test_model_repository_that_cannot_be_read(tmp_path):
+    """Run as root (as CI does), the check runs in a child without the capabilities that bypass permissions."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o000)
+    config = tmp_path / "edge.toml"
+    config.write_text(NODE + '[serving]\nmodel_repository = "locked"\n')
     try:
-        err = load_text(tmp_path, NODE + '[serving]\nmodel_repository = "locked"\n')
+        if os.geteuid() != 0:
+            with pytest.raises(ConfigError) as raised:
+                load_edge_config(config)
+            key, expected = raised.value.key, raised.value.expected
+        else:
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                pytest.skip("running as root without util-linux setpriv: cannot drop CAP_DAC_OVERRIDE")
+            probe = ("import sys\nfrom edgeloop.config import ConfigError, load_edge_config\n"
+                     "try:\n    load_edge_config(sys.argv[1])\nexcept ConfigError as e:\n"
+                     "    print(e.key); print(e.expected)\n")
+            done = subprocess.run([setpriv, "--bounding-set", "-dac_override,-dac_read_search", sys.executable,
+                                   "-c", probe, str(config)], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            key, expected = (done.stdout.splitlines() + ["", ""])[:2]
     finally:
         locked.chmod(0o700)
-    assert err.key == "serving.model_repository" and "cannot be read" in err.expected
+    assert key == "serving.model_repository" and "cannot be read" in expected
 
 
 def test_decision_log_that_is_a_directory(tmp_path):
