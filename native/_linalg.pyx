@@ -8,6 +8,15 @@ BLAS is column-major.  A C-ordered (n, k) array is, to BLAS, the column-major (k
 matrix of its transpose, so the C-order product ``out = x @ w`` is computed as the
 column-major product ``out^T = w^T x^T`` with no copies.
 
+Which BLAS does the product.  One row goes through SciPy's ``gemv`` from here, with no
+Python-level call in between.  More rows go through ``np.matmul`` (NumPy's bundled BLAS
+``gemm``, which releases the GIL) writing straight into the output, then the fused
+epilogue.  NumPy and SciPy wheels each bundle their own OpenBLAS. With NumPy 2.4
+(OpenBLAS 0.3.31) and SciPy 1.17 (0.3.30), SciPy's sgemm took 1.2-1.6x as long as
+NumPy's for 2 to 64 rows of a 512x512 layer (measured with 1 thread on the project's
+2-core machine: ``benchmarks/kernels.py --only dense``). The baseline a user compares
+with is ``x @ w``, so the product goes to the same library.
+
 The dense entry points do their own argument checks: at batch 1 a 512x512 layer costs
 about 10 us, so every microsecond of wrapper overhead shows.  They read the arrays
 through the NumPy C API rather than typed memoryviews for the same reason (acquiring a
@@ -24,6 +33,8 @@ from libc.stdlib cimport malloc, free
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 cnp.import_array()
+
+_np_matmul = np.matmul
 
 cdef enum:
     ACT_IDENTITY = 0
@@ -290,6 +301,10 @@ def dense(x, w, b=None, activation="identity", out=None):
     cdef void* xp = cnp.PyArray_DATA(xa)
     cdef void* wp = cnp.PyArray_DATA(wa)
     cdef void* op = cnp.PyArray_DATA(oa)
+    if n > 1 and k > 0:
+        _np_matmul(xa, wa, out=oa)  # NumPy's gemm, GIL released inside (see the module docstring)
+        _epilogue_any(oa, bp, n, m, act)
+        return oa
     if cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT32:
         with nogil:
             _matmul(<float*>xp, xf, <float*>wp, wf, <float*>op, n, k, m)
@@ -299,6 +314,17 @@ def dense(x, w, b=None, activation="identity", out=None):
             _matmul(<double*>xp, xf, <double*>wp, wf, <double*>op, n, k, m)
             _epilogue(<double*>op, <double*>bp, n, m, act)
     return oa
+
+
+cdef void _epilogue_any(cnp.ndarray oa, void* bp, Py_ssize_t n, Py_ssize_t m, int act) except *:
+    """The fused bias + activation pass over a C-ordered output of either dtype, GIL released."""
+    cdef void* op = cnp.PyArray_DATA(oa)
+    if cnp.PyArray_TYPE(oa) == cnp.NPY_FLOAT32:
+        with nogil:
+            _epilogue(<float*>op, <float*>bp, n, m, act)
+    else:
+        with nogil:
+            _epilogue(<double*>op, <double*>bp, n, m, act)
 
 
 cdef void _lowrank(const floating* x, bint xf, const floating* u, bint uf,
@@ -341,6 +367,11 @@ def lowrank_dense(x, u, v, b=None, activation="identity", out=None):
     cdef void* up = cnp.PyArray_DATA(ua)
     cdef void* vp = cnp.PyArray_DATA(va)
     cdef void* op = cnp.PyArray_DATA(oa)
+    if n > 1 and k > 0 and r > 0:
+        # the two products through NumPy's gemm, like dense (see the module docstring)
+        _np_matmul(_np_matmul(xa, ua), va, out=oa)
+        _epilogue_any(oa, bp, n, m, act)
+        return oa
     cdef size_t item = cnp.PyArray_ITEMSIZE(xa)
     cdef void* tmp = malloc(_imax(1, <int>(n * r)) * item)
     if tmp == NULL:

@@ -49,7 +49,9 @@ def dense(x, w, b=None, activation="identity", out=None):
     float32 or float64, one dtype for all arrays: mixed dtypes raise TypeError rather
     than silently casting a weight matrix on every call.  C- and F-contiguous x and w
     are read in place (BLAS takes either order); any other layout is copied once.
-    A single row goes through gemv, more rows through gemm; the GIL is released.
+    A single row goes through SciPy's gemv, more rows through NumPy's gemm (the faster of the
+    two bundled OpenBLAS builds for small batches, see ``native/_linalg.pyx``); the GIL is
+    released around both and around the epilogue.
     Zero rows give an empty (0, m) result.  NaN and inf propagate as in NumPy
     (``relu(NaN)`` is NaN, like ``np.maximum(NaN, 0)``).
     """
