@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 
+from edgeloop.config.schema import join_host_port
 from edgeloop.serving.manager import ModelManager
 from edgeloop.serving.metrics import ServingMetrics
 from edgeloop.serving.repository import ModelRepository
@@ -42,8 +43,7 @@ class EdgeNode:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         #: full names of services offered by reflection; others may append before ``start()``
         self.reflection_service_names: list[str] = [INFERENCE_SERVICE, health.SERVICE_NAME]
-        host = config.node.host
-        address = f"[{host}]:{config.node.grpc_port}" if ":" in host else f"{host}:{config.node.grpc_port}"
+        address = join_host_port(config.node.host, config.node.grpc_port)
         try:
             self._grpc_port = self.server.add_insecure_port(address)
         except RuntimeError as exc:
@@ -74,8 +74,7 @@ class EdgeNode:
 
     @property
     def address(self) -> str:
-        host = self.config.node.host
-        return f"[{host}]:{self._grpc_port}" if ":" in host else f"{host}:{self._grpc_port}"
+        return join_host_port(self.config.node.host, self._grpc_port)
 
     def start(self) -> "EdgeNode":
         """Load the repository, start serving and the metrics endpoint."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 
@@ -32,7 +32,6 @@ class Result:
     ours_s: float
     base_s: float
     note: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from edgeloop.bench.harness import measure, print_table, single_blas_thread
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-VERSION_POLICY_KINDS = ("latest", "all", "specific")
 
 
 @dataclass(frozen=True)
@@ -61,11 +60,6 @@ class NodeConfig:
     metrics_port: int = 8002
     weight: float = 1.0
     zone: str = "default"
-
-    @property
-    def grpc_address(self) -> str:
-        """``host:port`` of the gRPC endpoint (IPv6 hosts bracketed)."""
-        return join_host_port(self.host, self.grpc_port)
 
 
 @dataclass(frozen=True)
@@ -147,7 +141,6 @@ __all__ = [
     "ModelConfig",
     "NodeConfig",
     "ServingConfig",
-    "VERSION_POLICY_KINDS",
     "VersionPolicy",
     "join_host_port",
 ]

@@ -33,7 +33,6 @@ _lin = load("_linalg")
 
 __all__ = ["dense", "lowrank_dense", "randomized_svd", "svd_compress", "CompressionReport"]
 
-_ACTIVATIONS = tuple(_lin.ACTIVATIONS)
 _native_dense = _lin.dense
 _native_lowrank = _lin.lowrank_dense
 

@@ -11,8 +11,9 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
+from edgeloop.config.schema import join_host_port
 from edgeloop.mesh.placement import NodeEntry, Placement, Snapshot
 
 UNKNOWN, UP, DOWN = "unknown", "up", "down"
@@ -22,11 +23,6 @@ MAX_WEIGHT = 1e100  # the largest weight kernels.hrw_assign accepts
 
 
 PEER_SOURCE_PREFIX = "peer:"  # source of a member learned from another node's Describe
-
-
-def format_address(host: str, port: int) -> str:
-    """``host:port`` with IPv6 literals bracketed (gRPC target syntax)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -47,7 +43,7 @@ class Member:
 
     @property
     def address(self) -> str:
-        return format_address(self.host, self.grpc_port)
+        return join_host_port(self.host, self.grpc_port)
 
     @property
     def alive(self) -> bool:
@@ -200,7 +196,3 @@ def describe_fields(desc) -> dict:
         "protocol_version": node.protocol_version or PROTOCOL_VERSION,
         "models": models,
     }
-
-
-def iter_up(members: Iterable[Member]) -> Iterable[Member]:
-    return (m for m in members if m.alive)

@@ -22,10 +22,6 @@ class ProtocolError(Exception):
     def __repr__(self) -> str:
         return f"ProtocolError({self.code.name}, {self.message!r})"
 
-    def abort(self, context: grpc.ServicerContext):
-        """End the RPC with this status (raises, as ``context.abort`` does)."""
-        context.abort(self.code, self.message)
-
 
 def invalid_argument(message: str) -> ProtocolError:
     """The request itself is malformed (field, value received, what was expected)."""
@@ -47,11 +43,6 @@ def failed_precondition(message: str) -> ProtocolError:
     return ProtocolError(grpc.StatusCode.FAILED_PRECONDITION, message)
 
 
-def resource_exhausted(message: str) -> ProtocolError:
-    """A size or capacity limit was hit."""
-    return ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-
-
 def internal(message: str) -> ProtocolError:
     """The server failed while doing something it should have been able to do."""
     return ProtocolError(grpc.StatusCode.INTERNAL, message)
@@ -63,6 +54,5 @@ __all__ = [
     "internal",
     "invalid_argument",
     "not_found",
-    "resource_exhausted",
     "unavailable",
 ]

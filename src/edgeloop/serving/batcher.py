@@ -115,27 +115,17 @@ class DynamicBatcher:
                 self._busy = False
                 self._cond.notify_all()
 
-    def _collectible(self) -> int:
-        queue = self._queue
-        key = queue[0].key
-        size = 0
-        for slot in queue:
-            if slot.key == key and size + slot.batch <= self.max_batch_size:
-                size += slot.batch
-        return size
-
-    def _take(self) -> list[_Slot]:
-        queue = self._queue
-        key = queue[0].key
+    def _split(self) -> tuple[list[_Slot], list[_Slot], int]:
+        """(slots the head of the queue would batch with: same key, within max_batch_size; the rest; batch size)."""
+        key = self._queue[0].key
         group, rest, size = [], [], 0
-        for slot in queue:
+        for slot in self._queue:
             if slot.key == key and size + slot.batch <= self.max_batch_size:
                 group.append(slot)
                 size += slot.batch
             else:
                 rest.append(slot)
-        self._queue = rest
-        return group
+        return group, rest, size
 
     def _lead(self, me: _Slot) -> BatchResult:
         cond = self._cond
@@ -144,14 +134,14 @@ class DynamicBatcher:
                 if self._busy:
                     cond.wait()
                     continue
-                size = self._collectible()
+                group, rest, size = self._split()
                 if size >= self.max_batch_size or size in self._preferred:
                     break
                 remaining = me.t_enqueue + self._delay_ns - perf_counter_ns()
                 if remaining <= 0:
                     break
                 cond.wait(remaining / 1e9)
-            group = self._take()
+            self._queue = rest  # the split above was made under this same hold of the lock
             self._busy = True
             if self._queue:
                 nxt = self._queue[0]

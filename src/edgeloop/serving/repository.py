@@ -115,12 +115,6 @@ class ModelRepository:
                                   f"'file:<positive version>/{MODEL_FILE}' or 'file:<version>/{MANIFEST_FILE}'")
         return version, self.root / name / str(version) / parts[1]
 
-    def write_version_file(self, name: str, relative: str, data: bytes) -> int:
-        """Atomically write ``<version>/model.onnx`` or ``<version>/manifest.json`` of ``name``; return the version."""
-        version, path = self.version_file_path(name, relative)
-        atomic_write(path, data)
-        return version
-
     @staticmethod
     def keep_previous(path: Path) -> Path | None:
         """Hard-link the file at ``path`` (if any) to a hidden backup, so a failed push can be undone.

@@ -228,9 +228,6 @@ def output_raw(spec: TensorSpec, array: np.ndarray) -> bytes:
     return array.tobytes()
 
 
-
-
-
 def check_declared(signature: ModelSignature, manifest: dict | None) -> None:
     """If a manifest declares ``inputs``/``outputs`` ([{name, datatype, shape}]), the graph must match."""
     if not manifest:
@@ -249,5 +246,6 @@ def check_declared(signature: ModelSignature, manifest: dict | None) -> None:
         if wanted != actual:
             raise SignatureError(f"signature mismatch: the manifest declares {kind} {wanted} but the model has "
                                  f"{actual}")
+
 
 __all__ = ["ModelSignature", "ORT_TYPES", "SignatureError", "TensorSpec", "check_declared", "output_raw"]

@@ -16,6 +16,8 @@ import threading
 import time
 from bisect import bisect_left
 
+from edgeloop.protocol import inference_pb2
+
 #: Upper bounds (``le``) of the latency histograms, in seconds and in the nanoseconds they are kept in.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LATENCY_BOUNDS_NS = tuple(round(b * 1e9) for b in LATENCY_BUCKETS)
@@ -53,8 +55,6 @@ class MetricTotals:
                 mine[i] += n
         for size, n in other.batches.items():
             self.batches[size] = self.batches.get(size, 0) + n
-
-from edgeloop.protocol import inference_pb2
 
 
 class _Batch:
