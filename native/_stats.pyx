@@ -116,18 +116,25 @@ cdef void _chan_merge(int64_t[::1] count, double[::1] mean, double[::1] m2,
         count[f] = count[f] + o_count[f]
 
 
+cdef inline bint _row_totals(const double[:, ::1] ref, const double[:, ::1] cur, Py_ssize_t f,
+                             double* tr, double* tc) noexcept nogil:
+    """Totals of row f of both count tables; False when either is empty (the distance is then NaN)."""
+    cdef Py_ssize_t b
+    tr[0] = 0.0
+    tc[0] = 0.0
+    for b in range(ref.shape[1]):
+        tr[0] += ref[f, b]
+        tc[0] += cur[f, b]
+    return tr[0] > 0.0 and tc[0] > 0.0
+
+
 def psi(const double[:, ::1] ref, const double[:, ::1] cur, double eps, double[::1] out):
     """PSI per row: sum_b (q_b - p_b) ln(q_b / p_b), p/q proportions floored at eps."""
     cdef Py_ssize_t f, b, B = ref.shape[1]
     cdef double tr, tc, p, q, acc
     with nogil:
         for f in range(ref.shape[0]):
-            tr = 0.0
-            tc = 0.0
-            for b in range(B):
-                tr += ref[f, b]
-                tc += cur[f, b]
-            if tr <= 0.0 or tc <= 0.0:
+            if not _row_totals(ref, cur, f, &tr, &tc):
                 out[f] = NAN
                 continue
             acc = 0.0
@@ -150,12 +157,7 @@ def js_distance(const double[:, ::1] ref, const double[:, ::1] cur, double[::1] 
     cdef double inv_ln2 = 1.0 / log(2.0)
     with nogil:
         for f in range(ref.shape[0]):
-            tr = 0.0
-            tc = 0.0
-            for b in range(B):
-                tr += ref[f, b]
-                tc += cur[f, b]
-            if tr <= 0.0 or tc <= 0.0:
+            if not _row_totals(ref, cur, f, &tr, &tc):
                 out[f] = NAN
                 continue
             acc = 0.0
