@@ -3,6 +3,7 @@ a real Mesh), free ports, bounded waits."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from concurrent import futures
 from dataclasses import replace
@@ -29,6 +30,44 @@ def wait_for(predicate, timeout: float, step: float = 0.02, since: float | None 
         if time.monotonic() - start > timeout:
             return None
         time.sleep(step)
+
+
+class FirstTrue:
+    """Poll several predicates in the background and record when each first held.
+
+    Timing a state change by waiting for it *afterwards* measures the caller's own delay as well;
+    this watches while the caller is busy (e.g. sending a request stream), so the recorded
+    moments are those of the change itself, within one ``step``.
+    """
+
+    def __init__(self, predicates: dict, step: float = 0.05, timeout: float = 15.0):
+        self.predicates = dict(predicates)
+        self.times: dict[str, float] = {}
+        self.errors: dict[str, str] = {}
+        self._step, self._timeout = step, timeout
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        end = time.monotonic() + self._timeout
+        while not self._stop.is_set() and time.monotonic() < end and len(self.times) < len(self.predicates):
+            for name, predicate in self.predicates.items():
+                if name in self.times:
+                    continue
+                try:
+                    if predicate():
+                        self.times[name] = time.monotonic()
+                except Exception as exc:  # a peer may be briefly unreachable; keep watching
+                    self.errors[name] = repr(exc)
+            time.sleep(self._step)
+
+    def result(self, wait: float) -> dict[str, float]:
+        """The moments recorded, after waiting up to ``wait`` s for the rest to hold."""
+        self._thread.join(timeout=wait)
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return dict(self.times)
 
 
 class ModelTable:

@@ -12,7 +12,7 @@ import pytest
 from edgeloop.client import MeshClient
 from edgeloop.protocol import inference_pb2_grpc, mesh_pb2, mesh_pb2_grpc
 from edgeloop.protocol.codec import build_infer_request
-from meshkit import NodeProcess, wait_for
+from meshkit import FirstTrue, NodeProcess, wait_for
 
 X = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
 
@@ -98,6 +98,10 @@ def test_three_nodes_discover_route_and_survive_sigkill(tmp_path):
             killed_at.append(time.monotonic())
             nodes["c"].kill()
 
+        watch = FirstTrue({
+            "client": lambda: bool(killed_at) and client.membership.get("edge-c").state == "down",
+            **{f"edge-{n}": (lambda n=n: bool(killed_at) and node_epoch(nodes[n]) > epochs[n]) for n in "ab"},
+        })
         killer = threading.Thread(target=kill_later)
         killer.start()
         deadline = time.monotonic() + 6.0
@@ -113,11 +117,12 @@ def test_three_nodes_discover_route_and_survive_sigkill(tmp_path):
         killer.join()
         failures = [r for r in results if r[2] is not None]
         assert len(results) > 50 and not failures, failures[:5]
-        down_in_client = wait_for(lambda: client.membership.get("edge-c").state == "down", 3, since=killed_at[0])
-        assert down_in_client is not None and down_in_client < 3.0
-        for n in "ab":  # each survivor bumped its epoch (edge-c down) and logged it, within 3 s
-            took = wait_for(lambda: node_epoch(nodes[n]) > epochs[n], 3, since=killed_at[0])
-            assert took is not None and took < 3.0, nodes[n].log_tail()
+        # measured while the stream ran (not after it), so a slow machine cannot inflate the figures
+        seen = watch.result(wait=max(0.0, killed_at[0] + 3.0 - time.monotonic()))
+        took = {name: round(t - killed_at[0], 3) for name, t in seen.items()}
+        assert set(took) == {"client", "edge-a", "edge-b"}, (took, watch.errors)
+        assert all(t < 3.0 for t in took.values()), took  # marked down (epoch bumped) within 3 s
+        for n in "ab":
             assert wait_for(lambda: "peer edge-c is down" in nodes[n].log_tail(200), 3) is not None
         assert all(client.owner(k, "mlp") != "edge-c" for k in keys)
         assert routed_to_owner({n: nodes[n] for n in "ab"}, nodes["a"], key_c, client.owner(key_c, "mlp"))
