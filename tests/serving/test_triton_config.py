@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from serving_fixtures import RPC_TIMEOUT_S
 
-from edgeloop.config import ModelConfig
+from edgeloop.config import ModelConfig, VersionPolicy
 from edgeloop.protocol import inference_pb2
 from edgeloop.protocol.codec import build_infer_request, infer_response_to_numpy
 from edgeloop.serving.demo_models import build_mlp, write_model
@@ -144,3 +144,67 @@ def test_config_must_be_a_string_param(repo, start_node):
         handle.stub.RepositoryModelLoad(request, timeout=RPC_TIMEOUT_S)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "parameters['config'] holds int64_param; expected string_param" in err.value.details()
+
+
+def model_config(handle, name, version=""):
+    request = inference_pb2.ModelConfigRequest(name=name, version=version)
+    return handle.stub.ModelConfig(request, timeout=RPC_TIMEOUT_S).config
+
+
+def test_model_config_states_batching_tensors_and_policy(repo, start_node):
+    from edgeloop.protocol import model_config_pb2 as mc
+
+    handle = start_node(repo, models=[ModelConfig(name="mlp", max_batch_size=16, max_queue_delay_us=300,
+                                                  preferred_batch_sizes=(4, 8))])
+    config = model_config(handle, "mlp")
+    assert (config.name, config.platform, config.backend, config.max_batch_size) == (
+        "mlp", "onnxruntime_onnx", "onnxruntime", 16)
+    # batched: dims leave out the batch dimension, as Triton states them
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [("INPUT0", mc.TYPE_FP32, [32])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.output] == [("OUTPUT0", mc.TYPE_FP32, [4])]
+    assert config.WhichOneof("scheduling_choice") == "dynamic_batching"
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 300
+    assert config.version_policy.latest.num_versions == 1
+    assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 1)]
+
+    # unbatched: the full shape, -1 for the dynamic dim; BYTES is TYPE_STRING; no dynamic_batching
+    multi = model_config(handle, "multi", "1")
+    assert multi.max_batch_size == 0 and multi.WhichOneof("scheduling_choice") is None
+    types = {t.name: (t.data_type, list(t.dims)) for t in multi.input}
+    assert types["X"] == (mc.TYPE_FP32, [-1, 4]) and types["IN_BYTES"][0] == mc.TYPE_STRING
+    assert types["IN_UINT64"][0] == mc.TYPE_UINT64 and types["IN_FP16"][0] == mc.TYPE_FP16
+
+
+def test_model_config_json_loads_back_unchanged(tmp_path, start_node):
+    """What get_model_config(as_json=True) returns is a valid load config that keeps every setting."""
+    from google.protobuf import json_format
+
+    root = tmp_path / "models"
+    for version in (1, 2, 3):
+        write_model(root, "mlp", version, build_mlp(seed=version))
+    start = ModelConfig(name="mlp", max_batch_size=8, max_queue_delay_us=700, preferred_batch_sizes=(2,))
+    handle = start_node(root, models=[start])
+    load(handle, "mlp", {"version_policy": {"specific": {"versions": [1, 3]}}})
+    stated = model_config(handle, "mlp")
+    assert list(stated.version_policy.specific.versions) == [1, 3]
+    for names in ("snake_case", "lowerCamelCase"):  # tritonclient's as_json form, and protobuf's default
+        text = json_format.MessageToJson(stated, preserving_proto_field_name=names == "snake_case")
+        assert ("max_batch_size" in text) == (names == "snake_case")  # 64-bit integers are strings in both
+        load(handle, "mlp", text)
+        assert model_config(handle, "mlp") == stated, names
+    assert handle.node.models.model_config("mlp") == ModelConfig(
+        name="mlp", max_batch_size=8, max_queue_delay_us=700, preferred_batch_sizes=(2,),
+        version_policy=VersionPolicy(kind="specific", versions=(1, 3)))
+
+
+@pytest.mark.parametrize("name, version, code, needle", [
+    ("ghost", "", grpc.StatusCode.NOT_FOUND, "'ghost'"),
+    ("mlp", "7", grpc.StatusCode.NOT_FOUND, "model_version '7'"),
+    ("mlp", "x", grpc.StatusCode.INVALID_ARGUMENT, "expected a positive integer"),
+])
+def test_model_config_errors_name_the_field(repo, start_node, name, version, code, needle):
+    handle = start_node(repo)
+    with pytest.raises(grpc.RpcError) as err:
+        model_config(handle, name, version)
+    assert err.value.code() == code and needle in err.value.details()

@@ -135,7 +135,7 @@ def test_tritonclient_drives_the_edge_node(tc_python, edge_node):
         capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S,
     )
     assert result.returncode == 0, f"tritonclient checks failed:\n{result.stdout}\n{result.stderr}"
-    for check in ("health", "model_metadata", "infer_all_dtypes", "infer_output_subset", "streaming",
+    for check in ("health", "model_metadata", "model_config", "infer_all_dtypes", "infer_output_subset", "streaming",
                   "statistics", "load_unload"):
         assert f"ok   {check}" in result.stdout
 

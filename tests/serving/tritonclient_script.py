@@ -103,6 +103,16 @@ def check_server_metadata(client, _model: str) -> None:
     expect(as_json.get("name") == meta.name, f"JSON server metadata {as_json} disagrees with {meta}")
 
 
+def expect_unknown_model_named(call) -> None:
+    """``call('no-such-model')`` must fail with an error that names the model."""
+    try:
+        call("no-such-model", client_timeout=TIMEOUT_S)
+    except InferenceServerException as err:
+        expect("no-such-model" in str(err), f"{call.__name__}: the error for an unknown model does not name it: {err}")
+    else:
+        raise CheckFailed(f"{call.__name__}('no-such-model') succeeded")
+
+
 def check_model_metadata(client, model: str) -> None:
     meta = client.get_model_metadata(model, client_timeout=TIMEOUT_S)
     expect(meta.name == model, f"model metadata names {meta.name!r}, expected {model!r}")
@@ -115,12 +125,23 @@ def check_model_metadata(client, model: str) -> None:
         expect(name in outputs, f"output {name!r} missing from model metadata outputs {sorted(outputs)}")
         expect(outputs[name][0] == dtype, f"output {name!r} has datatype {outputs[name][0]!r}, expected {dtype!r}")
     expect(inputs["x_fp32"][1][-1] == 4, f"input 'x_fp32' has shape {inputs['x_fp32'][1]}, expected [-1, 4]")
-    try:
-        client.get_model_metadata("no-such-model", client_timeout=TIMEOUT_S)
-    except InferenceServerException as err:
-        expect("no-such-model" in str(err), f"error for an unknown model does not name it: {err}")
-    else:
-        raise CheckFailed("get_model_metadata('no-such-model') succeeded")
+    expect_unknown_model_named(client.get_model_metadata)
+
+
+def check_model_config(client, model: str) -> None:
+    """get_model_config: Triton's ModelConfig message, parsed by tritonclient's own proto."""
+    config = client.get_model_config(model, client_timeout=TIMEOUT_S).config
+    expect(config.name == model and config.platform == "onnxruntime_onnx",
+           f"model config names {config.name!r} on {config.platform!r}, expected {model!r} on 'onnxruntime_onnx'")
+    expect(config.max_batch_size == 0, f"model config has max_batch_size {config.max_batch_size}, expected 0")
+    as_json = client.get_model_config(model, as_json=True, client_timeout=TIMEOUT_S)["config"]
+    inputs = {t["name"]: (t["data_type"], [int(d) for d in t["dims"]]) for t in as_json["input"]}
+    expect(inputs.get("x_fp32") == ("TYPE_FP32", [-1, 4]), f"x_fp32 in the JSON config is {inputs.get('x_fp32')}, "
+           f"expected ('TYPE_FP32', [-1, 4])")
+    expect(inputs.get("x_bytes", ("?",))[0] == "TYPE_STRING", f"x_bytes in the JSON config is {inputs.get('x_bytes')}")
+    outputs = {t["name"] for t in as_json["output"]}
+    expect(outputs == set(OUTPUT_TYPES), f"JSON config outputs {sorted(outputs)}, expected {sorted(OUTPUT_TYPES)}")
+    expect_unknown_model_named(client.get_model_config)
 
 
 def check_infer_all_dtypes(client, model: str) -> None:
@@ -192,6 +213,11 @@ def check_load_unload(client, model: str, model_file: str) -> None:
     client.load_model(pushed, config='{"backend":"onnxruntime","max_batch_size":8}',
                       files={"file:1/model.onnx": onnx_bytes}, client_timeout=TIMEOUT_S)
     expect(client.is_model_ready(pushed, client_timeout=TIMEOUT_S), f"{pushed!r} is not ready after load_model")
+    pushed_config = client.get_model_config(pushed, client_timeout=TIMEOUT_S).config
+    dims = {t.name: list(t.dims) for t in pushed_config.input}
+    expect(pushed_config.max_batch_size == 8 and dims.get("x_fp32") == [4],
+           f"config of {pushed!r} after load_model: max_batch_size {pushed_config.max_batch_size}, x_fp32 dims "
+           f"{dims.get('x_fp32')}; expected 8 and [4] (batch dimension left out, as Triton states it)")
     x = make_inputs(batch=2, seed=4)
     result = client.infer(pushed, to_infer_inputs(x), client_timeout=TIMEOUT_S)
     compare("y_fp32", result.as_numpy("y_fp32"), expected_outputs(x)["y_fp32"])
@@ -235,6 +261,7 @@ CHECKS = [
     ("health", check_health),
     ("server_metadata", check_server_metadata),
     ("model_metadata", check_model_metadata),
+    ("model_config", check_model_config),
     ("infer_all_dtypes", check_infer_all_dtypes),
     ("infer_output_subset", check_infer_output_subset),
     ("infer_errors", check_infer_errors),

@@ -30,12 +30,11 @@ from edgeloop.serving.repository import (MANIFEST_FILE, MODEL_FILE, ModelReposit
                                          atomic_write, parse_version)
 from edgeloop.serving.session import SessionError, create_session
 from edgeloop.serving.signature import ModelSignature, SignatureError, check_declared
-from edgeloop.serving.triton_config import parse_triton_config
+from edgeloop.serving.triton_config import PLATFORM, describe_triton_config, parse_triton_config
 
 log = logging.getLogger("edgeloop.serving")
 
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
-PLATFORM = "onnxruntime_onnx"
 #: How long an unload or a swap waits for in-flight requests of the old version.
 DRAIN_TIMEOUT_S = 30.0
 
@@ -167,6 +166,11 @@ class ModelManager:
         return inference_pb2.ModelMetadataResponse(
             name=name, versions=[str(v) for v in served.versions], platform=PLATFORM,
             inputs=tensors(mv.signature.inputs), outputs=tensors(mv.signature.outputs))
+
+    def triton_config(self, name: str, version: str):
+        """Triton's ModelConfig of ``name`` as served by ``version`` (empty: the latest ready one)."""
+        mv = self._peek(name, version)
+        return describe_triton_config(name, mv.config, mv.signature)
 
     def _peek(self, name: str, version: str) -> ModelVersion:
         served = self._served.get(name)

@@ -57,6 +57,12 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         except ProtocolError as exc:
             context.abort(exc.code, exc.message)
 
+    def ModelConfig(self, request, context):
+        try:
+            return inference_pb2.ModelConfigResponse(config=self.models.triton_config(request.name, request.version))
+        except ProtocolError as exc:
+            context.abort(exc.code, exc.message)
+
     # ---------------------------------------------------------------------------- inference
     def _infer(self, request, context):
         if self.draining:

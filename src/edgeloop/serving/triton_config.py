@@ -1,4 +1,9 @@
-"""Triton's model configuration (JSON, as sent in RepositoryModelLoad ``parameters['config']``) -> ModelConfig.
+"""Triton's model configuration, both ways: a load's JSON config in, the ModelConfig RPC's answer out.
+
+In: ``parse_triton_config`` reads the JSON sent in RepositoryModelLoad ``parameters['config']``.
+Out: ``describe_triton_config`` states a served version in Triton's ``inference.ModelConfig``
+(what ``tritonclient``'s ``get_model_config`` and perf_analyzer read); its JSON form loads back
+unchanged through ``parse_triton_config``.
 
 Triton requires a config whenever a load carries files, so existing clients call
 ``load_model(name, config=json_text, files={...})``.  We honour the fields that map onto our
@@ -14,21 +19,25 @@ does not state keeps its configured value:
 
 ``instance_group`` and ``parameters`` are accepted and ignored; any other top-level field (Triton
 has many: input, output, optimization, ...) is ignored with a debug log line.  Integers may be JSON
-numbers or decimal strings (protobuf's JSON form writes 64-bit integers as strings).
+numbers or decimal strings (protobuf's JSON form writes 64-bit integers as strings), and field
+names snake_case or protobuf's lowerCamelCase.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import replace
 
 from edgeloop.config import ModelConfig, VersionPolicy
+from edgeloop.protocol import model_config_pb2 as mc
 from edgeloop.protocol.errors import invalid_argument
+from edgeloop.serving.repository import MODEL_FILE
 
 log = logging.getLogger("edgeloop.serving")
 
 FIELD = "parameters['config']"
-ONNX_RUNTIME_NAMES = ("onnxruntime", "onnxruntime_onnx")
+ONNX_RUNTIME_NAMES = ("onnxruntime", "onnxruntime_onnx")  # Triton's backend and platform names
 _HONOURED = ("name", "backend", "platform", "max_batch_size", "dynamic_batching", "version_policy")
 _IGNORED_QUIETLY = ("instance_group", "parameters")
 _DYNAMIC_BATCHING = ("max_queue_delay_microseconds", "preferred_batch_size")
@@ -41,7 +50,7 @@ def parse_triton_config(text: str, base: ModelConfig) -> ModelConfig:
     received and what was expected.
     """
     try:
-        doc = json.loads(text)
+        doc = _snake_case_keys(json.loads(text))
     except json.JSONDecodeError as exc:
         raise invalid_argument(f"{FIELD} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} "
                                f"(char {exc.pos}); expected Triton's model configuration as a JSON object") from None
@@ -77,6 +86,48 @@ def parse_triton_config(text: str, base: ModelConfig) -> ModelConfig:
                                    f"{list(config.preferred_batch_sizes)}; expected sizes <= max_batch_size "
                                    f"{config.max_batch_size}")
     return config
+
+
+#: protocol datatype names -> Triton's DataType enum (BYTES is TYPE_STRING there)
+DATA_TYPES = {
+    "BOOL": mc.TYPE_BOOL, "UINT8": mc.TYPE_UINT8, "UINT16": mc.TYPE_UINT16, "UINT32": mc.TYPE_UINT32,
+    "UINT64": mc.TYPE_UINT64, "INT8": mc.TYPE_INT8, "INT16": mc.TYPE_INT16, "INT32": mc.TYPE_INT32,
+    "INT64": mc.TYPE_INT64, "FP16": mc.TYPE_FP16, "FP32": mc.TYPE_FP32, "FP64": mc.TYPE_FP64,
+    "BYTES": mc.TYPE_STRING,
+}
+PLATFORM, BACKEND = "onnxruntime_onnx", "onnxruntime"
+
+
+def describe_triton_config(name: str, config: ModelConfig, signature) -> "mc.ModelConfig":
+    """Triton's ModelConfig for a version loaded with ``config`` whose graph has ``signature``.
+
+    As in Triton, with ``max_batch_size > 0`` the tensors' ``dims`` leave out the batch dimension;
+    -1 marks a dynamic dimension.  One CPU instance: each version runs one onnxruntime session.
+    """
+    batched = signature.max_batch_size > 0
+
+    def dims(spec):
+        return list(spec.shape[1:] if batched else spec.shape)
+
+    out = mc.ModelConfig(
+        name=name, platform=PLATFORM, backend=BACKEND, max_batch_size=signature.max_batch_size,
+        input=[mc.ModelInput(name=s.name, data_type=DATA_TYPES[s.datatype], dims=dims(s)) for s in signature.inputs],
+        output=[mc.ModelOutput(name=s.name, data_type=DATA_TYPES[s.datatype], dims=dims(s))
+                for s in signature.outputs],
+        instance_group=[mc.ModelInstanceGroup(name=f"{name}_0", kind=mc.ModelInstanceGroup.KIND_CPU, count=1)],
+        default_model_filename=MODEL_FILE)
+    policy = config.version_policy
+    if policy.kind == "all":
+        out.version_policy.all.SetInParent()
+    elif policy.kind == "specific":
+        out.version_policy.specific.versions.extend(policy.versions)
+    else:
+        out.version_policy.latest.num_versions = policy.latest_n
+    if batched:
+        out.dynamic_batching.CopyFrom(mc.ModelDynamicBatching(
+            preferred_batch_size=list(config.preferred_batch_sizes),
+            max_queue_delay_microseconds=config.max_queue_delay_us))
+    return out
 
 
 def _dynamic_batching(section) -> dict:
@@ -126,6 +177,16 @@ def _version_policy(policy) -> VersionPolicy:
         sorted({_int(v, f"{where}.specific.versions[{i}]", minimum=1) for i, v in enumerate(versions)})))
 
 
+def _snake_case_keys(value):
+    """Protobuf's JSON form may spell fields in lowerCamelCase (``maxBatchSize``); Triton accepts both."""
+    if isinstance(value, dict):
+        return {re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), k) if isinstance(k, str) else k:
+                _snake_case_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_snake_case_keys(v) for v in value]
+    return value
+
+
 def _int(value, where: str, minimum: int) -> int:
     """A JSON number or decimal string holding an integer >= ``minimum``."""
     number = None
@@ -143,4 +204,4 @@ def _json_type(value) -> str:
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
-__all__ = ["FIELD", "ONNX_RUNTIME_NAMES", "parse_triton_config"]
+__all__ = ["DATA_TYPES", "FIELD", "ONNX_RUNTIME_NAMES", "describe_triton_config", "parse_triton_config"]
