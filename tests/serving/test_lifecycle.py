@@ -260,3 +260,32 @@ def test_failed_push_keeps_the_previous_file_on_disk(repo, start_node):
     assert not (repo / "fresh").exists()
     state, reason = handle.index()[("fresh", "1")]
     assert state == "UNAVAILABLE" and "onnxruntime" in reason
+
+
+def test_a_draining_model_does_not_hold_up_another_models_load(tmp_path, start_node):
+    """Admin work is per model: while ``slow`` drains an in-flight request, ``mlp`` unloads and loads."""
+    root = tmp_path / "models"
+    write_model(root, "slow", 1, build_slow_model())
+    write_model(root, "mlp", 1, build_mlp())
+    handle = start_node(root)
+    models = handle.node.models
+    in_flight = models.acquire("slow", "1")  # what the servicer does for each request: held until leave()
+    unloader = threading.Thread(target=models.unload, args=("slow",))
+    unloader.start()  # drains: blocks until the in-flight request leaves
+    try:
+        deadline = time.monotonic() + 5
+        while models.is_ready("slow") and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert not models.is_ready("slow") and unloader.is_alive()
+        handle.stub.RepositoryModelUnload(inference_pb2.RepositoryModelUnloadRequest(model_name="mlp"),
+                                          timeout=RPC_TIMEOUT_S)
+        assert models.ready_models() == {}
+        handle.stub.RepositoryModelLoad(load_request("mlp"), timeout=RPC_TIMEOUT_S)
+        x = np.ones((1, 32), np.float32)
+        assert handle.infer(build_infer_request("mlp", {"INPUT0": x})).model_name == "mlp"
+        assert unloader.is_alive(), "slow's unload stopped waiting for its in-flight request"
+    finally:
+        in_flight.leave()
+        unloader.join(30)
+    assert not unloader.is_alive() and models.ready_models() == {"mlp": [1]}
+    assert handle.index()[("slow", "1")] == ("UNAVAILABLE", "unloaded")

@@ -3,7 +3,8 @@
 Routing reads one immutable snapshot (``dict`` name -> ``_Served``) that loads and unloads replace
 as a whole, so requests never take a lock to find their version, and a version swap is atomic:
 requests that started on the old version finish on it, new ones go to the new one.  Loads and
-unloads are serialised by an admin lock.  A version is READY only after its session loaded and
+unloads of one model are serialised by that model's admin lock; different models load, unload
+and drain independently (only the snapshot swap itself is shared, and it never waits on I/O).  A version is READY only after its session loaded and
 answered a warm-up run; a failed load leaves whatever was serving untouched and records the reason.
 
 A load may carry Triton's model configuration (JSON, see ``triton_config``).  Its settings override
@@ -72,7 +73,9 @@ class ModelManager:
         self.metrics = metrics or ServingMetrics()
         self._served: dict[str, _Served] = {}
         self._states: dict[str, dict[int, tuple[str, str]]] = {}
-        self._admin = threading.RLock()
+        self._admin_locks: dict[str, threading.Lock] = {}  # model -> lock serialising its loads/unloads
+        self._admin_locks_guard = threading.Lock()
+        self._swap = threading.Lock()  # read-modify-write of the ``_served`` snapshot
         self._listeners: list = []
         self._overrides: dict = {}  # model -> ModelConfig set by a load's Triton config (in memory)
 
@@ -221,6 +224,21 @@ class ModelManager:
         override = self._overrides.get(name)
         return override if override is not None else self.config.model(name)
 
+    def _admin(self, name: str) -> threading.Lock:
+        """The lock serialising loads and unloads of ``name`` (a slow load never holds up another model)."""
+        with self._admin_locks_guard:
+            return self._admin_locks.setdefault(name, threading.Lock())
+
+    def _replace_served(self, name: str, served: "_Served | None") -> None:
+        """Publish a new snapshot in which ``name`` maps to ``served`` (or is gone when None)."""
+        with self._swap:
+            snapshot = dict(self._served)
+            if served is None:
+                snapshot.pop(name, None)
+            else:
+                snapshot[name] = served
+            self._served = snapshot
+
     def load(self, name: str, files: dict[str, bytes] | None = None, triton_config: str | None = None) -> None:
         """(Re)load ``name`` per its version policy, after writing ``files`` (``"<v>/model.onnx"`` -> bytes).
 
@@ -229,7 +247,7 @@ class ModelManager:
         Raises ProtocolError: NOT_FOUND (no such model), INVALID_ARGUMENT (bad file parameter or
         config), FAILED_PRECONDITION (a version failed to load; what was serving still serves).
         """
-        with self._admin:
+        with self._admin(name):
             override = None
             if triton_config is not None:
                 override = parse_triton_config(triton_config, self.config.model(name))
@@ -323,12 +341,7 @@ class ModelManager:
                                       + (f"; serving versions {sorted(chosen)}" if chosen else ""))
 
     def _publish(self, name: str, chosen: dict, current: dict, states: dict) -> None:
-        served = dict(self._served)
-        if chosen:
-            served[name] = _Served(chosen)
-        else:
-            served.pop(name, None)
-        self._served = served
+        self._replace_served(name, _Served(chosen) if chosen else None)
         for version in chosen:
             states[version] = (READY, "")
         for version, mv in current.items():
@@ -407,16 +420,14 @@ class ModelManager:
 
     def unload(self, name: str, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop serving ``name``: refuse new requests, wait for in-flight ones, release sessions."""
-        with self._admin:
+        with self._admin(name):
             served = self._served.get(name)
             if served is None:
                 if name in self._states or self.repository.has_model(name):
                     return  # already unloaded: nothing to do, as Triton
                 raise not_found(f"model_name {name!r} is not a known model; expected one of "
                                 f"{', '.join(map(repr, self.known_models())) or '(none)'}")
-            remaining = dict(self._served)
-            del remaining[name]
-            self._served = remaining
+            self._replace_served(name, None)
             states = self._states.setdefault(name, {})
             for version, mv in served.versions.items():
                 states[version] = (UNLOADING, "")
