@@ -64,7 +64,7 @@ def test_demo_model_flag_writes_a_servable_model(tmp_path, capsys):
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path):
     repo = tmp_path / "models"
-    write_model(repo, "slow", 1, slow_model())
+    write_model(repo, "slow", 1, slow_model(layers=256))  # computes for seconds, so SIGTERM lands mid-run
     main(["edge", "--demo-model", str(repo)])
     proc, port = start_edge("--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "0",
                             "--node-id", "cli-edge", "--no-mesh", "--grace-s", "30")
@@ -85,7 +85,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path):
 
         worker = threading.Thread(target=in_flight)
         worker.start()
-        time.sleep(0.15)  # the 4 MiB request is on the server, computing for several hundred ms
+        time.sleep(1.0)  # the 4 MiB request has reached the server, even a loaded one, and is computing
         proc.send_signal(signal.SIGTERM)
         worker.join(60)
         assert "error" not in result, result.get("error")

@@ -57,12 +57,38 @@ def run_clients(fn, clients=CLIENTS):
     assert errors == []
 
 
+def hold_first_run_until_queued(handle, model: str, depth: int) -> threading.Thread:
+    """Delay the model's first onnxruntime run until ``depth`` requests are waiting behind it.
+
+    Merging needs requests that arrive while a run is in progress; the MLP runs in microseconds,
+    and a loaded machine can serialise the clients so that none ever overlaps.  Holding the
+    first run (the real session still computes it) makes the overlap certain.
+    """
+    models = handle.node.models
+    version = models.acquire(model, "1")
+    version.leave()
+    batcher = version._batcher  # the batcher's run hook: the session's run, called once per merged batch
+    gate, run = threading.Event(), batcher._run
+    batcher._run = lambda feeds: (gate.wait(10), run(feeds))[1]
+
+    def open_gate():
+        deadline = time.monotonic() + 10
+        while models.queue_depth(model) < depth and time.monotonic() < deadline:
+            time.sleep(0.001)
+        gate.set()
+
+    opener = threading.Thread(target=open_gate)
+    opener.start()
+    return opener
+
+
 def test_concurrent_requests_are_merged_with_bit_identical_results(batching_node):
     rng = np.random.default_rng(11)
     inputs = [[rng.standard_normal((1 + (j % 3 == 0), 32)).astype(np.float32) for j in range(REQUESTS_PER_CLIENT)]
               for _ in range(CLIENTS)]
     results = [[None] * REQUESTS_PER_CLIENT for _ in range(CLIENTS)]
     barrier = threading.Barrier(CLIENTS, timeout=30)
+    opener = hold_first_run_until_queued(batching_node, "mlp", CLIENTS)
 
     def client(i):
         barrier.wait()
@@ -72,6 +98,7 @@ def test_concurrent_requests_are_merged_with_bit_identical_results(batching_node
             results[i][j] = infer_response_to_numpy(response)["OUTPUT0"]
 
     run_clients(client)
+    opener.join(15)
     reference = ort.InferenceSession(build_mlp(seed=4).SerializeToString(), providers=["CPUExecutionProvider"])
     for i in range(CLIENTS):
         for j, x in enumerate(inputs[i]):
@@ -81,8 +108,8 @@ def test_concurrent_requests_are_merged_with_bit_identical_results(batching_node
     rows = sum(x.shape[0] for per_client in inputs for x in per_client)
     assert stats.inference_count == rows
     assert stats.inference_stats.success.count == CLIENTS * REQUESTS_PER_CLIENT
-    assert stats.execution_count < stats.inference_count  # merged runs happened
-    assert max(b.batch_size for b in stats.batch_stats) > 2
+    assert stats.execution_count < stats.inference_stats.success.count  # merged runs happened
+    assert max(b.batch_size for b in stats.batch_stats) == 16  # the held run's followers: max_batch_size
     assert sum(b.batch_size * b.compute_infer.count for b in stats.batch_stats) == rows
 
 
