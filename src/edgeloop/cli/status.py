@@ -3,6 +3,26 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+
+
+SETTLE_QUIET_S = 0.5  # a view unchanged this long, with every member's state known, is taken as complete
+
+
+def _settle(membership, deadline: float) -> None:
+    """Wait (until ``deadline``) for late answers: every member's state known and the view quiet.
+
+    Peers announce and answer health checks at slightly different moments; printing at the first
+    ready node would show the others as missing or ``unknown``.
+    """
+    from edgeloop.mesh.membership import UNKNOWN
+
+    while time.monotonic() < deadline:
+        epoch = membership.epoch
+        quiet_until = min(deadline, time.monotonic() + SETTLE_QUIET_S)
+        changed = membership.wait_until(lambda m: m.epoch != epoch, max(0.0, quiet_until - time.monotonic()))
+        if not changed and all(m.state != UNKNOWN for m in membership.members()):
+            return
 
 
 def _mesh_status(args) -> int:
@@ -15,9 +35,9 @@ def _mesh_status(args) -> int:
         print(f"edgeloop status: {exc}", file=sys.stderr)
         return 2
     try:
+        deadline = time.monotonic() + args.wait
         client.wait_ready(nodes=max(1, len(args.seed)), timeout=args.wait)
-        settle_until = args.wait / 3  # a short extra look so late answers still make the table
-        client.membership.wait_until(lambda m: False, settle_until)
+        _settle(client.membership, deadline)
         members = client.view()
         epochs = dict(client.liveness.remote_epochs)
         if args.json:
@@ -58,7 +78,7 @@ def register(sub) -> None:
                         help="interface address for zeroconf browsing (default 127.0.0.1)")
     parser.add_argument("--no-zeroconf", action="store_true", help="use only --seed addresses")
     parser.add_argument("--service-type", default="_edgeloop._tcp.local.", help="DNS-SD service type")
-    parser.add_argument("--wait", type=float, default=1.5, metavar="S", help="how long to gather the view")
+    parser.add_argument("--wait", type=float, default=1.5, metavar="S", help="the longest to gather the view (it ends sooner once the view is complete and quiet)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_run)
 
