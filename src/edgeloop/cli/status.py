@@ -78,7 +78,8 @@ def register(sub) -> None:
                         help="interface address for zeroconf browsing (default 127.0.0.1)")
     parser.add_argument("--no-zeroconf", action="store_true", help="use only --seed addresses")
     parser.add_argument("--service-type", default="_edgeloop._tcp.local.", help="DNS-SD service type")
-    parser.add_argument("--wait", type=float, default=1.5, metavar="S", help="the longest to gather the view (it ends sooner once the view is complete and quiet)")
+    parser.add_argument("--wait", type=float, default=1.5, metavar="S",
+                        help="the longest to gather the view (it ends sooner once the view is complete and quiet)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(handler=_run)
 
