@@ -13,12 +13,13 @@ preference list (inference is idempotent), as the nodes do when they forward.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from edgeloop.mesh.channels import ChannelPool
-from edgeloop.mesh.membership import Membership
+from edgeloop.mesh.membership import UNKNOWN, Membership
 from edgeloop.mesh.router import ROUTING_KEY, spill_order
 from edgeloop.protocol.errors import ProtocolError, not_found, unavailable
 
@@ -105,6 +106,22 @@ class MeshClient:
             return len(up) >= nodes
 
         return self.membership.wait_until(ready, timeout)
+
+    def wait_settled(self, timeout: float, quiet_s: float = 0.5) -> bool:
+        """Wait until every member's state is known and the view has not changed for ``quiet_s``.
+
+        Peers announce and answer health checks at slightly different moments; a view read at the
+        first ready node would miss the others or show them ``unknown``.  False when ``timeout``
+        passes first (a quiet window cut short by ``timeout`` still counts).
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            epoch = self.membership.epoch
+            quiet_until = min(deadline, time.monotonic() + quiet_s)
+            changed = self.membership.wait_until(lambda m: m.epoch != epoch, max(0.0, quiet_until - time.monotonic()))
+            if not changed and all(m.state != UNKNOWN for m in self.membership.members()):
+                return True
+        return False
 
     def owner(self, key: str | bytes, model: str, version: int | None = None) -> str | None:
         """The node that owns ``key`` for ``model`` in the current view."""

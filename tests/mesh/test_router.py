@@ -1,6 +1,7 @@
 """Routing between real in-process EdgeNodes that know each other as static peers (no multicast)."""
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import grpc
@@ -180,3 +181,20 @@ def test_mesh_client_sends_straight_to_the_owner_and_leaves_the_callers_request_
         after = served(trio)
     assert {n: after[n] - before[n] for n in after} == {"a": 0, "b": 0, "c": 1}
     assert response.id == "mine" and "routing_key" not in request.parameters
+
+
+def test_mesh_client_wait_settled_sees_every_peer_known_and_the_view_quiet(trio):
+    """One seed: the rest arrive second-hand, a beat later; wait_settled returns once all are known."""
+    from edgeloop.client import MeshClient
+    from edgeloop.mesh.membership import UNKNOWN
+
+    with MeshClient(seeds=[trio["a"].address], interfaces=()) as client:
+        assert client.wait_ready(nodes=1, timeout=10)
+        started = time.monotonic()
+        assert client.wait_settled(timeout=10, quiet_s=0.3)
+        assert time.monotonic() - started >= 0.3  # at least one quiet window was observed
+        view = {m.node_id: m.state for m in client.view()}
+        assert set(view) == {trio[n].config.node.id for n in "abc"} and UNKNOWN not in view.values()
+        epoch = client.epoch
+        assert client.wait_settled(timeout=0.05, quiet_s=1.0)  # a window cut short by the timeout still counts
+        assert client.epoch == epoch

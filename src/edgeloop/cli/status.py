@@ -6,25 +6,6 @@ import sys
 import time
 
 
-SETTLE_QUIET_S = 0.5  # a view unchanged this long, with every member's state known, is taken as complete
-
-
-def _settle(membership, deadline: float) -> None:
-    """Wait (until ``deadline``) for late answers: every member's state known and the view quiet.
-
-    Peers announce and answer health checks at slightly different moments; printing at the first
-    ready node would show the others as missing or ``unknown``.
-    """
-    from edgeloop.mesh.membership import UNKNOWN
-
-    while time.monotonic() < deadline:
-        epoch = membership.epoch
-        quiet_until = min(deadline, time.monotonic() + SETTLE_QUIET_S)
-        changed = membership.wait_until(lambda m: m.epoch != epoch, max(0.0, quiet_until - time.monotonic()))
-        if not changed and all(m.state != UNKNOWN for m in membership.members()):
-            return
-
-
 def _mesh_status(args) -> int:
     from edgeloop.client import MeshClient
 
@@ -37,7 +18,7 @@ def _mesh_status(args) -> int:
     try:
         deadline = time.monotonic() + args.wait
         client.wait_ready(nodes=max(1, len(args.seed)), timeout=args.wait)
-        _settle(client.membership, deadline)
+        client.wait_settled(max(0.0, deadline - time.monotonic()))  # late answers still make the table
         members = client.view()
         epochs = dict(client.liveness.remote_epochs)
         if args.json:
