@@ -13,30 +13,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgeloop.cli import main
 from edgeloop.protocol import inference_pb2, inference_pb2_grpc
 from edgeloop.protocol.codec import build_infer_request, infer_response_to_numpy
-from edgeloop.serving.demo_models import IR_VERSION, OPSET, write_model
+from edgeloop.serving.demo_models import build_matmul_chain, write_model
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 60
-
-
-def slow_model(width=1024, layers=32):
-    weight = (np.eye(width, dtype=np.float32) * 0.5 + 0.5 / width).astype(np.float32)
-    nodes, previous = [], "X"
-    for i in range(layers):
-        nodes.append(helper.make_node("MatMul", [previous, "W"], [f"h{i}"]))
-        previous = f"h{i}"
-    nodes.append(helper.make_node("Identity", [previous], ["Y"]))
-    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["b", width])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["b", width])],
-                              [numpy_helper.from_array(weight, "W")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = IR_VERSION
-    return model
 
 
 def start_edge(*args):
@@ -64,7 +48,7 @@ def test_demo_model_flag_writes_a_servable_model(tmp_path, capsys):
 
 def test_sigterm_finishes_in_flight_requests_and_exits_zero(tmp_path):
     repo = tmp_path / "models"
-    write_model(repo, "slow", 1, slow_model(layers=256))  # computes for seconds, so SIGTERM lands mid-run
+    write_model(repo, "slow", 1, build_matmul_chain(layers=256))  # computes for seconds, so SIGTERM lands mid-run
     main(["edge", "--demo-model", str(repo)])
     proc, port = start_edge("--model-repository", str(repo), "--grpc-port", "0", "--metrics-port", "0",
                             "--node-id", "cli-edge", "--no-mesh", "--grace-s", "30")

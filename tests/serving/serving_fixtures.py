@@ -84,22 +84,3 @@ def multi_inputs(batch=2, seed=0):
         values[0, 1] = info.min
         out[f"IN_{dt}"] = values
     return out
-
-
-def build_slow_model(width: int = 1024, layers: int = 32):
-    """A float32 chain of MatMuls: slow enough per request (batch 128: ~10 GFLOP) to observe in-flight draining."""
-    from onnx import numpy_helper
-
-    weight = (np.eye(width, dtype=np.float32) * 0.5 + 0.5 / width).astype(np.float32)
-    nodes, previous = [], "X"
-    for i in range(layers):
-        nodes.append(helper.make_node("MatMul", [previous, "W"], [f"h{i}"]))
-        previous = f"h{i}"
-    nodes.append(helper.make_node("Identity", [previous], ["Y"]))
-    graph = helper.make_graph(nodes, "slow_chain",
-                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", width])],
-                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", width])],
-                              [numpy_helper.from_array(weight, "W")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = IR_VERSION
-    return model

@@ -9,12 +9,12 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from serving_fixtures import RPC_TIMEOUT_S, build_slow_model, build_warmup_failing_model
+from serving_fixtures import RPC_TIMEOUT_S, build_warmup_failing_model
 
 from edgeloop.config import ModelConfig, VersionPolicy
 from edgeloop.protocol import inference_pb2
 from edgeloop.protocol.codec import build_infer_request, infer_response_to_numpy
-from edgeloop.serving.demo_models import build_mlp, write_model
+from edgeloop.serving.demo_models import build_matmul_chain, build_mlp, write_model
 
 X = np.random.default_rng(7).standard_normal((2, 32)).astype(np.float32)
 
@@ -186,7 +186,7 @@ def test_hot_swap_under_load_fails_no_request(repo, start_node):
 
 def test_unload_drains_in_flight_requests(tmp_path, start_node):
     root = tmp_path / "models"
-    write_model(root, "slow", 1, build_slow_model())
+    write_model(root, "slow", 1, build_matmul_chain())
     handle = start_node(root)
     models = handle.node.models
     x = np.ones((128, 1024), np.float32)
@@ -265,7 +265,7 @@ def test_failed_push_keeps_the_previous_file_on_disk(repo, start_node):
 def test_a_draining_model_does_not_hold_up_another_models_load(tmp_path, start_node):
     """Admin work is per model: while ``slow`` drains an in-flight request, ``mlp`` unloads and loads."""
     root = tmp_path / "models"
-    write_model(root, "slow", 1, build_slow_model())
+    write_model(root, "slow", 1, build_matmul_chain())
     write_model(root, "mlp", 1, build_mlp())
     handle = start_node(root)
     models = handle.node.models
@@ -289,3 +289,17 @@ def test_a_draining_model_does_not_hold_up_another_models_load(tmp_path, start_n
         unloader.join(30)
     assert not unloader.is_alive() and models.ready_models() == {"mlp": [1]}
     assert handle.index()[("slow", "1")] == ("UNAVAILABLE", "unloaded")
+
+
+def test_unknown_names_are_refused_without_leaving_state_behind(repo, start_node):
+    handle = start_node(repo)
+    models = handle.node.models
+    locks = dict(models._admin_locks)
+    for i in range(20):
+        for call in (handle.stub.RepositoryModelLoad, handle.stub.RepositoryModelUnload):
+            request_type = (inference_pb2.RepositoryModelLoadRequest if call is handle.stub.RepositoryModelLoad
+                            else inference_pb2.RepositoryModelUnloadRequest)
+            with pytest.raises(grpc.RpcError) as err:
+                call(request_type(model_name=f"ghost-{i}"), timeout=RPC_TIMEOUT_S)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND and f"'ghost-{i}'" in err.value.details()
+    assert models._admin_locks == locks  # a stream of bad names cannot grow the per-model locks

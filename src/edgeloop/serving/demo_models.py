@@ -87,6 +87,22 @@ def build_multi_io_model(width: int = 3) -> onnx.ModelProto:
     return _model(helper.make_graph(nodes, "edgeloop_multi_io", inputs, outputs))
 
 
+def build_matmul_chain(width: int = 1024, layers: int = 32) -> onnx.ModelProto:
+    """``Y = X @ W @ W ...`` (``layers`` float32 MatMuls of ``width``): a model whose run takes long enough
+    (batch 128 at 32 layers: ~9 GFLOP) for drains and shutdowns to be observed with requests in flight."""
+    weight = (np.eye(width, dtype=np.float32) * 0.5 + 0.5 / width).astype(np.float32)
+    nodes, previous = [], "X"
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [previous, "W"], [f"h{i}"]))
+        previous = f"h{i}"
+    nodes.append(helper.make_node("Identity", [previous], ["Y"]))
+    graph = helper.make_graph(nodes, "edgeloop_matmul_chain",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", width])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", width])],
+                              [numpy_helper.from_array(weight, "W")])
+    return _model(graph)
+
+
 def write_model(root, name: str, version: int, model_proto: onnx.ModelProto | bytes,
                 manifest: bool = True) -> Path:
     """Write ``<root>/<name>/<version>/model.onnx`` atomically (and ``manifest.json``); return its path."""

@@ -224,6 +224,12 @@ class ModelManager:
         override = self._overrides.get(name)
         return override if override is not None else self.config.model(name)
 
+    def _require_in_repository(self, name: str) -> None:
+        if not self.repository.has_model(name):
+            raise not_found(f"model_name {name!r} is not in the model repository "
+                            f"{self.repository.root}; expected one of "
+                            f"{', '.join(map(repr, self.repository.model_names())) or '(none)'}")
+
     def _admin(self, name: str) -> threading.Lock:
         """The lock serialising loads and unloads of ``name`` (a slow load never holds up another model)."""
         with self._admin_locks_guard:
@@ -247,6 +253,8 @@ class ModelManager:
         Raises ProtocolError: NOT_FOUND (no such model), INVALID_ARGUMENT (bad file parameter or
         config), FAILED_PRECONDITION (a version failed to load; what was serving still serves).
         """
+        if not files:  # refused before a lock exists for it: unknown names must not grow ``_admin_locks``
+            self._require_in_repository(name)
         with self._admin(name):
             override = None
             if triton_config is not None:
@@ -287,10 +295,7 @@ class ModelManager:
 
     def _load_locked(self, name: str, override) -> None:
         """The body of ``load`` once pushed files are on disk (the admin lock is held)."""
-        if not self.repository.has_model(name):
-            raise not_found(f"model_name {name!r} is not in the model repository "
-                            f"{self.repository.root}; expected one of "
-                            f"{', '.join(map(repr, self.repository.model_names())) or '(none)'}")
+        self._require_in_repository(name)
         config = override if override is not None else self.model_config(name)
         on_disk = self.repository.versions(name)
         wanted = config.version_policy.select(on_disk)
@@ -420,13 +425,13 @@ class ModelManager:
 
     def unload(self, name: str, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop serving ``name``: refuse new requests, wait for in-flight ones, release sessions."""
-        with self._admin(name):
+        if name not in self._served and name not in self._states and not self.repository.has_model(name):
+            raise not_found(f"model_name {name!r} is not a known model; expected one of "
+                            f"{', '.join(map(repr, self.known_models())) or '(none)'}")
+        with self._admin(name):  # only known names get a lock
             served = self._served.get(name)
             if served is None:
-                if name in self._states or self.repository.has_model(name):
-                    return  # already unloaded: nothing to do, as Triton
-                raise not_found(f"model_name {name!r} is not a known model; expected one of "
-                                f"{', '.join(map(repr, self.known_models())) or '(none)'}")
+                return  # already unloaded: nothing to do, as Triton
             self._replace_served(name, None)
             states = self._states.setdefault(name, {})
             for version, mv in served.versions.items():
