@@ -20,7 +20,7 @@ class ModelVersion(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
 
 class NodeIdentity(_message.Message):
-    __slots__ = ("node_id", "host", "grpc_port", "metrics_port", "weight", "zone", "protocol_version")
+    __slots__ = ("node_id", "host", "grpc_port", "metrics_port", "weight", "zone", "protocol_version", "mesh_name")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     GRPC_PORT_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class NodeIdentity(_message.Message):
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MESH_NAME_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     host: str
     grpc_port: int
@@ -35,17 +36,8 @@ class NodeIdentity(_message.Message):
     weight: float
     zone: str
     protocol_version: str
-    def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., grpc_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., weight: _Optional[float] = ..., zone: _Optional[str] = ..., protocol_version: _Optional[str] = ...) -> None: ...
-
-class FeatureBlock(_message.Message):
-    __slots__ = ("rows", "cols", "data")
-    ROWS_FIELD_NUMBER: _ClassVar[int]
-    COLS_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    rows: int
-    cols: int
-    data: bytes
-    def __init__(self, rows: _Optional[int] = ..., cols: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    mesh_name: str
+    def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., grpc_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., weight: _Optional[float] = ..., zone: _Optional[str] = ..., protocol_version: _Optional[str] = ..., mesh_name: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("node", "models")
@@ -125,39 +117,87 @@ class ReportNow(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class SampleBatch(_message.Message):
-    __slots__ = ("batch_id", "node_id", "model", "model_version", "features", "predictions", "sample_ids", "timestamps_ms")
-    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+class DirectiveResult(_message.Message):
+    __slots__ = ("node_id", "sequence", "ok", "error")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    sequence: int
+    ok: bool
+    error: str
+    def __init__(self, node_id: _Optional[str] = ..., sequence: _Optional[int] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class DirectiveResultAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TensorData(_message.Message):
+    __slots__ = ("name", "datatype", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATATYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    datatype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Sample(_message.Message):
+    __slots__ = ("sample_id", "model", "model_version", "routing_key", "timestamp_ms", "inputs", "outputs")
+    SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
-    FEATURES_FIELD_NUMBER: _ClassVar[int]
-    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
-    SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
-    TIMESTAMPS_MS_FIELD_NUMBER: _ClassVar[int]
-    batch_id: str
-    node_id: str
+    ROUTING_KEY_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    sample_id: str
     model: str
     model_version: int
-    features: FeatureBlock
-    predictions: FeatureBlock
-    sample_ids: _containers.RepeatedScalarFieldContainer[str]
-    timestamps_ms: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, batch_id: _Optional[str] = ..., node_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., features: _Optional[_Union[FeatureBlock, _Mapping]] = ..., predictions: _Optional[_Union[FeatureBlock, _Mapping]] = ..., sample_ids: _Optional[_Iterable[str]] = ..., timestamps_ms: _Optional[_Iterable[int]] = ...) -> None: ...
+    routing_key: str
+    timestamp_ms: int
+    inputs: _containers.RepeatedCompositeFieldContainer[TensorData]
+    outputs: _containers.RepeatedCompositeFieldContainer[TensorData]
+    def __init__(self, sample_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., routing_key: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ...) -> None: ...
 
-class LabelBatch(_message.Message):
-    __slots__ = ("batch_id", "node_id", "model", "sample_ids", "labels")
+class SampleBatch(_message.Message):
+    __slots__ = ("batch_id", "node_id", "samples")
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    node_id: str
+    samples: _containers.RepeatedCompositeFieldContainer[Sample]
+    def __init__(self, batch_id: _Optional[str] = ..., node_id: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ...) -> None: ...
+
+class Label(_message.Message):
+    __slots__ = ("sample_id", "model", "routing_key", "timestamp_ms", "value", "received_ms")
+    SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
-    SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_KEY_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_MS_FIELD_NUMBER: _ClassVar[int]
+    sample_id: str
+    model: str
+    routing_key: str
+    timestamp_ms: int
+    value: float
+    received_ms: int
+    def __init__(self, sample_id: _Optional[str] = ..., model: _Optional[str] = ..., routing_key: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., value: _Optional[float] = ..., received_ms: _Optional[int] = ...) -> None: ...
+
+class LabelBatch(_message.Message):
+    __slots__ = ("batch_id", "node_id", "labels")
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     batch_id: str
     node_id: str
-    model: str
-    sample_ids: _containers.RepeatedScalarFieldContainer[str]
-    labels: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, batch_id: _Optional[str] = ..., node_id: _Optional[str] = ..., model: _Optional[str] = ..., sample_ids: _Optional[_Iterable[str]] = ..., labels: _Optional[_Iterable[float]] = ...) -> None: ...
+    labels: _containers.RepeatedCompositeFieldContainer[Label]
+    def __init__(self, batch_id: _Optional[str] = ..., node_id: _Optional[str] = ..., labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ...) -> None: ...
 
 class UploadAck(_message.Message):
     __slots__ = ("accepted_batch_ids", "duplicate_batch_ids", "rows_stored")
@@ -192,7 +232,7 @@ class ArtifactChunk(_message.Message):
     def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class FeatureStats(_message.Message):
-    __slots__ = ("model", "feature", "bin_edges", "counts", "n", "mean", "m2")
+    __slots__ = ("model", "feature", "bin_edges", "counts", "n", "mean", "m2", "tensor", "is_output", "nan_count", "model_version", "psi")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     BIN_EDGES_FIELD_NUMBER: _ClassVar[int]
@@ -200,6 +240,11 @@ class FeatureStats(_message.Message):
     N_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     M2_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    IS_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    NAN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
     model: str
     feature: int
     bin_edges: _containers.RepeatedScalarFieldContainer[float]
@@ -207,10 +252,37 @@ class FeatureStats(_message.Message):
     n: int
     mean: float
     m2: float
-    def __init__(self, model: _Optional[str] = ..., feature: _Optional[int] = ..., bin_edges: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[int]] = ..., n: _Optional[int] = ..., mean: _Optional[float] = ..., m2: _Optional[float] = ...) -> None: ...
+    tensor: str
+    is_output: bool
+    nan_count: int
+    model_version: int
+    psi: float
+    def __init__(self, model: _Optional[str] = ..., feature: _Optional[int] = ..., bin_edges: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[int]] = ..., n: _Optional[int] = ..., mean: _Optional[float] = ..., m2: _Optional[float] = ..., tensor: _Optional[str] = ..., is_output: _Optional[bool] = ..., nan_count: _Optional[int] = ..., model_version: _Optional[int] = ..., psi: _Optional[float] = ...) -> None: ...
+
+class ModelServingStats(_message.Message):
+    __slots__ = ("model", "version", "requests", "failures", "latency_p50_ms", "latency_p99_ms", "samples_recorded", "samples_dropped", "labels_recorded")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_RECORDED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    LABELS_RECORDED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    requests: int
+    failures: int
+    latency_p50_ms: float
+    latency_p99_ms: float
+    samples_recorded: int
+    samples_dropped: int
+    labels_recorded: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., requests: _Optional[int] = ..., failures: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., samples_recorded: _Optional[int] = ..., samples_dropped: _Optional[int] = ..., labels_recorded: _Optional[int] = ...) -> None: ...
 
 class StatusReport(_message.Message):
-    __slots__ = ("node_id", "epoch", "models", "feature_stats", "queue_depth", "outbox_pending", "outbox_dropped")
+    __slots__ = ("node_id", "epoch", "models", "feature_stats", "queue_depth", "outbox_pending", "outbox_dropped", "serving", "last_directive_applied", "timestamp_ms")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +290,9 @@ class StatusReport(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     OUTBOX_PENDING_FIELD_NUMBER: _ClassVar[int]
     OUTBOX_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    LAST_DIRECTIVE_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     epoch: int
     models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
@@ -225,13 +300,106 @@ class StatusReport(_message.Message):
     queue_depth: int
     outbox_pending: int
     outbox_dropped: int
-    def __init__(self, node_id: _Optional[str] = ..., epoch: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., feature_stats: _Optional[_Iterable[_Union[FeatureStats, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., outbox_pending: _Optional[int] = ..., outbox_dropped: _Optional[int] = ...) -> None: ...
+    serving: _containers.RepeatedCompositeFieldContainer[ModelServingStats]
+    last_directive_applied: int
+    timestamp_ms: int
+    def __init__(self, node_id: _Optional[str] = ..., epoch: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., feature_stats: _Optional[_Iterable[_Union[FeatureStats, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., outbox_pending: _Optional[int] = ..., outbox_dropped: _Optional[int] = ..., serving: _Optional[_Iterable[_Union[ModelServingStats, _Mapping]]] = ..., last_directive_applied: _Optional[int] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
 
 class StatusAck(_message.Message):
     __slots__ = ("fleet_epoch",)
     FLEET_EPOCH_FIELD_NUMBER: _ClassVar[int]
     fleet_epoch: int
     def __init__(self, fleet_epoch: _Optional[int] = ...) -> None: ...
+
+class FleetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeFleetStatus(_message.Message):
+    __slots__ = ("node_id", "address", "last_seen_ms", "models", "requests", "samples_received", "labels_received", "outbox_pending", "outbox_dropped", "max_psi", "connected")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    LABELS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_PENDING_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    MAX_PSI_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    last_seen_ms: int
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    requests: int
+    samples_received: int
+    labels_received: int
+    outbox_pending: int
+    outbox_dropped: int
+    max_psi: float
+    connected: bool
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., last_seen_ms: _Optional[int] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., requests: _Optional[int] = ..., samples_received: _Optional[int] = ..., labels_received: _Optional[int] = ..., outbox_pending: _Optional[int] = ..., outbox_dropped: _Optional[int] = ..., max_psi: _Optional[float] = ..., connected: _Optional[bool] = ...) -> None: ...
+
+class ModelFleetStatus(_message.Message):
+    __slots__ = ("model", "samples", "labelled", "labels", "unjoined_labels")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    UNJOINED_LABELS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    samples: int
+    labelled: int
+    labels: int
+    unjoined_labels: int
+    def __init__(self, model: _Optional[str] = ..., samples: _Optional[int] = ..., labelled: _Optional[int] = ..., labels: _Optional[int] = ..., unjoined_labels: _Optional[int] = ...) -> None: ...
+
+class FleetStatusResponse(_message.Message):
+    __slots__ = ("fleet_epoch", "nodes", "models")
+    FLEET_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    fleet_epoch: int
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeFleetStatus]
+    models: _containers.RepeatedCompositeFieldContainer[ModelFleetStatus]
+    def __init__(self, fleet_epoch: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeFleetStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelFleetStatus, _Mapping]]] = ...) -> None: ...
+
+class PushModelChunk(_message.Message):
+    __slots__ = ("model", "version", "data")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    data: bytes
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PushModelResponse(_message.Message):
+    __slots__ = ("model", "version", "sha256", "size", "edges_directed")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    EDGES_DIRECTED_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    sha256: str
+    size: int
+    edges_directed: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ..., edges_directed: _Optional[int] = ...) -> None: ...
+
+class LabelRequest(_message.Message):
+    __slots__ = ("labels",)
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedCompositeFieldContainer[Label]
+    def __init__(self, labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ...) -> None: ...
+
+class LabelAck(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    def __init__(self, accepted: _Optional[int] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

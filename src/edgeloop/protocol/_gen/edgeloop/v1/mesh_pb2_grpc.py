@@ -28,6 +28,8 @@ if _version_not_supported:
 
 class CoordinatorStub:
     """---------------------------------------------------------------- coordinator
+    Every call to the coordinator (and every edge<->edge call) carries the fleet token in the
+    `x-edgeloop-token` metadata key when one is configured; a missing or wrong token is UNAUTHENTICATED.
 
     """
 
@@ -46,6 +48,11 @@ class CoordinatorStub:
                 '/edgeloop.v1.Coordinator/Directives',
                 request_serializer=edgeloop_dot_v1_dot_mesh__pb2.DirectivesRequest.SerializeToString,
                 response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.Directive.FromString,
+                _registered_method=True)
+        self.ReportDirective = channel.unary_unary(
+                '/edgeloop.v1.Coordinator/ReportDirective',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.DirectiveResult.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.DirectiveResultAck.FromString,
                 _registered_method=True)
         self.UploadSamples = channel.stream_unary(
                 '/edgeloop.v1.Coordinator/UploadSamples',
@@ -71,6 +78,8 @@ class CoordinatorStub:
 
 class CoordinatorServicer:
     """---------------------------------------------------------------- coordinator
+    Every call to the coordinator (and every edge<->edge call) carries the fleet token in the
+    `x-edgeloop-token` metadata key when one is configured; a missing or wrong token is UNAUTHENTICATED.
 
     """
 
@@ -82,14 +91,23 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Directives(self, request, context):
-        """Server stream of directives to one edge (load model, unload, rollback, report stats).
+        """Server stream of directives to one edge (load model, unload, rollback, report now), in sequence
+        order, resuming after `after_sequence`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportDirective(self, request, context):
+        """The edge's result for one directive (applied or failed with the reason).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UploadSamples(self, request_iterator, context):
-        """Client-streamed sample uploads; each batch has an idempotent id (re-sends are no-ops).
+        """Client-streamed sample uploads; each batch has an idempotent id (re-sends are no-ops). The ack is
+        sent only after every batch of the stream is committed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,7 +128,7 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportStatus(self, request, context):
-        """Periodic status: models served, drift statistics, queue depths.
+        """Periodic status: models served, drift statistics, queue depths, outbox state, latency.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +146,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Directives,
                     request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.DirectivesRequest.FromString,
                     response_serializer=edgeloop_dot_v1_dot_mesh__pb2.Directive.SerializeToString,
+            ),
+            'ReportDirective': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportDirective,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.DirectiveResult.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.DirectiveResultAck.SerializeToString,
             ),
             'UploadSamples': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadSamples,
@@ -159,6 +182,8 @@ def add_CoordinatorServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Coordinator:
     """---------------------------------------------------------------- coordinator
+    Every call to the coordinator (and every edge<->edge call) carries the fleet token in the
+    `x-edgeloop-token` metadata key when one is configured; a missing or wrong token is UNAUTHENTICATED.
 
     """
 
@@ -206,6 +231,33 @@ class Coordinator:
             '/edgeloop.v1.Coordinator/Directives',
             edgeloop_dot_v1_dot_mesh__pb2.DirectivesRequest.SerializeToString,
             edgeloop_dot_v1_dot_mesh__pb2.Directive.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportDirective(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Coordinator/ReportDirective',
+            edgeloop_dot_v1_dot_mesh__pb2.DirectiveResult.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.DirectiveResultAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -314,6 +366,250 @@ class Coordinator:
             '/edgeloop.v1.Coordinator/ReportStatus',
             edgeloop_dot_v1_dot_mesh__pb2.StatusReport.SerializeToString,
             edgeloop_dot_v1_dot_mesh__pb2.StatusAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class FleetStub:
+    """Operator commands (`edgeloop status|models|labels --config CLOUD.toml`); same token rule.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.FleetStatus = channel.unary_unary(
+                '/edgeloop.v1.Fleet/FleetStatus',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.FleetStatusRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.FleetStatusResponse.FromString,
+                _registered_method=True)
+        self.PushModel = channel.stream_unary(
+                '/edgeloop.v1.Fleet/PushModel',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.PushModelChunk.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.PushModelResponse.FromString,
+                _registered_method=True)
+        self.ImportLabels = channel.stream_unary(
+                '/edgeloop.v1.Fleet/ImportLabels',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.LabelBatch.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.UploadAck.FromString,
+                _registered_method=True)
+
+
+class FleetServicer:
+    """Operator commands (`edgeloop status|models|labels --config CLOUD.toml`); same token rule.
+    """
+
+    def FleetStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushModel(self, request_iterator, context):
+        """Client stream: the first message names the model, the rest carry the file's bytes in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportLabels(self, request_iterator, context):
+        """Labels from another system (`edgeloop labels import FILE.csv`), stored and joined like edge labels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_FleetServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'FleetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.FleetStatus,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.FleetStatusRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.FleetStatusResponse.SerializeToString,
+            ),
+            'PushModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushModel,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.PushModelChunk.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.PushModelResponse.SerializeToString,
+            ),
+            'ImportLabels': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportLabels,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.LabelBatch.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.UploadAck.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'edgeloop.v1.Fleet', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('edgeloop.v1.Fleet', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Fleet:
+    """Operator commands (`edgeloop status|models|labels --config CLOUD.toml`); same token rule.
+    """
+
+    @staticmethod
+    def FleetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Fleet/FleetStatus',
+            edgeloop_dot_v1_dot_mesh__pb2.FleetStatusRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.FleetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/edgeloop.v1.Fleet/PushModel',
+            edgeloop_dot_v1_dot_mesh__pb2.PushModelChunk.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.PushModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportLabels(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/edgeloop.v1.Fleet/ImportLabels',
+            edgeloop_dot_v1_dot_mesh__pb2.LabelBatch.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.UploadAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class FeedbackStub:
+    """---------------------------------------------------------------- edge feedback
+
+    Late ground truth, on every edge: acknowledged only once durable in the edge's outbox.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Label = channel.unary_unary(
+                '/edgeloop.v1.Feedback/Label',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.LabelRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.LabelAck.FromString,
+                _registered_method=True)
+
+
+class FeedbackServicer:
+    """---------------------------------------------------------------- edge feedback
+
+    Late ground truth, on every edge: acknowledged only once durable in the edge's outbox.
+    """
+
+    def Label(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_FeedbackServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Label': grpc.unary_unary_rpc_method_handler(
+                    servicer.Label,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.LabelRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.LabelAck.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'edgeloop.v1.Feedback', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('edgeloop.v1.Feedback', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Feedback:
+    """---------------------------------------------------------------- edge feedback
+
+    Late ground truth, on every edge: acknowledged only once durable in the edge's outbox.
+    """
+
+    @staticmethod
+    def Label(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Feedback/Label',
+            edgeloop_dot_v1_dot_mesh__pb2.LabelRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.LabelAck.FromString,
             options,
             channel_credentials,
             insecure,
