@@ -8,6 +8,7 @@ from .edge import load_edge_config, parse_edge_config
 from .errors import ConfigError
 from .fleet import load_fleet
 from .schema import (
+    AuthConfig,
     CloudConfig,
     EdgeConfig,
     MeshConfig,
@@ -18,6 +19,7 @@ from .schema import (
 )
 
 __all__ = [
+    "AuthConfig",
     "CloudConfig",
     "ConfigError",
     "EdgeConfig",

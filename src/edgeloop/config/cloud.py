@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .auth import parse_auth
 from .errors import ConfigError
 from .fields import REQUIRED, TableReader, top_level_table, unknown_key_error
 from .node import CLOUD_NODE_KEYS, parse_node
@@ -12,7 +13,7 @@ from .paths import directory_problem, file_problem, resolve
 from .schema import CloudConfig, NodeConfig
 from .toml_source import read_toml
 
-CLOUD_TABLES = ("node", "storage", "fleet")
+CLOUD_TABLES = ("node", "storage", "fleet", "auth")
 STORAGE_KEYS = ("database", "artifact_dir")
 FLEET_KEYS = ("heartbeat_interval_ms",)
 CLOUD_NODE_DEFAULT = NodeConfig(id="cloud", host="127.0.0.1", grpc_port=7001, metrics_port=7002)
@@ -27,7 +28,7 @@ def load_cloud_config(path: str | Path) -> CloudConfig:
 def parse_cloud_config(data: dict[str, Any], source: str = "<string>", base_dir: Path | None = None) -> CloudConfig:
     """Check a TOML-shaped dict and build the CloudConfig; ``storage.database`` is required."""
     if not isinstance(data, dict):
-        raise ConfigError.for_value(source, "<document>", data, "a table of [node], [storage], [fleet]")
+        raise ConfigError.for_value(source, "<document>", data, "a table of [node], [storage], [fleet], [auth]")
     base = Path.cwd() if base_dir is None else Path(base_dir)
     for name, value in data.items():
         if name not in CLOUD_TABLES:
@@ -53,5 +54,6 @@ def parse_cloud_config(data: dict[str, Any], source: str = "<string>", base_dir:
                             f"(resolved to {str(artifact_dir)!r})")
     fleet = TableReader(top_level_table(data, source, "fleet"), source, "fleet", FLEET_KEYS)
     heartbeat = fleet.integer("heartbeat_interval_ms", 1000, minimum=1, maximum=3_600_000)
+    auth = parse_auth(top_level_table(data, source, "auth"), source, base)
     return CloudConfig(source=source, node=node, database=database, artifact_dir=artifact_dir,
-                       heartbeat_interval_ms=heartbeat)
+                       heartbeat_interval_ms=heartbeat, auth=auth)

@@ -10,12 +10,13 @@ from .fields import TableReader, top_level_table, unknown_key_error
 from .mesh import parse_mesh
 from .models import parse_model_table, parse_models
 from .network import ADDRESS_EXPECTATION, split_address
+from .auth import parse_auth
 from .node import EDGE_NODE_KEYS, parse_node
 from .paths import directory_problem, resolve
 from .schema import EdgeConfig, ModelConfig, NodeConfig, ServingConfig
 from .toml_source import read_toml
 
-EDGE_TABLES = ("node", "serving", "mesh", "coordinator")
+EDGE_TABLES = ("node", "serving", "mesh", "coordinator", "auth")
 SERVING_KEYS = ("model_repository", "max_receive_message_bytes", "max_send_message_bytes", "grpc_workers",
                 "model_defaults", "models")
 COORDINATOR_KEYS = ("address",)
@@ -31,7 +32,7 @@ def load_edge_config(path: str | Path) -> EdgeConfig:
 def parse_edge_config(data: dict[str, Any], source: str = "<string>", base_dir: Path | None = None) -> EdgeConfig:
     """Check a TOML-shaped dict and build the EdgeConfig; ``base_dir`` (default: cwd) anchors relative paths."""
     if not isinstance(data, dict):
-        raise ConfigError.for_value(source, "<document>", data, "a table of [node], [serving], [mesh], [coordinator]")
+        raise ConfigError.for_value(source, "<document>", data, "a table of [node], [serving], [mesh], [coordinator], [auth]")
     base = Path.cwd() if base_dir is None else Path(base_dir)
     for name, value in data.items():
         if name not in EDGE_TABLES:
@@ -41,7 +42,9 @@ def parse_edge_config(data: dict[str, Any], source: str = "<string>", base_dir: 
     serving = parse_serving(top_level_table(data, source, "serving"), source, base)
     mesh = parse_mesh(top_level_table(data, source, "mesh"), source, base)
     coordinator = parse_coordinator(top_level_table(data, source, "coordinator"), source)
-    return EdgeConfig(source=source, node=node, serving=serving, mesh=mesh, coordinator_address=coordinator)
+    auth = parse_auth(top_level_table(data, source, "auth"), source, base)
+    return EdgeConfig(source=source, node=node, serving=serving, mesh=mesh, coordinator_address=coordinator,
+                      auth=auth)
 
 
 def parse_serving(table: dict[str, Any], source: str, base_dir: Path) -> ServingConfig:

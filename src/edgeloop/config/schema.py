@@ -97,6 +97,22 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """Fleet token and TLS material (paths); all empty means an unauthenticated, plaintext loopback fleet."""
+
+    token_file: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_auth: bool = False  # mTLS: the server requires a client certificate signed by tls_ca
+
+    @property
+    def tls(self) -> bool:
+        """True when connections use TLS (a CA to trust, or a certificate to present)."""
+        return self.tls_ca is not None or self.tls_cert is not None
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """Everything one edge process needs."""
 
@@ -105,6 +121,7 @@ class EdgeConfig:
     serving: ServingConfig = ServingConfig()
     mesh: MeshConfig = MeshConfig()
     coordinator_address: str | None = None
+    auth: AuthConfig = AuthConfig()
 
     def with_overrides(self, **dotted: object) -> "EdgeConfig":
         """A copy with dotted keys replaced, validated like a file.
@@ -126,6 +143,7 @@ class CloudConfig:
     database: Path
     artifact_dir: Path
     heartbeat_interval_ms: int = 1000
+    auth: AuthConfig = AuthConfig()
 
 
 def join_host_port(host: str, port: int) -> str:
@@ -134,6 +152,7 @@ def join_host_port(host: str, port: int) -> str:
 
 
 __all__ = [
+    "AuthConfig",
     "CloudConfig",
     "EdgeConfig",
     "GRAPH_OPTIMIZATION_LEVELS",
