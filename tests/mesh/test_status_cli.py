@@ -30,7 +30,7 @@ def test_status_from_seeds():
         assert nodes["edge-y"]["node_epoch"] >= 2  # edge-y's own view changed when it learned edge-x
         table = status("--no-zeroconf", "--seed", a.address)
         assert table.returncode == 0
-        assert "edge-x" in table.stdout and "mlp:1,2" in table.stdout and " up " in table.stdout
+        assert "edge-x" in table.stdout and "mlp:1,2" in table.stdout and " ready " in table.stdout
     finally:
         b.stop()
         a.stop()
@@ -38,7 +38,7 @@ def test_status_from_seeds():
 
 def test_status_reports_an_empty_mesh_and_bad_seeds():
     done = status("--no-zeroconf", "--seed", "127.0.0.1:1", "--wait", "0.5")
-    assert done.returncode == 1 and "no nodes found" in done.stdout
+    assert done.returncode == 1 and "no nodes of mesh 'default' found" in done.stdout
     bad = status("--no-zeroconf", "--seed", "nonsense")
     assert bad.returncode == 2 and "seeds: got 'nonsense', expected 'host:port'" in bad.stderr
 
@@ -50,7 +50,7 @@ def test_status_over_zeroconf():
         done = status("--wait", "1.5")
         assert done.returncode == 0, done.stderr
         lines = done.stdout.splitlines()
-        assert lines[0].startswith("mesh view epoch") and "2 nodes, 2 up" in lines[0]
+        assert lines[0].startswith("mesh 'default' view epoch") and "2 nodes (2 ready)" in lines[0]
         assert any(line.startswith("edge-q") and "other:5" in line for line in lines)
     finally:
         for p in peers:

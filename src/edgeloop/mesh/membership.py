@@ -16,7 +16,10 @@ from typing import Callable, Mapping
 from edgeloop.config.schema import join_host_port
 from edgeloop.mesh.placement import NodeEntry, Placement, Snapshot
 
-UNKNOWN, UP, DOWN = "unknown", "up", "down"
+UNKNOWN, UP, DRAINING, DOWN = "unknown", "up", "draining", "down"
+STATES = (UNKNOWN, UP, DRAINING, DOWN)
+
+DEFAULT_MESH = "default"  # MeshConfig.name's default
 
 PROTOCOL_VERSION = "1"
 MAX_WEIGHT = 1e100  # the largest weight kernels.hrw_assign accepts
@@ -47,7 +50,20 @@ class Member:
 
     @property
     def alive(self) -> bool:
+        """Answering health SERVING (placement candidates); it serves only the ``models`` it lists."""
         return self.state == UP
+
+    @property
+    def ready(self) -> bool:
+        """Alive with at least one model version ready (an alive node with none waits for models)."""
+        return self.alive and any(self.models.values())
+
+    @property
+    def condition(self) -> str:
+        """One word for people and logs: ready, not-ready (alive, no model yet), draining, down, unknown."""
+        if self.state == UP:
+            return "ready" if self.ready else "not-ready"
+        return self.state
 
     @property
     def first_hand(self) -> bool:
