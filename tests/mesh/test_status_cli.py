@@ -95,3 +95,33 @@ def test_second_hand_members_are_not_passed_on():
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.mark.netns
+def test_status_shows_a_lone_real_node_every_time(tmp_path):
+    """As a newcomer tries it: one `edgeloop edge` with an empty repository, then `status --mesh` run
+    back to back with the default wait (mDNS answers a repeated query only after a second)."""
+    import os
+    import re
+    import time
+
+    (tmp_path / "empty").mkdir()
+    node = subprocess.Popen([sys.executable, "-m", "edgeloop", "edge", "--model-repository", str(tmp_path / "empty"),
+                             "--grpc-port", "0", "--metrics-port", "0", "--node-id", "lonely"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        line = node.stdout.readline()  # the start line: what the node is doing
+        assert re.search(r"listening on 127\.0\.0\.1:\d+ .*models ready: none yet; mesh 'default' "
+                         r"\(zeroconf on 127\.0\.0\.1, 0 static peers\)", line), line
+        for run in range(5):
+            started = time.monotonic()
+            done = status()
+            took = time.monotonic() - started
+            assert done.returncode == 0, f"run {run}: {done.stdout}{done.stderr}"
+            rows = [r.split() for r in done.stdout.splitlines()[2:]]
+            assert [(r[0], r[2]) for r in rows] == [("lonely", "not-ready")], f"run {run}: {done.stdout}"
+            assert took < 30, f"run {run} took {took:.1f}s"
+    finally:
+        node.terminate()
+        node.wait(30)
