@@ -125,3 +125,31 @@ def test_status_shows_a_lone_real_node_every_time(tmp_path):
     finally:
         node.terminate()
         node.wait(30)
+
+
+def test_status_tells_ready_not_ready_draining_and_down_apart():
+    from grpc_health.v1 import health_pb2
+
+    ready = BarePeer("edge-r", zeroconf_interfaces=()).start()
+    empty = BarePeer("edge-e", models={}, zeroconf_interfaces=()).start()
+    leaving = BarePeer("edge-l", zeroconf_interfaces=()).start()
+    gone = BarePeer("edge-g", zeroconf_interfaces=()).start()
+    watcher = BarePeer("edge-s", zeroconf_interfaces=(),
+                       static_peers=tuple(p.address for p in (ready, empty, leaving, gone))).start()
+    peers = (watcher, ready, empty, leaving, gone)
+    try:
+        assert wait_for(lambda: len(watcher.alive_ids()) == 5, 5) is not None
+        leaving.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        gone.stop_serving()
+        assert wait_for(lambda: watcher.view()["edge-g"].state == "down", 5) is not None
+        done = status("--no-zeroconf", "--seed", watcher.address, "--json")
+        assert done.returncode == 0, done.stderr
+        nodes = {n["id"]: (n["state"], n["ready"], n["condition"]) for n in json.loads(done.stdout)["nodes"]}
+        assert nodes == {"edge-s": ("up", True, "ready"), "edge-r": ("up", True, "ready"),
+                         "edge-e": ("up", False, "not-ready"), "edge-l": ("draining", False, "draining"),
+                         "edge-g": ("down", False, "down")}
+        table = status("--no-zeroconf", "--seed", watcher.address)
+        assert "5 nodes (2 ready, 1 not-ready, 1 draining, 1 down)" in table.stdout.splitlines()[0], table.stdout
+    finally:
+        for peer in peers:
+            peer.stop()
