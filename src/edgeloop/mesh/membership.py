@@ -1,7 +1,8 @@
 """The membership view: who is in the mesh, where, serving what, and whether alive.
 
-Discovery (zeroconf, static peers, seeds) adds and removes members; liveness (gRPC health)
-marks them up or down.  Every change that placement can see — a member joining or
+Discovery (zeroconf, static peers, seeds) adds and removes members of this mesh (by name);
+liveness (gRPC health) marks them up, draining or down.  An up member listing no model is
+"not-ready": alive, but placement (which keys on models) never picks it.  Every change that placement can see — a member joining or
 leaving, going up or down, changing weight or models — bumps the epoch.  Queue depths
 change often and are not part of placement, so they do not bump it.
 """
