@@ -37,8 +37,14 @@ class MeshClient:
         spill_queue_depth: int | None = None,
         timeout_s: float = 30.0,
         start: bool = True,
+        mesh_name: str = "default",
     ):
+        """``mesh_name``: the mesh to see; nodes announcing another name are never shown or used."""
+        from edgeloop.config.mesh import MESH_NAME_EXPECTATION, is_mesh_name
         from edgeloop.mesh.liveness import LivenessMonitor
+
+        if not is_mesh_name(mesh_name):
+            raise ValueError(f"mesh_name: got {str(mesh_name)[:200]!r}, expected {MESH_NAME_EXPECTATION}")
 
         for seed in seeds:
             host, sep, port = seed.rpartition(":")
@@ -47,12 +53,13 @@ class MeshClient:
         self.seeds = list(seeds)
         self.interfaces = list(interfaces or ())
         self.service_type = service_type
+        self.mesh_name = mesh_name
         self.spill_queue_depth = spill_queue_depth
         self.timeout_s = timeout_s
         self.membership = Membership(self_id=None)
         self.pool = ChannelPool()
         self.liveness = LivenessMonitor(self.membership, self.pool, heartbeat_interval_ms, down_after_ms,
-                                        learn_from_peers=True)
+                                        learn_from_peers=True, mesh_name=mesh_name)
         self.discovery = None
         self.retries = 0  # requests that needed the fallback node
         self._lock = threading.Lock()
@@ -67,7 +74,8 @@ class MeshClient:
         if self.interfaces:
             from edgeloop.mesh.discovery import Discovery
 
-            self.discovery = Discovery(self.membership, self.service_type, self.interfaces, announcement=None)
+            self.discovery = Discovery(self.membership, self.service_type, self.interfaces, announcement=None,
+                                       mesh_name=self.mesh_name)
             self.discovery.start()
         for seed in self.seeds:
             self.liveness.add_seed(seed, "seed")

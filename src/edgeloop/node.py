@@ -103,10 +103,12 @@ class EdgeNode:
     def _update_health(self) -> None:
         from grpc_health.v1 import health_pb2
 
-        status = (health_pb2.HealthCheckResponse.SERVING if self._started and self.models.any_ready()
-                  and not self.servicer.draining else health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.health.set("", status)
-        self.health.set(INFERENCE_SERVICE, status)
+        # "" is the process: SERVING while started and not draining, models or not (an empty node is a live
+        # member awaiting models).  The inference service, like ServerReady, is SERVING only with a model ready.
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        live = self._started and not self.servicer.draining
+        self.health.set("", serving if live else not_serving)
+        self.health.set(INFERENCE_SERVICE, serving if live and self.models.any_ready() else not_serving)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop taking requests (health NOT_SERVING), finish in-flight ones within ``grace_s``, unload."""

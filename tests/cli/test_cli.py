@@ -33,3 +33,14 @@ def test_python_dash_m_help_runs():
     )
     assert out.returncode == 0, out.stderr
     assert "usage: edgeloop" in out.stdout
+
+
+def test_a_closed_stdout_pipe_ends_quietly():
+    """`edgeloop status | head`: the reader leaves early; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgeloop", "status", "--mesh", "--no-zeroconf",
+                             "--seed", "127.0.0.1:1", "--wait", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141, err
+    assert "BrokenPipeError" not in err and "Traceback" not in err, err

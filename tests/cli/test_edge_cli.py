@@ -107,3 +107,33 @@ def test_config_file_with_flag_overrides(tmp_path):
 def test_bad_flag_value_is_reported(capsys):
     assert main(["edge", "--grpc-port", "70000", "--no-mesh"]) == 2
     assert "--grpc-port 70000" in capsys.readouterr().err
+
+
+def test_edge_without_config_or_repository_asks_for_one(capsys):
+    assert main(["edge"]) == 2
+    err = capsys.readouterr().err
+    assert "give --config FILE" in err and "--model-repository DIR" in err
+    assert "would serve no models on 127.0.0.1:8001 and join mesh 'default'" in err
+
+
+def test_demo_model_hint_names_the_config_that_serves_the_directory(tmp_path, monkeypatch, capsys):
+    """The printed follow-up runs the config whose repository is DIR, so its port is the one really used."""
+    import shutil
+
+    from edgeloop.config import load_edge_config
+
+    (tmp_path / "edge-configs").mkdir()
+    for name in ("edge-a", "edge-b", "edge-c"):
+        shutil.copy(ROOT / "edge-configs" / f"{name}.toml", tmp_path / "edge-configs")
+    monkeypatch.chdir(tmp_path)
+    for name in ("edge-b", "edge-c"):
+        port = load_edge_config(f"edge-configs/{name}.toml").node.grpc_port
+        assert port != 8001
+        assert main(["edge", "--demo-model", f".edgeloop/{name}/models"]) == 0
+        hint = capsys.readouterr().out.splitlines()[-1]
+        assert hint.startswith(f"serve it with: edgeloop edge --config edge-configs/{name}.toml ")
+        assert f"127.0.0.1:{port}" in hint and "8001" not in hint
+    # with --config, that config (its repository overridden when it is another one)
+    assert main(["edge", "--demo-model", "elsewhere", "--config", "edge-configs/edge-c.toml"]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert hint == "serve it with: edgeloop edge --config edge-configs/edge-c.toml --model-repository elsewhere"

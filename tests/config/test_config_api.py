@@ -92,6 +92,17 @@ def test_bad_override_is_reported_against_flags():
     assert "did you mean 'grpc_port'" in info.value.expected
 
 
+def test_mesh_name_defaults_to_default_and_survives_overrides():
+    assert EdgeConfig().mesh.name == "default" and load_edge_config(EXAMPLE).mesh.name == "default"
+    config = parse_edge_config({"node": {"id": "e"}, "mesh": {"name": "lab-1.blue_2"}})
+    assert config.mesh.name == "lab-1.blue_2"
+    assert config.with_overrides(**{"node.grpc_port": 9101}).mesh.name == "lab-1.blue_2"
+    assert config.with_overrides(**{"mesh.name": "green"}).mesh.name == "green"
+    with pytest.raises(ConfigError) as info:
+        config.with_overrides(**{"mesh.name": "no spaces"})
+    assert info.value.key == "mesh.name" and info.value.file == "<flags>"
+
+
 def test_round_trip_through_data():
     config = load_edge_config(EXAMPLE)
     again = parse_edge_config(edge_config_to_data(config), source=config.source)

@@ -134,6 +134,12 @@ CASES = [
     # zeroconf runs IPv4 only (IPVersion.V4Only): an IPv6 interface would be silently unused
     ("interface-ipv6", NODE + '[mesh]\nzeroconf_interfaces = ["127.0.0.1", "::1"]\n', "mesh.zeroconf_interfaces[1]",
      "'::1'", "IPv4"),
+    ("mesh-name-empty", NODE + '[mesh]\nname = ""\n', "mesh.name", "''", "a mesh name of 1..63 characters"),
+    ("mesh-name-slash", NODE + '[mesh]\nname = "lab/1"\n', "mesh.name", "'lab/1'", "letters, digits"),
+    ("mesh-name-space", NODE + '[mesh]\nname = "my mesh"\n', "mesh.name", "'my mesh'", "letters, digits"),
+    ("mesh-name-leading-dot", NODE + '[mesh]\nname = ".hidden"\n', "mesh.name", "'.hidden'", "starting with"),
+    ("mesh-name-too-long", NODE + f'[mesh]\nname = "{"m" * 64}"\n', "mesh.name", repr("m" * 64), "1..63"),
+    ("mesh-name-int", NODE + "[mesh]\nname = 7\n", "mesh.name", "7", "a mesh name"),
     ("service-type", NODE + '[mesh]\nservice_type = "edgeloop"\n', "mesh.service_type", "'edgeloop'",
      "_edgeloop._tcp.local."),
     ("down-not-after-heartbeat", NODE + "[mesh]\nheartbeat_interval_ms = 500\ndown_after_ms = 500\n",

@@ -105,6 +105,7 @@ class BarePeer:
         self.table = ModelTable(models if models is not None else {"mlp": [1]})
         self.node_config = NodeConfig(id=node_id, host="127.0.0.1", grpc_port=self.port, metrics_port=0,
                                       weight=weight, zone="test")
+        mesh_fields.setdefault("name", mesh_fields.pop("mesh_name", "default"))
         self.mesh_config = replace(MeshConfig(), heartbeat_interval_ms=100, down_after_ms=600, **mesh_fields)
         self.server = None
         self.mesh = None

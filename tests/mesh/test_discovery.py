@@ -15,20 +15,26 @@ def test_txt_record_round_trip():
     props = txt_properties(a)
     assert props["models"] == "iris:3;mlp:1,2"
     fields = parse_txt({k.encode(): v.encode() for k, v in props.items()})
-    assert fields == {"node_id": "edge-a", "grpc_port": 8001, "metrics_port": 8002, "protocol_version": "1",
+    assert fields == {"mesh_name": "default", "node_id": "edge-a", "grpc_port": 8001, "metrics_port": 8002, "protocol_version": "1",
                       "weight": 2.5, "zone": "lab-1", "models": {"iris": [3], "mlp": [1, 2]}}
     assert decode_models(encode_models({})) == {}
 
 
+M = {b"mesh": b"default"}
+
+
 @pytest.mark.parametrize("props, message", [
-    ({b"grpc": b"1"}, "TXT key 'id' missing"),
-    ({b"id": b"x", b"grpc": b"99999"}, "TXT key 'grpc': got 99999"),
-    ({b"id": b"x", b"grpc": b"1", b"weight": b"-2"}, "TXT key 'weight': got -2.0"),
-    ({b"id": b"x", b"grpc": b"1", b"models": b"mlp"}, "TXT 'models': part 'mlp'"),
+    ({**M, b"grpc": b"1"}, "TXT key 'id' missing"),
+    ({**M, b"id": b"x", b"grpc": b"99999"}, "TXT key 'grpc': got 99999"),
+    ({**M, b"id": b"x", b"grpc": b"1", b"weight": b"-2"}, "TXT key 'weight': got -2.0"),
+    ({**M, b"id": b"x", b"grpc": b"1", b"models": b"mlp"}, "TXT 'models': part 'mlp'"),
     # an infinite weight would make every placement over this view raise, on every node
-    ({b"id": b"x", b"grpc": b"1", b"weight": b"inf"}, "TXT key 'weight': got inf, expected a finite number > 0"),
-    ({b"id": b"x", b"grpc": b"1", b"weight": b"nan"}, "TXT key 'weight': got nan, expected a finite number > 0"),
-    ({b"id": b"x", b"grpc": b"1", b"weight": b"1e200"}, "TXT key 'weight': got 1e\\+200, expected .* <= 1e\\+100"),
+    ({**M, b"id": b"x", b"grpc": b"1", b"weight": b"inf"}, "TXT key 'weight': got inf, expected a finite number > 0"),
+    ({**M, b"id": b"x", b"grpc": b"1", b"weight": b"nan"}, "TXT key 'weight': got nan, expected a finite number > 0"),
+    ({**M, b"id": b"x", b"grpc": b"1", b"weight": b"1e200"}, "TXT key 'weight': got 1e\\+200, expected .* <= 1e\\+100"),
+    # a record without a mesh name (an older or foreign announcer) belongs to no mesh
+    ({b"id": b"x", b"grpc": b"1"}, "TXT key 'mesh' missing"),
+    ({b"mesh": b"../etc", b"id": b"x", b"grpc": b"1"}, "TXT key 'mesh': got '../etc', expected a mesh name"),
 ])
 def test_bad_txt_records_are_rejected_with_the_key(props, message):
     with pytest.raises(ValueError, match=message):

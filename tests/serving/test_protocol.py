@@ -137,10 +137,13 @@ def test_health_service_reports_serving(node):
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_health_is_not_serving_without_models(tmp_path, start_node):
+def test_a_node_without_models_is_live_but_not_ready(tmp_path, start_node):
+    """The process answers SERVING (a live mesh member awaiting models); inference and ServerReady do not."""
     empty = start_node(tmp_path / "empty")
     health = health_pb2_grpc.HealthStub(empty.channel)
     reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT_S)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    reply = health.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=RPC_TIMEOUT_S)
     assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert not empty.stub.ServerReady(inference_pb2.ServerReadyRequest(), timeout=RPC_TIMEOUT_S).ready
 

@@ -1,7 +1,8 @@
-"""The ``[mesh]`` table: discovery, liveness timing and spill-over limits."""
+"""The ``[mesh]`` table: the mesh's name, discovery, liveness timing and spill-over limits."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,20 @@ from .network import ADDRESS_EXPECTATION, is_ipv4_address, is_service_type, spli
 from .paths import file_problem, resolve
 from .schema import MeshConfig
 
-MESH_KEYS = ("enabled", "zeroconf_interfaces", "service_type", "static_peers", "heartbeat_interval_ms",
+MESH_KEYS = ("enabled", "name", "zeroconf_interfaces", "service_type", "static_peers", "heartbeat_interval_ms",
              "down_after_ms", "capacity_factor", "spill_queue_depth", "decision_log")
 INTERFACES_EXPECTATION = ("an array of distinct IP addresses to announce on, IPv4 only "
                           "(zeroconf runs IPv4 only), such as [\"127.0.0.1\"]")
 PEERS_EXPECTATION = f"an array of distinct peers, each {ADDRESS_EXPECTATION}"
 SERVICE_TYPE_EXPECTATION = "a DNS-SD service type such as '_edgeloop._tcp.local.'"
+MESH_NAME_EXPECTATION = ("a mesh name of 1..63 characters: letters, digits, '-', '_' or '.', "
+                         "starting with a letter or digit, such as 'default'")
+_MESH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def is_mesh_name(value: object) -> bool:
+    """True for a valid mesh name (the scoping name nodes announce and compare; not a secret)."""
+    return isinstance(value, str) and _MESH_NAME.fullmatch(value) is not None
 
 
 def parse_mesh(table: dict[str, Any], source: str, base_dir: Path) -> MeshConfig:
@@ -23,6 +32,9 @@ def parse_mesh(table: dict[str, Any], source: str, base_dir: Path) -> MeshConfig
     fields = TableReader(table, source, "mesh", MESH_KEYS)
     default = MeshConfig()
     enabled = fields.boolean("enabled", default.enabled)
+    name = fields.string("name", default.name, expected=MESH_NAME_EXPECTATION)
+    if not is_mesh_name(name):
+        raise fields.error("name", name, MESH_NAME_EXPECTATION)
     interfaces = default.zeroconf_interfaces
     if fields.has("zeroconf_interfaces"):
         interfaces = _distinct_strings(fields, "zeroconf_interfaces", INTERFACES_EXPECTATION, is_ipv4_address)
@@ -50,7 +62,7 @@ def parse_mesh(table: dict[str, Any], source: str, base_dir: Path) -> MeshConfig
         if problem:
             raise fields.error("decision_log", text, f"a writable file path, but {problem} "
                                                      f"(resolved to {str(decision_log)!r})")
-    return MeshConfig(enabled=enabled, zeroconf_interfaces=interfaces, service_type=service_type,
+    return MeshConfig(enabled=enabled, name=name, zeroconf_interfaces=interfaces, service_type=service_type,
                       static_peers=peers, heartbeat_interval_ms=heartbeat, down_after_ms=down_after,
                       capacity_factor=capacity, spill_queue_depth=spill, decision_log=decision_log)
 

@@ -29,6 +29,7 @@ def edge_config_to_data(config: EdgeConfig) -> dict[str, Any]:
         serving_data["model_repository"] = str(serving.model_repository)
     mesh_data: dict[str, Any] = {
         "enabled": mesh.enabled,
+        "name": mesh.name,
         "zeroconf_interfaces": list(mesh.zeroconf_interfaces),
         "service_type": mesh.service_type,
         "static_peers": list(mesh.static_peers),

@@ -83,9 +83,14 @@ class ServingConfig:
 
 @dataclass(frozen=True)
 class MeshConfig:
-    """Peer discovery, liveness and spill-over routing between edges."""
+    """Peer discovery, liveness and spill-over routing between edges.
+
+    ``name`` scopes the mesh: nodes and clients only see members announcing the same name.
+    It keeps unrelated meshes on one network apart; it is not authentication.
+    """
 
     enabled: bool = True
+    name: str = "default"
     zeroconf_interfaces: tuple[str, ...] = ("127.0.0.1",)
     service_type: str = "_edgeloop._tcp.local."
     static_peers: tuple[str, ...] = ()  # "host:port"

@@ -1,8 +1,13 @@
 """Zeroconf (DNS-SD over mDNS) discovery: announce this node, browse for the others.
 
-The TXT record carries what a peer needs before it ever calls us: node id, gRPC and
-metrics ports, protocol version, placement weight, zone and the ready model versions.
+The TXT record carries what a peer needs before it ever calls us: mesh name, node id, gRPC
+and metrics ports, protocol version, placement weight, zone and the ready model versions.
 It is re-published (``update_service``) whenever models load or unload.
+
+A mesh has a name (``mesh.name``): records of another mesh, or with no name, are ignored, so
+unrelated edgeloop processes on one network never join each other's view.  The name scopes;
+it does not authenticate (anyone on the network can announce any name).  The instance name
+is ``<node id>@<mesh name>``, so equal node ids in two meshes do not clash.
 
 Several responders share one host in tests and demos, so everything is bound to the
 configured interfaces, IPv4 only, and lookups ask for multicast answers (QM): with
@@ -21,7 +26,8 @@ import threading
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from edgeloop.mesh.membership import MAX_WEIGHT, PROTOCOL_VERSION, Membership
+from edgeloop.config.mesh import is_mesh_name
+from edgeloop.mesh.membership import DEFAULT_MESH, MAX_WEIGHT, PROTOCOL_VERSION, Membership
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,12 @@ class Announcement:
     weight: float = 1.0
     zone: str = "default"
     models: Mapping[str, Sequence[int]] | None = None
+    mesh_name: str = DEFAULT_MESH
+
+
+def instance_name(node_id: str, mesh_name: str) -> str:
+    """The DNS-SD instance label: unique per (node, mesh), so two meshes may reuse node ids."""
+    return f"{node_id}@{mesh_name}"
 
 
 def encode_models(models: Mapping[str, Sequence[int]]) -> str:
@@ -60,6 +72,7 @@ def decode_models(text: str) -> dict[str, list[int]]:
 
 def txt_properties(a: Announcement) -> dict[str, str]:
     props = {
+        "mesh": a.mesh_name,
         "id": a.node_id,
         "grpc": str(a.grpc_port),
         "metrics": str(a.metrics_port),
@@ -85,8 +98,12 @@ def parse_txt(properties: Mapping[bytes, bytes | None]) -> dict:
             raise ValueError(f"TXT key {key!r} missing, got keys {sorted(props)}")
         return props[key]
 
+    mesh_name = need("mesh")
+    if not is_mesh_name(mesh_name):
+        raise ValueError(f"TXT key 'mesh': got {mesh_name[:200]!r}, expected a mesh name like 'default'")
     try:
         fields = {
+            "mesh_name": mesh_name,
             "node_id": need("id"),
             "grpc_port": int(need("grpc")),
             "metrics_port": int(props.get("metrics", "0") or 0),
@@ -127,8 +144,14 @@ class Discovery:
         service_type: str = "_edgeloop._tcp.local.",
         interfaces: Sequence[str] = ("127.0.0.1",),
         announcement: Announcement | None = None,
+        mesh_name: str = DEFAULT_MESH,
     ):
+        """``mesh_name``: only members announcing this name join ``membership``."""
+        if announcement is not None and announcement.mesh_name != mesh_name:
+            raise ValueError(f"announcement.mesh_name: got {announcement.mesh_name!r}, expected {mesh_name!r} "
+                             "(a node announces the mesh it browses)")
         self.membership = membership
+        self.mesh_name = mesh_name
         self.service_type = service_type
         self.interfaces = list(interfaces)
         self.announcement = announcement
@@ -136,6 +159,7 @@ class Discovery:
         self._info = None
         self._browser = None
         self._names: dict[str, str] = {}  # service name -> node id
+        self._foreign: set[str] = set()  # service names of other meshes, logged once
         self._live_names: set[str] = set()  # announced and not yet said goodbye
         self._jobs: queue.Queue = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -196,11 +220,11 @@ class Discovery:
 
         return ServiceInfo(
             self.service_type,
-            f"{a.node_id}.{self.service_type}",
+            f"{instance_name(a.node_id, a.mesh_name)}.{self.service_type}",
             addresses=_ipv4_addresses(a.host, self.interfaces),
             port=a.grpc_port,
             properties=txt_properties(a),
-            server=f"edgeloop-{a.node_id}.local.",
+            server=f"edgeloop-{a.node_id}-{a.mesh_name}.local.",
         )
 
     def _on_change(self, zeroconf, service_type, name, state_change) -> None:
@@ -235,6 +259,12 @@ class Discovery:
                 continue
             addresses = info.parsed_addresses()
             node_id = fields.pop("node_id")
+            other_mesh = fields.pop("mesh_name")
+            if other_mesh != self.mesh_name:
+                if name not in self._foreign:
+                    self._foreign.add(name)
+                    log.info("ignoring node %s: it is in mesh %r, this is mesh %r", node_id, other_mesh, self.mesh_name)
+                continue
             if node_id == self.membership.self_id:
                 continue
             if not addresses:

@@ -2,9 +2,15 @@
 
 mDNS caches a dead peer's records for minutes, so it cannot say who is alive.  Instead each
 tick sends ``grpc.health.v1.Health/Check`` (short deadline) and ``Peer/Describe`` (models,
-queue depth) to every member; a member is up after a SERVING answer and down after
-``down_after_ms`` without one (at once on an explicit NOT_SERVING: it is draining).
-Seed addresses whose identity is not known yet are resolved with Describe.
+queue depth) to every member.  Three states, told apart because people act on each differently:
+
+* **up**: health ``""`` answers SERVING.  An up node with no model ready yet (an empty repository
+  waiting for the coordinator) is a live member; placement still only picks nodes listing the model.
+* **draining**: health answers, but NOT_SERVING (the node is shutting down); at once, no routing.
+* **down**: no health answer for ``down_after_ms``.
+
+Seed addresses whose identity is not known yet are resolved with Describe.  Every Describe answer
+(seed, member, or members a peer reports) must carry this mesh's name; others are ignored.
 """
 from __future__ import annotations
 
@@ -15,7 +21,8 @@ import time
 import grpc
 
 from edgeloop.mesh.channels import ChannelPool
-from edgeloop.mesh.membership import DOWN, PEER_SOURCE_PREFIX, UP, Membership, describe_fields
+from edgeloop.mesh.membership import (DEFAULT_MESH, DOWN, DRAINING, PEER_SOURCE_PREFIX, STATES, UNKNOWN, UP,
+                                     Membership, describe_fields)
 from edgeloop.protocol import mesh_pb2
 
 log = logging.getLogger(__name__)
@@ -31,9 +38,11 @@ class LivenessMonitor:
         heartbeat_interval_ms: int = 250,
         down_after_ms: int = 1000,
         learn_from_peers: bool = False,
+        mesh_name: str = DEFAULT_MESH,
     ):
         """``learn_from_peers``: also watch the members each peer reports in Describe (what a client
-        given only seed addresses needs to see the whole mesh); their first state is the peer's."""
+        given only seed addresses needs to see the whole mesh); their first state is the peer's.
+        ``mesh_name``: a node whose Describe names another mesh is never added (or is dropped)."""
         from grpc_health.v1 import health_pb2
 
         self._health_pb2 = health_pb2
@@ -43,9 +52,11 @@ class LivenessMonitor:
         self.down_after = down_after_ms / 1000.0
         self.timeout = min(1.0, max(0.1, self.interval))
         self.learn_from_peers = learn_from_peers
+        self.mesh_name = mesh_name
+        self._foreign_seeds: set[str] = set()  # seed addresses answering for another mesh, logged once
         self._seeds: dict[str, str] = {}  # address -> source, until their identity is known
         self._seed_ids: dict[str, str] = {}  # address -> node id once known
-        self._last_ok: dict[str, float] = {}
+        self._last_ok: dict[str, float] = {}  # node id -> last health answer (any status)
         self.remote_epochs: dict[str, int] = {}  # each peer's own membership epoch (from Describe)
         self._in_flight: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -59,6 +70,11 @@ class LivenessMonitor:
         with self._lock:
             self._seeds[address] = source
         self._wake.set()
+
+    def seeds_pending(self) -> int:
+        """Seed addresses that have not answered Describe yet (a foreign-mesh seed stays pending)."""
+        with self._lock:
+            return sum(1 for a in self._seeds if a not in self._seed_ids)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="edgeloop-liveness", daemon=True)
@@ -105,6 +121,19 @@ class LivenessMonitor:
                 if self.membership.set_state(node_id, DOWN):
                     log.info("peer %s is down (no health answer for %.0f ms)", node_id, self.down_after * 1000)
 
+    def _set_state(self, node_id: str, state: str) -> None:
+        """Set a member's state and log the change as people need it (which of the states, and why)."""
+        if not self.membership.set_state(node_id, state):
+            return
+        member = self.membership.get(node_id)
+        if state == UP:
+            if member is not None and member.ready:
+                log.info("peer %s is up", node_id)
+            else:
+                log.info("peer %s is up, no model ready yet (a live member waiting for models)", node_id)
+        elif state == DRAINING:
+            log.info("peer %s is draining (health NOT_SERVING): no new requests go to it", node_id)
+
     def _send(self, tag: tuple[str, str], method, request, on_done) -> None:
         """Fire one RPC unless the previous one with this tag is still pending."""
         with self._lock:
@@ -126,27 +155,33 @@ class LivenessMonitor:
             status = future.result().status
         except grpc.RpcError:
             return  # counted as silence: down once down_after has passed
-        if status == self._health_pb2.HealthCheckResponse.SERVING:
-            self._last_ok[node_id] = time.monotonic()
-            if self.membership.set_state(node_id, UP):
-                log.info("peer %s is up", node_id)
-        elif self.membership.set_state(node_id, DOWN):
-            log.info("peer %s is not serving (draining)", node_id)
+        if self.membership.get(node_id) is None:
+            return  # left while the check was in flight
+        self._last_ok[node_id] = time.monotonic()  # it answers: not down, whatever it says
+        self._set_state(node_id, UP if status == self._health_pb2.HealthCheckResponse.SERVING else DRAINING)
 
     def _on_describe(self, future, node_id: str) -> None:
         try:
             desc = future.result()
         except grpc.RpcError:
             return
-        if desc.node.node_id != node_id or self.membership.get(node_id) is None:
+        member = self.membership.get(node_id)
+        if desc.node.node_id != node_id or member is None:
             return  # another process now answers at that address, or the member left
+        if desc.node.mesh_name != self.mesh_name:
+            log.warning("dropping peer %s: its Describe says mesh %r, this is mesh %r", node_id,
+                        desc.node.mesh_name[:200], self.mesh_name)
+            for source in member.sources:
+                self.membership.remove_source(node_id, source)
+            return
         self.remote_epochs[node_id] = int(desc.membership_epoch)
         fields = describe_fields(desc)
         fields.pop("host")  # keep the address we reached it on
         fields.pop("grpc_port")
-        member = self.membership.get(node_id)
-        self.membership.upsert(node_id, next(iter(member.sources)), **fields)
+        updated = self.membership.upsert(node_id, next(iter(member.sources)), **fields)
         self.membership.set_queue_depth(node_id, desc.queue_depth)
+        if updated.alive and updated.ready != member.ready:
+            log.info("peer %s %s", node_id, "is ready (has models)" if updated.ready else "has no model ready")
         self._learn(node_id, desc)
 
     def _on_seed(self, future, address: str, source: str) -> None:
@@ -159,6 +194,13 @@ class LivenessMonitor:
             with self._lock:
                 self._seed_ids[address] = node_id or "?"
             return
+        if desc.node.mesh_name != self.mesh_name:  # retried: the process there may be reconfigured
+            if address not in self._foreign_seeds:
+                self._foreign_seeds.add(address)
+                log.warning("ignoring %s (node %s): it is in mesh %r, this is mesh %r", address, node_id[:200],
+                            desc.node.mesh_name[:200], self.mesh_name)
+            return
+        self._foreign_seeds.discard(address)
         host, _, port = address.rpartition(":")
         fields = describe_fields(desc)
         fields["host"], fields["grpc_port"] = host.strip("[]"), int(port)
@@ -168,8 +210,7 @@ class LivenessMonitor:
         self.remote_epochs[node_id] = int(desc.membership_epoch)
         self.membership.upsert(node_id, source, **fields)
         self.membership.set_queue_depth(node_id, desc.queue_depth)
-        self.membership.set_state(node_id, UP)
-        self._learn(node_id, desc)
+        self._learn(node_id, desc)  # its state comes from its first health answer, like any member
 
     def _learn(self, peer_id: str, desc) -> None:
         """Add the members ``peer_id`` knows first-hand; forget those it no longer reports."""
@@ -179,13 +220,13 @@ class LivenessMonitor:
         reported = set()
         for state in desc.members:
             node_id = state.node.node_id
-            if not node_id or node_id in (peer_id, self.membership.self_id):
+            if not node_id or node_id in (peer_id, self.membership.self_id) or state.node.mesh_name != self.mesh_name:
                 continue
             reported.add(node_id)
             known = self.membership.get(node_id)
             if known is None:
                 self.membership.upsert(node_id, source, **describe_fields(state))
-                if state.state in (UP, DOWN):
+                if state.state in STATES and state.state != UNKNOWN:
                     self.membership.set_state(node_id, state.state)
             elif source not in known.sources:
                 self.membership.upsert(node_id, source)

@@ -1,7 +1,8 @@
 """The membership view: who is in the mesh, where, serving what, and whether alive.
 
-Discovery (zeroconf, static peers, seeds) adds and removes members; liveness (gRPC health)
-marks them up or down.  Every change that placement can see — a member joining or
+Discovery (zeroconf, static peers, seeds) adds and removes members of this mesh (by name);
+liveness (gRPC health) marks them up, draining or down.  An up member listing no model is
+"not-ready": alive, but placement (which keys on models) never picks it.  Every change that placement can see — a member joining or
 leaving, going up or down, changing weight or models — bumps the epoch.  Queue depths
 change often and are not part of placement, so they do not bump it.
 """
@@ -16,7 +17,10 @@ from typing import Callable, Mapping
 from edgeloop.config.schema import join_host_port
 from edgeloop.mesh.placement import NodeEntry, Placement, Snapshot
 
-UNKNOWN, UP, DOWN = "unknown", "up", "down"
+UNKNOWN, UP, DRAINING, DOWN = "unknown", "up", "draining", "down"
+STATES = (UNKNOWN, UP, DRAINING, DOWN)
+
+DEFAULT_MESH = "default"  # MeshConfig.name's default
 
 PROTOCOL_VERSION = "1"
 MAX_WEIGHT = 1e100  # the largest weight kernels.hrw_assign accepts
@@ -47,7 +51,20 @@ class Member:
 
     @property
     def alive(self) -> bool:
+        """Answering health SERVING (placement candidates); it serves only the ``models`` it lists."""
         return self.state == UP
+
+    @property
+    def ready(self) -> bool:
+        """Alive with at least one model version ready (an alive node with none waits for models)."""
+        return self.alive and any(self.models.values())
+
+    @property
+    def condition(self) -> str:
+        """One word for people and logs: ready, not-ready (alive, no model yet), draining, down, unknown."""
+        if self.state == UP:
+            return "ready" if self.ready else "not-ready"
+        return self.state
 
     @property
     def first_hand(self) -> bool:

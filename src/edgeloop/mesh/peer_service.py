@@ -1,7 +1,8 @@
 """The ``edgeloop.v1.Peer`` service: tells peers (and clients) who this node is.
 
-Describe answers identity, ready model versions, membership epoch and queue depth — what
-static peers and seed-based clients need to join the view, and what spill routing reads.
+Describe answers identity (with the mesh name, which callers check), ready model versions,
+membership epoch and queue depth — what static peers and seed-based clients need to join the
+view, and what spill routing reads.  An empty model list means "alive, no model ready yet".
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Callable, Iterable, Mapping
 
 import grpc
 
-from edgeloop.mesh.membership import PROTOCOL_VERSION
+from edgeloop.mesh.membership import DEFAULT_MESH, PROTOCOL_VERSION
 from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
 
 
@@ -44,7 +45,7 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
                 continue  # passing on second-hand members could keep a departed node alive forever
             state = desc.members.add(state=member.state)
             state.node.CopyFrom(node_identity(member.node_id, member.host, member.grpc_port, member.metrics_port,
-                                              member.weight, member.zone))
+                                              member.weight, member.zone, desc.node.mesh_name))
             for model, versions in sorted(member.models.items()):
                 for v in versions:
                     state.models.add(model=model, version=int(v), state="READY")
@@ -57,6 +58,6 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
 
 
 def node_identity(node_id: str, host: str, grpc_port: int, metrics_port: int, weight: float,
-                  zone: str) -> mesh_pb2.NodeIdentity:
+                  zone: str, mesh_name: str = DEFAULT_MESH) -> mesh_pb2.NodeIdentity:
     return mesh_pb2.NodeIdentity(node_id=node_id, host=host, grpc_port=grpc_port, metrics_port=metrics_port,
-                                 weight=weight, zone=zone, protocol_version=PROTOCOL_VERSION)
+                                 weight=weight, zone=zone, protocol_version=PROTOCOL_VERSION, mesh_name=mesh_name)

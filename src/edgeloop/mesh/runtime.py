@@ -50,13 +50,14 @@ class Mesh:
         self.peer_servicer = PeerServicer(self._identity, models.ready_models, models.queue_depth,
                                           lambda: self.membership.epoch, self.membership.members)
         self.discovery: Discovery | None = None
-        self.liveness = LivenessMonitor(self.membership, self.pool, mesh.heartbeat_interval_ms, mesh.down_after_ms)
+        self.liveness = LivenessMonitor(self.membership, self.pool, mesh.heartbeat_interval_ms, mesh.down_after_ms,
+                                        mesh_name=mesh.name)
         self._started = False
         self._models_lock = threading.Lock()
 
     def _identity(self):
         return node_identity(self.node.id, self.node.host, self.grpc_port, self.metrics_port,
-                             self.node.weight, self.node.zone)
+                             self.node.weight, self.node.zone, self.config.name)
 
     def attach(self, server, servicer=None) -> None:
         """Add the Peer service to ``server`` (before it starts) and route ``servicer``'s requests."""
@@ -73,10 +74,10 @@ class Mesh:
         self._refresh_models()
         self.models.add_listener(lambda *_: self._refresh_models())
         announcement = Announcement(self.node.id, self.node.host, self.grpc_port, self.metrics_port,
-                                    self.node.weight, self.node.zone, self.models.ready_models())
+                                    self.node.weight, self.node.zone, self.models.ready_models(), self.config.name)
         if self.config.zeroconf_interfaces:
             discovery = Discovery(self.membership, self.config.service_type,
-                                  self.config.zeroconf_interfaces, announcement)
+                                  self.config.zeroconf_interfaces, announcement, self.config.name)
             try:
                 discovery.start()
                 self.discovery = discovery
@@ -87,8 +88,9 @@ class Mesh:
             self.liveness.add_seed(address, "static")
         self.liveness.start()
         self._started = True
-        log.info("mesh: node %s joined (service %s on %s, %d static peers)", self.node.id,
-                 self.config.service_type, ",".join(self.config.zeroconf_interfaces), len(self.config.static_peers))
+        log.info("mesh: node %s joined mesh %r (service %s on %s, %d static peers)", self.node.id,
+                 self.config.name, self.config.service_type, ",".join(self.config.zeroconf_interfaces),
+                 len(self.config.static_peers))
 
     def _refresh_models(self) -> None:
         with self._models_lock:
