@@ -15,11 +15,13 @@ goes (key, version, spill, retry) is decided by ``mesh.routing``, the helper ``M
   idempotent); if that next node is this one, it is served here.
 * Forward cap: a forward holds one of this node's gRPC handler threads while it waits on the
   peer, and the peer's threads may all be waiting on us (both nodes forwarding to each other).
-  So at most ``max_forwards`` forwards are in flight at once (``forward_limit``: half the
+  So at most ``max_forwards`` forwards are in flight at once (``forward_limit``: a quarter of the
   handler threads), and the rest of the threads always serve — local requests and the peer's
   forwards, which are never forwarded again — so the cycle cannot close.  Past the cap a request
   is served here when this node has the model (counted in ``local_fallbacks``), else refused at
-  once with RESOURCE_EXHAUSTED.
+  once with RESOURCE_EXHAUSTED.  The cap only bites under overload (a forward normally takes about
+  a millisecond): then a forward, which costs this node and its peer about 2.5 times the CPU of
+  serving the request here, is the first work to shed.
 """
 from __future__ import annotations
 
@@ -39,19 +41,22 @@ log = logging.getLogger(__name__)
 
 FORWARDED = "edgeloop_forwarded"
 DEFAULT_FORWARD_TIMEOUT_S = 30.0
-#: forwards in flight at once when the node's worker count is not known (half of the default 8 workers)
-DEFAULT_MAX_FORWARDS = 4
+#: forwards in flight at once when the node's worker count is not known (``forward_limit`` of the default 8)
+DEFAULT_MAX_FORWARDS = 2
 #: decision-log reason of a request served here because the forward cap was reached
 FORWARD_CAP = "forward-cap"
 
 
 def forward_limit(grpc_workers: int) -> int:
-    """Forwards a node with ``grpc_workers`` handler threads keeps in flight: half of them.
+    """Forwards a node with ``grpc_workers`` handler threads keeps in flight: a quarter of them (at least 1).
 
-    The other half always serve, so two nodes forwarding to each other never wait on each other
-    with every thread.  One worker gives 0: that node never forwards what it can serve itself.
+    Open streams may hold up to half the threads (``servicer.stream_limit``); with forwards capped at
+    a quarter, a quarter still always serves, so two nodes forwarding to each other never wait on
+    each other with every thread.  Never all of them: one worker gives 0 (that node never forwards
+    what it can serve itself).
     """
-    return max(0, int(grpc_workers) // 2)
+    workers = int(grpc_workers)
+    return max(0, min(workers - 1, max(1, workers // 4)))
 
 
 class Router:
@@ -152,7 +157,7 @@ class Router:
             return None
         raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"model {route.model!r}: node {self.self_id!r} does not serve it and already has "
-                            f"{self.max_forwards} forwards in flight (its limit, half of serving.grpc_workers); "
+                            f"{self.max_forwards} forwards in flight (its limit, a quarter of serving.grpc_workers); "
                             f"expected to be retried, or sent to the owner {owner!r} directly")
 
     def _forward(self, node_id: str, request, context):
