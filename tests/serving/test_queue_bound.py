@@ -109,8 +109,8 @@ def test_max_batch_size_beyond_the_worker_pool_is_reported_once_at_load(tmp_path
     write_model(root, "big", 1, build_mlp(seed=5))
     write_model(root, "fits", 1, build_mlp(seed=6))
     with caplog.at_level(logging.WARNING, logger="edgeloop.serving"):
-        start_node(root, models=[ModelConfig(name="big", max_batch_size=16), ModelConfig(name="fits", max_batch_size=4)],
-                   grpc_workers=4)
+        start_node(root, grpc_workers=4,
+                   models=[ModelConfig(name="big", max_batch_size=16), ModelConfig(name="fits", max_batch_size=4)])
     warnings = [r.getMessage() for r in caplog.records if "grpc_workers" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert "'big'" in warnings[0] and "max_batch_size 16" in warnings[0] and "grpc_workers 4" in warnings[0]

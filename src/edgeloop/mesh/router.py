@@ -20,8 +20,8 @@ goes (key, version, spill, retry) is decided by ``mesh.routing``, the helper ``M
   forwards, which are never forwarded again — so the cycle cannot close.  Past the cap a request
   is served here when this node has the model (counted in ``local_fallbacks``), else refused at
   once with RESOURCE_EXHAUSTED.  The cap only bites under overload (a forward normally takes about
-  a millisecond): then a forward, which costs this node and its peer about 2.5 times the CPU of
-  serving the request here, is the first work to shed.
+  a millisecond): then a forward, which costs this node and its peer over twice the CPU of serving
+  the request here (``benchmarks/mesh_forwarding.py`` prints it), is the first work to shed.
 """
 from __future__ import annotations
 

@@ -13,8 +13,10 @@ One execution runs at a time per model version (like one Triton instance): while
 batch forms.  The queue is bounded: with ``max_queue_size`` requests already waiting, the next one is
 refused at once with RESOURCE_EXHAUSTED (naming the model and the limit) instead of waiting on a
 deadline.  A batch merges at most one request per gRPC handler thread, so ``merge_limit_warning``
-tells at load when ``max_batch_size`` is more than the worker pool could ever fill.  Merging concatenates along the batch dimension and slices the outputs; row-wise models
-give bit-identical results (tests check this).
+tells at load when ``max_batch_size`` is more than the worker pool could ever fill.
+
+Merging concatenates along the batch dimension and slices the outputs; row-wise models give
+bit-identical results (tests check this).
 """
 from __future__ import annotations
 
