@@ -257,10 +257,15 @@ def main(argv=None) -> int:
         for n, d in sorted(p["drivers"].items()):
             if d["error_samples"]:
                 print(f"      errors at node {n}: {d['error_samples']}")
-    fwd = r["forwarded"]
-    share = r["forwards"] / fwd["count"] if fwd["count"] else 0.0
-    print(f"  forwarded phase: {r['forwards']} of {fwd['count']} requests served by the key's owner after a hop "
-          f"({share:.0%}); the rest served at the entry node past the forward cap")
+    fwd, loc = r["forwarded"], r["local"]
+    answered = sum(sum(per_model.values()) for per_model in fwd["served"].values())  # warm-up included
+    share = r["forwards"] / answered if answered else 0.0
+    print(f"  forwarded phase: {r['forwards']} of {answered} requests answered by the key's owner after a hop "
+          f"({share:.0%}); the rest by the entry node (forward cap reached)")
+    if fwd["count"] and loc["count"] and fwd["cpu_s"] > 0:
+        efficiency = (loc["cpu_s"] / loc["count"]) / (fwd["cpu_s"] / fwd["count"])
+        print(f"  nodes' CPU per request, local/forwarded: {efficiency:.2f} (throughput per CPU-second; on a "
+              f"shared machine the throughput ratio also moves with the CPU the nodes get)")
     if r["local_stray"]:
         print(f"  WARNING: {r['local_stray']} local-phase requests were forwarded: the key split is not the nodes'")
     print(f"  forwarded/local throughput ratio: {r['ratio']:.2f} (target >= {TARGET_RATIO})")
