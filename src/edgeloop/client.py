@@ -20,8 +20,8 @@ import numpy as np
 
 from edgeloop.mesh.channels import ChannelPool
 from edgeloop.mesh.membership import UNKNOWN, Membership
-from edgeloop.mesh.router import ROUTING_KEY, spill_order
-from edgeloop.protocol.errors import ProtocolError, not_found, unavailable
+from edgeloop.mesh.routing import ROUTING_KEY, NodeGone, route_of, send_with_failover, spill_order
+from edgeloop.protocol.errors import not_found
 
 
 class MeshClient:
@@ -155,42 +155,36 @@ class MeshClient:
         return infer_response_to_numpy(self.infer_request(request))
 
     def infer_request(self, request, routing_key: str | None = None):
-        """Send a ``ModelInferRequest`` to its owner (one retry on the next node); the raw response."""
-        import grpc
+        """Send a ``ModelInferRequest`` to its owner (one retry on the next node); the raw response.
 
+        Routed exactly as a node would route it (``mesh.routing``): a version that is not canonical
+        ("+1", "01", " 1") is refused here with INVALID_ARGUMENT, as every node refuses it.
+        """
+        route = route_of(request, routing_key)
         if routing_key is not None:
             routed = type(request)()  # the caller's message is left as it was
             routed.CopyFrom(request)
             routed.parameters[ROUTING_KEY].string_param = routing_key
             request = routed
-        elif ROUTING_KEY in request.parameters:
-            routing_key = request.parameters[ROUTING_KEY].string_param
-        model = request.model_name
-        version = int(request.model_version) if request.model_version.isdigit() else None
-        key = routing_key if routing_key is not None else (request.id or model)
         placement = self.membership.placement()
-        order = placement.preference(key, model, version)
+        order = placement.preference(route.key, route.model, route.version)
         if not order:
-            raise not_found(f"model {model!r}: no node in the client's view serves it "
+            raise not_found(f"model {route.model!r}: no node in the client's view serves it "
                             f"(epoch {placement.snapshot.epoch}, {len(placement.snapshot.nodes)} nodes up)")
         if self.spill_queue_depth is not None:
             order = spill_order(order, self._depth, self.spill_queue_depth)
-        last_error = None
-        for attempt, node_id in enumerate(order[:2]):
+
+        def send(node_id: str):
+            if node_id != order[0]:
+                with self._lock:
+                    self.retries += 1
             member = self.membership.get(node_id)
             if member is None:
-                continue
-            try:
-                return self.pool.get(member.address).inference.ModelInfer(request, timeout=self.timeout_s)
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise ProtocolError(exc.code(), exc.details() or "") from None
-                last_error = exc
-                if attempt == 0 and len(order) > 1:
-                    with self._lock:
-                        self.retries += 1
-        raise unavailable(f"model {model!r} key {key!r}: {order[:2]} unavailable"
-                          + (f" ({last_error.details()})" if last_error is not None else ""))
+                raise NodeGone(f"node {node_id!r} left the client's view")
+            return self.pool.get(member.address).inference.ModelInfer(request, timeout=self.timeout_s)
+
+        return send_with_failover(order[0], lambda: order, send,
+                                  f"model {route.model!r} key {route.key[:200]!r}")[1]
 
     def _depth(self, node_id: str) -> int:
         member = self.membership.get(node_id)

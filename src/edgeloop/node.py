@@ -56,9 +56,11 @@ class EdgeNode:
         self.models.add_listener(lambda event=None: self._update_health())
         self.mesh = None
         if config.mesh.enabled:  # mesh wiring: Peer service + router now, discovery/heartbeats at start
+            from edgeloop.mesh.router import forward_limit
             from edgeloop.mesh.runtime import Mesh
 
             self.mesh = Mesh(config.node, config.mesh, self.models)
+            self.mesh.router.set_max_forwards(forward_limit(config.serving.grpc_workers))  # never every thread
             self.mesh.attach(self.server, self.servicer)
             self.reflection_service_names.append("edgeloop.v1.Peer")
 

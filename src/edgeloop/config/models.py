@@ -16,10 +16,11 @@ from .schema import GRAPH_OPTIMIZATION_LEVELS, ModelConfig, VersionPolicy
 
 MODEL_KEYS = (
     "version_policy", "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "intra_op_threads",
-    "inter_op_threads", "graph_optimization_level", "execution_providers",
+    "inter_op_threads", "graph_optimization_level", "execution_providers", "max_queue_size",
 )
 MAX_BATCH_LIMIT = 65536
 MAX_QUEUE_DELAY_US_LIMIT = 10_000_000
+MAX_QUEUE_SIZE_LIMIT = 65536
 MAX_THREADS = 1024
 MODEL_NAME_EXPECTATION = ("a model name of 1..128 characters: letters, digits, '_', '-' or '.', "
                           "not starting with '.' or '-'")
@@ -47,6 +48,8 @@ def parse_model_table(table: dict[str, Any], source: str, prefix: str, base: Mod
                                expected=f"an integer in 0..{MAX_BATCH_LIMIT} (0 disables batching)")
     delay = fields.integer("max_queue_delay_us", base.max_queue_delay_us, minimum=0,
                            maximum=MAX_QUEUE_DELAY_US_LIMIT)
+    queue = fields.integer("max_queue_size", base.max_queue_size, minimum=1, maximum=MAX_QUEUE_SIZE_LIMIT,
+                           expected=f"an integer in 1..{MAX_QUEUE_SIZE_LIMIT} (requests waiting for a batch)")
     preferred = base.preferred_batch_sizes
     if fields.has("preferred_batch_sizes"):
         preferred = _batch_sizes(fields, table["preferred_batch_sizes"])
@@ -64,6 +67,7 @@ def parse_model_table(table: dict[str, Any], source: str, prefix: str, base: Mod
         providers = _providers(fields, table["execution_providers"])
     _check_preferred_fit(fields, preferred, max_batch)
     return replace(base, version_policy=policy, max_batch_size=max_batch, max_queue_delay_us=delay,
+                   max_queue_size=queue,
                    preferred_batch_sizes=preferred, intra_op_threads=intra, inter_op_threads=inter,
                    graph_optimization_level=level, execution_providers=providers)
 

@@ -59,6 +59,7 @@ def model_to_data(model: ModelConfig) -> dict[str, Any]:
         "version_policy": version_policy_to_data(model.version_policy),
         "max_batch_size": model.max_batch_size,
         "max_queue_delay_us": model.max_queue_delay_us,
+        "max_queue_size": model.max_queue_size,
         "preferred_batch_sizes": list(model.preferred_batch_sizes),
         "intra_op_threads": model.intra_op_threads,
         "inter_op_threads": model.inter_op_threads,

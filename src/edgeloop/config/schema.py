@@ -30,6 +30,10 @@ class VersionPolicy:
         return tuple(present[-self.latest_n:]) if self.latest_n > 0 else ()
 
 
+#: default ``max_queue_size`` of a model: bounded even where ``grpc_workers`` is raised far above 8
+DEFAULT_MAX_QUEUE_SIZE = 64
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """How one model is served: batching and onnxruntime session options."""
@@ -38,6 +42,8 @@ class ModelConfig:
     version_policy: VersionPolicy = VersionPolicy()
     max_batch_size: int = 0  # 0 = no batching
     max_queue_delay_us: int = 0
+    #: requests that may wait for a batch at once; past it a request gets RESOURCE_EXHAUSTED at once
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     preferred_batch_sizes: tuple[int, ...] = ()
     intra_op_threads: int = 1
     inter_op_threads: int = 1

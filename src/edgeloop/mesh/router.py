@@ -1,7 +1,8 @@
 """Request routing: serve here, or forward (at most one hop) to the node that owns the key.
 
 The inference servicer calls ``maybe_forward(request, context)`` first thing; None means
-"serve it here", anything else is the owner's response, returned unchanged.
+"serve it here", anything else is the owner's response, returned unchanged.  Where a request
+goes (key, version, spill, retry) is decided by ``mesh.routing``, the helper ``MeshClient`` uses too.
 
 * A request with a routing key (request parameter ``routing_key``, a string) goes to the
   key's owner under the current placement; without one it is served here, unless this
@@ -12,10 +13,20 @@ The inference servicer calls ``maybe_forward(request, context)`` first thing; No
   whose queue is not over it takes the request (the owner if all are), deterministically.
 * A forward that fails with UNAVAILABLE is retried once on the next node (inference is
   idempotent); if that next node is this one, it is served here.
+* Forward cap: a forward holds one of this node's gRPC handler threads while it waits on the
+  peer, and the peer's threads may all be waiting on us (both nodes forwarding to each other).
+  So at most ``max_forwards`` forwards are in flight at once (``forward_limit``: a quarter of the
+  handler threads), and the rest of the threads always serve — local requests and the peer's
+  forwards, which are never forwarded again — so the cycle cannot close.  Past the cap a request
+  is served here when this node has the model (counted in ``local_fallbacks``), else refused at
+  once with RESOURCE_EXHAUSTED.  The cap only bites under overload (a forward normally takes about
+  a millisecond): then a forward, which costs this node and its peer over twice the CPU of serving
+  the request here (``benchmarks/mesh_forwarding.py`` prints it), is the first work to shed.
 """
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable, Mapping
 
 import grpc
@@ -23,49 +34,29 @@ import grpc
 from edgeloop.mesh.channels import ChannelPool
 from edgeloop.mesh.decision_log import DecisionLog
 from edgeloop.mesh.membership import Membership
-from edgeloop.protocol.errors import ProtocolError, invalid_argument, not_found, unavailable
+from edgeloop.mesh.routing import ROUTING_KEY, NodeGone, route_of, routing_key_of, send_with_failover, spill_order
+from edgeloop.protocol.errors import ProtocolError, not_found
 
 log = logging.getLogger(__name__)
 
-ROUTING_KEY = "routing_key"
 FORWARDED = "edgeloop_forwarded"
 DEFAULT_FORWARD_TIMEOUT_S = 30.0
+#: forwards in flight at once when the node's worker count is not known (``forward_limit`` of the default 8)
+DEFAULT_MAX_FORWARDS = 2
+#: decision-log reason of a request served here because the forward cap was reached
+FORWARD_CAP = "forward-cap"
 
 
-def routing_key_of(request) -> str | None:
-    """The request's ``routing_key`` parameter; INVALID_ARGUMENT when it is not a string."""
-    params = request.parameters
-    if ROUTING_KEY not in params:
-        return None
-    param = params[ROUTING_KEY]
-    if param.WhichOneof("parameter_choice") != "string_param":
-        raise invalid_argument(
-            f"parameters[{ROUTING_KEY!r}]: got {param.WhichOneof('parameter_choice')}, expected string_param")
-    return param.string_param
+def forward_limit(grpc_workers: int) -> int:
+    """Forwards a node with ``grpc_workers`` handler threads keeps in flight: a quarter of them (at least 1).
 
-
-def version_of(request) -> int | None:
-    """The requested model version as an int (None: any); None too when it is not an integer."""
-    text = request.model_version
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return None  # served here, where the servicer reports the bad version
-
-
-def spill_order(preference: list[str], depth_of: Callable[[str], int], limit: int | None) -> list[str]:
-    """Preference list rotated so the first node whose queue is within ``limit`` leads.
-
-    Nodes before it stay at the end (in order) so a failure can still fall back to them.
+    Open streams may hold up to half the threads (``servicer.stream_limit``); with forwards capped at
+    a quarter, a quarter still always serves, so two nodes forwarding to each other never wait on
+    each other with every thread.  Never all of them: one worker gives 0 (that node never forwards
+    what it can serve itself).
     """
-    if limit is None:
-        return preference
-    for i, node in enumerate(preference):
-        if depth_of(node) <= limit:
-            return preference[i:] + preference[:i]
-    return preference
+    workers = int(grpc_workers)
+    return max(0, min(workers - 1, max(1, workers // 4)))
 
 
 class Router:
@@ -79,6 +70,7 @@ class Router:
         local_queue_depth: Callable[[], int] = lambda: 0,
         spill_queue_depth: int | None = None,
         decision_log: DecisionLog | None = None,
+        max_forwards: int = DEFAULT_MAX_FORWARDS,
     ):
         self.self_id = self_id
         self.membership = membership
@@ -87,7 +79,17 @@ class Router:
         self.spill_queue_depth = spill_queue_depth
         self.decision_log = decision_log
         self._local_models: dict[str, frozenset[int]] = {}
+        self._counts = threading.Lock()
         self.forwarded = 0  # requests this node sent on (for status and tests)
+        self.local_fallbacks = 0  # requests served here because the forward cap was reached
+        self.set_max_forwards(max_forwards)
+
+    def set_max_forwards(self, limit: int) -> None:
+        """Cap forwards in flight at ``limit`` (see ``forward_limit``); call before serving starts."""
+        if limit < 0:
+            raise ValueError(f"max_forwards={limit}; expected >= 0")
+        self.max_forwards = int(limit)
+        self._forward_slots = threading.BoundedSemaphore(limit) if limit > 0 else None
 
     def set_local_models(self, models: Mapping[str, list[int]]) -> None:
         self._local_models = {m: frozenset(vs) for m, vs in models.items() if vs}
@@ -109,15 +111,11 @@ class Router:
             return None
         if self.self_id not in self.membership:
             return None  # the mesh has not started yet (or has stopped): serve alone
-        key = routing_key_of(request)
-        model = request.model_name
-        version = version_of(request)
+        route = route_of(request)
+        model, version, route_key = route.model, route.version, route.key
         local = self._serves_locally(model, version)
-        if key is None and local:
+        if not route.keyed and local:
             return None
-        if request.model_version and version is None:
-            return None  # not an integer version: the servicer says so
-        route_key = key if key is not None else (request.id or model)
         placement = self.membership.placement()
         owner = placement.owner(route_key, model, version)
         if owner is None:
@@ -134,38 +132,46 @@ class Router:
         if chosen == self.self_id:
             self._log(placement, route_key, model, version, owner, chosen, reason)
             return None
+        slots = self._forward_slots
+        if slots is None or not slots.acquire(blocking=False):
+            return self._over_cap(placement, route, owner, local)
         try:
-            response = self._forward(chosen, request, context)
-            self._log(placement, route_key, model, version, owner, chosen, reason)
-            return response
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                raise ProtocolError(exc.code(), exc.details() or f"forward to {chosen!r} failed") from None
-            first_error = exc
-        if order is None:
-            order = placement.preference(route_key, model, version)
-        rest = [n for n in order if n != chosen]
-        if not rest:
-            raise unavailable(f"model {model!r}: node {chosen!r} is unavailable ({first_error.details()}) "
-                              f"and no other node serves it")
-        fallback = rest[0]
-        self._log(placement, route_key, model, version, owner, fallback, "unavailable")
-        if fallback == self.self_id:
+            served_by, response = send_with_failover(
+                chosen, lambda: order or placement.preference(route_key, model, version),
+                lambda node_id: self._forward(node_id, request, context),
+                f"model {model!r} key {route_key[:200]!r}")
+        finally:
+            slots.release()
+        self._log(placement, route_key, model, version, owner, served_by,
+                  reason if served_by == chosen else "unavailable")
+        return response
+
+    def _over_cap(self, placement, route, owner: str, local: bool):
+        """Every forward slot is taken: serve here if this node can, else refuse at once."""
+        if local:
+            with self._counts:
+                self.local_fallbacks += 1
+            log.debug("forward cap %d reached: serving model %r key %r here instead of on %r",
+                      self.max_forwards, route.model, route.key, owner)
+            self._log(placement, route.key, route.model, route.version, owner, self.self_id, FORWARD_CAP)
             return None
-        try:
-            return self._forward(fallback, request, context)
-        except grpc.RpcError as exc:
-            raise ProtocolError(exc.code(), f"forward to {fallback!r} after {chosen!r} was unavailable: "
-                                f"{exc.details()}") from None
+        raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"model {route.model!r}: node {self.self_id!r} does not serve it and already has "
+                            f"{self.max_forwards} forwards in flight (its limit, a quarter of serving.grpc_workers); "
+                            f"expected to be retried, or sent to the owner {owner!r} directly")
 
     def _forward(self, node_id: str, request, context):
+        """The peer's answer, or ``None`` when ``node_id`` is this node (a fallback that lands here)."""
+        if node_id == self.self_id:
+            return None
         member = self.membership.get(node_id)
         if member is None:
-            raise _Unavailable(f"node {node_id!r} left the mesh")
+            raise NodeGone(f"node {node_id!r} left the mesh")
         request.parameters[FORWARDED].bool_param = True
         remaining = context.time_remaining() if context is not None else None
         timeout = DEFAULT_FORWARD_TIMEOUT_S if remaining is None else min(remaining, DEFAULT_FORWARD_TIMEOUT_S)
-        self.forwarded += 1
+        with self._counts:
+            self.forwarded += 1
         return self.pool.get(member.address).inference.ModelInfer(request, timeout=timeout)
 
     def _log(self, placement, key, model, version, owner, served_by, reason) -> None:
@@ -173,15 +179,5 @@ class Router:
             self.decision_log.decision(placement, key, model, version, owner, served_by=served_by, reason=reason)
 
 
-class _Unavailable(grpc.RpcError):
-    """A forward target vanished between placement and the call: treated like UNAVAILABLE."""
-
-    def __init__(self, details: str):
-        super().__init__(details)
-        self._details = details
-
-    def code(self):
-        return grpc.StatusCode.UNAVAILABLE
-
-    def details(self):
-        return self._details
+__all__ = ["DEFAULT_MAX_FORWARDS", "FORWARDED", "FORWARD_CAP", "ROUTING_KEY", "Router", "forward_limit",
+           "routing_key_of", "spill_order"]

@@ -10,8 +10,13 @@ outputs back, wakes the followers with their slices and hands leadership to the 
 Requests that cannot be merged (other non-batch dims) stay queued for the next leader.
 
 One execution runs at a time per model version (like one Triton instance): while it runs, the next
-batch forms.  Merging concatenates along the batch dimension and slices the outputs; row-wise models
-give bit-identical results (tests check this).
+batch forms.  The queue is bounded: with ``max_queue_size`` requests already waiting, the next one is
+refused at once with RESOURCE_EXHAUSTED (naming the model and the limit) instead of waiting on a
+deadline.  A batch merges at most one request per gRPC handler thread, so ``merge_limit_warning``
+tells at load when ``max_batch_size`` is more than the worker pool could ever fill.
+
+Merging concatenates along the batch dimension and slices the outputs; row-wise models give
+bit-identical results (tests check this).
 """
 from __future__ import annotations
 
@@ -19,7 +24,11 @@ import threading
 from collections.abc import Callable, Sequence
 from time import perf_counter_ns
 
+import grpc
 import numpy as np
+
+from edgeloop.config.schema import DEFAULT_MAX_QUEUE_SIZE
+from edgeloop.protocol.errors import ProtocolError
 
 
 class _Slot:
@@ -57,14 +66,21 @@ class DynamicBatcher:
     """Merges concurrent requests of one model version into shared onnxruntime runs.
 
     ``run(feeds) -> list[np.ndarray]`` executes the model (all outputs, in a fixed order);
-    ``on_execution(batch_size, input_ns, infer_ns, output_ns)`` is told about every run.
+    ``on_execution(batch_size, input_ns, infer_ns, output_ns)`` is told about every run.  At most
+    ``max_queue_size`` requests wait at once; ``what`` (e.g. "model 'mlp' version 1") names the model
+    when one more is refused.
     """
 
     def __init__(self, run: Callable[[dict], list], input_names: Sequence[str], max_batch_size: int,
                  max_queue_delay_us: int = 0, preferred_batch_sizes: Sequence[int] = (),
-                 on_execution: Callable[[int, int, int, int], None] | None = None) -> None:
+                 on_execution: Callable[[int, int, int, int], None] | None = None,
+                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, what: str = "model") -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size}; expected >= 1 for a dynamic batcher")
+        if max_queue_size < 1:
+            raise ValueError(f"max_queue_size={max_queue_size}; expected >= 1")
+        self.max_queue_size = max_queue_size
+        self.what = what
         self._run = run
         self._input_names = tuple(input_names)
         self.max_batch_size = max_batch_size
@@ -85,6 +101,8 @@ class DynamicBatcher:
                 self._busy = True
                 slot = None
             else:
+                if len(self._queue) >= self.max_queue_size:
+                    raise self._full()
                 slot = _Slot(feeds, batch, key, t_enqueue)
                 self._queue.append(slot)
                 if self._leader is None:
@@ -102,7 +120,18 @@ class DynamicBatcher:
                 return BatchResult(slot.outputs, slot.queue_ns, slot.input_ns, slot.infer_ns)
         return self._lead(slot)
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch now (not counting the one running)."""
+        return len(self._queue)
+
     # ------------------------------------------------------------------------------ internals
+    def _full(self) -> ProtocolError:
+        return ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"{self.what}: its batch queue is full ({self.max_queue_size} requests waiting; "
+                             f"max_queue_size is {self.max_queue_size}); expected fewer concurrent requests: "
+                             f"retry later, on another node, or raise max_queue_size")
+
     def _run_alone(self, feeds: dict, batch: int) -> BatchResult:
         try:
             t0 = perf_counter_ns()
@@ -193,4 +222,17 @@ class DynamicBatcher:
         self._on_execution(sum(s.batch for s in group), t1 - t0, t2 - t1, t3 - t2)
 
 
-__all__ = ["BatchResult", "DynamicBatcher"]
+def merge_limit_warning(max_batch_size: int, grpc_workers: int) -> str | None:
+    """Why ``max_batch_size`` is out of reach of ``grpc_workers`` handler threads, or None when it is not.
+
+    Each waiting request holds one handler thread, so a batch merges at most ``grpc_workers``
+    requests; a larger ``max_batch_size`` fills only when requests carry several rows each.
+    """
+    if max_batch_size <= grpc_workers:
+        return None
+    return (f"max_batch_size {max_batch_size} is more than serving.grpc_workers {grpc_workers}: a batch merges at "
+            f"most {grpc_workers} concurrent requests (one per handler thread), so it reaches {max_batch_size} rows "
+            f"only when requests carry several rows each; raise grpc_workers or lower max_batch_size")
+
+
+__all__ = ["BatchResult", "DynamicBatcher", "merge_limit_warning"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from edgeloop.protocol import inference_pb2
 from edgeloop.protocol.errors import (ProtocolError, failed_precondition, invalid_argument, not_found,
                                       unavailable)
+from edgeloop.serving.batcher import merge_limit_warning
 from edgeloop.serving.metrics import ServingMetrics
 from edgeloop.serving.model_version import ModelVersion
 from edgeloop.serving.repository import (MANIFEST_FILE, MODEL_FILE, ModelRepository, RepositoryError,
@@ -102,7 +103,7 @@ class ModelManager:
                          f"{', '.join(map(repr, self.known_models())) or '(none)'}")
 
     def _resolve_version(self, name: str, version: str, served: _Served) -> ModelVersion:
-        number = parse_version(version.strip())
+        number = parse_version(version)
         if number is None:
             raise invalid_argument(f"model_version {version!r} for model {name!r}; expected a positive integer "
                                    f"or empty for the latest ready version")
@@ -376,6 +377,9 @@ class ModelManager:
             raise LoadError(str(exc)) from None
         mv = ModelVersion(name, version, session, signature, config, fingerprint,
                           self.metrics.for_version(name, str(version)))
+        too_big = merge_limit_warning(config.max_batch_size, self.config.grpc_workers) if config.batching else None
+        if too_big:
+            log.warning("%s: %s", what, too_big)
         try:
             mv.warm_up()
         except Exception as exc:

@@ -59,7 +59,8 @@ class ModelVersion:
         if config.max_batch_size > 0:
             self._batcher = DynamicBatcher(
                 self._run_all, self._input_names, config.max_batch_size, config.max_queue_delay_us,
-                config.preferred_batch_sizes, self._on_execution)
+                config.preferred_batch_sizes, self._on_execution, max_queue_size=config.max_queue_size,
+                what=self.what)
 
     # ---------------------------------------------------------------------------- lifecycle
     def warm_up(self) -> None:

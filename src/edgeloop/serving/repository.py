@@ -12,10 +12,11 @@ import os
 import re
 from pathlib import Path
 
+from edgeloop.protocol.versions import parse_version  # the one version parser (re-exported)
+
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-_VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")
 
 
 class RepositoryError(Exception):
@@ -25,11 +26,6 @@ class RepositoryError(Exception):
 def valid_model_name(name: str) -> bool:
     """Model names are plain directory names: letters, digits, ``_ . -``, not starting with a dot."""
     return bool(_NAME_RE.match(name)) and name not in (".", "..")
-
-
-def parse_version(text: str) -> int | None:
-    """The positive integer a version directory or field names, else None."""
-    return int(text) if _VERSION_RE.match(text) else None
 
 
 def atomic_write(path: Path, data: bytes) -> None:
