@@ -101,7 +101,7 @@ def test_config_file_with_flag_overrides(tmp_path):
         if proc.poll() is None:
             proc.kill()
     err = proc.stderr.read()
-    assert "edge-a" in err and "max_batch_size=64" in err  # node id and model defaults from the file
+    assert "edge-a" in err and "max_batch_size=8" in err  # node id and model defaults from the file
 
 
 def test_bad_flag_value_is_reported(capsys):

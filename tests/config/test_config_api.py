@@ -80,7 +80,7 @@ def test_override_of_a_default_reaches_models_that_do_not_set_it():
     base = load_edge_config(EXAMPLE)
     changed = base.with_overrides(**{"serving.model_defaults.max_queue_delay_us": 100})
     assert changed.serving.model("demo_mlp").max_queue_delay_us == 100
-    assert changed.serving.model("demo_mlp").preferred_batch_sizes == (16, 32)
+    assert changed.serving.model("demo_mlp").preferred_batch_sizes == (4, 8)
 
 
 def test_bad_override_is_reported_against_flags():

@@ -18,12 +18,12 @@ def test_each_edge_example_loads_with_batching_on_loopback():
         assert (config.node.grpc_port, config.node.metrics_port) == ports[config.node.id]
         assert config.node.host == "127.0.0.1"
         assert config.mesh.zeroconf_interfaces == ("127.0.0.1",)
-        assert config.serving.model_defaults.max_batch_size == 64
+        assert config.serving.model_defaults.max_batch_size == 8
         assert config.serving.model_defaults.max_queue_delay_us == 500
         assert config.serving.model_repository == (EXAMPLES.parent / ".edgeloop" / config.node.id / "models")
         assert config.coordinator_address == "127.0.0.1:7001"
         mlp = config.serving.model("demo_mlp")
-        assert mlp.preferred_batch_sizes == (16, 32) and mlp.max_batch_size == 64
+        assert mlp.preferred_batch_sizes == (4, 8) and mlp.max_batch_size == 8
 
 
 def test_cloud_example_loads():

@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 
 from edgeloop.config.mesh import is_mesh_name
 from edgeloop.mesh.membership import DEFAULT_MESH, MAX_WEIGHT, PROTOCOL_VERSION, Membership
+from edgeloop.protocol.versions import parse_version
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,10 @@ def decode_models(text: str) -> dict[str, list[int]]:
         name, sep, versions = part.rpartition(":")
         if not sep or not name:
             raise ValueError(f"TXT 'models': part {part!r}, expected 'name:v1,v2'")
-        models[name] = [int(v) for v in versions.split(",") if v]
+        parsed = [parse_version(v) for v in versions.split(",") if v]
+        if None in parsed:
+            raise ValueError(f"TXT 'models': part {part[:200]!r}, expected versions that are positive integers")
+        models[name] = parsed
     return models
 
 
@@ -113,7 +117,7 @@ def parse_txt(properties: Mapping[bytes, bytes | None]) -> dict:
             "models": decode_models(props.get("models", "")),
         }
     except ValueError as exc:
-        raise ValueError(f"bad TXT record {props}: {exc}") from None
+        raise ValueError(f"bad TXT record {str(props)[:400]}: {exc}") from None
     if not 0 < fields["grpc_port"] < 65536:
         raise ValueError(f"TXT key 'grpc': got {fields['grpc_port']}, expected a port in 1..65535")
     if not (math.isfinite(fields["weight"]) and 0 < fields["weight"] <= MAX_WEIGHT):  # else placement raises
