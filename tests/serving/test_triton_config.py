@@ -94,7 +94,7 @@ def test_config_version_policy(tmp_path, start_node, policy, expected):
     ("[1, 2]", ["JSON array", "expected Triton's model configuration as a JSON object"]),
     ({"backend": "tensorflow"}, ["backend is 'tensorflow'", "'onnxruntime'"]),
     ({"platform": "pytorch_libtorch"}, ["platform is 'pytorch_libtorch'", "'onnxruntime_onnx'"]),
-    ({"max_batch_size": -1}, ["max_batch_size is -1", "expected an integer >= 0"]),
+    ({"max_batch_size": -1}, ["max_batch_size is -1", "expected an integer in 0..65536"]),
     ({"max_batch_size": "eight"}, ["max_batch_size is \"eight\"", "expected an integer"]),
     ({"max_batch_size": 4, "dynamic_batching": {"preferred_batch_size": [8]}},
      ["preferred_batch_size is [8]", "<= max_batch_size 4"]),

@@ -102,7 +102,8 @@ class ModelManager:
             states = self._states.get(name, {})
             reasons = "; ".join(f"version {v}: {s}{' (' + r + ')' if r else ''}" for v, (s, r) in sorted(states.items()))
             return unavailable(f"model {name!r} is not ready{': ' + reasons if reasons else ''}")
-        return not_found(f"model_name {name!r} is not a known model; expected one of {self._known_list()}")
+        return not_found(f"model_name {name!r} is not a known model; expected one of "
+                         f"{self._known_list()}")
 
     def _known_list(self, limit: int = 20) -> str:
         """The known models for a message: the first ``limit`` names, then how many more."""
