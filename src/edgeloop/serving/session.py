@@ -29,7 +29,10 @@ def _children(message, where: str):
     for field, value in message.ListFields():
         if field.type != field.TYPE_MESSAGE:
             continue
-        if field.is_repeated:
+        if field.name == "attribute":  # attributes by name: node[0].attribute['then_branch'].g
+            for item in value:
+                yield item, f"{where}.attribute[{quote(item.name, 60)}]"
+        elif field.is_repeated:
             for i, item in enumerate(value):
                 yield item, f"{where}.{field.name}[{i}]"
         else:
