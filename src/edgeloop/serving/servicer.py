@@ -35,6 +35,7 @@ SERVICE = "inference.GRPCInferenceService"
 _FILE_PREFIX = "file:"
 _CONFIG_KEY = "config"
 _UNLOAD_DEPENDENTS = "unload_dependents"
+_ID_ECHO = 1024  # characters of a failed stream request's id echoed back
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
@@ -136,10 +137,12 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 response = self._infer(request, context)
             except ProtocolError as exc:
-                yield inference_pb2.ModelStreamInferResponse(
+                name = request.model_name
+                yield inference_pb2.ModelStreamInferResponse(  # echoes identify the request, if they are sane
                     error_message=f"{exc.code.name}: {exc.message}",
                     infer_response=inference_pb2.ModelInferResponse(
-                        model_name=request.model_name, model_version=request.model_version, id=request.id))
+                        model_name=name if valid_model_name(name) else "",
+                        model_version=request.model_version[:32], id=request.id[:_ID_ECHO]))
                 continue
             except Exception as exc:  # a stream must survive anything one request does
                 log.exception("stream request %s failed", quote(request.id))
