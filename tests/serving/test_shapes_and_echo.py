@@ -154,5 +154,5 @@ def test_oversized_names_are_cut_in_every_rpc(node):
         with pytest.raises(grpc.RpcError) as err:
             call()
         assert err.value.code() == INVALID, err.value.details()[:300]
-        assert re.search(rf"\({HUGE}\d? characters in all\)", err.value.details()), err.value.details()[:300]
+        assert re.search(rf"\(({HUGE}|{HUGE + 5}) characters in all\)", err.value.details()), err.value.details()[:300]
         assert len(err.value.details()) < 1000
