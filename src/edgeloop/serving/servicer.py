@@ -21,7 +21,7 @@ import grpc
 
 import edgeloop
 from edgeloop.protocol import inference_pb2, inference_pb2_grpc
-from edgeloop.protocol.errors import ProtocolError, invalid_argument, quote, resource_exhausted, unavailable
+from edgeloop.protocol.errors import ProtocolError, invalid_argument, quote, unavailable
 from edgeloop.serving.manager import invalid_name
 from edgeloop.serving.repository import valid_model_name
 
