@@ -129,6 +129,15 @@ def test_external_data_is_found_wherever_a_tensor_can_hide():
     assert [loc for _w, loc in external_data_references(only_flagged)] == [""]
 
 
+def test_an_ep_context_node_naming_a_cache_file_is_found():
+    model = build_mlp()
+    model.graph.node.append(helper.make_node("EPContext", [], ["ctx"], domain="com.microsoft", embed_mode=0,
+                                             ep_cache_context="../../cache.bin", name="ctx0"))
+    assert external_data_references(model) == [("model.graph.node[3] (EPContext node 'ctx0')", "../../cache.bin")]
+    model.graph.node[3].attribute[0].i = 1  # embedded: the bytes are in the model itself
+    assert external_data_references(model) == []
+
+
 def test_a_pushed_model_with_external_data_in_a_subgraph_is_refused(repo, start_node):
     handle = start_node(repo)
     data = model_with_everything_external().SerializeToString()

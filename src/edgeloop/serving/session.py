@@ -45,11 +45,12 @@ def external_data_references(model) -> list[tuple[str, str]]:
     Walks every message of the model, not a list of known places: initializers, sparse
     initializers, Constant attributes, the subgraphs of If/Loop/Scan at any depth, local functions
     and training info are all covered.  Iterative: protobuf's nesting limit bounds the depth anyway.
+    An onnxruntime ``EPContext`` node with ``embed_mode=0`` names a cache file too, and is reported.
     """
     import onnx
 
     external = onnx.TensorProto.EXTERNAL
-    tensor_type = onnx.TensorProto
+    tensor_type, node_type = onnx.TensorProto, onnx.NodeProto
     found = []
     stack = [(model, "model")]
     while stack:
@@ -59,6 +60,12 @@ def external_data_references(model) -> list[tuple[str, str]]:
                 entries = {e.key: e.value for e in message.external_data}
                 found.append((f"{where} (tensor {quote(message.name)})", entries.get("location", "")))
             continue
+        if isinstance(message, node_type) and message.op_type == "EPContext":
+            attributes = {a.name: a for a in message.attribute}
+            if "embed_mode" in attributes and attributes["embed_mode"].i == 0:
+                cache = attributes.get("ep_cache_context")
+                found.append((f"{where} (EPContext node {quote(message.name)})",
+                              cache.s.decode("utf-8", "replace") if cache is not None else ""))
         stack.extend(_children(message, where))
     return found
 
