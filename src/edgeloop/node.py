@@ -16,7 +16,7 @@ from edgeloop.serving.manager import ModelManager
 from edgeloop.serving.metrics import ServingMetrics
 from edgeloop.serving.repository import ModelRepository
 from edgeloop.serving.server import create_grpc_server
-from edgeloop.serving.servicer import InferenceServicer, stream_limit
+from edgeloop.serving.servicer import InferenceServicer, add_to_server, stream_limit
 
 log = logging.getLogger("edgeloop.node")
 
@@ -31,14 +31,12 @@ class EdgeNode:
     def __init__(self, config) -> None:
         from grpc_health.v1 import health, health_pb2_grpc
 
-        from edgeloop.protocol import inference_pb2_grpc
-
         self.config = config
         self.metrics = ServingMetrics()
         self.models = ModelManager(ModelRepository(config.serving.model_repository), config.serving, self.metrics)
         self.servicer = InferenceServicer(self.models, max_streams=stream_limit(config.serving.grpc_workers))
         self.server = create_grpc_server(config.serving)
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+        add_to_server(self.servicer, self.server)  # raw-bytes requests: parse errors get INVALID_ARGUMENT
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         #: full names of services offered by reflection; others may append before ``start()``

@@ -129,3 +129,70 @@ def test_typed_errors():
     t.contents.int64_contents.append(1)
     with pytest.raises(ProtocolError, match="int64_contents is set for datatype FP32"):
         decode_input(t, None)
+
+
+# ------------------------------------------------------------------------------- byte order
+LITTLE_ENDIAN_FORMATS = {"UINT16": "<H", "UINT32": "<I", "UINT64": "<Q", "INT16": "<h", "INT32": "<i",
+                         "INT64": "<q", "FP16": "<e", "FP32": "<f", "FP64": "<d"}
+
+
+@pytest.mark.parametrize("datatype, fmt", LITTLE_ENDIAN_FORMATS.items())
+@pytest.mark.parametrize("order", ["<", ">", "="], ids=["little", "big", "native"])
+def test_raw_bytes_are_little_endian_whatever_the_array_byte_order(datatype, fmt, order):
+    values = [1, 2, 300] if datatype != "FP16" else [1.5, -2.0, 0.25]
+    array = np.array(values, dtype=DATATYPES[datatype].dtype.newbyteorder(order))
+    tensor, data = numpy_to_infer_input("t", array)
+    assert tensor.datatype == datatype
+    assert data == struct.pack(f"<{len(values)}{fmt[1]}", *values)
+    decoded = decode_input(tensor, data)
+    assert decoded.dtype.byteorder in ("<", "=") and decoded.dtype.newbyteorder("<") == decoded.dtype
+    assert decoded.tolist() == values
+
+
+def test_every_multi_byte_datatype_is_spelled_little_endian():
+    for name, dt in DATATYPES.items():
+        if dt.itemsize > 1:
+            assert dt.dtype.str.startswith("<"), (name, dt.dtype.str)
+
+
+def test_decoding_reads_little_endian_bytes():
+    raw = struct.pack("<3i", 1, -2, 70000)
+    tensor = inference_pb2.ModelInferRequest.InferInputTensor(name="x", datatype="INT32", shape=[3])
+    assert decode_input(tensor, raw).tolist() == [1, -2, 70000]
+
+
+# --------------------------------------------------------------------------- shapes, echoes
+@pytest.mark.parametrize("shape, needle", [
+    ([0, 2**62], "spans more than 4294967296 elements"),
+    ([2**40, 0], "spans more than 4294967296 elements"),
+    ([2**16, 2**16, 2], "spans more than 4294967296 elements"),
+    ([3, -1], "negative dimension -1"),
+])
+def test_element_count_bounds_every_dimension_even_with_a_zero(shape, needle):
+    from edgeloop.protocol.codec import element_count
+
+    with pytest.raises(ProtocolError) as err:
+        element_count(shape, "input 'x'")
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and needle in err.value.message
+
+
+def test_element_count_of_sane_shapes():
+    from edgeloop.protocol.codec import element_count
+
+    assert element_count([0, 5], "x") == 0 and element_count([2, 3], "x") == 6 and element_count([], "x") == 1
+    assert element_count([2**16, 2**16], "x") == 2**32
+
+
+def test_a_long_shape_is_refused_quickly_and_quoted_short():
+    from edgeloop.protocol.codec import element_count
+
+    with pytest.raises(ProtocolError) as err:
+        element_count([2**20] * 1_000_000, "x")  # stops at the first product over the limit
+    assert "(1000000 dimensions in all)" in err.value.message and len(err.value.message) < 400
+
+
+def test_unsupported_datatype_is_quoted_short():
+    tensor = inference_pb2.ModelInferRequest.InferInputTensor(name="n" * 5000, datatype="D" * 5000, shape=[1])
+    with pytest.raises(ProtocolError) as err:
+        decode_input(tensor, b"\0")
+    assert "(5000 characters in all)" in err.value.message and len(err.value.message) < 1000

@@ -94,7 +94,7 @@ def test_config_version_policy(tmp_path, start_node, policy, expected):
     ("[1, 2]", ["JSON array", "expected Triton's model configuration as a JSON object"]),
     ({"backend": "tensorflow"}, ["backend is 'tensorflow'", "'onnxruntime'"]),
     ({"platform": "pytorch_libtorch"}, ["platform is 'pytorch_libtorch'", "'onnxruntime_onnx'"]),
-    ({"max_batch_size": -1}, ["max_batch_size is -1", "expected an integer >= 0"]),
+    ({"max_batch_size": -1}, ["max_batch_size is -1", "expected an integer in 0..65536"]),
     ({"max_batch_size": "eight"}, ["max_batch_size is \"eight\"", "expected an integer"]),
     ({"max_batch_size": 4, "dynamic_batching": {"preferred_batch_size": [8]}},
      ["preferred_batch_size is [8]", "<= max_batch_size 4"]),
@@ -208,3 +208,50 @@ def test_model_config_errors_name_the_field(repo, start_node, name, version, cod
     with pytest.raises(grpc.RpcError) as err:
         model_config(handle, name, version)
     assert err.value.code() == code and needle in err.value.details()
+
+
+@pytest.mark.parametrize("config, needles", [
+    ("[" * 100_000 + "]" * 100_000, ["holds 200000 characters", "at most 65536"]),
+    ("[" * 30_000 + "]" * 30_000, ["nested 30000 levels deep", "at most 32"]),
+    ('{"a": ' * 10_000, ["nested 10000 levels deep", "at most 32"]),
+    ('{"max_batch_size": ' + "9" * 5000 + "}", ["more than 4300 digits"]),
+    ({"max_batch_size": 2**31}, ["max_batch_size is 2147483648", "0..65536"]),
+    ({"max_batch_size": "2147483648"}, ["max_batch_size is \"2147483648\"", "0..65536"]),
+    ({"max_batch_size": 8.0}, ["max_batch_size is 8.0", "an integer in 0..65536"]),
+    ({"max_batch_size": True}, ["max_batch_size is true", "an integer"]),
+    ({"max_batch_size": "\u00b2"}, ["max_batch_size is", "an integer"]),
+    ({"dynamic_batching": {"max_queue_delay_microseconds": 10**17}},
+     ["max_queue_delay_microseconds is 100000000000000000", "0..10000000"]),
+    ({"dynamic_batching": {"preferred_batch_size": [2**31]}}, ["preferred_batch_size[0] is 2147483648", "1..65536"]),
+    ({"dynamic_batching": {"preferred_batch_size": [2, 2]}}, ["preferred_batch_size is [2, 2]", "distinct"]),
+    ({"dynamic_batching": []}, ["dynamic_batching holds a JSON array"]),
+    ({"version_policy": {"latest": {"num_versions": 2**32}}}, ["num_versions is 4294967296", "1..4294967295"]),
+    ({"version_policy": {"specific": {"versions": [10**18]}}}, ["versions[0] is 1000000000000000000",
+                                                                "1..999999999999999999"]),
+    ({"version_policy": "latest"}, ["version_policy is \"latest\"", "expected exactly one of"]),
+    ({"name": "x" * 60_000}, ["name is 'xxx", "(60000 characters in all)"]),
+    ({"backend": ["onnxruntime"]}, ["backend is ['onnxruntime']"]),
+    ({"backend": "onnxruntime", "pad": "x" * 70_000}, ["holds 70", "at most 65536 characters"]),
+])
+def test_config_out_of_bounds_is_refused_at_load_time(repo, start_node, config, needles):
+    """The same bounds as the TOML config, and the protobuf fields' ranges; nothing reaches the batcher."""
+    handle = start_node(repo)
+    _, before = infer(handle, "mlp", 3)
+    with pytest.raises(grpc.RpcError) as err:
+        load(handle, "mlp", config)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()[:300]
+    details = err.value.details()
+    assert details.startswith("parameters['config']") and len(details) < 1000, details[:300]
+    for needle in needles:
+        assert needle in details, details
+    assert handle.node.models.model_config("mlp").max_batch_size == 0
+    np.testing.assert_array_equal(infer(handle, "mlp", 3)[1], before)
+
+
+def test_the_largest_accepted_queue_delay_serves(repo, start_node):
+    """10 s (the TOML limit) is accepted; a request that fills the batch does not wait for it."""
+    handle = start_node(repo)
+    load(handle, "mlp", {"max_batch_size": 2, "dynamic_batching": {"max_queue_delay_microseconds": 10_000_000,
+                                                                   "preferred_batch_size": [1]}})
+    assert handle.node.models.model_config("mlp").max_queue_delay_us == 10_000_000
+    assert infer(handle, "mlp", 1)[1].shape == (1, 4)

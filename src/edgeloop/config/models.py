@@ -29,13 +29,13 @@ VERSION_POLICY_EXPECTATION = ("\"all\", \"latest\", { latest = N } with N >= 1, 
 PROVIDER_EXPECTATION = ("a non-empty array of distinct onnxruntime provider names such as "
                         "[\"CPUExecutionProvider\"] (each 'XxxExecutionProvider')")
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # the serving repository's rule, matched whole
 _PROVIDER = re.compile(r"^[A-Z][A-Za-z0-9]*ExecutionProvider$")
 
 
 def is_model_name(name: str) -> bool:
     """True for names usable as a directory in the model repository."""
-    return bool(_MODEL_NAME.match(name))
+    return bool(_MODEL_NAME.fullmatch(name))
 
 
 def parse_model_table(table: dict[str, Any], source: str, prefix: str, base: ModelConfig) -> ModelConfig:

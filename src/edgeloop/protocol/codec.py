@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeloop.protocol import inference_pb2
-from edgeloop.protocol.errors import invalid_argument
+from edgeloop.protocol.errors import invalid_argument, quote, quote_shape
 
-#: Elements one tensor may hold; larger shapes are refused before any allocation.
+#: Elements one tensor may hold; larger shapes are refused before any allocation (see ``element_count``).
 MAX_ELEMENTS = 1 << 32
 
 
@@ -41,7 +41,10 @@ class Datatype:
 
 
 def _dt(name: str, dtype, field: str) -> Datatype:
+    """The wire is little-endian: every multi-byte dtype is spelled ``<`` (the same dtype as native on x86)."""
     dtype = np.dtype(dtype)
+    if dtype.itemsize > 1 and dtype != np.dtype(object):
+        dtype = dtype.newbyteorder("<")
     return Datatype(name, dtype, field, 0 if dtype == np.dtype(object) else dtype.itemsize)
 
 
@@ -50,16 +53,16 @@ DATATYPES: dict[str, Datatype] = {
     for d in (
         _dt("BOOL", np.bool_, "bool_contents"),
         _dt("UINT8", np.uint8, "uint_contents"),
-        _dt("UINT16", np.uint16, "uint_contents"),
-        _dt("UINT32", np.uint32, "uint_contents"),
-        _dt("UINT64", np.uint64, "uint64_contents"),
+        _dt("UINT16", "<u2", "uint_contents"),
+        _dt("UINT32", "<u4", "uint_contents"),
+        _dt("UINT64", "<u8", "uint64_contents"),
         _dt("INT8", np.int8, "int_contents"),
-        _dt("INT16", np.int16, "int_contents"),
-        _dt("INT32", np.int32, "int_contents"),
-        _dt("INT64", np.int64, "int64_contents"),
-        _dt("FP16", np.float16, "fp32_contents"),
-        _dt("FP32", np.float32, "fp32_contents"),
-        _dt("FP64", np.float64, "fp64_contents"),
+        _dt("INT16", "<i2", "int_contents"),
+        _dt("INT32", "<i4", "int_contents"),
+        _dt("INT64", "<i8", "int64_contents"),
+        _dt("FP16", "<f2", "fp32_contents"),
+        _dt("FP32", "<f4", "fp32_contents"),
+        _dt("FP64", "<f8", "fp64_contents"),
         _dt("BYTES", object, "bytes_contents"),
     )
 }
@@ -74,7 +77,7 @@ def datatype_of(dtype) -> str:
     dtype = np.dtype(dtype)
     if dtype.kind in ("U", "S", "O"):
         return "BYTES"
-    name = _BY_NUMPY.get(dtype if dtype.isnative else dtype.newbyteorder("="))
+    name = _BY_NUMPY.get(dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype)
     if name is None:
         raise ValueError(f"numpy dtype {dtype} has no Open Inference Protocol datatype; expected one of "
                          f"bool, uint8-64, int8-64, float16/32/64, str/bytes/object")
@@ -86,20 +89,31 @@ def numpy_dtype_of(datatype: str) -> np.dtype:
     try:
         return DATATYPES[datatype].dtype
     except KeyError:
-        raise invalid_argument(f"datatype {datatype!r} is not supported; expected one of {_EXPECTED_DATATYPES}") from None
+        raise invalid_argument(f"datatype {quote(datatype)} is not supported; expected one of "
+                               f"{_EXPECTED_DATATYPES}") from None
 
 
 def element_count(shape: Iterable[int], what: str) -> int:
-    """Number of elements of ``shape``; refuses negative and absurd dims (``what`` names the tensor)."""
+    """Number of elements of ``shape``; refuses negative and absurd dims (``what`` names the tensor).
+
+    The product of the non-zero dimensions is bounded too: ``[0, 2**62]`` holds no element, but numpy
+    and onnxruntime size their buffers from every dimension and overflow on it.
+    """
     count = 1
+    empty = False
     for dim in shape:
-        if dim < 0:
-            raise invalid_argument(f"{what}: shape {list(shape)} has a negative dimension {dim}; "
+        if dim > 0:
+            count *= dim
+            if count > MAX_ELEMENTS:  # stop at once: a long shape must not grow a huge integer
+                raise invalid_argument(f"{what}: shape {quote_shape(shape)} spans more than {MAX_ELEMENTS} "
+                                       f"elements (the product of its non-zero dimensions); expected at most "
+                                       f"{MAX_ELEMENTS}")
+        elif dim == 0:
+            empty = True
+        else:
+            raise invalid_argument(f"{what}: shape {quote_shape(shape)} has a negative dimension {dim}; "
                                    f"expected dimensions >= 0")
-        count *= dim
-    if count > MAX_ELEMENTS:
-        raise invalid_argument(f"{what}: shape {list(shape)} holds {count} elements; expected at most {MAX_ELEMENTS}")
-    return count
+    return 0 if empty else count
 
 
 # ---------------------------------------------------------------------------------------- BYTES
@@ -123,7 +137,8 @@ def raw_to_bytes_tensor(raw: bytes, shape: Iterable[int], what: str = "BYTES ten
     pos, end = 0, len(raw)
     if count * 4 > end:  # checked before allocating: a huge shape over a few bytes must not cost memory
         raise invalid_argument(f"{what}: raw contents hold {end} bytes, too few for the {count} BYTES elements of "
-                               f"shape {list(shape)}; expected at least {count * 4} (a 4-byte length prefix each)")
+                               f"shape {quote_shape(shape)}; expected at least {count * 4} (a 4-byte length prefix "
+                               f"each)")
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     for i in range(count):
@@ -139,7 +154,7 @@ def raw_to_bytes_tensor(raw: bytes, shape: Iterable[int], what: str = "BYTES ten
         pos += length
     if pos != end:
         raise invalid_argument(f"{what}: raw contents hold {end - pos} bytes after the {count} BYTES elements "
-                               f"of shape {list(shape)}; expected exactly {count} length-prefixed elements")
+                               f"of shape {quote_shape(shape)}; expected exactly {count} length-prefixed elements")
     return out.reshape(shape)
 
 
@@ -150,7 +165,7 @@ def _decode_raw(raw: bytes, dt: Datatype, shape: tuple, count: int, what: str) -
     expected = count * dt.itemsize
     if len(raw) != expected:
         raise invalid_argument(f"{what}: raw contents hold {len(raw)} bytes; expected {expected} "
-                               f"(shape {list(shape)} x {dt.itemsize} bytes of {dt.name})")
+                               f"(shape {quote_shape(shape)} x {dt.itemsize} bytes of {dt.name})")
     return np.frombuffer(raw, dtype=dt.dtype).reshape(shape)
 
 
@@ -167,7 +182,7 @@ def _decode_typed(contents, dt: Datatype, shape: tuple, count: int, what: str) -
                                    f"contents.{dt.contents_field}")
     if len(values) != count:
         raise invalid_argument(f"{what}: contents.{dt.contents_field} holds {len(values)} values; expected "
-                               f"{count} for shape {list(shape)}")
+                               f"{count} for shape {quote_shape(shape)}")
     if dt.itemsize == 0:
         out = np.empty(count, dtype=object)
         out[:] = list(values)
@@ -191,10 +206,10 @@ def decode_input(tensor, raw: bytes | None = None, what: str | None = None) -> n
     both present, and that the byte length or value count matches shape x datatype.  Raw numeric
     tensors are zero-copy, read-only views of ``raw``.
     """
-    what = what or f"input {tensor.name!r}"
+    what = what or f"input {quote(tensor.name)}"
     dt = DATATYPES.get(tensor.datatype)
     if dt is None:
-        raise invalid_argument(f"{what}: datatype {tensor.datatype!r} is not supported; expected one of "
+        raise invalid_argument(f"{what}: datatype {quote(tensor.datatype)} is not supported; expected one of "
                                f"{_EXPECTED_DATATYPES}")
     shape = tuple(tensor.shape)
     count = element_count(shape, what)
@@ -207,7 +222,7 @@ def decode_input(tensor, raw: bytes | None = None, what: str | None = None) -> n
 
 def decode_output(tensor, raw: bytes | None) -> np.ndarray:
     """Decode one ``InferOutputTensor`` (raw bytes if given, else typed contents) — the client side."""
-    return decode_input(tensor, raw, what=f"output {tensor.name!r}")
+    return decode_input(tensor, raw, what=f"output {quote(tensor.name)}")
 
 
 # ----------------------------------------------------------------------------------- encoding

@@ -23,14 +23,15 @@ import time
 from dataclasses import dataclass
 
 from edgeloop.protocol import inference_pb2
-from edgeloop.protocol.errors import (ProtocolError, failed_precondition, invalid_argument, not_found,
+from edgeloop.protocol.errors import (ProtocolError, failed_precondition, invalid_argument, not_found, quote,
                                       unavailable)
 from edgeloop.serving.batcher import merge_limit_warning
 from edgeloop.serving.metrics import ServingMetrics
 from edgeloop.serving.model_version import ModelVersion
-from edgeloop.serving.repository import (MANIFEST_FILE, MODEL_FILE, ModelRepository, RepositoryError,
-                                         atomic_write, parse_version)
-from edgeloop.serving.session import SessionError, create_session
+from edgeloop.serving.repository import (MANIFEST_FILE, MODEL_FILE, MODEL_NAME_EXPECTATION, ModelRepository,
+                                         RepositoryError, atomic_write, check_manifest, parse_version,
+                                         valid_model_name)
+from edgeloop.serving.session import ExternalDataError, SessionError, create_session, refuse_external_data
 from edgeloop.serving.signature import ModelSignature, SignatureError, check_declared
 from edgeloop.serving.triton_config import PLATFORM, describe_triton_config, parse_triton_config
 
@@ -95,18 +96,27 @@ class ModelManager:
         raise unavailable(f"model {name!r} version {version or mv.version_str} is being unloaded; retry")
 
     def _not_serving(self, name: str) -> ProtocolError:
+        """Why ``name`` has no ready version: not a valid name, not known, or known but not ready."""
+        if not valid_model_name(name):
+            return invalid_name(name)
         if name in self._states or self.repository.has_model(name):
             states = self._states.get(name, {})
             reasons = "; ".join(f"version {v}: {s}{' (' + r + ')' if r else ''}" for v, (s, r) in sorted(states.items()))
             return unavailable(f"model {name!r} is not ready{': ' + reasons if reasons else ''}")
         return not_found(f"model_name {name!r} is not a known model; expected one of "
-                         f"{', '.join(map(repr, self.known_models())) or '(none)'}")
+                         f"{self._known_list()}")
+
+    def _known_list(self, limit: int = 20) -> str:
+        """The known models for a message: the first ``limit`` names, then how many more."""
+        names = self.known_models()
+        shown = ", ".join(map(repr, names[:limit])) or "(none)"
+        return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
 
     def _resolve_version(self, name: str, version: str, served: _Served) -> ModelVersion:
         number = parse_version(version)
         if number is None:
-            raise invalid_argument(f"model_version {version!r} for model {name!r}; expected a positive integer "
-                                   f"or empty for the latest ready version")
+            raise invalid_argument(f"model_version {quote(version)} for model {name!r}; expected a positive "
+                                   f"integer or empty for the latest ready version")
         mv = served.versions.get(number)
         if mv is not None:
             return mv
@@ -115,7 +125,7 @@ class ModelManager:
             return_reason = f" ({state[1]})" if state[1] else ""
             raise unavailable(f"model {name!r} version {number} is {state[0]}{return_reason}; ready versions: "
                               f"{list(served.versions)}")
-        raise not_found(f"model_version {version!r} of model {name!r} does not exist; ready versions: "
+        raise not_found(f"model_version {quote(version)} of model {name!r} does not exist; ready versions: "
                         f"{list(served.versions)}")
 
     def known_models(self) -> list[str]:
@@ -160,8 +170,7 @@ class ModelManager:
 
     # ----------------------------------------------------------------------------- metadata
     def metadata(self, name: str, version: str):
-        mv = self._peek(name, version)
-        served = self._served[name]
+        served, mv = self._peek_served(name, version)  # one snapshot: an unload in between cannot tear it
 
         def tensors(specs):
             return [inference_pb2.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype,
@@ -177,12 +186,16 @@ class ModelManager:
         return describe_triton_config(name, mv.config, mv.signature)
 
     def _peek(self, name: str, version: str) -> ModelVersion:
+        return self._peek_served(name, version)[1]
+
+    def _peek_served(self, name: str, version: str) -> tuple[_Served, ModelVersion]:
+        """The model's ready versions and the one ``version`` names, from one snapshot (no counting in)."""
         served = self._served.get(name)
         if served is None:
             raise self._not_serving(name)
         if not version:
-            return served.default
-        return served.by_str.get(version) or self._resolve_version(name, version, served)
+            return served, served.default
+        return served, served.by_str.get(version) or self._resolve_version(name, version, served)
 
     def statistics(self, name: str = "", version: str = "") -> list:
         """ModelStatistics of ready versions (all models when ``name`` is empty)."""
@@ -226,10 +239,13 @@ class ModelManager:
         return override if override is not None else self.config.model(name)
 
     def _require_in_repository(self, name: str) -> None:
+        if not valid_model_name(name):
+            raise invalid_name(name)
         if not self.repository.has_model(name):
-            raise not_found(f"model_name {name!r} is not in the model repository "
-                            f"{self.repository.root}; expected one of "
-                            f"{', '.join(map(repr, self.repository.model_names())) or '(none)'}")
+            names = self.repository.model_names()
+            shown = ", ".join(map(repr, names[:20])) or "(none)"
+            raise not_found(f"model_name {name!r} is not in the model repository {self.repository.root}; "
+                            f"expected one of {shown}{f' and {len(names) - 20} more' if len(names) > 20 else ''}")
 
     def _admin(self, name: str) -> threading.Lock:
         """The lock serialising loads and unloads of ``name`` (a slow load never holds up another model)."""
@@ -254,6 +270,8 @@ class ModelManager:
         Raises ProtocolError: NOT_FOUND (no such model), INVALID_ARGUMENT (bad file parameter or
         config), FAILED_PRECONDITION (a version failed to load; what was serving still serves).
         """
+        if not valid_model_name(name):  # before anything: a name is a directory and a log field
+            raise invalid_name(name)
         if not files:  # refused before a lock exists for it: unknown names must not grow ``_admin_locks``
             self._require_in_repository(name)
         with self._admin(name):
@@ -401,6 +419,7 @@ class ModelManager:
             raise invalid_argument(f"parameters: {exc}") from None
         written_models = {version for rel, (version, _p) in targets.items() if rel.endswith(MODEL_FILE)}
         manifests = {version for rel, (version, _p) in targets.items() if rel.endswith(MANIFEST_FILE)}
+        _check_pushed_files(name, files, written_models, manifests)
         backups: dict = {}
 
         def write(relative: str, data: bytes) -> None:
@@ -429,9 +448,10 @@ class ModelManager:
 
     def unload(self, name: str, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
         """Stop serving ``name``: refuse new requests, wait for in-flight ones, release sessions."""
+        if not valid_model_name(name):
+            raise invalid_name(name)
         if name not in self._served and name not in self._states and not self.repository.has_model(name):
-            raise not_found(f"model_name {name!r} is not a known model; expected one of "
-                            f"{', '.join(map(repr, self.known_models())) or '(none)'}")
+            raise not_found(f"model_name {name!r} is not a known model; expected one of {self._known_list()}")
         with self._admin(name):  # only known names get a lock
             served = self._served.get(name)
             if served is None:
@@ -450,6 +470,36 @@ class ModelManager:
         """Unload everything (used at shutdown, after the server stopped taking requests)."""
         for name in list(self._served):
             self.unload(name, drain_timeout_s)
+
+
+def _check_pushed_files(name: str, files: dict[str, bytes], models: set[int], manifests: set[int]) -> None:
+    """Refuse a push before anything is written: a manifest without the model file it describes or
+    that does not match it, and a model whose tensors reference external files (INVALID_ARGUMENT).
+
+    Bytes that are not an ONNX model at all are left to the load, which fails them like any broken file.
+    """
+    for version in sorted(manifests):
+        key = f"parameters['file:{version}/{MANIFEST_FILE}']"
+        if version not in models:
+            raise invalid_argument(f"{key} comes without 'file:{version}/{MODEL_FILE}'; expected a manifest only "
+                                   f"together with the model file it describes")
+        try:
+            check_manifest(files[f"{version}/{MANIFEST_FILE}"], files[f"{version}/{MODEL_FILE}"], key)
+        except RepositoryError as exc:
+            raise invalid_argument(str(exc)) from None
+    for version in sorted(models):
+        try:
+            refuse_external_data(files[f"{version}/{MODEL_FILE}"],
+                                 f"parameters['file:{version}/{MODEL_FILE}'] (model {name!r} version {version})")
+        except ExternalDataError as exc:
+            raise invalid_argument(str(exc)) from None
+        except SessionError:
+            continue  # not ONNX: the load reports it (FAILED_PRECONDITION, the serving version untouched)
+
+
+def invalid_name(name: str) -> ProtocolError:
+    """INVALID_ARGUMENT for a model name outside the documented character set (see ``repository``)."""
+    return invalid_argument(f"model_name {quote(name)} is not a valid model name; expected {MODEL_NAME_EXPECTATION}")
 
 
 __all__ = ["DRAIN_TIMEOUT_S", "LoadError", "ModelEvent", "ModelManager", "PLATFORM", "READY", "UNAVAILABLE"]

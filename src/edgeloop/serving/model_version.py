@@ -10,7 +10,7 @@ import threading
 from time import perf_counter_ns
 
 from edgeloop.protocol import inference_pb2
-from edgeloop.protocol.errors import ProtocolError, internal, invalid_argument
+from edgeloop.protocol.errors import ProtocolError, internal, invalid_argument, quote, resource_exhausted
 from edgeloop.serving.batcher import DynamicBatcher
 from edgeloop.serving.signature import ModelSignature, output_raw
 from edgeloop.serving.stats import VersionStats
@@ -20,10 +20,23 @@ _OutputTensor = inference_pb2.ModelInferResponse.InferOutputTensor
 
 
 def _run_error(exc: Exception, what: str) -> ProtocolError:
-    """onnxruntime's InvalidArgument is the request's fault; anything else is the server's."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if type(exc).__name__ in ("InvalidArgument", "INVALID_ARGUMENT"):
+    """Who is at fault when onnxruntime fails a run, as a status.
+
+    Its InvalidArgument is the request's fault, and so is a node that fails on inputs that passed the
+    signature checks: the version answered its warm-up run, so the graph runs, and these inputs' shapes
+    or values break one of its nodes (a Reshape, a broadcast).  Failing to allocate is RESOURCE_EXHAUSTED;
+    anything else is the server's (INTERNAL).
+    """
+    text = quote((str(exc).strip().splitlines() or [type(exc).__name__])[0], 400)
+    kind = type(exc).__name__
+    if kind in ("InvalidArgument", "INVALID_ARGUMENT"):
         return invalid_argument(f"{what}: onnxruntime rejected the inputs: {text}")
+    if isinstance(exc, MemoryError) or "allocate" in text:
+        return resource_exhausted(f"{what}: onnxruntime ran out of memory for these inputs: {text}; expected "
+                                  f"a smaller request")
+    if kind in ("Fail", "RuntimeException") and "while running" in text:
+        return invalid_argument(f"{what}: a node of the model failed on these inputs: {text}; expected inputs "
+                                f"whose shapes and values the model's graph accepts")
     return internal(f"{what}: onnxruntime failed: {text}")
 
 

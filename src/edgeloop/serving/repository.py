@@ -3,6 +3,9 @@
 Only reads and atomic writes live here; which versions are served is the manager's business.
 A ``manifest.json`` beside ``model.onnx`` may carry ``sha256`` (hex) and ``size`` (bytes); when present
 they are checked before the file is handed to onnxruntime, so a torn or tampered copy never loads.
+
+Model names are ``MODEL_NAME_PATTERN`` (1..128 of letters, digits, ``_ . -``, not starting with ``.``
+or ``-``), matched whole: a name is a directory and a log field, so no newline, slash or space.
 """
 from __future__ import annotations
 
@@ -12,11 +15,18 @@ import os
 import re
 from pathlib import Path
 
+from edgeloop.protocol.errors import quote
 from edgeloop.protocol.versions import parse_version  # the one version parser (re-exported)
 
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+#: Every model name: load, unload, infer, metadata and config alike (the edge config's names too).
+MODEL_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+MODEL_NAME_EXPECTATION = ("a model name of 1..128 characters: letters, digits, '_', '-' or '.', not starting with "
+                          "'.' or '-'")
+_NAME_RE = re.compile(MODEL_NAME_PATTERN)
+#: Largest ``manifest.json`` read or accepted in a push.
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 class RepositoryError(Exception):
@@ -25,7 +35,7 @@ class RepositoryError(Exception):
 
 def valid_model_name(name: str) -> bool:
     """Model names are plain directory names: letters, digits, ``_ . -``, not starting with a dot."""
-    return bool(_NAME_RE.match(name)) and name not in (".", "..")
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -95,7 +105,13 @@ class ModelRepository:
         except OSError as exc:
             raise RepositoryError(f"cannot read {path}: {exc.strerror or exc}") from None
         manifest_path = path.with_name(MANIFEST_FILE)
-        manifest = _check_manifest(manifest_path, data) if manifest_path.exists() else None
+        manifest = None
+        if manifest_path.exists():
+            try:
+                text = manifest_path.read_bytes()
+            except OSError as exc:
+                raise RepositoryError(f"cannot read {manifest_path}: {exc.strerror or exc}") from None
+            manifest = check_manifest(text, data, str(manifest_path))
         return data, manifest
 
     def version_file_path(self, name: str, relative: str) -> tuple[int, Path]:
@@ -103,11 +119,12 @@ class ModelRepository:
         if self.root is None:
             raise RepositoryError("no model repository is configured (--model-repository)")
         if not valid_model_name(name):
-            raise RepositoryError(f"model_name {name!r} is not a plain directory name")
+            raise RepositoryError(f"model_name {quote(name)} is not a valid model name; expected "
+                                  f"{MODEL_NAME_EXPECTATION}")
         parts = relative.split("/")
         version = parse_version(parts[0]) if len(parts) == 2 else None
         if version is None or parts[1] not in (MODEL_FILE, MANIFEST_FILE):
-            raise RepositoryError(f"file parameter 'file:{relative}' is not allowed; expected "
+            raise RepositoryError(f"file parameter {quote('file:' + relative)} is not allowed; expected "
                                   f"'file:<positive version>/{MODEL_FILE}' or 'file:<version>/{MANIFEST_FILE}'")
         return version, self.root / name / str(version) / parts[1]
 
@@ -144,30 +161,92 @@ class ModelRepository:
             backup.unlink(missing_ok=True)
 
 
-def _check_manifest(manifest_path: Path, data: bytes) -> dict:
+def check_manifest(text: bytes, data: bytes, where: str) -> dict:
+    """The manifest ``text`` as a dict, checked against the model bytes it describes (``where`` names it).
+
+    Bounded: at most ``MAX_MANIFEST_BYTES``, JSON nested at most ``MAX_JSON_DEPTH`` deep; ``size`` and
+    ``sha256`` (when present) must match ``data``.
+    """
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise RepositoryError(f"{where} is {len(text)} bytes; expected at most {MAX_MANIFEST_BYTES}")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RepositoryError(f"{manifest_path} is not valid JSON: {exc}") from None
+        manifest = bounded_json(text)
+    except ValueError as exc:
+        raise RepositoryError(f"{where} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict):
-        raise RepositoryError(f"{manifest_path} holds {type(manifest).__name__}; expected a JSON object")
+        raise RepositoryError(f"{where} holds {type(manifest).__name__}; expected a JSON object")
     size = manifest.get("size")
     if size is not None and size != len(data):
-        raise RepositoryError(f"{MODEL_FILE} is {len(data)} bytes but {manifest_path} says size={size}")
+        raise RepositoryError(f"{MODEL_FILE} is {len(data)} bytes but {where} says size={quote(size)}")
     digest = manifest.get("sha256")
     if digest is not None:
         actual = hashlib.sha256(data).hexdigest()
-        if str(digest).lower() != actual:
-            raise RepositoryError(f"{MODEL_FILE} has sha256 {actual} but {manifest_path} says sha256={digest}")
+        if not isinstance(digest, str) or digest.lower() != actual:
+            raise RepositoryError(f"{MODEL_FILE} has sha256 {actual} but {where} says sha256={quote(digest)}")
     return manifest
+
+
+#: JSON nesting accepted in manifests and load configs (Triton's configs nest 4 deep).
+MAX_JSON_DEPTH = 32
+
+
+def bounded_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH):
+    """``json.loads(text)``, refusing documents nested deeper than ``max_depth`` before parsing them.
+
+    Raises ValueError (JSONDecodeError, an over-long integer, too deep) with the reason; never
+    RecursionError.  The depth is counted over brackets outside strings, so the parser never recurses
+    further than ``max_depth``.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise ValueError(f"nested {depth} levels deep; expected at most {max_depth}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})") from None
+    except RecursionError:
+        raise ValueError(f"nested too deeply; expected at most {max_depth} levels") from None
+    except ValueError as exc:  # Python refuses integers of more than 4300 digits
+        if "digits" in str(exc):
+            raise ValueError("holds an integer of more than 4300 digits; expected numbers of sane size") from None
+        raise ValueError(str(exc)) from None
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
+
+
+def json_depth(text: str) -> int:
+    """The deepest bracket nesting of a JSON text (brackets inside strings do not count)."""
+    depth = deepest = 0
+    for token in _JSON_TOKENS.findall(text):
+        first = token[0]
+        if first in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif first in "]}":
+            depth -= 1
+    return deepest
 
 
 __all__ = [
     "MANIFEST_FILE",
+    "MAX_JSON_DEPTH",
+    "MAX_MANIFEST_BYTES",
     "MODEL_FILE",
+    "MODEL_NAME_EXPECTATION",
+    "MODEL_NAME_PATTERN",
     "ModelRepository",
     "RepositoryError",
     "atomic_write",
+    "bounded_json",
+    "check_manifest",
+    "json_depth",
     "parse_version",
     "valid_model_name",
 ]

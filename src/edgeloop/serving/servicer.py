@@ -3,9 +3,16 @@
 It translates RPCs to ModelManager calls and ``ProtocolError`` into gRPC status codes.  The mesh
 plugs in through ``router``: when set, ``router.maybe_forward(request, context)`` sees every
 ModelInfer / ModelStreamInfer request first and may answer it (a response) or decline (None).
+
+Register it with ``add_to_server``, not the generated helper: requests arrive as raw bytes and are
+parsed here, so bytes that are not the RPC's message get INVALID_ARGUMENT (and, inside a stream, an
+``error_message`` while the stream goes on) instead of grpcio's INTERNAL "Exception deserializing
+request!".  Every reply is a documented status: ProtocolError maps to its code, any other failure to
+INTERNAL (logged), never grpcio's UNKNOWN.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from time import perf_counter_ns
@@ -14,14 +21,21 @@ import grpc
 
 import edgeloop
 from edgeloop.protocol import inference_pb2, inference_pb2_grpc
-from edgeloop.protocol.errors import ProtocolError, invalid_argument, unavailable
+from edgeloop.protocol.errors import ProtocolError, invalid_argument, quote, unavailable
+from edgeloop.serving.manager import invalid_name
+from edgeloop.serving.repository import valid_model_name
 
 log = logging.getLogger("edgeloop.serving")
 
 SERVER_NAME = "edgeloop"
-EXTENSIONS = ("model_repository", "model_repository(unload_dependents)", "statistics", "parameters")
+#: ``model_repository(unload_dependents)`` is not claimed: no model here depends on another (there are
+#: no ensembles), so an unload's ``unload_dependents`` flag is accepted and has nothing to act on.
+EXTENSIONS = ("model_repository", "statistics", "parameters")
+SERVICE = "inference.GRPCInferenceService"
 _FILE_PREFIX = "file:"
 _CONFIG_KEY = "config"
+_UNLOAD_DEPENDENTS = "unload_dependents"
+_ID_ECHO = 1024  # characters of a failed stream request's id echoed back
 
 
 class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
@@ -56,18 +70,22 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             return self.models.metadata(request.name, request.version)
         except ProtocolError as exc:
             context.abort(exc.code, exc.message)
+        except Exception as exc:
+            _abort_internal(context, "ModelMetadata", exc)
 
     def ModelConfig(self, request, context):
         try:
             return inference_pb2.ModelConfigResponse(config=self.models.triton_config(request.name, request.version))
         except ProtocolError as exc:
             context.abort(exc.code, exc.message)
+        except Exception as exc:
+            _abort_internal(context, "ModelConfig", exc)
 
     # ---------------------------------------------------------------------------- inference
     def _infer(self, request, context):
         if self.draining:
-            raise unavailable(f"model {request.model_name!r}: this node is draining (shutting down) and takes no new "
-                              f"requests; expected to be retried on another node")
+            raise unavailable(f"model {quote(request.model_name)}: this node is draining (shutting down) and takes "
+                              f"no new requests; expected to be retried on another node")
         router = self.router
         if router is not None:
             response = router.maybe_forward(request, context)
@@ -85,13 +103,17 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             return self._infer(request, context)
         except ProtocolError as exc:
             context.abort(exc.code, exc.message)
+        except Exception as exc:
+            _abort_internal(context, "ModelInfer", exc)
 
     def ModelStreamInfer(self, request_iterator, context):
         """One response per request, in order; a failed request yields ``error_message`` and the stream goes on.
 
         A stream holds a handler thread for as long as the client keeps it open, idle or not; past
         ``max_streams`` open streams a new one is refused, so streams can never take every thread
-        and leave unary calls (ServerLive, ModelInfer) unanswered.
+        and leave unary calls (ServerLive, ModelInfer) unanswered.  Requests may come as messages or,
+        from ``add_to_server``'s handler, as raw bytes parsed here one by one: an unparseable one is
+        answered with ``error_message`` like any other failed request.
         """
         streams = self._streams
         if streams is not None and not streams.acquire(blocking=False):
@@ -106,17 +128,26 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     def _stream(self, request_iterator, context):
         for request in request_iterator:
+            if type(request) is bytes:
+                try:
+                    request = _parse(_ModelInferRequest, request)
+                except ProtocolError as exc:
+                    yield inference_pb2.ModelStreamInferResponse(error_message=f"{exc.code.name}: {exc.message}")
+                    continue
             try:
                 response = self._infer(request, context)
             except ProtocolError as exc:
-                yield inference_pb2.ModelStreamInferResponse(
+                name = request.model_name
+                yield inference_pb2.ModelStreamInferResponse(  # echoes identify the request, if they are sane
                     error_message=f"{exc.code.name}: {exc.message}",
                     infer_response=inference_pb2.ModelInferResponse(
-                        model_name=request.model_name, model_version=request.model_version, id=request.id))
+                        model_name=name if valid_model_name(name) else "",
+                        model_version=request.model_version[:32], id=request.id[:_ID_ECHO]))
                 continue
             except Exception as exc:  # a stream must survive anything one request does
-                log.exception("stream request %r failed", request.id)
-                yield inference_pb2.ModelStreamInferResponse(error_message=f"INTERNAL: {exc}")
+                log.exception("stream request %s failed", quote(request.id))
+                yield inference_pb2.ModelStreamInferResponse(
+                    error_message=f"INTERNAL: {type(exc).__name__}: {quote(str(exc), 1000)}")
                 continue
             yield inference_pb2.ModelStreamInferResponse(infer_response=response)
 
@@ -126,6 +157,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             stats = self.models.statistics(request.name, request.version)
         except ProtocolError as exc:
             context.abort(exc.code, exc.message)
+        except Exception as exc:
+            _abort_internal(context, "ModelStatistics", exc)
         return inference_pb2.ModelStatisticsResponse(model_stats=stats)
 
     # --------------------------------------------------------------------------- repository
@@ -137,22 +170,103 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     def RepositoryModelLoad(self, request, context):
         try:
-            if not request.model_name:
-                raise invalid_argument("model_name is empty; expected the name of a model in the repository")
+            _check_model_name(request.model_name, "the name of a model in the repository")
             files, config = _load_parameters(request.parameters)
             self.models.load(request.model_name, files, config)
         except ProtocolError as exc:
             context.abort(exc.code, exc.message)
+        except Exception as exc:
+            _abort_internal(context, "RepositoryModelLoad", exc)
         return inference_pb2.RepositoryModelLoadResponse()
 
     def RepositoryModelUnload(self, request, context):
         try:
-            if not request.model_name:
-                raise invalid_argument("model_name is empty; expected the name of a loaded model")
+            _check_model_name(request.model_name, "the name of a loaded model")
+            _unload_parameters(request.parameters)
             self.models.unload(request.model_name)
         except ProtocolError as exc:
             context.abort(exc.code, exc.message)
+        except Exception as exc:
+            _abort_internal(context, "RepositoryModelUnload", exc)
         return inference_pb2.RepositoryModelUnloadResponse()
+
+
+_ModelInferRequest = inference_pb2.ModelInferRequest
+
+
+def _parse(message_type, raw: bytes):
+    """``message_type`` parsed from a request's bytes; ProtocolError(INVALID_ARGUMENT) when they are not one."""
+    try:
+        return message_type.FromString(raw)
+    except Exception as exc:  # DecodeError; no parse failure may escape as grpcio's INTERNAL
+        raise invalid_argument(f"request is not a valid {message_type.DESCRIPTOR.full_name}: {quote(str(exc))} "
+                               f"({len(raw)} bytes); expected a serialized {message_type.DESCRIPTOR.full_name}") \
+            from None
+
+
+def _parsing(method, message_type):
+    """A unary handler taking raw bytes: parse (INVALID_ARGUMENT if they do not parse), then ``method``."""
+    @functools.wraps(method)
+    def handler(raw, context):
+        try:
+            request = _parse(message_type, raw)
+        except ProtocolError as exc:
+            context.abort(exc.code, exc.message)
+        return method(request, context)
+
+    return handler
+
+
+def _abort_internal(context, rpc: str, exc: Exception) -> None:
+    """A failure no check foresaw: logged with its traceback, answered INTERNAL (grpcio would say UNKNOWN)."""
+    log.exception("%s failed", rpc)
+    context.abort(grpc.StatusCode.INTERNAL, f"{rpc}: the server failed: {type(exc).__name__}: "
+                                            f"{quote(str(exc), 1000)}")
+
+
+#: method -> (request message, response message) for every unary RPC of the service
+_UNARY = {
+    "ServerLive": ("ServerLiveRequest", "ServerLiveResponse"),
+    "ServerReady": ("ServerReadyRequest", "ServerReadyResponse"),
+    "ModelReady": ("ModelReadyRequest", "ModelReadyResponse"),
+    "ServerMetadata": ("ServerMetadataRequest", "ServerMetadataResponse"),
+    "ModelMetadata": ("ModelMetadataRequest", "ModelMetadataResponse"),
+    "ModelConfig": ("ModelConfigRequest", "ModelConfigResponse"),
+    "ModelInfer": ("ModelInferRequest", "ModelInferResponse"),
+    "ModelStatistics": ("ModelStatisticsRequest", "ModelStatisticsResponse"),
+    "RepositoryIndex": ("RepositoryIndexRequest", "RepositoryIndexResponse"),
+    "RepositoryModelLoad": ("RepositoryModelLoadRequest", "RepositoryModelLoadResponse"),
+    "RepositoryModelUnload": ("RepositoryModelUnloadRequest", "RepositoryModelUnloadResponse"),
+}
+
+
+def method_handlers(servicer: InferenceServicer) -> dict:
+    """grpc method handlers for every RPC of ``servicer``, each taking the request as raw bytes."""
+    handlers = {}
+    for method, (request_name, response_name) in _UNARY.items():
+        handlers[method] = grpc.unary_unary_rpc_method_handler(
+            _parsing(getattr(servicer, method), getattr(inference_pb2, request_name)),
+            request_deserializer=None,  # raw bytes: parse errors are ours to answer
+            response_serializer=getattr(inference_pb2, response_name).SerializeToString)
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer, request_deserializer=None,
+        response_serializer=inference_pb2.ModelStreamInferResponse.SerializeToString)
+    return handlers
+
+
+def add_to_server(servicer: InferenceServicer, server) -> None:
+    """Serve ``servicer`` as ``inference.GRPCInferenceService`` on ``server`` (raw-bytes requests)."""
+    handlers = method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    if hasattr(server, "add_registered_method_handlers"):  # grpcio >= 1.63: a faster method lookup
+        server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _check_model_name(name: str, expected: str) -> None:
+    if not name:
+        raise invalid_argument(f"model_name is empty; expected {expected}")
+    if not valid_model_name(name):
+        raise invalid_name(name)
 
 
 def _load_parameters(parameters) -> tuple[dict[str, bytes], str | None]:
@@ -172,13 +286,27 @@ def _load_parameters(parameters) -> tuple[dict[str, bytes], str | None]:
             config = value.string_param
         elif key.startswith(_FILE_PREFIX):
             if kind != "bytes_param":
-                raise invalid_argument(f"parameters[{key!r}] holds {kind}; expected bytes_param with the file's "
-                                       f"contents")
+                raise invalid_argument(f"parameters[{quote(key)}] holds {kind}; expected bytes_param with the "
+                                       f"file's contents")
             files[key[len(_FILE_PREFIX):]] = value.bytes_param
         else:
-            raise invalid_argument(f"parameters[{key!r}] is not supported; expected 'config' (JSON string) and "
-                                   f"'file:<version>/model.onnx' bytes parameters")
+            raise invalid_argument(f"parameters[{quote(key)}] is not supported; expected 'config' (JSON string) "
+                                   f"and 'file:<version>/model.onnx' bytes parameters")
     return files, config
+
+
+def _unload_parameters(parameters) -> None:
+    """An unload takes only ``unload_dependents`` (bool, as tritonclient always sends it).
+
+    No model here depends on another, so either value unloads just the named model.
+    """
+    for key in sorted(parameters):
+        kind = parameters[key].WhichOneof("parameter_choice")
+        if key != _UNLOAD_DEPENDENTS:
+            raise invalid_argument(f"parameters[{quote(key)}] is not supported; expected only "
+                                   f"'{_UNLOAD_DEPENDENTS}' (bool_param)")
+        if kind != "bool_param":
+            raise invalid_argument(f"parameters['{_UNLOAD_DEPENDENTS}'] holds {kind}; expected bool_param")
 
 
 def stream_limit(grpc_workers: int) -> int:
@@ -186,4 +314,5 @@ def stream_limit(grpc_workers: int) -> int:
     return max(1, int(grpc_workers) // 2)
 
 
-__all__ = ["EXTENSIONS", "InferenceServicer", "SERVER_NAME", "stream_limit"]
+__all__ = ["EXTENSIONS", "InferenceServicer", "SERVER_NAME", "SERVICE", "add_to_server", "method_handlers",
+           "stream_limit"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeloop.protocol.codec import DATATYPES, bytes_tensor_to_raw, decode_input, element_count, raw_to_bytes_tensor
-from edgeloop.protocol.errors import invalid_argument
+from edgeloop.protocol.errors import invalid_argument, quote, quote_shape
 
 #: onnxruntime type strings -> protocol datatypes.
 ORT_TYPES = {
@@ -40,9 +40,11 @@ class SignatureError(Exception):
 class TensorSpec:
     """One input or output: name, datatype and shape (-1 = dynamic), plus precomputed check tables."""
 
-    __slots__ = ("name", "datatype", "dtype", "itemsize", "shape", "rank", "static_dims", "is_bytes", "what")
+    __slots__ = ("name", "datatype", "dtype", "itemsize", "shape", "rank", "static_dims", "is_bytes", "what",
+                 "dim_names")
 
-    def __init__(self, name: str, datatype: str, shape: tuple[int, ...], kind: str) -> None:
+    def __init__(self, name: str, datatype: str, shape: tuple[int, ...], kind: str,
+                 dim_names: tuple[str | None, ...] = ()) -> None:
         self.name = name
         self.datatype = datatype
         self.dtype = DATATYPES[datatype].dtype
@@ -51,7 +53,9 @@ class TensorSpec:
         self.rank = len(shape)
         self.static_dims = tuple((axis, dim) for axis, dim in enumerate(shape) if dim >= 0)
         self.is_bytes = datatype == "BYTES"
-        self.what = f"{kind} {name!r}"
+        self.what = f"{kind} {quote(name)}"
+        #: the graph's symbolic name of each dynamic dim (``"batch"``), None where it has none
+        self.dim_names = tuple(dim_names) or (None,) * self.rank
 
     def __repr__(self) -> str:
         return f"TensorSpec({self.name!r}, {self.datatype}, {list(self.shape)})"
@@ -59,12 +63,12 @@ class TensorSpec:
     def check_shape(self, shape: tuple) -> int:
         """Validate a request shape against this spec; return its element count."""
         if len(shape) != self.rank:
-            raise invalid_argument(f"{self.what}: shape {list(shape)} has {len(shape)} dimensions; expected "
+            raise invalid_argument(f"{self.what}: shape {quote_shape(shape)} has {len(shape)} dimensions; expected "
                                    f"{self.rank} matching {list(self.shape)}")
         for axis, dim in self.static_dims:
             if shape[axis] != dim:
-                raise invalid_argument(f"{self.what}: shape {list(shape)} has {shape[axis]} at dimension {axis}; "
-                                       f"expected {dim} (model shape {list(self.shape)}, -1 = any)")
+                raise invalid_argument(f"{self.what}: shape {quote_shape(shape)} has {shape[axis]} at dimension "
+                                       f"{axis}; expected {dim} (model shape {list(self.shape)}, -1 = any)")
         return element_count(shape, self.what)
 
     def warmup_array(self) -> np.ndarray:
@@ -77,6 +81,24 @@ class TensorSpec:
 
 def _dims(shape) -> tuple[int, ...]:
     return tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in shape)
+
+
+def _dim_names(shape) -> tuple[str | None, ...]:
+    return tuple(dim if isinstance(dim, str) and dim else None for dim in shape)
+
+
+def _shared_dims(inputs) -> tuple[tuple[str, tuple[tuple[int, str, int], ...]], ...]:
+    """``(symbol, ((input index, input name, axis), ...))`` for each symbolic dim named by 2+ input dims.
+
+    ONNX gives dims of one name one size; onnxruntime does not check that across inputs, and a
+    mismatch fails deep inside a kernel.  The request is refused up front instead.
+    """
+    places: dict[str, list] = {}
+    for index, spec in enumerate(inputs):
+        for axis, symbol in enumerate(spec.dim_names):
+            if symbol is not None:
+                places.setdefault(symbol, []).append((index, spec.name, axis))
+    return tuple((symbol, tuple(where)) for symbol, where in places.items() if len(where) > 1)
 
 
 class ModelSignature:
@@ -92,6 +114,7 @@ class ModelSignature:
         self._n_inputs = len(self.inputs)
         self._expected_inputs = ", ".join(repr(s.name) for s in self.inputs)
         self._expected_outputs = ", ".join(repr(s.name) for s in self.outputs)
+        self._shared_dims = _shared_dims(self.inputs)
         if max_batch_size > 0:
             for spec in self.inputs + self.outputs:
                 if spec.rank == 0 or spec.shape[0] != -1:
@@ -106,9 +129,9 @@ class ModelSignature:
             for arg in args:
                 datatype = ORT_TYPES.get(arg.type)
                 if datatype is None:
-                    raise SignatureError(f"{kind} {arg.name!r} has type {arg.type}; expected a tensor of one of "
+                    raise SignatureError(f"{kind} {quote(arg.name)} has type {arg.type}; expected a tensor of one of "
                                          f"{', '.join(ORT_TYPES)}")
-                out.append(TensorSpec(arg.name, datatype, _dims(arg.shape), kind))
+                out.append(TensorSpec(arg.name, datatype, _dims(arg.shape), kind, _dim_names(arg.shape)))
             return out
 
         return cls(specs(session.get_inputs(), "input"), specs(session.get_outputs(), "output"), max_batch_size)
@@ -143,7 +166,8 @@ class ModelSignature:
             if spec is None or spec.name in feeds:
                 self._explain_input_names(inputs)
             if tensor.datatype != spec.datatype:
-                raise invalid_argument(f"{spec.what}: datatype {tensor.datatype!r}; expected {spec.datatype!r}")
+                raise invalid_argument(f"{spec.what}: datatype {quote(tensor.datatype)}; expected "
+                                       f"{spec.datatype!r}")
             shape = tensor.shape[:]  # a list: the cheapest copy out of the protobuf container
             count = spec.check_shape(shape)
             if use_raw:
@@ -157,7 +181,8 @@ class ModelSignature:
                     if len(raw) != count * spec.itemsize:
                         raise invalid_argument(
                             f"{spec.what}: raw_input_contents[{i}] holds {len(raw)} bytes; expected "
-                            f"{count * spec.itemsize} (shape {list(shape)} x {spec.itemsize} bytes of {spec.datatype})")
+                            f"{count * spec.itemsize} (shape {quote_shape(shape)} x {spec.itemsize} bytes of "
+                            f"{spec.datatype})")
                     array = _ndarray(shape, spec.dtype, raw)  # a read-only view of the bytes, no copy
             else:
                 array = decode_input(tensor, None, spec.what)
@@ -168,22 +193,38 @@ class ModelSignature:
                 if i == 0:
                     batch = b
                     if b < 1 or b > self.max_batch_size:
-                        raise invalid_argument(f"{spec.what}: batch dimension {b} (shape {list(shape)}); expected "
-                                               f"1..{self.max_batch_size} (max_batch_size)")
+                        raise invalid_argument(f"{spec.what}: batch dimension {b} (shape {quote_shape(shape)}); "
+                                               f"expected 1..{self.max_batch_size} (max_batch_size)")
                 elif b != batch:
                     raise invalid_argument(f"{spec.what}: batch dimension {b}; expected {batch}, the batch "
-                                           f"dimension of input {inputs[0].name!r}")
+                                           f"dimension of input {quote(inputs[0].name)}")
             feeds[spec.name] = array
+        if self._shared_dims:
+            self._check_shared_dims(feeds)
         return feeds, batch
+
+    def _check_shared_dims(self, feeds) -> None:
+        """Dims the graph gives one symbolic name (``"batch"`` on every input) must agree across inputs."""
+        inputs = self.inputs
+        for symbol, places in self._shared_dims:
+            (first_index, first_name, first_axis), *rest = places
+            size = feeds[first_name].shape[first_axis]
+            for index, name, axis in rest:
+                other = feeds[name].shape[axis]
+                if other != size:
+                    raise invalid_argument(
+                        f"{inputs[index].what}: dimension {axis} is {other} (shape {list(feeds[name].shape)}); "
+                        f"expected {size}, the size of dimension {first_axis} of {inputs[first_index].what}: the "
+                        f"model names both {symbol!r}, so they must be equal")
 
     def _explain_input_names(self, inputs) -> None:
         seen = set()
         for tensor in inputs:
             if tensor.name not in self.input_by_name:
-                raise invalid_argument(f"inputs: unknown input name {tensor.name!r}; expected one of "
+                raise invalid_argument(f"inputs: unknown input name {quote(tensor.name)}; expected one of "
                                        f"{self._expected_inputs}")
             if tensor.name in seen:
-                raise invalid_argument(f"inputs: input {tensor.name!r} appears more than once; expected each "
+                raise invalid_argument(f"inputs: input {quote(tensor.name)} appears more than once; expected each "
                                        f"input once")
             seen.add(tensor.name)
         missing = [s.name for s in self.inputs if s.name not in seen]
@@ -199,10 +240,10 @@ class ModelSignature:
         for out in wanted:
             spec = self.output_by_name.get(out.name)
             if spec is None:
-                raise invalid_argument(f"outputs: unknown output name {out.name!r}; expected one of "
+                raise invalid_argument(f"outputs: unknown output name {quote(out.name)}; expected one of "
                                        f"{self._expected_outputs}")
             if spec in specs:
-                raise invalid_argument(f"outputs: output {out.name!r} is requested more than once; expected "
+                raise invalid_argument(f"outputs: output {quote(out.name)} is requested more than once; expected "
                                        f"each output at most once")
             specs.append(spec)
         return tuple(specs)
@@ -241,11 +282,11 @@ def check_declared(signature: ModelSignature, manifest: dict | None) -> None:
             wanted = [{"name": d["name"], "datatype": d["datatype"], "shape": [int(x) for x in d["shape"]]}
                       for d in declared]
         except (TypeError, KeyError, ValueError):
-            raise SignatureError(f"manifest {kind} is {declared!r}; expected a list of "
+            raise SignatureError(f"manifest {kind} is {quote(declared)}; expected a list of "
                                  f"{{name, datatype, shape}} objects") from None
         if wanted != actual:
-            raise SignatureError(f"signature mismatch: the manifest declares {kind} {wanted} but the model has "
-                                 f"{actual}")
+            raise SignatureError(f"signature mismatch: the manifest declares {kind} {quote(wanted, 1000)} but the "
+                                 f"model has {quote(actual, 1000)}")
 
 
 __all__ = ["ModelSignature", "ORT_TYPES", "SignatureError", "TensorSpec", "check_declared", "output_raw"]

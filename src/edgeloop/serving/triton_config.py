@@ -21,6 +21,12 @@ does not state keeps its configured value:
 has many: input, output, optimization, ...) is ignored with a debug log line.  Integers may be JSON
 numbers or decimal strings (protobuf's JSON form writes 64-bit integers as strings), and field
 names snake_case or protobuf's lowerCamelCase.
+
+Everything is bounded and checked here, at load time, with the edge config's (TOML) limits: the text
+(``MAX_CONFIG_CHARS``), its nesting (``MAX_JSON_DEPTH``), ``max_batch_size`` 0..65536, the queue
+delay 0..10 s, preferred batch sizes 1..65536 and distinct, ``num_versions`` 1..2**32-1 (the field's
+uint32 range), specific versions 1..10**18-1 (what a version directory may be named).  A value out of
+range would otherwise surface later, inside the batcher or the version policy.
 """
 from __future__ import annotations
 
@@ -30,9 +36,10 @@ import re
 from dataclasses import replace
 
 from edgeloop.config import ModelConfig, VersionPolicy
+from edgeloop.config.models import MAX_BATCH_LIMIT, MAX_QUEUE_DELAY_US_LIMIT
 from edgeloop.protocol import model_config_pb2 as mc
-from edgeloop.protocol.errors import invalid_argument
-from edgeloop.serving.repository import MODEL_FILE
+from edgeloop.protocol.errors import invalid_argument, quote
+from edgeloop.serving.repository import MAX_JSON_DEPTH, MODEL_FILE, bounded_json
 
 log = logging.getLogger("edgeloop.serving")
 
@@ -41,6 +48,10 @@ ONNX_RUNTIME_NAMES = ("onnxruntime", "onnxruntime_onnx")  # Triton's backend and
 _HONOURED = ("name", "backend", "platform", "max_batch_size", "dynamic_batching", "version_policy")
 _IGNORED_QUIETLY = ("instance_group", "parameters")
 _DYNAMIC_BATCHING = ("max_queue_delay_microseconds", "preferred_batch_size")
+#: Characters of a load's config JSON (Triton's configs are a few hundred).
+MAX_CONFIG_CHARS = 65536
+MAX_NUM_VERSIONS = 2**32 - 1  # ModelVersionPolicy.Latest.num_versions is a uint32
+MAX_VERSION = 10**18 - 1  # version directories have at most 18 digits
 
 
 def parse_triton_config(text: str, base: ModelConfig) -> ModelConfig:
@@ -49,31 +60,35 @@ def parse_triton_config(text: str, base: ModelConfig) -> ModelConfig:
     Raises ProtocolError(INVALID_ARGUMENT) naming ``parameters['config']``, the field, the value
     received and what was expected.
     """
+    if len(text) > MAX_CONFIG_CHARS:
+        raise invalid_argument(f"{FIELD} holds {len(text)} characters; expected Triton's model configuration as "
+                               f"JSON of at most {MAX_CONFIG_CHARS} characters")
     try:
-        doc = _snake_case_keys(json.loads(text))
-    except json.JSONDecodeError as exc:
-        raise invalid_argument(f"{FIELD} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} "
-                               f"(char {exc.pos}); expected Triton's model configuration as a JSON object") from None
+        doc = _snake_case_keys(bounded_json(text))
+    except ValueError as exc:
+        raise invalid_argument(f"{FIELD} is not valid JSON: {exc}; expected Triton's model configuration as a "
+                               f"JSON object nested at most {MAX_JSON_DEPTH} levels deep") from None
     if not isinstance(doc, dict):
         raise invalid_argument(f"{FIELD} holds a JSON {_json_type(doc)}; expected Triton's model configuration "
                                f"as a JSON object, e.g. {{\"backend\": \"onnxruntime\", \"max_batch_size\": 8}}")
     unknown = sorted(k for k in doc if k not in _HONOURED and k not in _IGNORED_QUIETLY)
     if unknown:
-        log.debug("model %s: ignoring Triton config field(s) %s", base.name, ", ".join(unknown))
+        log.debug("model %s: ignoring Triton config field(s) %s", base.name, ", ".join(unknown)[:500])
 
     name = doc.get("name")
     if name not in (None, "") and name != base.name:
-        raise invalid_argument(f"{FIELD}.name is {name!r}; expected the model's name {base.name!r} (or no name)")
+        raise invalid_argument(f"{FIELD}.name is {quote(name)}; expected the model's name {base.name!r} (or no "
+                               f"name)")
     for key in ("backend", "platform"):
         value = doc.get(key)
         if value not in (None, "") and value not in ONNX_RUNTIME_NAMES:
-            raise invalid_argument(f"{FIELD}.{key} is {value!r}; expected one of "
+            raise invalid_argument(f"{FIELD}.{key} is {quote(value)}; expected one of "
                                    f"{', '.join(map(repr, ONNX_RUNTIME_NAMES))} (this server runs ONNX models "
                                    f"with onnxruntime only)")
 
     changes = {}
     if "max_batch_size" in doc:
-        changes["max_batch_size"] = _int(doc["max_batch_size"], "max_batch_size", minimum=0)
+        changes["max_batch_size"] = _int(doc["max_batch_size"], "max_batch_size", 0, MAX_BATCH_LIMIT)
     if "dynamic_batching" in doc:
         changes.update(_dynamic_batching(doc["dynamic_batching"]))
     if "version_policy" in doc:
@@ -137,18 +152,21 @@ def _dynamic_batching(section) -> dict:
                                f"{{\"max_queue_delay_microseconds\": 100, \"preferred_batch_size\": [4, 8]}}")
     unknown = sorted(k for k in section if k not in _DYNAMIC_BATCHING)
     if unknown:
-        log.debug("ignoring Triton config field(s) %s", ", ".join(f"{where}.{k}" for k in unknown))
+        log.debug("ignoring Triton config field(s) %s", ", ".join(f"{where}.{k}" for k in unknown)[:500])
     out = {}
     if "max_queue_delay_microseconds" in section:
         out["max_queue_delay_us"] = _int(section["max_queue_delay_microseconds"],
-                                         f"{where}.max_queue_delay_microseconds", minimum=0)
+                                         f"{where}.max_queue_delay_microseconds", 0, MAX_QUEUE_DELAY_US_LIMIT)
     if "preferred_batch_size" in section:
         sizes = section["preferred_batch_size"]
         if not isinstance(sizes, list):
-            raise invalid_argument(f"{FIELD}.{where}.preferred_batch_size is {sizes!r}; expected a list of "
-                                   f"positive integers")
-        out["preferred_batch_sizes"] = tuple(
-            _int(v, f"{where}.preferred_batch_size[{i}]", minimum=1) for i, v in enumerate(sizes))
+            raise invalid_argument(f"{FIELD}.{where}.preferred_batch_size is {_shown(sizes)}; expected a list of "
+                                   f"distinct integers in 1..{MAX_BATCH_LIMIT}")
+        values = [_int(v, f"{where}.preferred_batch_size[{i}]", 1, MAX_BATCH_LIMIT) for i, v in enumerate(sizes)]
+        if len(set(values)) != len(values):
+            raise invalid_argument(f"{FIELD}.{where}.preferred_batch_size is {_shown(sizes)}; expected distinct "
+                                   f"batch sizes")
+        out["preferred_batch_sizes"] = tuple(values)
     return out
 
 
@@ -157,24 +175,24 @@ def _version_policy(policy) -> VersionPolicy:
     expected = ('exactly one of {"latest": {"num_versions": N}}, {"all": {}}, '
                 '{"specific": {"versions": [1, 2]}}')
     if not isinstance(policy, dict) or len(policy) != 1:
-        raise invalid_argument(f"{FIELD}.{where} is {json.dumps(policy)}; expected {expected}")
+        raise invalid_argument(f"{FIELD}.{where} is {_shown(policy)}; expected {expected}")
     (kind, body), = policy.items()
     if kind not in ("latest", "all", "specific"):
-        raise invalid_argument(f"{FIELD}.{where} has kind {kind!r}; expected {expected}")
+        raise invalid_argument(f"{FIELD}.{where} has kind {quote(kind)}; expected {expected}")
     if not isinstance(body, dict):
         raise invalid_argument(f"{FIELD}.{where}.{kind} holds a JSON {_json_type(body)}; expected an object "
                                f"({expected})")
     if kind == "all":
         return VersionPolicy(kind="all")
     if kind == "latest":
-        n = _int(body.get("num_versions", 1), f"{where}.latest.num_versions", minimum=1)
+        n = _int(body.get("num_versions", 1), f"{where}.latest.num_versions", 1, MAX_NUM_VERSIONS)
         return VersionPolicy(kind="latest", latest_n=n)
     versions = body.get("versions")
     if not isinstance(versions, list) or not versions:
-        raise invalid_argument(f"{FIELD}.{where}.specific.versions is {json.dumps(versions)}; expected a "
-                               f"non-empty list of positive integers")
+        raise invalid_argument(f"{FIELD}.{where}.specific.versions is {_shown(versions)}; expected a "
+                               f"non-empty list of positive integers (1..{MAX_VERSION})")
     return VersionPolicy(kind="specific", versions=tuple(
-        sorted({_int(v, f"{where}.specific.versions[{i}]", minimum=1) for i, v in enumerate(versions)})))
+        sorted({_int(v, f"{where}.specific.versions[{i}]", 1, MAX_VERSION) for i, v in enumerate(versions)})))
 
 
 def _snake_case_keys(value):
@@ -187,16 +205,25 @@ def _snake_case_keys(value):
     return value
 
 
-def _int(value, where: str, minimum: int) -> int:
-    """A JSON number or decimal string holding an integer >= ``minimum``."""
+_DECIMAL = re.compile(r"-?[0-9]{1,30}")
+
+
+def _int(value, where: str, minimum: int, maximum: int) -> int:
+    """A JSON number or decimal string holding an integer in ``minimum..maximum``."""
     number = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    elif isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
         number = int(value)
-    if number is None or number < minimum:
-        raise invalid_argument(f"{FIELD}.{where} is {json.dumps(value)}; expected an integer >= {minimum}")
+    if number is None or not minimum <= number <= maximum:
+        raise invalid_argument(f"{FIELD}.{where} is {_shown(value)}; expected an integer in {minimum}..{maximum}")
     return number
+
+
+def _shown(value) -> str:
+    """``value`` as JSON for a message, cut to 200 characters with its full length noted."""
+    text = json.dumps(value)
+    return text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters in all)"
 
 
 def _json_type(value) -> str:
