@@ -126,3 +126,10 @@ def test_none_override_unsets_a_key():
     assert base.mesh.capacity_factor == 1.25
     changed = base.with_overrides(**{"mesh.capacity_factor": None, "coordinator.address": None})
     assert changed.mesh.capacity_factor is None and changed.coordinator_address is None
+
+
+def test_model_name_with_trailing_newline_is_refused():
+    """The TOML model table name follows the repository's rule matched whole (a `$` anchor let "mlp\n" in)."""
+    from edgeloop.config.models import is_model_name
+
+    assert is_model_name("mlp") and not is_model_name("mlp\n") and not is_model_name(".hidden")
