@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -22,6 +24,8 @@ from . import validate as v
 log = logging.getLogger("edgeloop.coordinator")
 
 LOAD = "load"
+#: batches of one upload stream validated ahead of the writer
+UPLOAD_IN_FLIGHT = 2
 #: how long an idle directive stream sleeps before checking that its client is still there
 STREAM_POLL_S = 1.0
 
@@ -91,6 +95,8 @@ class CoordinatorCore:
         self.metrics = metrics
         self.stopping = False
         self._tensors = v.TensorChecker()
+        #: the one thread that commits uploads: validation (GIL held) overlaps SQLite work (GIL released)
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeloop-store-writer")
 
     # ---------------------------------------------------------------- uploads
     def sample_rows(self, batch) -> list[SampleRow]:
@@ -145,7 +151,29 @@ class CoordinatorCore:
         return rows
 
     def upload(self, request_iterator, context, kind: str, operator: bool = False):
+        """Validate each batch on this thread and commit it on the writer thread, overlapping the two.
+
+        At most ``UPLOAD_IN_FLIGHT`` batches of a stream wait for the writer; the ack waits for all.
+        When the stream breaks, batches already handed over still commit but are not acknowledged.
+        """
         accepted, duplicates, stored = [], [], 0
+        in_flight: deque = deque()
+
+        def settle(batch_id, future):
+            nonlocal stored
+            result = future.result()
+            if result is None:
+                duplicates.append(batch_id)
+                self.metrics.duplicate_batches.labels(kind).inc()
+                return
+            accepted.append(batch_id)
+            rows = result if kind == "samples" else result[0]
+            stored += rows
+            if kind == "samples":
+                self.metrics.samples.inc(rows)
+            else:
+                self.metrics.labels.labels("operator" if operator else "edge").inc(rows)
+
         for batch in request_iterator:
             if self.stopping:
                 raise unavailable("the coordinator is shutting down; re-send the batches not acknowledged")
@@ -157,21 +185,15 @@ class CoordinatorCore:
             v.ident("batch_id", batch.batch_id)
             received = now_ms()
             if kind == "samples":
-                result = self.store.ingest_samples(batch.node_id, batch.batch_id, self.sample_rows(batch), received)
+                job = (self.store.ingest_samples, batch.node_id, batch.batch_id, self.sample_rows(batch), received)
             else:
-                result = self.store.ingest_labels(batch.node_id, batch.batch_id, self.label_rows(batch, received),
-                                                  received)
-            if result is None:
-                duplicates.append(batch.batch_id)
-                self.metrics.duplicate_batches.labels(kind).inc()
-                continue
-            accepted.append(batch.batch_id)
-            if kind == "samples":
-                stored += result
-                self.metrics.samples.inc(result)
-            else:
-                stored += result[0]
-                self.metrics.labels.labels("operator" if operator else "edge").inc(result[0])
+                job = (self.store.ingest_labels, batch.node_id, batch.batch_id, self.label_rows(batch, received),
+                       received)
+            in_flight.append((batch.batch_id, self.writer.submit(*job)))
+            while len(in_flight) > UPLOAD_IN_FLIGHT:
+                settle(*in_flight.popleft())
+        while in_flight:
+            settle(*in_flight.popleft())
         if not context.is_active():
             raise unavailable("the upload stream was cancelled before its end")
         return mesh_pb2.UploadAck(accepted_batch_ids=accepted, duplicate_batch_ids=duplicates, rows_stored=stored)

@@ -20,7 +20,7 @@ CREATE TABLE samples (
     model_version INTEGER NOT NULL, routing_key TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
     received_ms INTEGER NOT NULL, payload BLOB NOT NULL);
 CREATE UNIQUE INDEX samples_by_id ON samples (sample_id, model);
-CREATE INDEX samples_by_key ON samples (model, routing_key, timestamp_ms);
+CREATE INDEX samples_by_key ON samples (model, routing_key, timestamp_ms) WHERE routing_key != '';
 CREATE TABLE labels (
     sample_id TEXT NOT NULL, model TEXT NOT NULL, value REAL NOT NULL, received_ms INTEGER NOT NULL,
     node_id TEXT NOT NULL, writes INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (sample_id, model));

@@ -32,6 +32,12 @@ ON CONFLICT (sample_id, model) DO UPDATE SET
   writes = labels.writes + 1"""
 
 
+def pragmas(synchronous: str) -> tuple[str, ...]:
+    """The connection settings (also used by the ingest benchmark's bare-SQLite baseline)."""
+    return ("PRAGMA journal_mode=WAL", f"PRAGMA synchronous={synchronous.upper()}", "PRAGMA foreign_keys=OFF",
+            "PRAGMA busy_timeout=5000", "PRAGMA cache_size=-65536")
+
+
 class StoreError(Exception):
     """A request the store refuses because of what is already stored (e.g. a version taken)."""
 
@@ -47,10 +53,8 @@ class SqliteStore:
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
                                      cached_statements=256)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._conn.execute("PRAGMA foreign_keys=OFF")
-        self._conn.execute("PRAGMA busy_timeout=5000")
+        for pragma in pragmas(synchronous):
+            self._conn.execute(pragma)
         self.schema_version = apply_migrations(self._conn)
         self._pending_labels = self._one("SELECT count(*) FROM pending_labels")
         self._closed = False
@@ -188,8 +192,9 @@ class SqliteStore:
                 return [(sample_id, model)]
             return [(sample_id, m) for (m,) in conn.execute("SELECT model FROM samples WHERE sample_id = ?",
                                                             (sample_id,))]
-        found = conn.execute("SELECT sample_id FROM samples WHERE model = ? AND routing_key = ? AND timestamp_ms <= ? "
-                             "ORDER BY timestamp_ms DESC, id DESC LIMIT 1", (model, key, ts)).fetchone()
+        found = conn.execute("SELECT sample_id FROM samples WHERE model = ? AND routing_key = ? AND routing_key != '' "
+                             "AND timestamp_ms <= ? ORDER BY timestamp_ms DESC, id DESC LIMIT 1",
+                             (model, key, ts)).fetchone()
         return [(found[0], model)] if found else []
 
     def _store_label(self, conn, row, node_id: str) -> tuple[int, int]:
@@ -214,7 +219,8 @@ class SqliteStore:
                                "p.received_ms, p.node_id FROM pending_labels p WHERE EXISTS (SELECT 1 FROM samples s "
                                "WHERE (p.sample_id != '' AND s.sample_id = p.sample_id "
                                "AND (p.model = '' OR s.model = p.model)) OR (p.sample_id = '' AND s.model = p.model "
-                               "AND s.routing_key = p.routing_key AND s.timestamp_ms <= p.timestamp_ms))").fetchall()
+                               "AND s.routing_key = p.routing_key AND s.routing_key != '' "
+                               "AND s.timestamp_ms <= p.timestamp_ms))").fetchall()
         for pid, sample_id, model, key, ts, value, received, node_id in pending:
             row = LabelRow(sample_id, model, key, ts, value, received)
             for target_id, target_model in self._targets(conn, row):
