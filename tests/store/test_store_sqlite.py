@@ -119,3 +119,23 @@ def test_feature_statistics_merge_per_edge_and_window(store):
     assert store.feature_stats("m", node_id="e1")[0].counts == (1, 3)
     assert store.feature_stats("m", since_ms=BUCKET_MS)[0].counts == (3, 0)
     assert {n.node_id: n.last_status.get("requests") for n in store.nodes()} == {"e1": 9, "e2": None}
+
+
+def test_pending_labels_join_only_samples_at_or_before_their_time(store):
+    store.ingest_labels("", "l1", [LabelRow("", "m", "u", 1000, 1.0, 5)], 5)
+    store.ingest_samples("e1", "b1", rows("late", key="u", ts=2000), 6)   # later than the label: no join
+    assert store.label_of("late", "m") is None
+    store.ingest_samples("e1", "b2", rows("early", key="u", ts=900), 7)   # arrives later, served earlier
+    assert store.label_of("early", "m") == (1.0, 1)
+    (c,) = store.model_counts()
+    assert (c.labels, c.unjoined_labels) == (1, 0)
+
+
+def test_a_failed_batch_leaves_pending_labels_to_join_later(store):
+    store.ingest_labels("", "l1", [LabelRow("a", "m", "", 0, 1.0, 5)], 5)
+    store.ingest_labels("", "l2", [LabelRow("b", "", "", 0, 1.0, 5)], 5)  # pending (no model)
+    bad = rows("b") + [SampleRow("m", "c", 1, "k", 1, object())]
+    with pytest.raises(sqlite3.Error):
+        store.ingest_samples("e1", "b1", bad, 6)
+    store.ingest_samples("e1", "b1", rows("b"), 6)
+    assert store.label_of("b", "m") == (1.0, 1)

@@ -141,11 +141,14 @@ class CoordinatorCore:
                 v.name(f"labels[{i}].model", lab.model)
                 v.routing_key(f"labels[{i}].routing_key", lab.routing_key)
                 v.timestamp(f"labels[{i}].timestamp_ms", lab.timestamp_ms)
+            if lab.sample_id and lab.routing_key:
+                v.routing_key(f"labels[{i}].routing_key", lab.routing_key)
             if lab.timestamp_ms >= v.MAX_TIMESTAMP_MS:
                 v.timestamp(f"labels[{i}].timestamp_ms", lab.timestamp_ms)
             v.finite(f"labels[{i}].value", lab.value)
-            if lab.received_ms >= v.MAX_TIMESTAMP_MS:
-                v.timestamp(f"labels[{i}].received_ms", lab.received_ms)
+            if lab.received_ms > received + v.MAX_CLOCK_AHEAD_MS:  # would win every later write forever
+                raise v.bad(f"labels[{i}].received_ms", lab.received_ms,
+                            f"a Unix time in ms no later than the coordinator's clock + {v.MAX_CLOCK_AHEAD_MS} ms")
             rows.append(LabelRow(lab.sample_id, lab.model, lab.routing_key, lab.timestamp_ms, lab.value,
                                  lab.received_ms or received))
         return rows

@@ -23,6 +23,8 @@ MAX_TENSORS = 64
 MAX_DIMS = 8
 MAX_TIMESTAMP_MS = 1 << 53
 MAX_VERSION = (1 << 53)
+#: how far ahead of the coordinator's clock a label's received_ms may be (clock skew between machines)
+MAX_CLOCK_AHEAD_MS = 24 * 3600 * 1000
 MODEL_STATES = ("READY", "LOADING", "UNAVAILABLE", "")
 MAX_MODELS = 1024
 MAX_FEATURE_STATS = 65536

@@ -48,6 +48,10 @@ CREATE TABLE feature_stats (
     counts TEXT NOT NULL, n INTEGER NOT NULL, mean REAL NOT NULL, m2 REAL NOT NULL, nan_count INTEGER NOT NULL,
     psi REAL, PRIMARY KEY (model, model_version, tensor, is_output, feature, node_id, bucket_ms));
 """),
+    (2, "indexes to join pending labels against each new batch", """
+CREATE INDEX pending_by_id ON pending_labels (sample_id) WHERE sample_id != '';
+CREATE INDEX pending_by_key ON pending_labels (model, routing_key) WHERE sample_id = '';
+"""),
 )
 
 

@@ -89,6 +89,7 @@ class SqliteStore:
                 yield self._conn
             except BaseException:
                 self._conn.execute("ROLLBACK")
+                self._pending_labels = self._one("SELECT count(*) FROM pending_labels")  # undo in-memory too
                 raise
             self._conn.execute("COMMIT")
 
@@ -158,7 +159,7 @@ class SqliteStore:
                 conn.execute("INSERT INTO nodes (node_id, joined_ms, last_seen_ms, samples_received) "
                              "VALUES (?, ?, ?, ?)", (node_id, now_ms, now_ms, stored))
             if self._pending_labels:
-                self._resolve_pending(conn)
+                self._resolve_pending(conn, rows)
             return stored
 
     def ingest_labels(self, node_id: str, batch_id: str, rows: Sequence[LabelRow], now_ms: int
@@ -213,17 +214,21 @@ class SqliteStore:
             overwrites += before is not None
         return len(targets), overwrites
 
-    def _resolve_pending(self, conn) -> None:
-        """Join pending labels whose sample has now arrived."""
-        pending = conn.execute("SELECT p.id, p.sample_id, p.model, p.routing_key, p.timestamp_ms, p.value, "
-                               "p.received_ms, p.node_id FROM pending_labels p WHERE EXISTS (SELECT 1 FROM samples s "
-                               "WHERE (p.sample_id != '' AND s.sample_id = p.sample_id "
-                               "AND (p.model = '' OR s.model = p.model)) OR (p.sample_id = '' AND s.model = p.model "
-                               "AND s.routing_key = p.routing_key AND s.routing_key != '' "
-                               "AND s.timestamp_ms <= p.timestamp_ms))").fetchall()
+    def _resolve_pending(self, conn, rows: Sequence[SampleRow]) -> None:
+        """Join the pending labels that name a sample of this batch (by id, or by model + routing key)."""
+        ids = json.dumps(sorted({r[1] for r in rows}))
+        keys = json.dumps(sorted({(r[0], r[3]) for r in rows if r[3]}))
+        columns = "p.id, p.sample_id, p.model, p.routing_key, p.timestamp_ms, p.value, p.received_ms, p.node_id"
+        pending = conn.execute(
+            f"SELECT {columns} FROM json_each(?) j JOIN pending_labels p ON p.sample_id = j.value "
+            f"AND p.sample_id != '' UNION SELECT {columns} FROM json_each(?) j JOIN pending_labels p "
+            f"ON p.sample_id = '' AND p.model = json_extract(j.value, '$[0]') "
+            f"AND p.routing_key = json_extract(j.value, '$[1]')", (ids, keys)).fetchall()
         for pid, sample_id, model, key, ts, value, received, node_id in pending:
-            row = LabelRow(sample_id, model, key, ts, value, received)
-            for target_id, target_model in self._targets(conn, row):
+            targets = self._targets(conn, LabelRow(sample_id, model, key, ts, value, received))
+            if not targets:
+                continue  # e.g. every sample of that key so far is later than the label
+            for target_id, target_model in targets:
                 conn.execute(_UPSERT_LABEL, (target_id, target_model, value, received, node_id))
             conn.execute("DELETE FROM pending_labels WHERE id = ?", (pid,))
             self._pending_labels -= 1
