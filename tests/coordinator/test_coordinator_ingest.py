@@ -137,3 +137,16 @@ def test_bad_label_fields_are_refused(running):
         running.fleet.ImportLabels(iter([mesh_pb2.LabelBatch(batch_id="l", node_id="e", labels=[
             mesh_pb2.Label(sample_id="s1", value=1.0)])]), timeout=10)
     assert err.value.details().startswith("node_id")
+
+
+def test_batches_over_the_row_limit_are_refused(tmp_path):
+    from coordkit import Running, cloud_config
+
+    r = Running(cloud_config(tmp_path, max_batch_rows=2))
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            r.coord.UploadSamples(iter([sample_batch("b1", ["a", "b", "c"])]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("samples:")
+        assert r.coord.UploadSamples(iter([sample_batch("b1", ["a", "b"])]), timeout=10).rows_stored == 2
+    finally:
+        r.stop()
