@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -20,12 +19,13 @@ from edgeloop.protocol.errors import ProtocolError, failed_precondition, invalid
 from edgeloop.store import (ArtifactError, FeatureStatRow, LabelRow, SampleRow, StoreError)
 
 from . import validate as v
+from .writer import IngestWriter
 
 log = logging.getLogger("edgeloop.coordinator")
 
 LOAD = "load"
-#: batches of one upload stream validated ahead of the writer
-UPLOAD_IN_FLIGHT = 2
+#: rows of one upload stream validated and queued ahead of the writer (bounds memory per stream)
+UPLOAD_IN_FLIGHT_ROWS = 4000
 #: how long an idle directive stream sleeps before checking that its client is still there
 STREAM_POLL_S = 1.0
 
@@ -96,7 +96,7 @@ class CoordinatorCore:
         self.stopping = False
         self._tensors = v.TensorChecker()
         #: the one thread that commits uploads: validation (GIL held) overlaps SQLite work (GIL released)
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeloop-store-writer")
+        self.writer = IngestWriter(store)
 
     # ---------------------------------------------------------------- uploads
     def sample_rows(self, batch) -> list[SampleRow]:
@@ -156,7 +156,7 @@ class CoordinatorCore:
     def upload(self, request_iterator, context, kind: str, operator: bool = False):
         """Validate each batch on this thread and commit it on the writer thread, overlapping the two.
 
-        At most ``UPLOAD_IN_FLIGHT`` batches of a stream wait for the writer; the ack waits for all.
+        At most ``UPLOAD_IN_FLIGHT_ROWS`` rows of a stream wait for the writer; the ack waits for all.
         When the stream breaks, batches already handed over still commit but are not acknowledged.
         """
         accepted, duplicates, stored = [], [], 0
@@ -188,15 +188,20 @@ class CoordinatorCore:
             v.ident("batch_id", batch.batch_id)
             received = now_ms()
             if kind == "samples":
-                job = (self.store.ingest_samples, batch.node_id, batch.batch_id, self.sample_rows(batch), received)
+                rows = self.sample_rows(batch)
+                future = self.writer.samples(batch.node_id, batch.batch_id, rows, received)
             else:
-                job = (self.store.ingest_labels, batch.node_id, batch.batch_id, self.label_rows(batch, received),
-                       received)
-            in_flight.append((batch.batch_id, self.writer.submit(*job)))
-            while len(in_flight) > UPLOAD_IN_FLIGHT:
-                settle(*in_flight.popleft())
+                rows = self.label_rows(batch, received)
+                future = self.writer.call(self.store.ingest_labels, batch.node_id, batch.batch_id, rows, received)
+            in_flight.append((batch.batch_id, future, len(rows)))
+            waiting = sum(n for _, _, n in in_flight)
+            while len(in_flight) > 1 and waiting > UPLOAD_IN_FLIGHT_ROWS:
+                batch_id, future, n = in_flight.popleft()
+                settle(batch_id, future)
+                waiting -= n
         while in_flight:
-            settle(*in_flight.popleft())
+            batch_id, future, _ = in_flight.popleft()
+            settle(batch_id, future)
         if not context.is_active():
             raise unavailable("the upload stream was cancelled before its end")
         return mesh_pb2.UploadAck(accepted_batch_ids=accepted, duplicate_batch_ids=duplicates, rows_stored=stored)

@@ -147,20 +147,30 @@ class SqliteStore:
 
     def ingest_samples(self, node_id: str, batch_id: str, rows: Sequence[SampleRow], now_ms: int) -> int | None:
         """Store one batch in one transaction; the rows newly stored, or None for a duplicate batch."""
+        return self.ingest_sample_batches([(node_id, batch_id, rows, now_ms)])[0]
+
+    def ingest_sample_batches(self, batches: Sequence[tuple[str, str, Sequence[SampleRow], int]]
+                              ) -> list[int | None]:
+        """Store several (node_id, batch_id, rows, now_ms) batches in one transaction (group commit).
+
+        Each batch is claimed and stored whole; the result per batch is as for ``ingest_samples``.
+        """
         with self._transaction() as conn:
-            if not self._claim_batch(conn, node_id, "samples", batch_id, len(rows), now_ms):
-                return None
-            cur = conn.executemany(_INSERT_SAMPLE, [(r[0], r[1], node_id, r[2], r[3], r[4], now_ms, r[5])
-                                                    for r in rows])
-            stored = max(cur.rowcount, 0)
-            if not conn.execute("UPDATE nodes SET samples_received = samples_received + ?, "
-                                "last_seen_ms = max(last_seen_ms, ?) WHERE node_id = ?",
-                                (stored, now_ms, node_id)).rowcount:
-                conn.execute("INSERT INTO nodes (node_id, joined_ms, last_seen_ms, samples_received) "
-                             "VALUES (?, ?, ?, ?)", (node_id, now_ms, now_ms, stored))
-            if self._pending_labels:
-                self._resolve_pending(conn, rows)
-            return stored
+            return [self._ingest_samples(conn, *batch) for batch in batches]
+
+    def _ingest_samples(self, conn, node_id: str, batch_id: str, rows: Sequence[SampleRow], now_ms: int) -> int | None:
+        if not self._claim_batch(conn, node_id, "samples", batch_id, len(rows), now_ms):
+            return None
+        cur = conn.executemany(_INSERT_SAMPLE, [(r[0], r[1], node_id, r[2], r[3], r[4], now_ms, r[5]) for r in rows])
+        stored = max(cur.rowcount, 0)
+        if not conn.execute("UPDATE nodes SET samples_received = samples_received + ?, "
+                            "last_seen_ms = max(last_seen_ms, ?) WHERE node_id = ?",
+                            (stored, now_ms, node_id)).rowcount:
+            conn.execute("INSERT INTO nodes (node_id, joined_ms, last_seen_ms, samples_received) "
+                         "VALUES (?, ?, ?, ?)", (node_id, now_ms, now_ms, stored))
+        if self._pending_labels:
+            self._resolve_pending(conn, rows)
+        return stored
 
     def ingest_labels(self, node_id: str, batch_id: str, rows: Sequence[LabelRow], now_ms: int
                       ) -> tuple[int, int] | None:
