@@ -287,7 +287,12 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
         issued = core.store.directive_sequence(node_id)
         if after > issued:
             log.warning("node %s resumes after directive %d, but only %d were issued to it", node_id, after, issued)
-        core.hub.connect(node_id)
+        limit = max(1, core.config.grpc_workers // 2)  # each stream holds a handler thread: keep half for calls
+        if not core.hub.connect(node_id, limit):
+            raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"node_id {node_id!r}: {limit} directive streams are open, the most this coordinator "
+                                f"holds (fleet.grpc_workers / 2); retry later")
+        core.store.touch_node(node_id, now_ms())
         self.metrics.connected.set(len(core.hub.connected()))
         try:
             while context.is_active() and not core.stopping:
