@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sqlite3
 import time
 from collections import deque
 
@@ -47,6 +48,13 @@ def _guard(method: str):
                 code = grpc.StatusCode.UNAVAILABLE if self.stopping else grpc.StatusCode.FAILED_PRECONDITION
                 self.metrics.rejected.labels(method, code.name).inc()
                 context.abort(code, str(exc))
+            except (sqlite3.Error, OSError, RuntimeError) as exc:  # storage failed: say so, never die
+                code = grpc.StatusCode.UNAVAILABLE if self.stopping else grpc.StatusCode.INTERNAL
+                if not self.stopping:
+                    log.exception("%s failed in storage", method)
+                self.metrics.rejected.labels(method, code.name).inc()
+                context.abort(code, f"{method}: storage failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                                    f"nothing of the failed batch or call was acknowledged")
         handler.__name__ = fn.__name__
         return handler
     return wrap
