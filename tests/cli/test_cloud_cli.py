@@ -5,7 +5,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -16,7 +15,7 @@ from coordkit import join, sample_batch  # noqa: E402
 
 from edgeloop.config import load_cloud_config  # noqa: E402
 from edgeloop.coordinator.fleet_client import open_fleet_channel  # noqa: E402
-from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc  # noqa: E402
+from edgeloop.protocol import mesh_pb2_grpc  # noqa: E402
 
 START_TIMEOUT_S = 30
 
