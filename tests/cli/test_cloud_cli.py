@@ -136,3 +136,16 @@ def test_sigterm_during_an_upload_stream_commits_or_leaves_unacknowledged(cloud)
     count = db.execute("SELECT count(*) FROM samples").fetchone()[0]
     db.close()
     assert acked <= stored and count == 50 * len(stored)
+
+
+def test_bad_cloud_config_and_bad_csv_header_are_reported(tmp_path):
+    config = tmp_path / "cloud.toml"
+    config.write_text('[storage]\ndatabase = "c.sqlite"\nmax_batch_rows = 0\n')
+    out = edgeloop("cloud", "--config", config)
+    assert out.returncode == 2 and "storage.max_batch_rows" in out.stderr
+    csv = tmp_path / "labels.csv"
+    csv.write_text("id,value\nr1,1\n")
+    out = edgeloop("labels", "import", csv, "--config", config)
+    assert out.returncode == 2 and "line 1" in out.stderr and "request_id,label[,timestamp]" in out.stderr
+    out = edgeloop("models", "push", tmp_path / "missing.onnx", "--model", "m", "--config", config)
+    assert out.returncode == 2 and "missing.onnx: cannot be read" in out.stderr

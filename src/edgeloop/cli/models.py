@@ -51,6 +51,11 @@ def run_push(args) -> int:
     if args.version < 0:
         return _fail(ValueError(f"--version {args.version}: expected a version >= 1 (or 0 for the next one)"))
     try:
+        with open(args.file, "rb"):
+            pass
+    except OSError as exc:
+        return _fail(ValueError(f"{args.file}: cannot be read ({exc.strerror}); expected a model file"))
+    try:
         channel = _channel(args)
     except (ConfigError, AuthError, OSError) as exc:
         return _fail(exc)
