@@ -1,6 +1,5 @@
 """``edgeloop cloud`` as a real process, and the fleet commands against it: status, models, labels, certs."""
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -11,7 +10,7 @@ import grpc
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coordinator"))
-from coordkit import join, sample_batch  # noqa: E402
+from coordkit import join, onnx_bytes, sample_batch  # noqa: E402
 
 from edgeloop.config import load_cloud_config  # noqa: E402
 from edgeloop.coordinator.fleet_client import open_fleet_channel  # noqa: E402
@@ -68,7 +67,7 @@ def test_cloud_process_serves_fleet_commands_and_exits_0_on_sigterm(cloud, tmp_p
     join(coord, "edge-a")
     coord.UploadSamples(iter([sample_batch("b1", ["r1", "r2", "r3"])]), timeout=10)
     model = tmp_path / "m.onnx"
-    model.write_bytes(os.urandom(3000))
+    model.write_bytes(onnx_bytes(3000))
     out = edgeloop("models", "push", model, "--model", "m", "--config", config)
     assert out.returncode == 0 and "version 1" in out.stdout and "1 edge(s) directed" in out.stdout, out.stderr
     csv = tmp_path / "labels.csv"

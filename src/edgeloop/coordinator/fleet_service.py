@@ -13,6 +13,7 @@ from edgeloop.store import ArtifactError, StoreError
 from . import validate as v
 from .core import LOAD, CoordinatorCore, model_messages
 from .guards import guard, now_ms
+from .model_check import onnx_problem
 
 log = logging.getLogger("edgeloop.coordinator")
 
@@ -70,6 +71,11 @@ class FleetServicer(mesh_pb2_grpc.FleetServicer):
             raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"data: {exc}") from None
         if size == 0:
             raise invalid_argument("data: got 0 bytes, expected the model file's bytes")
+        problem = onnx_problem(core.artifacts.path(sha))
+        if problem is not None:
+            if not core.store.artifact_published(sha):
+                core.artifacts.discard(sha)
+            raise invalid_argument(f"data: {size} bytes with sha256 {sha}: {problem}")
         if not context.is_active():
             raise unavailable("the push stream was cancelled before its end")
         try:

@@ -423,6 +423,10 @@ class SqliteStore:
                 records.append(self._add_directive(conn, node_id, directive_kind, payload, now_ms, model, version))
             return published, records
 
+    def artifact_published(self, sha256: str) -> bool:
+        with self._lock:
+            return self._one("SELECT 1 FROM published_models WHERE sha256 = ?", (sha256,)) is not None
+
     def published_models(self, latest_only: bool = False) -> list[PublishedModel]:
         sql = "SELECT model, version, sha256, size, created_ms FROM published_models"
         if latest_only:
