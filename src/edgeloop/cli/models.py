@@ -100,6 +100,7 @@ def run_list(args) -> int:
         return 0
     print(f"{'MODEL':<24} {'SAMPLES':>9} {'LABELLED':>9}  SERVED (version: edges)")
     for e in rows:
-        served = "; ".join(f"{v}: {','.join(sorted(n))}" for v, n in sorted(e["served"].items(), key=lambda i: int(i[0])))
+        versions = sorted(e["served"].items(), key=lambda item: int(item[0]))
+        served = "; ".join(f"{v}: {','.join(sorted(n))}" for v, n in versions)
         print(f"{e['model']:<24} {e['samples']:>9} {e['labelled']:>9}  {served or '-'}")
     return 0

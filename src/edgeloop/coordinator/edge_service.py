@@ -76,7 +76,8 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
         node_id = v.name("node_id", request.node_id)
         core = self.core
         if not core.store.node_known(node_id):
-            raise failed_precondition(f"node_id: got {v.cut(node_id)}, expected a node that has joined (call Join first)")
+            raise failed_precondition(f"node_id: got {v.cut(node_id)}, expected a node that has joined "
+                                      f"(call Join first)")
         after = request.after_sequence
         issued = core.store.directive_sequence(node_id)
         if after > issued:
@@ -169,7 +170,8 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
             if any(not math.isfinite(e) for e in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
                 raise v.bad(f"{where}.bin_edges", list(edges[:8]), "finite, strictly increasing bin edges")
             if len(f.counts) != max(len(edges) - 1, 0):
-                raise v.bad(f"{where}.counts", f"{len(f.counts)} counts", f"len(bin_edges) - 1 = {len(edges) - 1} counts")
+                raise v.bad(f"{where}.counts", f"{len(f.counts)} counts",
+                            f"len(bin_edges) - 1 = {len(edges) - 1} counts")
             for field, value in (("mean", f.mean), ("m2", f.m2)):
                 v.finite(f"{where}.{field}", value)
             if f.m2 < 0:

@@ -3,7 +3,8 @@
 ``edgeloop certs init DIR`` writes ``ca.pem``/``ca.key``, ``server.pem``/``server.key`` and
 ``client.pem``/``client.key`` (keys mode 0600), plus a random fleet ``token`` (0600) when none is
 there.  The server certificate is good for client authentication as well, so fleet commands that read
-the cloud's own config (which names the server certificate) work under mTLS.  They are meant for the loopback example configs and tests; a real fleet uses its own PKI.
+the cloud's own config (which names the server certificate) work under mTLS.  They are meant for
+the loopback example configs and tests; a real fleet uses its own PKI.
 """
 from __future__ import annotations
 

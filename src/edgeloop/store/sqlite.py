@@ -313,7 +313,8 @@ class SqliteStore:
                                  node_id)).rowcount:
                 conn.execute("INSERT INTO nodes (node_id, joined_ms, last_seen_ms, last_status, models) "
                              "VALUES (?, ?, ?, ?, ?)", (node_id, now_ms, now_ms, text, json.dumps(models)))
-            conn.execute("INSERT INTO status_reports (node_id, at_ms, report) VALUES (?, ?, ?)", (node_id, now_ms, text))
+            conn.execute("INSERT INTO status_reports (node_id, at_ms, report) VALUES (?, ?, ?)",
+                         (node_id, now_ms, text))
             for s in stats:
                 self._merge_stat(conn, node_id, bucket, s)
 
