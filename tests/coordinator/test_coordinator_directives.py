@@ -31,6 +31,7 @@ class StreamReader:
         try:
             for d in self.call:
                 self.items.put(d)
+            self.items.put(EOFError("the stream ended with OK"))
         except grpc.RpcError as exc:
             self.items.put(exc)
 
@@ -109,10 +110,11 @@ def test_restart_in_the_middle_of_a_directive_stream_resumes_after_the_last_appl
     first = reader.next()
     running.coord.ReportDirective(mesh_pb2.DirectiveResult(node_id="edge-a", sequence=first.sequence, ok=True),
                                   timeout=10)
-    running.restart(same_port=True)  # the open stream ends with the old process
-    with pytest.raises(grpc.RpcError):
+    running.restart(same_port=True)  # the open stream ends with the old process: UNAVAILABLE, reconnect
+    with pytest.raises(grpc.RpcError) as err:
         while True:
             reader.next()
+    assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     reader = StreamReader(running.coord, "edge-a", after=first.sequence)
     try:
         assert [reader.next().sequence for _ in range(2)] == [2, 3]

@@ -7,7 +7,7 @@ import math
 import grpc
 
 from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
-from edgeloop.protocol.errors import ProtocolError, failed_precondition, not_found
+from edgeloop.protocol.errors import ProtocolError, failed_precondition, not_found, unavailable
 from edgeloop.store import ArtifactError, FeatureStatRow, StoreError
 
 from . import validate as v
@@ -100,10 +100,12 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
                 if not records:
                     core.hub.wait(seen, STREAM_POLL_S)
         except StoreError:
-            pass  # closed during shutdown: the stream ends, the edge reconnects to the next coordinator
+            pass  # closed during shutdown: ends below like any stream the coordinator stops
         finally:
             core.hub.disconnect(node_id)
             self.metrics.connected.set(len(core.hub.connected()))
+        if core.stopping:
+            raise unavailable(f"the coordinator is shutting down; reconnect and resume after sequence {after}")
 
     @guard("ReportDirective")
     def ReportDirective(self, request, context):
