@@ -6,6 +6,8 @@ import math
 
 import grpc
 
+from edgeloop.config.network import HOST_EXPECTATION, is_host
+from edgeloop.config.schema import join_host_port
 from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
 from edgeloop.protocol.errors import ProtocolError, failed_precondition, not_found, unavailable
 from edgeloop.store import ArtifactError, FeatureStatRow, StoreError
@@ -38,8 +40,8 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
         if node.mesh_name:
             v.name("node.mesh_name", node.mesh_name)
         v.text("node.host", node.host, 253)
-        if node.host and not node.host.replace(".", "").replace(":", "").replace("-", "").isalnum():
-            raise v.bad("node.host", node.host, "a host name or IP address")
+        if node.host and not is_host(node.host):
+            raise v.bad("node.host", node.host, HOST_EXPECTATION)
         if node.grpc_port > 65535 or node.metrics_port > 65535:
             raise v.bad("node.grpc_port", node.grpc_port, "a port 0..65535")
         if not (math.isfinite(node.weight) and node.weight >= 0):
@@ -47,7 +49,7 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
         v.text("node.zone", node.zone, 128)
         v.text("node.protocol_version", node.protocol_version, 64)
         models = models_of("models", request.models)
-        address = f"{node.host}:{node.grpc_port}" if node.host and node.grpc_port else ""
+        address = join_host_port(node.host, node.grpc_port) if node.host and node.grpc_port else ""
         identity = {"host": node.host, "grpc_port": node.grpc_port, "metrics_port": node.metrics_port,
                     "weight": node.weight, "zone": node.zone, "protocol_version": node.protocol_version,
                     "mesh_name": node.mesh_name}
