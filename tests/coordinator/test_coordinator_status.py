@@ -85,3 +85,19 @@ def test_metrics_health_and_reflection(running):
             health_pb2.HealthCheckResponse.SERVING
     services = set(ProtoReflectionDescriptorDatabase(running.channel).get_services())
     assert {"edgeloop.v1.Coordinator", "edgeloop.v1.Fleet", "grpc.health.v1.Health"} <= services
+
+
+def test_a_taken_port_is_an_oserror_naming_the_key_and_leaves_the_database_closed(running, tmp_path):
+    from dataclasses import replace
+
+    from coordkit import cloud_config
+    from edgeloop.coordinator import Coordinator
+
+    config = cloud_config(tmp_path / "other")
+    config = replace(config, node=replace(config.node, grpc_port=running.coordinator.grpc_port))
+    with pytest.raises(OSError, match="node.grpc_port"):
+        Coordinator(config)
+    import sqlite3
+    raw = sqlite3.connect(str(config.database))
+    assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    raw.close()

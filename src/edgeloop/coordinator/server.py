@@ -64,6 +64,7 @@ class Coordinator:
             else:
                 self._grpc_port = self.server.add_secure_port(address, creds)
         except RuntimeError as exc:
+            self.core.writer.close()
             self.store.close()
             raise OSError(f"cannot listen on {address} (node.grpc_port): {exc}") from None
         self._metrics_httpd = None
