@@ -21,6 +21,7 @@ def test_defaults(tmp_path):
     ({"max_message_bytes": True}, None, "storage.max_message_bytes"),
     ({"fetch_chunk_bytes": 1 << 24, "max_message_bytes": 1 << 20}, None, "storage.fetch_chunk_bytes"),
     ({"max_artifact_bytes": -1}, None, "storage.max_artifact_bytes"),
+    ({"history_days": 0}, None, "storage.history_days"),
     ({"max_artifact_byte": 5}, None, "storage.max_artifact_byte"),
     (None, {"grpc_workers": 2}, "fleet.grpc_workers"),
 ])

@@ -159,3 +159,22 @@ def test_an_older_database_is_migrated_with_its_data(tmp_path, monkeypatch):
     new.ingest_samples("e", "b1", rows("d"), 5)
     assert {c.model: c.samples for c in new.model_counts()} == {"m": 3, "n": 1}
     new.close()
+
+
+def test_status_history_and_statistics_windows_are_pruned(tmp_path):
+    store = SqliteStore(tmp_path / "c.sqlite", history_ms=10 * BUCKET_MS)
+    stat = FeatureStatRow("m", 1, "input", False, 0, (0.0, 1.0), (1,), 1, 0.5, 0.0, 0, math.nan)
+    store.record_status("e1", {}, [], [stat], 0)
+    store.record_status("e1", {}, [], [stat], 5 * BUCKET_MS)
+    assert len(store.feature_stats("m")) == 1 and store.feature_stats("m")[0].n == 2
+    store.record_status("e1", {"requests": 1}, [], [stat], 20 * BUCKET_MS)
+    store.prune_history(20 * BUCKET_MS)
+    assert store.feature_stats("m")[0].n == 1                     # only the newest window is left
+    store.close()
+    store = SqliteStore(tmp_path / "c.sqlite", history_ms=1)      # the first report after a start prunes
+    store.record_status("e1", {}, [], [], 30 * BUCKET_MS)
+    assert store.feature_stats("m") == []
+    raw = sqlite3.connect(str(tmp_path / "c.sqlite"))
+    assert raw.execute("SELECT count(*) FROM status_reports").fetchone()[0] == 1
+    raw.close()
+    store.close()

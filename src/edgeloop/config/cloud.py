@@ -15,7 +15,7 @@ from .toml_source import read_toml
 
 CLOUD_TABLES = ("node", "storage", "fleet", "auth")
 STORAGE_KEYS = ("database", "artifact_dir", "synchronous", "max_message_bytes", "max_batch_rows",
-                "max_artifact_bytes", "fetch_chunk_bytes")
+                "max_artifact_bytes", "fetch_chunk_bytes", "history_days")
 FLEET_KEYS = ("heartbeat_interval_ms", "grpc_workers")
 CLOUD_NODE_DEFAULT = NodeConfig(id="cloud", host="127.0.0.1", grpc_port=7001, metrics_port=7002)
 
@@ -58,7 +58,8 @@ def parse_cloud_config(data: dict[str, Any], source: str = "<string>", base_dir:
         raise storage.error("synchronous", synchronous, "'normal' or 'full' (SQLite synchronous)")
     limits = {key: storage.integer(key, getattr(CloudConfig, key), minimum=low, maximum=high)
               for key, low, high in (("max_message_bytes", 4096, 1 << 30), ("max_batch_rows", 1, 1_000_000),
-                                     ("max_artifact_bytes", 1, 1 << 40), ("fetch_chunk_bytes", 1024, 1 << 26))}
+                                     ("max_artifact_bytes", 1, 1 << 40), ("fetch_chunk_bytes", 1024, 1 << 26),
+                                     ("history_days", 1, 3650))}
     if limits["fetch_chunk_bytes"] + 4096 > limits["max_message_bytes"]:
         raise storage.error("fetch_chunk_bytes", limits["fetch_chunk_bytes"],
                             f"at most storage.max_message_bytes - 4096 ({limits['max_message_bytes'] - 4096})")

@@ -150,6 +150,7 @@ class CloudConfig:
     max_artifact_bytes: int = 1 << 30        # one pushed model
     fetch_chunk_bytes: int = 1 << 20         # FetchArtifact's default chunk (a request may ask for less)
     grpc_workers: int = 64                   # handler threads: one per directive stream and per upload
+    history_days: int = 14                   # status reports and statistics windows kept this long
 
 
 def join_host_port(host: str, port: int) -> str:

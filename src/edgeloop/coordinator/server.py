@@ -38,7 +38,8 @@ class Coordinator:
         self.config = config
         self.token = token
         self.metrics = CoordinatorMetrics()
-        self.store = SqliteStore(config.database, synchronous=config.synchronous)
+        self.store = SqliteStore(config.database, synchronous=config.synchronous,
+                                 history_ms=config.history_days * 86_400_000)
         self.artifacts = ArtifactStore(config.artifact_dir, config.max_artifact_bytes)
         self.hub = DirectiveHub()
         self.core = CoordinatorCore(config, self.store, self.artifacts, self.hub, self.metrics)

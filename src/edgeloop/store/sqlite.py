@@ -21,6 +21,10 @@ from .records import (DirectiveRecord, FeatureStatRow, LabelRow, ModelCounts, No
 SYNCHRONOUS = ("normal", "full")
 #: a window of the merged feature statistics
 BUCKET_MS = 60_000
+#: how long status reports and statistics windows are kept (``storage.history_days``)
+HISTORY_MS = 14 * 86_400_000
+#: old history is pruned on the first status report and then every this many
+PRUNE_EVERY = 256
 
 _INSERT_SAMPLE = ("INSERT OR IGNORE INTO samples (model, sample_id, node_id, model_version, routing_key, "
                   "timestamp_ms, received_ms, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -45,7 +49,7 @@ class StoreError(Exception):
 class SqliteStore:
     """The coordinator's database; thread-safe (one connection, one lock)."""
 
-    def __init__(self, path: str | Path, synchronous: str = "normal") -> None:
+    def __init__(self, path: str | Path, synchronous: str = "normal", history_ms: int = HISTORY_MS) -> None:
         if synchronous not in SYNCHRONOUS:
             raise ValueError(f"synchronous {synchronous!r}: expected one of {SYNCHRONOUS}")
         self.path = Path(path)
@@ -62,6 +66,8 @@ class SqliteStore:
         self._reader.execute("PRAGMA busy_timeout=5000")
         self._reader.execute("PRAGMA query_only=ON")
         self._pending_labels = self._one("SELECT count(*) FROM pending_labels")
+        self._history_ms = int(history_ms)
+        self._status_writes = 0
         self._closed = False
 
     # ------------------------------------------------------------------ plumbing
@@ -317,6 +323,19 @@ class SqliteStore:
                          (node_id, now_ms, text))
             for s in stats:
                 self._merge_stat(conn, node_id, bucket, s)
+            self._status_writes += 1
+            if self._status_writes % PRUNE_EVERY == 1:  # status history and statistics windows stay bounded
+                self._prune(conn, now_ms)
+
+    def prune_history(self, now_ms: int) -> None:
+        """Drop status reports and statistics windows older than the history kept."""
+        with self._transaction() as conn:
+            self._prune(conn, now_ms)
+
+    def _prune(self, conn, now_ms: int) -> None:
+        cutoff = now_ms - self._history_ms
+        conn.execute("DELETE FROM status_reports WHERE at_ms < ?", (cutoff,))
+        conn.execute("DELETE FROM feature_stats WHERE bucket_ms < ?", (cutoff - BUCKET_MS,))
 
     def _merge_stat(self, conn, node_id: str, bucket: int, s: FeatureStatRow) -> None:
         key = (s.model, s.model_version, s.tensor, int(s.is_output), s.feature, node_id, bucket)
