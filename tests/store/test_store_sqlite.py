@@ -168,8 +168,10 @@ def test_status_history_and_statistics_windows_are_pruned(tmp_path):
     store.record_status("e1", {}, [], [stat], 5 * BUCKET_MS)
     assert len(store.feature_stats("m")) == 1 and store.feature_stats("m")[0].n == 2
     store.record_status("e1", {"requests": 1}, [], [stat], 20 * BUCKET_MS)
+    store.ingest_samples("e1", "old-batch", rows("a"), 1 * BUCKET_MS)
     store.prune_history(20 * BUCKET_MS)
     assert store.feature_stats("m")[0].n == 1                     # only the newest window is left
+    assert store.ingest_samples("e1", "old-batch", rows("a"), 21 * BUCKET_MS) == 0  # id forgotten, no sample twice
     store.close()
     store = SqliteStore(tmp_path / "c.sqlite", history_ms=1)      # the first report after a start prunes
     store.record_status("e1", {}, [], [], 30 * BUCKET_MS)

@@ -56,9 +56,10 @@ CREATE INDEX pending_by_key ON pending_labels (model, routing_key) WHERE sample_
 CREATE TABLE model_samples (model TEXT PRIMARY KEY, samples INTEGER NOT NULL);
 INSERT INTO model_samples (model, samples) SELECT model, count(*) FROM samples GROUP BY model;
 """),
-    (4, "time indexes so old status reports and statistics windows can be pruned", """
+    (4, "time indexes so old status reports, statistics windows and batch ids can be pruned", """
 CREATE INDEX status_reports_by_time ON status_reports (at_ms);
 CREATE INDEX feature_stats_by_time ON feature_stats (bucket_ms);
+CREATE INDEX upload_batches_by_time ON upload_batches (received_ms);
 """),
 )
 

@@ -328,7 +328,11 @@ class SqliteStore:
                 self._prune(conn, now_ms)
 
     def prune_history(self, now_ms: int) -> None:
-        """Drop status reports and statistics windows older than the history kept."""
+        """Drop status reports, statistics windows and upload batch ids older than the history kept.
+
+        A batch re-sent after its id was dropped stores nothing twice: samples are unique by
+        (sample id, model) and a label written again only counts one more write.
+        """
         with self._transaction() as conn:
             self._prune(conn, now_ms)
 
@@ -336,6 +340,7 @@ class SqliteStore:
         cutoff = now_ms - self._history_ms
         conn.execute("DELETE FROM status_reports WHERE at_ms < ?", (cutoff,))
         conn.execute("DELETE FROM feature_stats WHERE bucket_ms < ?", (cutoff - BUCKET_MS,))
+        conn.execute("DELETE FROM upload_batches WHERE received_ms < ?", (cutoff,))
 
     def _merge_stat(self, conn, node_id: str, bucket: int, s: FeatureStatRow) -> None:
         key = (s.model, s.model_version, s.tensor, int(s.is_output), s.feature, node_id, bucket)
