@@ -11,6 +11,8 @@ import json
 import sys
 import time
 
+from . import fleet_view
+
 DEFAULT_WAIT_S = 5.0
 #: zeroconf browsing listens at least this long: a responder multicasts a record at most once a second
 #: (RFC 6762 section 6), so a query right after another client's is answered only at the browser's
@@ -110,8 +112,9 @@ def register(sub) -> None:
                     f"then until every node's state is known and the view was quiet for {QUIET_S:g} s; "
                     f"never longer than --wait ({DEFAULT_WAIT_S:g} s by default).")
     parser.add_argument("--mesh", action="store_true", help="show the mesh membership view (the default)")
-    parser.add_argument("--config", metavar="FILE", help="an edge config: take mesh.name, mesh.service_type and "
-                                                         "mesh.zeroconf_interfaces from it")
+    parser.add_argument("--config", metavar="FILE", help="a cloud config ([storage] table): the fleet view from the "
+                                                         "coordinator; an edge config: take mesh.name, "
+                                                         "mesh.service_type and mesh.zeroconf_interfaces from it")
     parser.add_argument("--mesh-name", metavar="NAME", help="the mesh to show (default: mesh.name of --config, "
                                                             "else 'default'); nodes of other meshes are not shown")
     parser.add_argument("--seed", action="append", default=[], metavar="HOST:PORT",
@@ -125,4 +128,12 @@ def register(sub) -> None:
                              f"the view is settled: zeroconf listened {ZEROCONF_MIN_S:g} s, the seeds answered, "
                              f"every state is known and nothing changed for {QUIET_S:g} s")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(handler=_mesh_status)
+    fleet_view.add_arguments(parser)  # --config CLOUD.toml: the fleet view from the coordinator
+    parser.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    """The fleet view when --config names a cloud config, else the mesh view."""
+    if fleet_view.is_cloud_config(args.config):
+        return fleet_view.run(args)
+    return _mesh_status(args)
