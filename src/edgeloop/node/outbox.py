@@ -119,8 +119,20 @@ class Outbox:
 
     def set_meta(self, key: str, value: str) -> None:
         """Store ``key`` durably (the directive consumer's last applied sequence lives here)."""
+        self.set_meta_many({key: value})
+
+    def set_meta_many(self, values: dict[str, str]) -> None:
+        """Store several keys in one transaction (all or none)."""
         with self._read_lock:
-            self._read.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, str(value)))
+            conn = self._read
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                 [(k, str(v)) for k, v in values.items()])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     # ---------------------------------------------------------------------------- lifecycle
     def start(self) -> "Outbox":
@@ -280,8 +292,12 @@ class Outbox:
         with self._read_lock:
             return self._read.execute(f"SELECT COUNT(*) FROM {_table(kind)}").fetchone()[0]
 
-    def next_batches(self, kind: str, batch_size: int, max_batches: int, max_bytes: int) -> list[Batch]:
-        """Batches to send: those fixed earlier and not acknowledged, then new ones, up to the limits."""
+    def next_batches(self, kind: str, batch_size: int, max_batches: int, max_bytes: int,
+                     max_batch_bytes: int = 3 << 20) -> list[Batch]:
+        """Batches to send: those fixed earlier and not acknowledged, then new ones, up to the limits.
+
+        A new batch holds at most ``batch_size`` rows and ``max_batch_bytes`` bytes (at least one row).
+        """
         table = _table(kind)
         out: list[Batch] = []
         total = 0
@@ -302,6 +318,12 @@ class Outbox:
                                     (after, batch_size)).fetchall()
                 if not rows:
                     break
+                size = 0
+                for cut, (_seq, payload) in enumerate(rows):
+                    size += len(payload)
+                    if size > max_batch_bytes and cut > 0:
+                        rows = rows[:cut]
+                        break
                 first, last = rows[0][0], rows[-1][0]
                 batch_id = f"{self.instance}-{kind[0]}{first}-{last}"
                 conn.execute("INSERT INTO batches(batch_id, kind, first_seq, last_seq) VALUES (?, ?, ?, ?)",
