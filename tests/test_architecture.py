@@ -10,6 +10,7 @@ ALLOWED = {
     "kernels": {"_native"},
     "protocol": set(),
     "config": set(),
+    "store": {"config"},
     "serving": {"kernels", "protocol", "config"},
     "mesh": {"kernels", "protocol", "config"},
     "ct": {"kernels", "config"},
@@ -17,7 +18,7 @@ ALLOWED = {
     # composition layers: node and client compose the parts; coordinator likewise
     "node": {"kernels", "protocol", "config", "serving", "mesh", "delivery"},
     "client": {"protocol", "mesh", "config", "kernels"},
-    "coordinator": {"kernels", "protocol", "config", "ct", "delivery", "mesh"},
+    "coordinator": {"kernels", "protocol", "config", "ct", "delivery", "mesh", "store"},
     # commands; `config` is a stdlib-only leaf every command needs to read its --config file;
     # `bench` is the in-package benchmark harness behind `edgeloop bench`
     "cli": {"node", "coordinator", "protocol", "perf", "config", "client", "bench"},

@@ -14,8 +14,9 @@ from .schema import CloudConfig, NodeConfig
 from .toml_source import read_toml
 
 CLOUD_TABLES = ("node", "storage", "fleet", "auth")
-STORAGE_KEYS = ("database", "artifact_dir")
-FLEET_KEYS = ("heartbeat_interval_ms",)
+STORAGE_KEYS = ("database", "artifact_dir", "synchronous", "max_message_bytes", "max_batch_rows",
+                "max_artifact_bytes", "fetch_chunk_bytes")
+FLEET_KEYS = ("heartbeat_interval_ms", "grpc_workers")
 CLOUD_NODE_DEFAULT = NodeConfig(id="cloud", host="127.0.0.1", grpc_port=7001, metrics_port=7002)
 
 
@@ -52,8 +53,19 @@ def parse_cloud_config(data: dict[str, Any], source: str = "<string>", base_dir:
         raise storage.error("artifact_dir", art_text or str(artifact_dir),
                             f"a readable directory or one that can be created, but {problem} "
                             f"(resolved to {str(artifact_dir)!r})")
+    synchronous = storage.string("synchronous", "normal", expected="'normal' or 'full' (SQLite synchronous)")
+    if synchronous not in ("normal", "full"):
+        raise storage.error("synchronous", synchronous, "'normal' or 'full' (SQLite synchronous)")
+    limits = {key: storage.integer(key, getattr(CloudConfig, key), minimum=low, maximum=high)
+              for key, low, high in (("max_message_bytes", 4096, 1 << 30), ("max_batch_rows", 1, 1_000_000),
+                                     ("max_artifact_bytes", 1, 1 << 40), ("fetch_chunk_bytes", 1024, 1 << 26))}
+    if limits["fetch_chunk_bytes"] + 4096 > limits["max_message_bytes"]:
+        raise storage.error("fetch_chunk_bytes", limits["fetch_chunk_bytes"],
+                            f"at most storage.max_message_bytes - 4096 ({limits['max_message_bytes'] - 4096})")
     fleet = TableReader(top_level_table(data, source, "fleet"), source, "fleet", FLEET_KEYS)
     heartbeat = fleet.integer("heartbeat_interval_ms", 1000, minimum=1, maximum=3_600_000)
+    workers = fleet.integer("grpc_workers", CloudConfig.grpc_workers, minimum=4, maximum=1024)
     auth = parse_auth(top_level_table(data, source, "auth"), source, base)
     return CloudConfig(source=source, node=node, database=database, artifact_dir=artifact_dir,
-                       heartbeat_interval_ms=heartbeat, auth=auth)
+                       heartbeat_interval_ms=heartbeat, auth=auth, synchronous=synchronous, grpc_workers=workers,
+                       **limits)

@@ -170,6 +170,12 @@ class CloudConfig:
     artifact_dir: Path
     heartbeat_interval_ms: int = 1000
     auth: AuthConfig = AuthConfig()
+    synchronous: str = "normal"              # SQLite: "normal" survives a process crash, "full" a power cut
+    max_message_bytes: int = 16 * 1024 * 1024  # one gRPC message (an upload batch, a push chunk)
+    max_batch_rows: int = 10_000             # samples or labels in one upload batch
+    max_artifact_bytes: int = 1 << 30        # one pushed model
+    fetch_chunk_bytes: int = 1 << 20         # FetchArtifact's default chunk (a request may ask for less)
+    grpc_workers: int = 64                   # handler threads: one per directive stream and per upload
 
 
 def join_host_port(host: str, port: int) -> str:

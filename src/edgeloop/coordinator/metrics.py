@@ -1,0 +1,24 @@
+"""The coordinator's Prometheus metrics, in their own registry (several coordinators may share a process in tests)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class CoordinatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.samples = Counter("edgeloop_coordinator_samples_ingested", "Samples newly stored", registry=r)
+        self.labels = Counter("edgeloop_coordinator_labels_ingested", "Label writes stored (joined or pending)",
+                              ["source"], registry=r)
+        self.duplicate_batches = Counter("edgeloop_coordinator_duplicate_batches",
+                                         "Upload batches received again (no-ops)", ["kind"], registry=r)
+        self.unauthenticated = Counter("edgeloop_coordinator_unauthenticated_calls",
+                                       "Calls refused for a missing or wrong fleet token", ["method"], registry=r)
+        self.rejected = Counter("edgeloop_coordinator_rejected_calls", "Calls refused with a gRPC error",
+                                ["method", "code"], registry=r)
+        self.connected = Gauge("edgeloop_coordinator_connected_edges", "Edges holding a directive stream", registry=r)
+        self.directives = Counter("edgeloop_coordinator_directives", "Directives sent, applied or failed",
+                                  ["outcome"], registry=r)
+        self.artifact_bytes = Counter("edgeloop_coordinator_artifact_bytes_sent", "Artifact bytes served",
+                                      registry=r)

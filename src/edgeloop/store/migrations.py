@@ -1,0 +1,79 @@
+"""Versioned schema migrations, applied in order at start and recorded in ``schema_version``.
+
+A migration is appended, never edited: a database created by an older coordinator is brought up to
+date by running the ones it has not seen, each in its own transaction.
+"""
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (1, "fleet, samples, labels, uploads, directives, events, models, statistics", """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta (key, value) VALUES ('fleet_epoch', '1');
+CREATE TABLE nodes (
+    node_id TEXT PRIMARY KEY, address TEXT NOT NULL DEFAULT '', identity TEXT NOT NULL DEFAULT '{}',
+    joined_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL, models TEXT NOT NULL DEFAULT '[]',
+    samples_received INTEGER NOT NULL DEFAULT 0, labels_received INTEGER NOT NULL DEFAULT 0,
+    last_status TEXT NOT NULL DEFAULT '{}', directive_seq INTEGER NOT NULL DEFAULT 0,
+    last_directive_applied INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE samples (
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, sample_id TEXT NOT NULL, node_id TEXT NOT NULL,
+    model_version INTEGER NOT NULL, routing_key TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL, payload BLOB NOT NULL);
+CREATE UNIQUE INDEX samples_by_id ON samples (sample_id, model);
+CREATE INDEX samples_by_key ON samples (model, routing_key, timestamp_ms);
+CREATE TABLE labels (
+    sample_id TEXT NOT NULL, model TEXT NOT NULL, value REAL NOT NULL, received_ms INTEGER NOT NULL,
+    node_id TEXT NOT NULL, writes INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (sample_id, model));
+CREATE TABLE pending_labels (
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, sample_id TEXT NOT NULL, routing_key TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL, value REAL NOT NULL, received_ms INTEGER NOT NULL, node_id TEXT NOT NULL);
+CREATE TABLE upload_batches (
+    node_id TEXT NOT NULL, kind TEXT NOT NULL, batch_id TEXT NOT NULL, received_ms INTEGER NOT NULL,
+    rows INTEGER NOT NULL, PRIMARY KEY (node_id, kind, batch_id)) WITHOUT ROWID;
+CREATE TABLE directives (
+    node_id TEXT NOT NULL, sequence INTEGER NOT NULL, kind TEXT NOT NULL, model TEXT NOT NULL DEFAULT '',
+    version INTEGER NOT NULL DEFAULT 0, payload BLOB NOT NULL, created_ms INTEGER NOT NULL,
+    result TEXT, error TEXT NOT NULL DEFAULT '', result_ms INTEGER, PRIMARY KEY (node_id, sequence));
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, node_id TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE published_models (
+    model TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL, PRIMARY KEY (model, version));
+CREATE TABLE status_reports (
+    id INTEGER PRIMARY KEY, node_id TEXT NOT NULL, at_ms INTEGER NOT NULL, report TEXT NOT NULL);
+CREATE TABLE feature_stats (
+    model TEXT NOT NULL, model_version INTEGER NOT NULL, tensor TEXT NOT NULL, is_output INTEGER NOT NULL,
+    feature INTEGER NOT NULL, node_id TEXT NOT NULL, bucket_ms INTEGER NOT NULL, bin_edges TEXT NOT NULL,
+    counts TEXT NOT NULL, n INTEGER NOT NULL, mean REAL NOT NULL, m2 REAL NOT NULL, nan_count INTEGER NOT NULL,
+    psi REAL, PRIMARY KEY (model, model_version, tensor, is_output, feature, node_id, bucket_ms));
+"""),
+)
+
+
+def apply_migrations(conn) -> int:
+    """Run the migrations ``conn`` has not seen; returns the schema version now in force."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                 "description TEXT NOT NULL, applied_ms INTEGER NOT NULL)")
+    current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    known = max(v for v, _, _ in MIGRATIONS)
+    if current > known:
+        raise RuntimeError(f"database schema version {current} is newer than this coordinator knows ({known})")
+    import time
+
+    for version, description, sql in MIGRATIONS:
+        if version <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in (s.strip() for s in sql.split(";")):
+                if statement:
+                    conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version, description, applied_ms) VALUES (?, ?, ?)",
+                         (version, description, int(time.time() * 1000)))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        current = version
+    return current

@@ -1,0 +1,166 @@
+"""Model pushes, the directive stream (wake-up, resume, restart), results, and chunked artifact fetch."""
+import hashlib
+import os
+import queue
+import threading
+import time
+
+import grpc
+import pytest
+
+from coordkit import join
+from edgeloop.protocol import mesh_pb2
+
+
+def push(fleet, model: str, data: bytes, version: int = 0, chunk: int = 1000):
+    parts = [data[i:i + chunk] for i in range(0, len(data), chunk)] or [b""]
+    msgs = [mesh_pb2.PushModelChunk(model=model, version=version, data=parts[0])]
+    msgs += [mesh_pb2.PushModelChunk(data=p) for p in parts[1:]]
+    return fleet.PushModel(iter(msgs), timeout=10)
+
+
+class StreamReader:
+    """Reads a directive stream on a thread so a test can wait for each directive with a deadline."""
+
+    def __init__(self, coord, node: str, after: int = 0) -> None:
+        self.call = coord.Directives(mesh_pb2.DirectivesRequest(node_id=node, after_sequence=after), timeout=30)
+        self.items: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            for d in self.call:
+                self.items.put(d)
+        except grpc.RpcError as exc:
+            self.items.put(exc)
+
+    def next(self, timeout: float = 5.0):
+        item = self.items.get(timeout=timeout)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self):
+        self.call.cancel()
+        self.thread.join(5)
+
+
+def test_push_directs_every_known_edge_and_later_joiners(running):
+    join(running.coord, "edge-a")
+    join(running.coord, "edge-b")
+    data = os.urandom(5000)
+    reply = push(running.fleet, "m", data)
+    assert reply.version == 1 and reply.sha256 == hashlib.sha256(data).hexdigest() and reply.edges_directed == 2
+    assert push(running.fleet, "m", data, version=1).edges_directed == 0   # same bytes again: idempotent
+    with pytest.raises(grpc.RpcError) as err:
+        push(running.fleet, "m", b"other bytes", version=1)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    reader = StreamReader(running.coord, "edge-a")
+    try:
+        d = reader.next()
+        assert d.sequence == 1 and d.load.model == "m" and d.load.version == 1 and d.load.size == 5000
+        assert d.load.artifact_sha256 == reply.sha256
+        # a new push wakes the open stream promptly
+        t0 = time.monotonic()
+        push(running.fleet, "m", os.urandom(100))
+        d2 = reader.next()
+        assert d2.sequence == 2 and d2.load.version == 2 and time.monotonic() - t0 < 0.9
+        status = running.fleet.FleetStatus(mesh_pb2.FleetStatusRequest(), timeout=10)
+        assert {n.node_id: n.connected for n in status.nodes} == {"edge-a": True, "edge-b": False}
+    finally:
+        reader.close()
+    response = join(running.coord, "edge-c")
+    assert [(m.model, m.version) for m in response.desired] == [("m", 2)]
+    late = StreamReader(running.coord, "edge-c")
+    try:
+        assert late.next().load.version == 2
+    finally:
+        late.close()
+    # an edge that already serves the current version is not directed again
+    assert join(running.coord, "edge-d", models=[("m", 2)]).desired[0].version == 2
+    assert running.store.directive_sequence("edge-d") == 0
+
+
+def test_directive_results_and_unknown_sequences(running):
+    join(running.coord, "edge-a")
+    push(running.fleet, "m", b"x" * 10)
+    running.coord.ReportDirective(mesh_pb2.DirectiveResult(node_id="edge-a", sequence=1, ok=False,
+                                                           error="onnx: bad model"), timeout=10)
+    with pytest.raises(grpc.RpcError) as err:
+        running.coord.ReportDirective(mesh_pb2.DirectiveResult(node_id="edge-a", sequence=7, ok=True), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "sequence" in err.value.details()
+    (record,) = running.store.directives_after("edge-a", 0)
+    assert record.result == "failed" and record.error == "onnx: bad model"
+    # a failed load is directed again when the edge re-joins
+    join(running.coord, "edge-a")
+    assert [r.sequence for r in running.store.directives_after("edge-a", 0)] == [1, 2]
+    with pytest.raises(grpc.RpcError) as err:
+        StreamReader(running.coord, "never-joined").next()
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_restart_in_the_middle_of_a_directive_stream_resumes_after_the_last_applied(running):
+    join(running.coord, "edge-a")
+    for i in range(3):
+        push(running.fleet, f"m{i}", os.urandom(64))
+    reader = StreamReader(running.coord, "edge-a")
+    first = reader.next()
+    running.coord.ReportDirective(mesh_pb2.DirectiveResult(node_id="edge-a", sequence=first.sequence, ok=True),
+                                  timeout=10)
+    running.restart(same_port=True)  # the open stream ends with the old process
+    with pytest.raises(grpc.RpcError):
+        while True:
+            reader.next()
+    reader = StreamReader(running.coord, "edge-a", after=first.sequence)
+    try:
+        assert [reader.next().sequence for _ in range(2)] == [2, 3]
+        push(running.fleet, "m9", b"new")
+        assert reader.next().sequence == 4   # sequences continue from the persisted counter
+    finally:
+        reader.close()
+    assert running.store.nodes()[0].last_directive_applied == 1
+
+
+def test_fetch_artifact_in_chunks_resumes_from_an_offset(running):
+    data = os.urandom(300_000)
+    sha = push(running.fleet, "m", data, chunk=65536).sha256
+    got = b""
+    for chunk in running.coord.FetchArtifact(mesh_pb2.FetchArtifactRequest(sha256=sha, chunk_size=70_000), timeout=10):
+        assert chunk.offset == len(got) and chunk.total_size == len(data)
+        got += chunk.data
+        if len(got) >= 140_000:
+            break  # "connection lost": resume from what we have
+    for chunk in running.coord.FetchArtifact(mesh_pb2.FetchArtifactRequest(sha256=sha, offset=len(got)), timeout=10):
+        assert chunk.offset == len(got)
+        got += chunk.data
+    assert hashlib.sha256(got).hexdigest() == sha
+    cases = ((mesh_pb2.FetchArtifactRequest(sha256="0" * 64), grpc.StatusCode.NOT_FOUND, "sha256"),
+             (mesh_pb2.FetchArtifactRequest(sha256="../../etc/passwd"), grpc.StatusCode.INVALID_ARGUMENT, "sha256"),
+             (mesh_pb2.FetchArtifactRequest(sha256=sha, offset=len(data) + 1), grpc.StatusCode.INVALID_ARGUMENT, "offset"),
+             (mesh_pb2.FetchArtifactRequest(sha256=sha, chunk_size=1 << 30), grpc.StatusCode.INVALID_ARGUMENT,
+              "chunk_size"))
+    for request, code, field in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            list(running.coord.FetchArtifact(request, timeout=10))
+        assert err.value.code() == code and field in err.value.details(), field
+
+
+def test_restart_keeps_samples_labels_directives_and_artifacts(running):
+    from coordkit import sample_batch
+
+    join(running.coord, "edge-a")
+    running.coord.UploadSamples(iter([sample_batch("b1", ["s1", "s2"])]), timeout=10)
+    running.coord.UploadLabels(iter([mesh_pb2.LabelBatch(batch_id="l1", node_id="edge-a", labels=[
+        mesh_pb2.Label(sample_id="s1", model="m", value=2.0)])]), timeout=10)
+    sha = push(running.fleet, "m", b"model-bytes").sha256
+    epoch = running.fleet.FleetStatus(mesh_pb2.FleetStatusRequest(), timeout=10).fleet_epoch
+    running.restart()
+    status = running.fleet.FleetStatus(mesh_pb2.FleetStatusRequest(), timeout=10)
+    assert status.fleet_epoch == epoch and status.nodes[0].samples_received == 2
+    assert (status.models[0].samples, status.models[0].labelled) == (2, 1)
+    ack = running.coord.UploadSamples(iter([sample_batch("b1", ["s1", "s2"])]), timeout=10)
+    assert list(ack.duplicate_batch_ids) == ["b1"]
+    assert b"".join(c.data for c in running.coord.FetchArtifact(
+        mesh_pb2.FetchArtifactRequest(sha256=sha), timeout=10)) == b"model-bytes"
+    assert [r.kind for r in running.store.directives_after("edge-a", 0)] == ["load"]
