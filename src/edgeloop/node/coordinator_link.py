@@ -38,7 +38,6 @@ LAST_APPLIED_KEY = "directive.last_applied"
 PENDING_RESULT_KEY = "directive.pending_result"
 MAX_ARTIFACT_BYTES = 2 << 30
 MAX_MANIFEST_BYTES = 1 << 20
-FETCH_CHUNK_BYTES = 1 << 20
 CALL_TIMEOUT_S = 10.0
 FETCH_TIMEOUT_S = 300.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -193,8 +192,14 @@ class CoordinatorLink:
         self._send_result(seq, ok, error)
 
     def _send_result(self, seq: int, ok: bool, error: str) -> None:
-        self.stub.ReportDirective(mesh_pb2.DirectiveResult(node_id=self.node_id, sequence=seq, ok=ok, error=error),
-                                  timeout=CALL_TIMEOUT_S)
+        try:
+            self.stub.ReportDirective(mesh_pb2.DirectiveResult(node_id=self.node_id, sequence=seq, ok=ok,
+                                                               error=error), timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            if exc.code() in _TRANSIENT:
+                raise  # kept pending: sent again after the next Join
+            log.warning("directive %d: the coordinator refused its result (%s: %s); not sent again", seq,
+                        exc.code().name, (exc.details() or "")[:200])
         self.outbox.set_meta(PENDING_RESULT_KEY, "")
 
     # ---------------------------------------------------------------------------- applying
@@ -301,7 +306,7 @@ class CoordinatorLink:
             offset = 0
         if offset < size:
             with open(part, "ab") as fh:
-                request = mesh_pb2.FetchArtifactRequest(sha256=sha, offset=offset, chunk_size=FETCH_CHUNK_BYTES)
+                request = mesh_pb2.FetchArtifactRequest(sha256=sha, offset=offset, chunk_size=0)  # server's chunk
                 try:
                     for chunk in self.stub.FetchArtifact(request, timeout=FETCH_TIMEOUT_S):
                         if chunk.offset != offset or (chunk.total_size and chunk.total_size != size) \

@@ -89,8 +89,16 @@ def learn_edges(rows: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
     for j in range(rows.shape[1]):
         col = rows[:, j]
         col = col[np.isfinite(col)]
-        edges[j] = np.quantile(col, qs) if col.size else np.linspace(0.0, 1.0, n_bins + 1)
-    return np.maximum.accumulate(edges, axis=1)
+        row = np.quantile(col, qs) if col.size else np.linspace(0.0, 1.0, n_bins + 1)
+        edges[j] = row if np.all(np.diff(row) > 0) else _even_edges(row[0], row[-1], n_bins)
+    return edges
+
+
+def _even_edges(lo: float, hi: float, n_bins: int) -> np.ndarray:
+    """Evenly spaced, strictly increasing edges over [lo, hi] (widened when the values are all equal)."""
+    if not hi > lo:
+        lo, hi = lo - 0.5, lo + 0.5
+    return np.linspace(lo, hi, n_bins + 1)
 
 
 def parse_reference(manifest: dict | None, tensor: str, n_features: int) -> dict | None:
@@ -108,6 +116,8 @@ def parse_reference(manifest: dict | None, tensor: str, n_features: int) -> dict
             raise ValueError(f"bin_edges shape {edges.shape} / counts shape {counts.shape}; expected "
                              f"({n_features}, B+1) / ({n_features}, B)")
         HistogramAccumulator(edges)  # checks finite, non-decreasing
+        if np.any(np.diff(edges, axis=1) <= 0):
+            raise ValueError("bin_edges must be strictly increasing per feature")
         if not np.all(np.isfinite(counts)) or np.any(counts < 0):
             raise ValueError("counts must be finite and >= 0")
     except (KeyError, TypeError, ValueError) as exc:

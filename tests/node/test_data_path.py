@@ -1,0 +1,178 @@
+"""An edge node's data path against a real coordinator: recording, upload, labels, outage, directives."""
+from __future__ import annotations
+
+import hashlib
+import time
+
+import grpc
+import pytest
+from nodekit import MODEL, Edge, edge_config, label, start_cloud, stored_sample_ids, wait_for
+
+from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
+from edgeloop.serving.demo_models import build_mlp
+
+
+@pytest.fixture
+def closing():
+    things = []
+    yield things.append
+    for thing in reversed(things):
+        try:
+            thing.close() if hasattr(thing, "close") else thing.stop(1.0)
+        except Exception:
+            pass
+
+
+def test_served_requests_reach_the_coordinator_once(tmp_path, closing):
+    cloud = start_cloud(tmp_path)
+    closing(cloud)
+    edge = Edge(edge_config(tmp_path, "edge-a", cloud.address))
+    closing(edge)
+    given = [edge.infer(i, request_id=f"req-{i}").id for i in range(50)]
+    generated = [edge.infer(100 + i).id for i in range(50)]
+    assert given == [f"req-{i}" for i in range(50)]
+    assert all(g.startswith("edge-a-") for g in generated) and len(set(generated)) == 50
+    want = set(given) | set(generated)
+    assert wait_for(lambda: set(stored_sample_ids(cloud.config.database)) == want)
+    ids = stored_sample_ids(cloud.config.database)
+    assert len(ids) == len(set(ids)) == 100
+    assert wait_for(lambda: edge.node.outbox.pending(SAMPLES_KIND) == 0)
+    payload = cloud.store.sample_payload(MODEL, "req-3")
+    sample = mesh_pb2.Sample.FromString(payload)
+    assert sample.model_version == 1 and sample.inputs[0].name == "INPUT0" and len(sample.inputs[0].data) == 128
+    assert sample.outputs[0].name == "OUTPUT0" and len(sample.outputs[0].data) == 16
+
+
+SAMPLES_KIND = "samples"
+
+
+def test_sample_rate_zero_records_nothing_and_half_records_about_half(tmp_path, closing):
+    cloud = start_cloud(tmp_path)
+    closing(cloud)
+    off = Edge(edge_config(tmp_path, "edge-off", cloud.address, sample_rate=0.0))
+    closing(off)
+    half = Edge(edge_config(tmp_path, "edge-half", cloud.address, sample_rate=0.5))
+    closing(half)
+    for i in range(200):
+        off.infer(i, request_id=f"off-{i}")
+        half.infer(i, request_id=f"half-{i}")
+    assert wait_for(lambda: half.node.outbox.snapshot()["committed"] > 0 and half.node.outbox.pending("samples") == 0)
+    assert off.node.outbox.snapshot()["committed"] == 0
+    n = half.node.outbox.snapshot()["committed"]
+    assert 60 <= n <= 140  # deterministic hash sampling at 0.5 of 200 ids
+    from edgeloop.node.recorder import sampled
+    assert n == sum(sampled(f"half-{i}", 0.5) for i in range(200))
+
+
+def test_outbox_holds_while_the_coordinator_is_down_and_drains_when_back(tmp_path, closing):
+    cloud = start_cloud(tmp_path)
+    port = cloud.grpc_port
+    cloud.stop(1.0)  # down before the edge ever reaches it
+    edge = Edge(edge_config(tmp_path, "edge-a", f"127.0.0.1:{port}"))
+    closing(edge)
+    t0 = time.monotonic()
+    for i in range(300):
+        edge.infer(i, request_id=f"r{i}")
+    serve_s = time.monotonic() - t0
+    assert wait_for(lambda: edge.node.outbox.snapshot()["committed"] == 300)
+    time.sleep(1.0)
+    assert edge.node.outbox.pending("samples") == 300  # held
+    assert edge.node.uploader.failures >= 2  # retried with backoff, not once
+    assert edge.node.uploader.backoff.failures >= 2
+    assert serve_s < 60
+    cloud = start_cloud(tmp_path, port=port)  # same files, same port
+    closing(cloud)
+    assert wait_for(lambda: edge.node.outbox.pending("samples") == 0, timeout=30)
+    ids = stored_sample_ids(cloud.config.database)
+    assert sorted(ids) == sorted(f"r{i}" for i in range(300))
+
+
+def test_labels_by_id_and_by_key_are_durable_then_joined(tmp_path, closing):
+    cloud = start_cloud(tmp_path)
+    closing(cloud)
+    edge = Edge(edge_config(tmp_path, "edge-a", cloud.address))
+    closing(edge)
+    # label before its sample exists anywhere
+    ack = edge.feedback.Label(mesh_pb2.LabelRequest(labels=[label("early", 2.0)]), timeout=10)
+    assert ack.accepted == 1
+    assert edge.node.outbox.snapshot()["labels_committed"] == 1  # durable before the ack
+    edge.infer(1, request_id="early")
+    ts_before = int(time.time() * 1000)
+    edge.infer(2, request_id="keyed", key="user-7")
+    time.sleep(0.01)
+    ts = int(time.time() * 1000)
+    edge.feedback.Label(mesh_pb2.LabelRequest(labels=[label(key="user-7", ts=ts, value=3.0)]), timeout=10)
+    assert wait_for(lambda: cloud.store.label_of("early", MODEL) is not None
+                    and cloud.store.label_of("keyed", MODEL) is not None)
+    assert cloud.store.label_of("early", MODEL)[0] == 2.0
+    assert cloud.store.label_of("keyed", MODEL)[0] == 3.0
+    assert ts_before > 0
+
+
+@pytest.mark.parametrize("bad,field", [
+    (mesh_pb2.Label(value=1.0, model=MODEL), "labels[0]"),
+    (mesh_pb2.Label(sample_id="x", value=float("nan")), "labels[0].value"),
+    (mesh_pb2.Label(sample_id="x" * 300, value=1.0), "labels[0].sample_id"),
+    (mesh_pb2.Label(sample_id="x", model="../etc", value=1.0), "labels[0].model"),
+])
+def test_bad_labels_are_refused_naming_the_field(tmp_path, closing, bad, field):
+    edge = Edge(edge_config(tmp_path, "edge-a", None, sample_rate=1.0))
+    closing(edge)
+    with pytest.raises(grpc.RpcError) as info:
+        edge.feedback.Label(mesh_pb2.LabelRequest(labels=[bad]), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in info.value.details()
+    assert edge.node.outbox.pending("labels") == 0
+
+
+def test_feedback_needs_the_fleet_token_when_one_is_configured(tmp_path, closing):
+    from dataclasses import replace
+
+    from edgeloop.config import AuthConfig
+    from edgeloop.protocol.auth import open_channel
+
+    token_file = tmp_path / "token"
+    token_file.write_text("a-fleet-token-of-enough-length\n")
+    config = edge_config(tmp_path, "edge-a", None, sample_rate=1.0)
+    edge = Edge(replace(config, auth=AuthConfig(token_file=token_file)))
+    closing(edge)
+    with pytest.raises(grpc.RpcError) as info:
+        edge.feedback.Label(mesh_pb2.LabelRequest(labels=[label("a")]), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    channel = open_channel(f"127.0.0.1:{edge.node.grpc_port}", None, "a-fleet-token-of-enough-length")
+    closing(channel)
+    assert mesh_pb2_grpc.FeedbackStub(channel).Label(mesh_pb2.LabelRequest(labels=[label("a")]), timeout=10).accepted == 1
+
+
+def test_full_outbox_drops_are_counted_and_exported_and_serving_goes_on(tmp_path, closing):
+    edge = Edge(edge_config(tmp_path, "edge-a", None, sample_rate=1.0, outbox_max_rows=5))
+    closing(edge)
+    for i in range(20):
+        assert edge.infer(i).outputs  # every request is answered
+    assert wait_for(lambda: edge.node.outbox.dropped_total == 15)
+    from prometheus_client import generate_latest
+
+    text = generate_latest(edge.node.metrics.registry).decode()
+    assert 'edgeloop_samples_dropped_total{model="mlp",reason="outbox_full"} 15.0' in text
+    assert "edgeloop_outbox_pending_rows 5.0" in text
+
+
+def test_pushed_model_reaches_the_edge_through_a_directive(tmp_path, closing):
+    from edgeloop.coordinator.fleet_client import push_model
+
+    cloud = start_cloud(tmp_path)
+    closing(cloud)
+    edge = Edge(edge_config(tmp_path, "edge-a", cloud.address))
+    closing(edge)
+    assert wait_for(lambda: edge.node.link.connected)
+    model_file = tmp_path / "v2.onnx"
+    data = build_mlp(seed=7).SerializeToString()
+    model_file.write_bytes(data)
+    channel = grpc.insecure_channel(cloud.address)
+    closing(channel)
+    pushed = push_model(channel, model_file, MODEL, version=2)
+    assert pushed.version == 2 and pushed.sha256 == hashlib.sha256(data).hexdigest()
+    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [2])
+    assert wait_for(lambda: edge.node.link.applied and edge.node.link.applied[-1][1])
+    assert (tmp_path / "edge-a-models" / MODEL / "2" / "model.onnx").read_bytes() == data
+    assert edge.infer(5).model_version == "2"
