@@ -20,15 +20,16 @@ MODEL = "mlp"
 FEATURES = 32
 
 
-def cloud_config(tmp: Path, port: int = 0):
+def cloud_config(tmp: Path, port: int = 0, **storage):
     config = parse_cloud_config({"node": {"grpc_port": 7001, "metrics_port": 7002},
-                                 "storage": {"database": "cloud/coord.sqlite", "artifact_dir": "cloud/artifacts"},
+                                 "storage": {"database": "cloud/coord.sqlite", "artifact_dir": "cloud/artifacts",
+                                             **storage},
                                  "fleet": {"heartbeat_interval_ms": 200}}, base_dir=tmp)
     return replace(config, node=replace(config.node, grpc_port=port, metrics_port=-1))
 
 
-def start_cloud(tmp: Path, port: int = 0, token: str | None = None) -> Coordinator:
-    return Coordinator(cloud_config(tmp, port), token=token).start()
+def start_cloud(tmp: Path, port: int = 0, token: str | None = None, **storage) -> Coordinator:
+    return Coordinator(cloud_config(tmp, port, **storage), token=token).start()
 
 
 def edge_config(tmp: Path, node_id: str, coordinator: str | None, repository: Path | None = None,

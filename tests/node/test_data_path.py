@@ -176,3 +176,41 @@ def test_pushed_model_reaches_the_edge_through_a_directive(tmp_path, closing):
     assert wait_for(lambda: edge.node.link.applied and edge.node.link.applied[-1][1])
     assert (tmp_path / "edge-a-models" / MODEL / "2" / "model.onnx").read_bytes() == data
     assert edge.infer(5).model_version == "2"
+
+
+def test_coordinator_restart_in_the_middle_of_a_directive_resumes_the_fetch(tmp_path, closing):
+    from edgeloop.coordinator.fleet_client import push_model
+
+    chunk = 16 << 10
+    cloud = start_cloud(tmp_path, fetch_chunk_bytes=chunk)
+    port = cloud.grpc_port
+    edge = Edge(edge_config(tmp_path, "edge-a", cloud.address))
+    closing(edge)
+    assert wait_for(lambda: edge.node.link.connected)
+    data = build_mlp(hidden=100_000, seed=3).SerializeToString()  # ~14 MB: hundreds of chunks
+    model_file = tmp_path / "big.onnx"
+    model_file.write_bytes(data)
+    channel = grpc.insecure_channel(cloud.address)
+    push_model(channel, model_file, MODEL, version=2)
+    channel.close()
+    part = edge.node.link.downloads / f"{hashlib.sha256(data).hexdigest()}.part"
+    assert wait_for(lambda: part.exists() and part.stat().st_size > 0, timeout=30, step=0.002)
+    cloud.stop(0)  # in the middle of the fetch
+    cut = part.stat().st_size if part.exists() else None
+    assert cut is not None and 0 < cut < len(data), "the fetch was not interrupted"
+    assert MODEL in edge.node.models.ready_models() and edge.node.models.ready_models()[MODEL] == [1]
+    assert edge.infer(1).model_version == "1"  # serving goes on meanwhile
+    time.sleep(0.5)
+    cloud = start_cloud(tmp_path, port=port, fetch_chunk_bytes=chunk)  # same files, same port
+    closing(cloud)
+    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [2], timeout=60)
+    assert wait_for(lambda: cloud.store.directive_sequence("edge-a") >= 1 and any(
+        e for e in edge.node.link.applied if e[1]))
+    # resumed: the restarted coordinator sent only what was missing
+    from prometheus_client import generate_latest
+
+    text = generate_latest(cloud.metrics.registry).decode()
+    sent = [float(line.split()[-1]) for line in text.splitlines() if line.startswith("edgeloop_coordinator_artifact_bytes_sent_total")
+            and not line.startswith("#") and "_created" not in line]
+    assert sent and sent[0] <= len(data) - cut + chunk
+    assert edge.node.link.last_applied == int(edge.node.outbox.get_meta("directive.last_applied"))
