@@ -5,6 +5,8 @@ import json
 import sys
 import time
 
+from . import fleet_view
+
 
 def _mesh_status(args) -> int:
     from edgeloop.client import MeshClient
@@ -62,10 +64,13 @@ def register(sub) -> None:
     parser.add_argument("--wait", type=float, default=1.5, metavar="S",
                         help="the longest to gather the view (it ends sooner once the view is complete and quiet)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    fleet_view.add_arguments(parser)  # --config CLOUD.toml: the fleet view from the coordinator
     parser.set_defaults(handler=_run)
 
 
 def _run(args) -> int:
+    if fleet_view.is_cloud_config(getattr(args, "config", None)):
+        return fleet_view.run(args)
     if args.interface is None:
         args.interface = ["127.0.0.1"]
     return _mesh_status(args)

@@ -16,6 +16,8 @@ from edgeloop.config.schema import join_host_port
 from edgeloop.protocol import auth as fleet_auth
 from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
 
+from .validate import ID_EXPECTED, ID_RE
+
 PUSH_CHUNK_BYTES = 1 << 20
 LABEL_BATCH_ROWS = 5000
 
@@ -115,8 +117,8 @@ def read_labels_csv(path: str | Path, max_problems: int = 50) -> tuple[list, lis
                     except ValueError:
                         problems.append(CsvProblem(line, f"timestamp {row[2][:200]!r} is not Unix milliseconds > 0"))
                         continue
-                if not rid:
-                    problems.append(CsvProblem(line, "empty request_id"))
+                if not ID_RE.fullmatch(rid):
+                    problems.append(CsvProblem(line, f"request_id {rid[:200]!r}: expected {ID_EXPECTED}"))
                     continue
                 labels.append((line, mesh_pb2.Label(sample_id=rid, value=number, received_ms=stamp)))
             if len(problems) >= max_problems:

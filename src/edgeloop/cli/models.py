@@ -1,0 +1,100 @@
+"""``edgeloop models push FILE.onnx --model NAME --config CLOUD.toml`` and ``edgeloop models list``.
+
+A push stores the file in the coordinator's artifact directory (by sha256) and directs every edge
+to load it; edges that join later are directed on Join.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("models", help="publish models to the fleet through the coordinator, list them")
+    actions = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    push = actions.add_parser("push", help="store FILE.onnx as a new model version and direct every edge to load it")
+    push.add_argument("file", metavar="FILE.onnx")
+    push.add_argument("--model", required=True, metavar="NAME", help="model name")
+    push.add_argument("--version", type=int, default=0, metavar="N", help="version (default: one above the highest)")
+    push.add_argument("--config", required=True, metavar="CLOUD.toml", help="cloud config (address, token, TLS)")
+    push.set_defaults(handler=run_push)
+    listing = actions.add_parser("list", help="models and versions the fleet serves, with sample and label counts")
+    listing.add_argument("--config", required=True, metavar="CLOUD.toml", help="cloud config (address, token, TLS)")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=run_list)
+
+
+def _channel(args):
+    from edgeloop.config import load_cloud_config
+    from edgeloop.coordinator.fleet_client import open_fleet_channel
+
+    return open_fleet_channel(load_cloud_config(args.config))
+
+
+def _fail(exc) -> int:
+    import grpc
+
+    if isinstance(exc, grpc.RpcError):
+        print(f"edgeloop models: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    print(f"edgeloop models: {exc}", file=sys.stderr)
+    return 2
+
+
+def run_push(args) -> int:
+    import grpc
+
+    from edgeloop.config import ConfigError
+    from edgeloop.coordinator.fleet_client import push_model
+    from edgeloop.protocol.auth import AuthError
+
+    if args.version < 0:
+        return _fail(ValueError(f"--version {args.version}: expected a version >= 1 (or 0 for the next one)"))
+    try:
+        channel = _channel(args)
+    except (ConfigError, AuthError, OSError) as exc:
+        return _fail(exc)
+    try:
+        reply = push_model(channel, args.file, args.model, args.version)
+    except (grpc.RpcError, OSError) as exc:
+        return _fail(exc)
+    finally:
+        channel.close()
+    print(f"published {reply.model} version {reply.version} (sha256 {reply.sha256}, {reply.size} bytes); "
+          f"{reply.edges_directed} edge(s) directed to load it")
+    return 0
+
+
+def run_list(args) -> int:
+    import grpc
+
+    from edgeloop.config import ConfigError
+    from edgeloop.coordinator.fleet_client import fleet_status
+    from edgeloop.protocol.auth import AuthError
+
+    try:
+        channel = _channel(args)
+    except (ConfigError, AuthError, OSError) as exc:
+        return _fail(exc)
+    try:
+        view = fleet_status(channel)
+    except grpc.RpcError as exc:
+        return _fail(exc)
+    finally:
+        channel.close()
+    models: dict[str, dict] = {m["model"]: {"model": m["model"], "served": {}, **{k: m[k] for k in (
+        "samples", "labelled", "labels", "unjoined_labels")}} for m in view["models"]}
+    for node in view["nodes"]:
+        for m in node["models"]:
+            entry = models.setdefault(m["model"], {"model": m["model"], "served": {}, "samples": 0, "labelled": 0,
+                                                   "labels": 0, "unjoined_labels": 0})
+            entry["served"].setdefault(str(m["version"]), []).append(node["node_id"])
+    rows = sorted(models.values(), key=lambda e: e["model"])
+    if args.json:
+        print(json.dumps({"models": rows}, indent=2))
+        return 0
+    print(f"{'MODEL':<24} {'SAMPLES':>9} {'LABELLED':>9}  SERVED (version: edges)")
+    for e in rows:
+        served = "; ".join(f"{v}: {','.join(sorted(n))}" for v, n in sorted(e["served"].items(), key=lambda i: int(i[0])))
+        print(f"{e['model']:<24} {e['samples']:>9} {e['labelled']:>9}  {served or '-'}")
+    return 0
