@@ -64,3 +64,39 @@ def test_outage_and_edge_kill_lose_nothing_committed_and_store_nothing_twice(tmp
     finally:
         load.stop()
         fleet.close()
+
+
+def test_models_push_reaches_both_edge_processes_through_directives(tmp_path):
+    import subprocess
+
+    import grpc
+
+    from edgeloop.protocol import inference_pb2, inference_pb2_grpc
+    from edgeloop.serving.demo_models import build_mlp
+
+    fleet = Fleet(tmp_path, upload_backoff_max_ms=500)
+    edges = ("edge-a", "edge-b")
+    try:
+        fleet.start_cloud()
+        for node_id in edges:
+            fleet.start_edge(node_id)
+        model_file = tmp_path / "v2.onnx"
+        model_file.write_bytes(build_mlp(seed=11).SerializeToString())
+        time.sleep(1.0)  # both edges joined
+        done = subprocess.run([sys.executable, "-m", "edgeloop", "models", "push", str(model_file), "--model", "mlp",
+                               "--version", "2", "--config", str(fleet.cloud_config)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        for node_id in edges:
+            channel = grpc.insecure_channel(fleet.edges[node_id].address)
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            deadline = time.monotonic() + 30
+            ready = False
+            while time.monotonic() < deadline and not ready:
+                ready = stub.ModelReady(inference_pb2.ModelReadyRequest(name="mlp", version="2"), timeout=5).ready
+                time.sleep(0.1)
+            channel.close()
+            assert ready, f"{node_id} did not load version 2"
+            assert (tmp_path / node_id / "models" / "mlp" / "2" / "model.onnx").read_bytes() == model_file.read_bytes()
+    finally:
+        fleet.close()
