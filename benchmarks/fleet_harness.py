@@ -107,26 +107,29 @@ class Fleet:
         self.cloud.kill()
         self.cloud = None
 
-    def edge_config(self, node_id: str) -> Path:
+    def edge_config(self, node_id: str, record: bool = True) -> Path:
+        """An edge config; ``record=False`` is the same edge without a coordinator (recording off)."""
         path = self.root / f"{node_id}.toml"
         if not path.exists():
             from edgeloop.serving.demo_models import build_mlp, write_model
 
             repo = self.root / node_id / "models"
             write_model(repo, MODEL, 1, build_mlp())
-            path.write_text(
-                f'[node]\nid = "{node_id}"\nhost = "127.0.0.1"\n'
-                f'[serving]\nmodel_repository = "{_toml_path(repo)}"\ngrpc_workers = 8\n'
-                f'[mesh]\nenabled = false\n'
-                f'[coordinator]\naddress = "127.0.0.1:{self.cloud_port}"\n'
-                f'outbox_path = "{_toml_path(self.outbox(node_id))}"\nupload_backoff_max_ms = {self.backoff_ms}\n')
+            text = (f'[node]\nid = "{node_id}"\nhost = "127.0.0.1"\n'
+                    f'[serving]\nmodel_repository = "{_toml_path(repo)}"\ngrpc_workers = 8\n'
+                    f'[mesh]\nenabled = false\n')
+            if record:
+                text += (f'[coordinator]\naddress = "127.0.0.1:{self.cloud_port}"\n'
+                         f'outbox_path = "{_toml_path(self.outbox(node_id))}"\n'
+                         f'upload_backoff_max_ms = {self.backoff_ms}\n')
+            path.write_text(text)
         return path
 
     def outbox(self, node_id: str) -> Path:
         return self.root / node_id / "outbox.sqlite"
 
-    def start_edge(self, node_id: str) -> Process:
-        proc = Process(["edge", "--config", str(self.edge_config(node_id)), "--grpc-port", "0", "--metrics-port",
+    def start_edge(self, node_id: str, record: bool = True) -> Process:
+        proc = Process(["edge", "--config", str(self.edge_config(node_id, record)), "--grpc-port", "0", "--metrics-port",
                         "0", "--log-level", "WARNING"], self.root / f"{node_id}.log", "listening on ")
         self.edges[node_id] = proc
         return proc

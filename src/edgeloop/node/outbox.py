@@ -1,10 +1,11 @@
 """The edge's sample and label outbox: an SQLite (WAL) file of rows not yet acknowledged by the coordinator.
 
-Request threads never touch SQLite: ``offer`` puts a sample on a bounded in-memory queue and returns
-at once (a full queue drops the sample and counts it).  One writer thread group-commits whatever
-is queued, so a sample reaches the file within one commit window (``COMMIT_WINDOW_S``) of being
-offered; a sample still in the queue when the process is killed is the only loss the data path
-allows.  Labels wait for their commit (``put_labels`` returns once they are durable).
+Request threads never touch SQLite: ``offer`` appends a sample to a bounded in-memory queue (a
+``deque``: no lock, no thread wake-up) and returns at once (a full queue drops the sample and counts
+it).  One writer thread wakes every ``COMMIT_WINDOW_S`` and group-commits whatever is queued, so a
+sample reaches the file within one commit window (plus the commit itself) of being offered; a
+sample still in the queue when the process is killed is the only loss the data path allows.
+Labels wake the writer at once and wait for their commit (``put_labels`` returns once durable).
 
 The outbox is bounded in rows and bytes (samples and labels together); past a bound new samples
 are dropped and counted (``edgeloop_samples_dropped_total{model,reason}``) and labels are refused.
@@ -17,11 +18,11 @@ random id made when the file is created, so a new outbox file never reuses an ol
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,9 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_rows = int(max_rows)
         self.max_bytes = int(max_bytes)
-        self._queue: queue.Queue = queue.Queue(maxsize=int(queue_size))
+        self.queue_size = int(queue_size)
+        self._queue: deque = deque()  # (model, item); appends and pops are atomic
+        self._urgent = threading.Event()  # labels are waiting: commit now
         self._conn = _connect(self.path)  # the writer thread's (and, before start, setup's)
         self._conn.executescript(_SCHEMA)
         self._read = _connect(self.path)  # the uploader's: reads, batch bookkeeping, acks
@@ -143,6 +146,7 @@ class Outbox:
     def close(self, timeout_s: float = 5.0) -> None:
         """Commit what is queued (bounded by ``timeout_s``), stop the writer, close the file."""
         self._stop.set()
+        self._urgent.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
         with self._read_lock:
@@ -162,13 +166,13 @@ class Outbox:
         so building the message happens off the request thread.  False when the queue is full (counted
         as a dropped sample unless ``count_drop`` is False: an item only for the statistics).
         """
-        try:
-            self._queue.put_nowait((model, item))
-            return True
-        except queue.Full:
+        queue = self._queue
+        if len(queue) >= self.queue_size:  # racing threads may pass the bound by a few items at most
             if count_drop:
                 self._count_drop(model, REASON_QUEUE_FULL)
             return False
+        queue.append((model, item))
+        return True
 
     def _count_drop(self, model: str, reason: str, n: int = 1) -> None:
         with self._lock:
@@ -182,7 +186,7 @@ class Outbox:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     def put_labels(self, rows: list[tuple[str, bytes]], timeout_s: float = 10.0) -> None:
         """Store ``(model, serialized Label)`` rows and return once they are committed.
@@ -192,10 +196,8 @@ class Outbox:
         if self._thread is None or not self._thread.is_alive():
             raise OutboxFull("the outbox writer is not running")
         write = _LabelWrite(rows)
-        try:
-            self._queue.put(("", write), timeout=timeout_s)
-        except queue.Full:
-            raise TimeoutError(f"the outbox queue stayed full for {timeout_s:.1f} s") from None
+        self._queue.append(("", write))  # labels are never dropped at the queue: the caller waits
+        self._urgent.set()
         if not write.done.wait(timeout_s):
             raise TimeoutError(f"the outbox did not commit the labels within {timeout_s:.1f} s")
         if write.error is not None:
@@ -203,21 +205,18 @@ class Outbox:
 
     # ---------------------------------------------------------------------------- writer
     def _run(self) -> None:
-        get = self._queue.get
+        queue = self._queue
         while True:
-            try:
-                first = get(timeout=0.1)
-            except queue.Empty:
-                if self._stop.is_set():
+            stopping = self._stop.is_set()
+            if not queue:
+                if stopping:
                     return
+                self._urgent.wait(COMMIT_WINDOW_S)
+                self._urgent.clear()
                 continue
-            group = [first]
-            deadline = time.monotonic() + COMMIT_WINDOW_S
-            while len(group) < MAX_GROUP and time.monotonic() < deadline:
-                try:
-                    group.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            group = []
+            while queue and len(group) < MAX_GROUP:
+                group.append(queue.popleft())
             try:
                 self._write(group)
             except Exception:  # the writer must outlive any one bad group (disk full, encode bug)
@@ -365,7 +364,7 @@ class Outbox:
         with self._lock:
             return {"pending_rows": self.pending_rows, "pending_bytes": self.pending_bytes,
                     "committed": self.committed, "labels_committed": self.labels_committed,
-                    "commits": self.commits, "dropped": dict(self.dropped), "queued": self._queue.qsize()}
+                    "commits": self.commits, "dropped": dict(self.dropped), "queued": len(self._queue)}
 
 
 def _table(kind: str) -> str:

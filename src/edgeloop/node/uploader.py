@@ -28,7 +28,9 @@ MAX_BYTES_PER_STREAM = 32 << 20
 MAX_BATCH_BYTES = 3 << 20
 UPLOAD_TIMEOUT_S = 60.0
 BACKOFF_BASE_S = 0.05
-IDLE_POLL_S = 0.5
+#: With no backlog (a round sent less than a batch), the next round waits this long: small uploads
+#: are merged, and the uploader does not wake on every commit of a busy edge.
+LINGER_S = 0.25
 
 _METHODS = {SAMPLES: "/edgeloop.v1.Coordinator/UploadSamples", LABELS: "/edgeloop.v1.Coordinator/UploadLabels"}
 
@@ -92,7 +94,6 @@ class Uploader:
         self.uploaded = {SAMPLES: 0, LABELS: 0}  # rows acknowledged since start
         self.failures = 0
         self.last_error = ""
-        outbox.add_listener(self._wake.set)
 
     def start(self) -> "Uploader":
         self._thread = threading.Thread(target=self._run, name="edgeloop-uploader", daemon=True)
@@ -119,8 +120,8 @@ class Uploader:
             if self.backoff.failures:
                 log.info("uploader: coordinator reachable again; uploading the backlog")
             self.backoff.reset()
-            if not sent:
-                self._wake.wait(IDLE_POLL_S)
+            if sent < self.batch_size:
+                self._wake.wait(LINGER_S)
                 self._wake.clear()
 
     def _failed(self, reason: str) -> None:
