@@ -292,10 +292,11 @@ class Outbox:
             return self._read.execute(f"SELECT COUNT(*) FROM {_table(kind)}").fetchone()[0]
 
     def next_batches(self, kind: str, batch_size: int, max_batches: int, max_bytes: int,
-                     max_batch_bytes: int = 3 << 20) -> list[Batch]:
+                     max_batch_bytes: int = 3 << 20, skip=frozenset()) -> list[Batch]:
         """Batches to send: those fixed earlier and not acknowledged, then new ones, up to the limits.
 
-        A new batch holds at most ``batch_size`` rows and ``max_batch_bytes`` bytes (at least one row).
+        A new batch holds at most ``batch_size`` rows and ``max_batch_bytes`` bytes (at least one row);
+        fixed batches whose ids are in ``skip`` (in flight) are left out.
         """
         table = _table(kind)
         out: list[Batch] = []
@@ -305,6 +306,8 @@ class Outbox:
             fixed = conn.execute("SELECT batch_id, first_seq, last_seq FROM batches WHERE kind = ? ORDER BY first_seq",
                                  (kind,)).fetchall()
             for batch_id, first, last in fixed:
+                if batch_id in skip:
+                    continue
                 if len(out) >= max_batches or total >= max_bytes:
                     return out
                 payloads = tuple(p for (p,) in conn.execute(

@@ -23,7 +23,7 @@ from edgeloop.protocol import mesh_pb2
 log = logging.getLogger("edgeloop.node.uploader")
 
 #: Per stream: batches and bytes (kept well under gRPC's default 4 MiB message limit per batch).
-MAX_BATCHES_PER_STREAM = 16
+MAX_BATCHES_PER_STREAM = 4
 MAX_BYTES_PER_STREAM = 32 << 20
 MAX_BATCH_BYTES = 3 << 20
 UPLOAD_TIMEOUT_S = 60.0
@@ -52,10 +52,19 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
+_ROW_TAG = _varint(3 << 3 | 2)
+_LENGTHS = [_varint(n) for n in range(1 << 14)]  # the length prefix of every row under 16 KiB, made once
+
+
 def encode_batch(batch: Batch, node_id: str) -> bytes:
     """The wire bytes of a SampleBatch / LabelBatch: batch_id (1), node_id (2), rows (3), rows as stored."""
     parts = [_field(1, batch.batch_id.encode()), _field(2, node_id.encode())]
-    parts.extend(_field(3, p) for p in batch.payloads)
+    append, tag, lengths, small = parts.append, _ROW_TAG, _LENGTHS, len(_LENGTHS)
+    for p in batch.payloads:
+        n = len(p)
+        append(tag)
+        append(lengths[n] if n < small else _varint(n))
+        append(p)
     return b"".join(parts)
 
 
@@ -134,19 +143,43 @@ class Uploader:
         self._stop.wait(delay)
 
     def upload_once(self, kind: str) -> int:
-        """One stream of pending batches of ``kind``; returns the rows acknowledged (0 when nothing pending)."""
-        batches = self.outbox.next_batches(kind, self.batch_size, MAX_BATCHES_PER_STREAM, MAX_BYTES_PER_STREAM,
-                                           MAX_BATCH_BYTES)
-        if not batches:
-            return 0
-        frames = [encode_batch(b, self.node_id) for b in batches]
-        ack = self._calls[kind](iter(frames), timeout=UPLOAD_TIMEOUT_S)
+        """Send every pending batch of ``kind``; returns the rows acknowledged (0 when nothing was pending).
+
+        Two streams overlap: the next one is read and encoded while the coordinator commits the
+        previous one, so a backlog drains at the coordinator's pace, not at the sum of both sides.
+        """
+        call = self._calls[kind]
+        inflight = None  # (future, batches)
+        rows = 0
+        try:
+            while True:
+                skip = {b.batch_id for b in inflight[1]} if inflight else frozenset()
+                batches = self.outbox.next_batches(kind, self.batch_size, MAX_BATCHES_PER_STREAM,
+                                                   MAX_BYTES_PER_STREAM, MAX_BATCH_BYTES, skip)
+                following = None
+                if batches:
+                    frames = [encode_batch(b, self.node_id) for b in batches]
+                    following = (call.future(iter(frames), timeout=UPLOAD_TIMEOUT_S), batches)
+                if inflight is not None:
+                    rows += self._finish(kind, *inflight)
+                inflight = following
+                if inflight is None or self._stop.is_set() or rows >= (1 << 62):
+                    break
+        finally:
+            if inflight is not None:  # a failure or stop: the other stream is given up (its batches stay)
+                try:
+                    rows += self._finish(kind, *inflight)
+                except Exception:
+                    inflight[0].cancel()
+        return rows
+
+    def _finish(self, kind: str, future, batches) -> int:
+        ack = future.result()
         done = set(ack.accepted_batch_ids) | set(ack.duplicate_batch_ids)
         acked = [b for b in batches if b.batch_id in done]
         rows = self.outbox.ack(acked)
         self.uploaded[kind] += rows
-        missing = len(batches) - len(acked)
-        if missing:
+        if len(acked) != len(batches):
             raise RuntimeError(f"the coordinator acknowledged {len(acked)} of {len(batches)} {kind} batches")
         return rows
 
