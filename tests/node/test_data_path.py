@@ -214,3 +214,25 @@ def test_coordinator_restart_in_the_middle_of_a_directive_resumes_the_fetch(tmp_
             and not line.startswith("#") and "_created" not in line]
     assert sent and sent[0] <= len(data) - cut + chunk
     assert edge.node.link.last_applied == int(edge.node.outbox.get_meta("directive.last_applied"))
+
+
+def test_status_reports_carry_outbox_and_serving_figures(tmp_path, closing):
+    cloud = start_cloud(tmp_path)
+    closing(cloud)
+    edge = Edge(edge_config(tmp_path, "edge-a", cloud.address))
+    closing(edge)
+    for i in range(20):
+        edge.infer(i)
+    assert wait_for(lambda: edge.node.outbox.snapshot()["committed"] == 20)
+    report, _commit = edge.node.link.status_report()
+    assert report.node_id == "edge-a" and [(m.model, m.version, m.state) for m in report.models] == [(MODEL, 1, "READY")]
+    serving = {(s.model, s.version): s for s in report.serving}[(MODEL, 1)]
+    assert serving.requests == 20 and serving.samples_recorded == 20 and serving.latency_p99_ms >= serving.latency_p50_ms > 0
+    assert report.outbox_dropped == 0
+    from edgeloop.coordinator.fleet_client import fleet_status
+
+    channel = grpc.insecure_channel(cloud.address)
+    closing(channel)
+    assert wait_for(lambda: {n["node_id"]: n for n in fleet_status(channel)["nodes"]}.get("edge-a", {}).get(
+        "samples_received") == 20)
+    assert wait_for(lambda: fleet_status(channel)["nodes"][0]["requests"] == 20)

@@ -355,7 +355,9 @@ class CoordinatorLink:
                 model=model, version=int(version) if version.isdigit() else 0, requests=totals.success_count,
                 failures=totals.fail_count, latency_p50_ms=percentile_ms(totals.request_buckets, 0.5),
                 latency_p99_ms=percentile_ms(totals.request_buckets, 0.99),
-                samples_dropped=dropped_by_model.get(model, 0)))
+                samples_dropped=dropped_by_model.get(model, 0),
+                samples_recorded=snap["committed_by_model"].get(model, 0),
+                labels_recorded=snap["labels_by_model"].get(model, 0)))
         report = mesh_pb2.StatusReport(
             node_id=self.node_id, epoch=self.fleet_epoch, models=self.model_versions(), feature_stats=feature_stats,
             queue_depth=min(node.models.queue_depth(), 2**32 - 1), outbox_pending=snap["pending_rows"],

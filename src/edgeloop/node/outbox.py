@@ -106,6 +106,8 @@ class Outbox:
         self.committed = 0  # samples committed since start
         self.commits = 0  # transactions
         self.labels_committed = 0
+        self.committed_by_model: dict[str, int] = {}
+        self.labels_by_model: dict[str, int] = {}
         self._wake_listeners: list = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -280,6 +282,9 @@ class Outbox:
                 self.committed += len(samples)
                 self.labels_committed += len(labels)
                 self.commits += 1
+                for rows_, counts in ((samples, self.committed_by_model), (labels, self.labels_by_model)):
+                    for model, _size, _payload in rows_:
+                        counts[model] = counts.get(model, 0) + 1
         for item in waiting:
             item.done.set()
         if samples or labels:
@@ -367,7 +372,9 @@ class Outbox:
         with self._lock:
             return {"pending_rows": self.pending_rows, "pending_bytes": self.pending_bytes,
                     "committed": self.committed, "labels_committed": self.labels_committed,
-                    "commits": self.commits, "dropped": dict(self.dropped), "queued": len(self._queue)}
+                    "commits": self.commits, "dropped": dict(self.dropped), "queued": len(self._queue),
+                    "committed_by_model": dict(self.committed_by_model),
+                    "labels_by_model": dict(self.labels_by_model)}
 
 
 def _table(kind: str) -> str:
