@@ -236,3 +236,27 @@ def test_status_reports_carry_outbox_and_serving_figures(tmp_path, closing):
     assert wait_for(lambda: {n["node_id"]: n for n in fleet_status(channel)["nodes"]}.get("edge-a", {}).get(
         "samples_received") == 20)
     assert wait_for(lambda: fleet_status(channel)["nodes"][0]["requests"] == 20)
+
+
+def test_edges_carry_the_fleet_token_and_an_edge_without_it_holds_its_samples(tmp_path, closing):
+    from dataclasses import replace
+
+    from edgeloop.config import AuthConfig
+
+    token = "fleet-token-for-the-data-path-test"
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    cloud = start_cloud(tmp_path, token=token)
+    closing(cloud)
+    good = Edge(replace(edge_config(tmp_path, "edge-good", cloud.address), auth=AuthConfig(token_file=token_file)))
+    closing(good)
+    bad = Edge(edge_config(tmp_path, "edge-bad", cloud.address))
+    closing(bad)
+    for i in range(10):
+        good.infer(i, request_id=f"good-{i}")
+        bad.infer(i, request_id=f"bad-{i}")
+    assert wait_for(lambda: sorted(stored_sample_ids(cloud.config.database)) == sorted(f"good-{i}" for i in range(10)))
+    assert wait_for(lambda: bad.node.uploader.failures >= 2)
+    assert "UNAUTHENTICATED" in bad.node.uploader.last_error
+    assert bad.node.outbox.pending("samples") == 10  # held, not dropped
+    assert not bad.node.link.joined.is_set()
