@@ -164,3 +164,27 @@ def test_restart_keeps_samples_labels_directives_and_artifacts(running):
     assert b"".join(c.data for c in running.coord.FetchArtifact(
         mesh_pb2.FetchArtifactRequest(sha256=sha), timeout=10)) == b"model-bytes"
     assert [r.kind for r in running.store.directives_after("edge-a", 0)] == ["load"]
+
+
+def test_directive_streams_are_bounded_to_half_the_workers(tmp_path):
+    from dataclasses import replace
+
+    from coordkit import Running, cloud_config
+
+    r = Running(replace(cloud_config(tmp_path), grpc_workers=4))
+    readers = []
+    try:
+        for node in ("a", "b", "c"):
+            join(r.coord, node)
+        readers = [StreamReader(r.coord, node) for node in ("a", "b")]
+        deadline = time.monotonic() + 5
+        while len(r.coordinator.hub.connected()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(grpc.RpcError) as err:
+            StreamReader(r.coord, "c").next()
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert r.fleet.FleetStatus(mesh_pb2.FleetStatusRequest(), timeout=10).fleet_epoch >= 1  # calls still work
+    finally:
+        for reader in readers:
+            reader.close()
+        r.stop()

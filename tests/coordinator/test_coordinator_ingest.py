@@ -119,3 +119,34 @@ def test_a_stream_cancelled_midway_is_not_acknowledged_and_resending_is_safe(run
     ack = running.coord.UploadSamples(iter([sample_batch("c1", ["c-1"])]), timeout=10)
     assert list(ack.duplicate_batch_ids) == ["c1"]
     assert [i for _, i in running.store.sample_ids()] == ["c-1"]
+
+
+def test_bad_label_fields_are_refused(running):
+    now = int(time.time() * 1000)
+    for label, field in ((mesh_pb2.Label(value=1.0), "labels[0]"),
+                         (mesh_pb2.Label(sample_id="s 1", value=1.0), "labels[0].sample_id"),
+                         (mesh_pb2.Label(sample_id="s1", value=float("nan")), "labels[0].value"),
+                         (mesh_pb2.Label(model="m", routing_key="k", value=1.0), "labels[0].timestamp_ms"),
+                         (mesh_pb2.Label(sample_id="s1", value=1.0, received_ms=now + 10 * 86_400_000),
+                          "labels[0].received_ms")):
+        with pytest.raises(grpc.RpcError) as err:
+            running.coord.UploadLabels(iter([mesh_pb2.LabelBatch(batch_id="l", node_id="e", labels=[label])]),
+                                       timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(field), field
+    with pytest.raises(grpc.RpcError) as err:  # imported labels belong to no edge
+        running.fleet.ImportLabels(iter([mesh_pb2.LabelBatch(batch_id="l", node_id="e", labels=[
+            mesh_pb2.Label(sample_id="s1", value=1.0)])]), timeout=10)
+    assert err.value.details().startswith("node_id")
+
+
+def test_batches_over_the_row_limit_are_refused(tmp_path):
+    from coordkit import Running, cloud_config
+
+    r = Running(cloud_config(tmp_path, max_batch_rows=2))
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            r.coord.UploadSamples(iter([sample_batch("b1", ["a", "b", "c"])]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("samples:")
+        assert r.coord.UploadSamples(iter([sample_batch("b1", ["a", "b"])]), timeout=10).rows_stored == 2
+    finally:
+        r.stop()

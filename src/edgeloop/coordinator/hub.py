@@ -39,9 +39,13 @@ class DirectiveHub:
     def closed(self) -> bool:
         return self._closed
 
-    def connect(self, node_id: str) -> None:
+    def connect(self, node_id: str, limit: int) -> bool:
+        """Count a new stream of ``node_id``; False (not counted) when ``limit`` streams are open."""
         with self._cond:
+            if sum(self._streams.values()) >= limit:
+                return False
             self._streams[node_id] += 1
+            return True
 
     def disconnect(self, node_id: str) -> None:
         with self._cond:

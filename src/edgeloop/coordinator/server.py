@@ -115,6 +115,7 @@ class Coordinator:
             self.hub.close()  # directive streams end; edges reconnect and resume after their last sequence
             self.server.stop(grace_s).wait()
             self._executor.shutdown(wait=True, cancel_futures=True)
+            self.core.writer.close()  # batches handed over commit before the database closes
             self.store.close()
             if self._metrics_httpd is not None:
                 threading.Thread(target=_close_http_server, args=(self._metrics_httpd,), daemon=True,

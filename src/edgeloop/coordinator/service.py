@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sqlite3
 import time
+from collections import deque
 
 import grpc
 
@@ -18,10 +20,13 @@ from edgeloop.protocol.errors import ProtocolError, failed_precondition, invalid
 from edgeloop.store import (ArtifactError, FeatureStatRow, LabelRow, SampleRow, StoreError)
 
 from . import validate as v
+from .writer import IngestWriter
 
 log = logging.getLogger("edgeloop.coordinator")
 
 LOAD = "load"
+#: rows of one upload stream validated and queued ahead of the writer (bounds memory per stream)
+UPLOAD_IN_FLIGHT_ROWS = 4000
 #: how long an idle directive stream sleeps before checking that its client is still there
 STREAM_POLL_S = 1.0
 
@@ -43,6 +48,13 @@ def _guard(method: str):
                 code = grpc.StatusCode.UNAVAILABLE if self.stopping else grpc.StatusCode.FAILED_PRECONDITION
                 self.metrics.rejected.labels(method, code.name).inc()
                 context.abort(code, str(exc))
+            except (sqlite3.Error, OSError, RuntimeError) as exc:  # storage failed: say so, never die
+                code = grpc.StatusCode.UNAVAILABLE if self.stopping else grpc.StatusCode.INTERNAL
+                if not self.stopping:
+                    log.exception("%s failed in storage", method)
+                self.metrics.rejected.labels(method, code.name).inc()
+                context.abort(code, f"{method}: storage failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                                    f"nothing of the failed batch or call was acknowledged")
         handler.__name__ = fn.__name__
         return handler
     return wrap
@@ -91,6 +103,8 @@ class CoordinatorCore:
         self.metrics = metrics
         self.stopping = False
         self._tensors = v.TensorChecker()
+        #: the one thread that commits uploads: validation (GIL held) overlaps SQLite work (GIL released)
+        self.writer = IngestWriter(store)
 
     # ---------------------------------------------------------------- uploads
     def sample_rows(self, batch) -> list[SampleRow]:
@@ -135,17 +149,42 @@ class CoordinatorCore:
                 v.name(f"labels[{i}].model", lab.model)
                 v.routing_key(f"labels[{i}].routing_key", lab.routing_key)
                 v.timestamp(f"labels[{i}].timestamp_ms", lab.timestamp_ms)
+            if lab.sample_id and lab.routing_key:
+                v.routing_key(f"labels[{i}].routing_key", lab.routing_key)
             if lab.timestamp_ms >= v.MAX_TIMESTAMP_MS:
                 v.timestamp(f"labels[{i}].timestamp_ms", lab.timestamp_ms)
             v.finite(f"labels[{i}].value", lab.value)
-            if lab.received_ms >= v.MAX_TIMESTAMP_MS:
-                v.timestamp(f"labels[{i}].received_ms", lab.received_ms)
+            if lab.received_ms > received + v.MAX_CLOCK_AHEAD_MS:  # would win every later write forever
+                raise v.bad(f"labels[{i}].received_ms", lab.received_ms,
+                            f"a Unix time in ms no later than the coordinator's clock + {v.MAX_CLOCK_AHEAD_MS} ms")
             rows.append(LabelRow(lab.sample_id, lab.model, lab.routing_key, lab.timestamp_ms, lab.value,
                                  lab.received_ms or received))
         return rows
 
     def upload(self, request_iterator, context, kind: str, operator: bool = False):
+        """Validate each batch on this thread and commit it on the writer thread, overlapping the two.
+
+        At most ``UPLOAD_IN_FLIGHT_ROWS`` rows of a stream wait for the writer; the ack waits for all.
+        When the stream breaks, batches already handed over still commit but are not acknowledged.
+        """
         accepted, duplicates, stored = [], [], 0
+        in_flight: deque = deque()
+
+        def settle(batch_id, future):
+            nonlocal stored
+            result = future.result()
+            if result is None:
+                duplicates.append(batch_id)
+                self.metrics.duplicate_batches.labels(kind).inc()
+                return
+            accepted.append(batch_id)
+            rows = result if kind == "samples" else result[0]
+            stored += rows
+            if kind == "samples":
+                self.metrics.samples.inc(rows)
+            else:
+                self.metrics.labels.labels("operator" if operator else "edge").inc(rows)
+
         for batch in request_iterator:
             if self.stopping:
                 raise unavailable("the coordinator is shutting down; re-send the batches not acknowledged")
@@ -157,21 +196,20 @@ class CoordinatorCore:
             v.ident("batch_id", batch.batch_id)
             received = now_ms()
             if kind == "samples":
-                result = self.store.ingest_samples(batch.node_id, batch.batch_id, self.sample_rows(batch), received)
+                rows = self.sample_rows(batch)
+                future = self.writer.samples(batch.node_id, batch.batch_id, rows, received)
             else:
-                result = self.store.ingest_labels(batch.node_id, batch.batch_id, self.label_rows(batch, received),
-                                                  received)
-            if result is None:
-                duplicates.append(batch.batch_id)
-                self.metrics.duplicate_batches.labels(kind).inc()
-                continue
-            accepted.append(batch.batch_id)
-            if kind == "samples":
-                stored += result
-                self.metrics.samples.inc(result)
-            else:
-                stored += result[0]
-                self.metrics.labels.labels("operator" if operator else "edge").inc(result[0])
+                rows = self.label_rows(batch, received)
+                future = self.writer.call(self.store.ingest_labels, batch.node_id, batch.batch_id, rows, received)
+            in_flight.append((batch.batch_id, future, len(rows)))
+            waiting = sum(n for _, _, n in in_flight)
+            while len(in_flight) > 1 and waiting > UPLOAD_IN_FLIGHT_ROWS:
+                batch_id, future, n = in_flight.popleft()
+                settle(batch_id, future)
+                waiting -= n
+        while in_flight:
+            batch_id, future, _ = in_flight.popleft()
+            settle(batch_id, future)
         if not context.is_active():
             raise unavailable("the upload stream was cancelled before its end")
         return mesh_pb2.UploadAck(accepted_batch_ids=accepted, duplicate_batch_ids=duplicates, rows_stored=stored)
@@ -257,7 +295,12 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
         issued = core.store.directive_sequence(node_id)
         if after > issued:
             log.warning("node %s resumes after directive %d, but only %d were issued to it", node_id, after, issued)
-        core.hub.connect(node_id)
+        limit = max(1, core.config.grpc_workers // 2)  # each stream holds a handler thread: keep half for calls
+        if not core.hub.connect(node_id, limit):
+            raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"node_id {node_id!r}: {limit} directive streams are open, the most this coordinator "
+                                f"holds (fleet.grpc_workers / 2); retry later")
+        core.store.touch_node(node_id, now_ms())
         self.metrics.connected.set(len(core.hub.connected()))
         try:
             while context.is_active() and not core.stopping:

@@ -23,6 +23,8 @@ MAX_TENSORS = 64
 MAX_DIMS = 8
 MAX_TIMESTAMP_MS = 1 << 53
 MAX_VERSION = (1 << 53)
+#: how far ahead of the coordinator's clock a label's received_ms may be (clock skew between machines)
+MAX_CLOCK_AHEAD_MS = 24 * 3600 * 1000
 MODEL_STATES = ("READY", "LOADING", "UNAVAILABLE", "")
 MAX_MODELS = 1024
 MAX_FEATURE_STATS = 65536
@@ -97,32 +99,40 @@ def text(field: str, value: str, limit: int) -> str:
 
 
 class TensorChecker:
-    """Checks tensors against their datatype; consistent (datatype, shape, size) triples are cached."""
+    """Checks tensors against their datatype, remembering the tensor headers already found consistent.
 
-    def __init__(self) -> None:
-        self._ok: set[tuple] = set()
+    The cache key is a tensor's wire encoding without its data bytes: protobuf writes fields in number
+    order and ``data`` is the last one, so the key holds name, datatype, shape and the data's length
+    (unknown trailing fields only make the key longer, never ambiguous).  One encode and a slice per
+    tensor is several times cheaper than reading the repeated ``shape`` field from Python.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._ok: set[bytes] = set()
+        self._limit = limit
 
     def check(self, field: str, tensors) -> None:
         if len(tensors) > MAX_TENSORS:
             raise bad(field, f"{len(tensors)} tensors", f"at most {MAX_TENSORS} tensors")
         ok = self._ok
-        for j, t in enumerate(tensors):
-            shape = tuple(t.shape)
-            key = (t.name, t.datatype, shape, len(t.data))
-            if key in ok:
-                continue
-            where = f"{field}[{j}]"
-            if not ID_RE.fullmatch(t.name):
-                raise bad(f"{where}.name", t.name, ID_EXPECTED)
-            itemsize = _ITEMSIZE.get(t.datatype)
-            if itemsize is None:
-                raise bad(f"{where}.datatype", t.datatype, f"one of {', '.join(DATATYPES)}")
-            if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
-                raise bad(f"{where}.shape", list(shape), f"at most {MAX_DIMS} dimensions, each >= 0")
-            if itemsize:
-                elements = math.prod(shape)
-                if elements * itemsize != len(t.data):
-                    raise bad(f"{where}.data", f"{len(t.data)} bytes",
-                              f"{elements * itemsize} bytes ({elements} {t.datatype} elements of shape {list(shape)})")
-            if len(ok) < 4096:
-                ok.add(key)
+        for t in tensors:
+            encoded = t.SerializeToString()
+            if encoded[:len(encoded) - len(t.data)] not in ok:
+                self._check_one(f"{field}[{list(tensors).index(t)}]", t, encoded)
+
+    def _check_one(self, where: str, t, encoded: bytes) -> None:
+        if not ID_RE.fullmatch(t.name):
+            raise bad(f"{where}.name", t.name, ID_EXPECTED)
+        itemsize = _ITEMSIZE.get(t.datatype)
+        if itemsize is None:
+            raise bad(f"{where}.datatype", t.datatype, f"one of {', '.join(DATATYPES)}")
+        shape = tuple(t.shape)
+        if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
+            raise bad(f"{where}.shape", list(shape), f"at most {MAX_DIMS} dimensions, each >= 0")
+        if itemsize:
+            elements = math.prod(shape)
+            if elements * itemsize != len(t.data):
+                raise bad(f"{where}.data", f"{len(t.data)} bytes",
+                          f"{elements * itemsize} bytes ({elements} {t.datatype} elements of shape {list(shape)})")
+        if len(self._ok) < self._limit:
+            self._ok.add(encoded[:len(encoded) - len(t.data)])

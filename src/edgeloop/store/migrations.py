@@ -20,7 +20,7 @@ CREATE TABLE samples (
     model_version INTEGER NOT NULL, routing_key TEXT NOT NULL, timestamp_ms INTEGER NOT NULL,
     received_ms INTEGER NOT NULL, payload BLOB NOT NULL);
 CREATE UNIQUE INDEX samples_by_id ON samples (sample_id, model);
-CREATE INDEX samples_by_key ON samples (model, routing_key, timestamp_ms);
+CREATE INDEX samples_by_key ON samples (model, routing_key, timestamp_ms) WHERE routing_key != '';
 CREATE TABLE labels (
     sample_id TEXT NOT NULL, model TEXT NOT NULL, value REAL NOT NULL, received_ms INTEGER NOT NULL,
     node_id TEXT NOT NULL, writes INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (sample_id, model));
@@ -47,6 +47,10 @@ CREATE TABLE feature_stats (
     feature INTEGER NOT NULL, node_id TEXT NOT NULL, bucket_ms INTEGER NOT NULL, bin_edges TEXT NOT NULL,
     counts TEXT NOT NULL, n INTEGER NOT NULL, mean REAL NOT NULL, m2 REAL NOT NULL, nan_count INTEGER NOT NULL,
     psi REAL, PRIMARY KEY (model, model_version, tensor, is_output, feature, node_id, bucket_ms));
+"""),
+    (2, "indexes to join pending labels against each new batch", """
+CREATE INDEX pending_by_id ON pending_labels (sample_id) WHERE sample_id != '';
+CREATE INDEX pending_by_key ON pending_labels (model, routing_key) WHERE sample_id = '';
 """),
 )
 

@@ -32,6 +32,12 @@ ON CONFLICT (sample_id, model) DO UPDATE SET
   writes = labels.writes + 1"""
 
 
+def pragmas(synchronous: str) -> tuple[str, ...]:
+    """The connection settings (also used by the ingest benchmark's bare-SQLite baseline)."""
+    return ("PRAGMA journal_mode=WAL", f"PRAGMA synchronous={synchronous.upper()}", "PRAGMA foreign_keys=OFF",
+            "PRAGMA busy_timeout=5000", "PRAGMA cache_size=-65536")
+
+
 class StoreError(Exception):
     """A request the store refuses because of what is already stored (e.g. a version taken)."""
 
@@ -47,10 +53,8 @@ class SqliteStore:
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
                                      cached_statements=256)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._conn.execute("PRAGMA foreign_keys=OFF")
-        self._conn.execute("PRAGMA busy_timeout=5000")
+        for pragma in pragmas(synchronous):
+            self._conn.execute(pragma)
         self.schema_version = apply_migrations(self._conn)
         self._pending_labels = self._one("SELECT count(*) FROM pending_labels")
         self._closed = False
@@ -85,6 +89,7 @@ class SqliteStore:
                 yield self._conn
             except BaseException:
                 self._conn.execute("ROLLBACK")
+                self._pending_labels = self._one("SELECT count(*) FROM pending_labels")  # undo in-memory too
                 raise
             self._conn.execute("COMMIT")
 
@@ -142,20 +147,30 @@ class SqliteStore:
 
     def ingest_samples(self, node_id: str, batch_id: str, rows: Sequence[SampleRow], now_ms: int) -> int | None:
         """Store one batch in one transaction; the rows newly stored, or None for a duplicate batch."""
+        return self.ingest_sample_batches([(node_id, batch_id, rows, now_ms)])[0]
+
+    def ingest_sample_batches(self, batches: Sequence[tuple[str, str, Sequence[SampleRow], int]]
+                              ) -> list[int | None]:
+        """Store several (node_id, batch_id, rows, now_ms) batches in one transaction (group commit).
+
+        Each batch is claimed and stored whole; the result per batch is as for ``ingest_samples``.
+        """
         with self._transaction() as conn:
-            if not self._claim_batch(conn, node_id, "samples", batch_id, len(rows), now_ms):
-                return None
-            cur = conn.executemany(_INSERT_SAMPLE, [(r[0], r[1], node_id, r[2], r[3], r[4], now_ms, r[5])
-                                                    for r in rows])
-            stored = max(cur.rowcount, 0)
-            if not conn.execute("UPDATE nodes SET samples_received = samples_received + ?, "
-                                "last_seen_ms = max(last_seen_ms, ?) WHERE node_id = ?",
-                                (stored, now_ms, node_id)).rowcount:
-                conn.execute("INSERT INTO nodes (node_id, joined_ms, last_seen_ms, samples_received) "
-                             "VALUES (?, ?, ?, ?)", (node_id, now_ms, now_ms, stored))
-            if self._pending_labels:
-                self._resolve_pending(conn)
-            return stored
+            return [self._ingest_samples(conn, *batch) for batch in batches]
+
+    def _ingest_samples(self, conn, node_id: str, batch_id: str, rows: Sequence[SampleRow], now_ms: int) -> int | None:
+        if not self._claim_batch(conn, node_id, "samples", batch_id, len(rows), now_ms):
+            return None
+        cur = conn.executemany(_INSERT_SAMPLE, [(r[0], r[1], node_id, r[2], r[3], r[4], now_ms, r[5]) for r in rows])
+        stored = max(cur.rowcount, 0)
+        if not conn.execute("UPDATE nodes SET samples_received = samples_received + ?, "
+                            "last_seen_ms = max(last_seen_ms, ?) WHERE node_id = ?",
+                            (stored, now_ms, node_id)).rowcount:
+            conn.execute("INSERT INTO nodes (node_id, joined_ms, last_seen_ms, samples_received) "
+                         "VALUES (?, ?, ?, ?)", (node_id, now_ms, now_ms, stored))
+        if self._pending_labels:
+            self._resolve_pending(conn, rows)
+        return stored
 
     def ingest_labels(self, node_id: str, batch_id: str, rows: Sequence[LabelRow], now_ms: int
                       ) -> tuple[int, int] | None:
@@ -188,8 +203,9 @@ class SqliteStore:
                 return [(sample_id, model)]
             return [(sample_id, m) for (m,) in conn.execute("SELECT model FROM samples WHERE sample_id = ?",
                                                             (sample_id,))]
-        found = conn.execute("SELECT sample_id FROM samples WHERE model = ? AND routing_key = ? AND timestamp_ms <= ? "
-                             "ORDER BY timestamp_ms DESC, id DESC LIMIT 1", (model, key, ts)).fetchone()
+        found = conn.execute("SELECT sample_id FROM samples WHERE model = ? AND routing_key = ? AND routing_key != '' "
+                             "AND timestamp_ms <= ? ORDER BY timestamp_ms DESC, id DESC LIMIT 1",
+                             (model, key, ts)).fetchone()
         return [(found[0], model)] if found else []
 
     def _store_label(self, conn, row, node_id: str) -> tuple[int, int]:
@@ -208,16 +224,21 @@ class SqliteStore:
             overwrites += before is not None
         return len(targets), overwrites
 
-    def _resolve_pending(self, conn) -> None:
-        """Join pending labels whose sample has now arrived."""
-        pending = conn.execute("SELECT p.id, p.sample_id, p.model, p.routing_key, p.timestamp_ms, p.value, "
-                               "p.received_ms, p.node_id FROM pending_labels p WHERE EXISTS (SELECT 1 FROM samples s "
-                               "WHERE (p.sample_id != '' AND s.sample_id = p.sample_id "
-                               "AND (p.model = '' OR s.model = p.model)) OR (p.sample_id = '' AND s.model = p.model "
-                               "AND s.routing_key = p.routing_key AND s.timestamp_ms <= p.timestamp_ms))").fetchall()
+    def _resolve_pending(self, conn, rows: Sequence[SampleRow]) -> None:
+        """Join the pending labels that name a sample of this batch (by id, or by model + routing key)."""
+        ids = json.dumps(sorted({r[1] for r in rows}))
+        keys = json.dumps(sorted({(r[0], r[3]) for r in rows if r[3]}))
+        columns = "p.id, p.sample_id, p.model, p.routing_key, p.timestamp_ms, p.value, p.received_ms, p.node_id"
+        pending = conn.execute(
+            f"SELECT {columns} FROM json_each(?) j JOIN pending_labels p ON p.sample_id = j.value "
+            f"AND p.sample_id != '' UNION SELECT {columns} FROM json_each(?) j JOIN pending_labels p "
+            f"ON p.sample_id = '' AND p.model = json_extract(j.value, '$[0]') "
+            f"AND p.routing_key = json_extract(j.value, '$[1]')", (ids, keys)).fetchall()
         for pid, sample_id, model, key, ts, value, received, node_id in pending:
-            row = LabelRow(sample_id, model, key, ts, value, received)
-            for target_id, target_model in self._targets(conn, row):
+            targets = self._targets(conn, LabelRow(sample_id, model, key, ts, value, received))
+            if not targets:
+                continue  # e.g. every sample of that key so far is later than the label
+            for target_id, target_model in targets:
                 conn.execute(_UPSERT_LABEL, (target_id, target_model, value, received, node_id))
             conn.execute("DELETE FROM pending_labels WHERE id = ?", (pid,))
             self._pending_labels -= 1
