@@ -234,7 +234,9 @@ class Outbox:
         samples, labels, waiting = [], [], []
         with self._lock:
             rows, size = self.pending_rows, self.pending_bytes
-        for model, item in group:
+        for i, (model, item) in enumerate(group):
+            if i & 7 == 7:
+                time.sleep(0)  # let a request thread waiting for the GIL run (else it waits a switch interval)
             if isinstance(item, _LabelWrite):
                 add = [(m, len(p), p) for m, p in item.rows]
                 n_bytes = sum(r[1] for r in add)
