@@ -260,3 +260,45 @@ def test_edges_carry_the_fleet_token_and_an_edge_without_it_holds_its_samples(tm
     assert "UNAUTHENTICATED" in bad.node.uploader.last_error
     assert bad.node.outbox.pending("samples") == 10  # held, not dropped
     assert not bad.node.link.joined.is_set()
+
+
+def test_rollback_report_now_unload_and_a_failing_directive_are_applied_and_reported(tmp_path, closing):
+    from edgeloop.coordinator.fleet_client import push_model
+
+    cloud = start_cloud(tmp_path)
+    closing(cloud)
+    edge = Edge(edge_config(tmp_path, "edge-a", cloud.address))
+    closing(edge)
+    assert wait_for(lambda: edge.node.link.connected)
+    model_file = tmp_path / "v2.onnx"
+    model_file.write_bytes(build_mlp(seed=5).SerializeToString())
+    channel = grpc.insecure_channel(cloud.address)
+    closing(channel)
+    push_model(channel, model_file, MODEL, version=2)
+    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [2])
+
+    def issue(kind, message, model=MODEL, version=0):
+        record = cloud.store.add_directive("edge-a", kind, message.SerializeToString(), int(time.time() * 1000),
+                                           model, version)
+        cloud.hub.notify()
+        return record.sequence
+
+    def result(seq):
+        return next((r.result, r.error) for r in cloud.store.directives_after("edge-a", seq - 1) if r.sequence == seq)
+
+    seq = issue("rollback", mesh_pb2.RollbackModel(model=MODEL, to_version=1), version=1)
+    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [1])
+    assert wait_for(lambda: result(seq)[0] == "applied")
+    assert edge.infer(1).model_version == "1"
+    sent = edge.node.link.reports_sent
+    seq = issue("report", mesh_pb2.ReportNow())
+    assert wait_for(lambda: edge.node.link.reports_sent > sent and edge.node.link.last_applied == seq)
+    seq = issue("rollback", mesh_pb2.RollbackModel(model=MODEL, to_version=9), version=9)
+    assert wait_for(lambda: result(seq)[0] is not None)
+    outcome, error = result(seq)
+    assert outcome == "failed" and "version 9" in error and "not on disk" in error
+    assert edge.node.models.ready_models().get(MODEL) == [1]  # a failed directive leaves serving as it was
+    seq = issue("unload", mesh_pb2.UnloadModel(model=MODEL, version=0))
+    assert wait_for(lambda: MODEL not in edge.node.models.ready_models())
+    assert wait_for(lambda: result(seq)[0] == "applied")
+    assert int(edge.node.outbox.get_meta("directive.last_applied")) == seq
