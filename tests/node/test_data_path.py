@@ -302,3 +302,28 @@ def test_rollback_report_now_unload_and_a_failing_directive_are_applied_and_repo
     assert wait_for(lambda: MODEL not in edge.node.models.ready_models())
     assert wait_for(lambda: result(seq)[0] == "applied")
     assert int(edge.node.outbox.get_meta("directive.last_applied")) == seq
+
+
+def test_a_rollback_survives_an_edge_restart(tmp_path, closing):
+    from edgeloop.coordinator.fleet_client import push_model
+
+    cloud = start_cloud(tmp_path)
+    closing(cloud)
+    config = edge_config(tmp_path, "edge-a", cloud.address)
+    edge = Edge(config)
+    assert wait_for(lambda: edge.node.link.connected)
+    model_file = tmp_path / "v2.onnx"
+    model_file.write_bytes(build_mlp(seed=5).SerializeToString())
+    channel = grpc.insecure_channel(cloud.address)
+    closing(channel)
+    push_model(channel, model_file, MODEL, version=2)
+    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [2])
+    cloud.store.add_directive("edge-a", "rollback", mesh_pb2.RollbackModel(model=MODEL, to_version=1)
+                              .SerializeToString(), int(time.time() * 1000), MODEL, 1)
+    cloud.hub.notify()
+    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [1])
+    edge.close()
+    edge = Edge(config)  # the same outbox and repository
+    closing(edge)
+    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [1])
+    assert edge.infer(1).model_version == "1"

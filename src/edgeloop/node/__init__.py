@@ -83,6 +83,8 @@ class EdgeNode:
         self.outbox = Outbox(outbox_path(config), c.outbox_max_rows, c.outbox_max_bytes, c.outbox_queue_size)
         repository = self.models.repository
         self.edge_stats = EdgeStats(lambda model, version: read_manifest(repository, model, version))
+        stats = self.edge_stats
+        self.models.add_listener(lambda event: stats.forget(event.model, event.ready_versions))
         self.recorder = Recorder(config.node.id, config.sample_rate, self.outbox, self.edge_stats)
         self.servicer.on_served = self.recorder
         self._token = process_token(config.auth, f"edge {config.node.id}")

@@ -35,6 +35,7 @@ from edgeloop.serving.stats import LATENCY_BOUNDS_NS
 log = logging.getLogger("edgeloop.node.coordinator")
 
 LAST_APPLIED_KEY = "directive.last_applied"
+PIN_KEY = "rollback.pin."  # + model: the version a rollback pinned (re-applied after a restart)
 PENDING_RESULT_KEY = "directive.pending_result"
 MAX_ARTIFACT_BYTES = 2 << 30
 MAX_MANIFEST_BYTES = 1 << 20
@@ -97,6 +98,7 @@ class CoordinatorLink:
 
     # ---------------------------------------------------------------------------- lifecycle
     def start(self) -> "CoordinatorLink":
+        self._restore_pins()
         for target, name in ((self._run_directives, "edgeloop-directives"), (self._run_reports, "edgeloop-status")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -114,6 +116,17 @@ class CoordinatorLink:
 
     def report_now(self) -> None:
         self._report_now.set()
+
+    def _restore_pins(self) -> None:
+        """Re-apply rollbacks made before a restart (the manager keeps a load's config in memory only)."""
+        for model in self.node.models.known_models():
+            pinned = self.outbox.get_meta(PIN_KEY + model, "")
+            if pinned and pinned.isdigit():
+                try:
+                    self._pin(model, int(pinned))
+                    log.info("model %s: rollback to version %s re-applied after the restart", model, pinned)
+                except DirectiveFailed as exc:
+                    log.error("model %s: the rollback pin could not be re-applied: %s", model, exc)
 
     # ---------------------------------------------------------------------------- join + directives
     def _identity(self) -> mesh_pb2.NodeIdentity:
@@ -257,6 +270,7 @@ class CoordinatorLink:
             models.load(load.model, files, config)
         except ProtocolError as exc:
             raise DirectiveFailed(f"load of model {load.model!r} version {load.version} failed: {exc.message}") from None
+        self.outbox.set_meta(PIN_KEY + load.model, "")  # a new version ends an earlier rollback
         if load.version not in models.ready_models().get(load.model, []):
             raise DirectiveFailed(f"model {load.model!r} version {load.version} was stored but is not served: the "
                                   f"version policy {wanted} does not select it")
@@ -284,17 +298,21 @@ class CoordinatorLink:
 
     def _rollback(self, rollback) -> None:
         self._check_model(rollback.model, rollback.to_version)
+        self._pin(rollback.model, rollback.to_version)
+        self.outbox.set_meta(PIN_KEY + rollback.model, str(rollback.to_version))
+
+    def _pin(self, model: str, version: int) -> None:
+        """Serve only ``version`` of ``model`` (a load with a Triton ``version_policy``: the manager's path)."""
         models = self.node.models
-        on_disk = models.repository.versions(rollback.model)
-        if rollback.to_version not in on_disk:
-            raise DirectiveFailed(f"rollback of model {rollback.model!r} to version {rollback.to_version}: not on "
-                                  f"disk (versions on disk: {on_disk})")
-        config = json.dumps({"version_policy": {"specific": {"versions": [rollback.to_version]}}})
+        on_disk = models.repository.versions(model)
+        if version not in on_disk:
+            raise DirectiveFailed(f"rollback of model {model!r} to version {version}: not on disk (versions on "
+                                  f"disk: {on_disk})")
+        config = json.dumps({"version_policy": {"specific": {"versions": [version]}}})
         try:
-            models.load(rollback.model, None, config)
+            models.load(model, None, config)
         except ProtocolError as exc:
-            raise DirectiveFailed(f"rollback of model {rollback.model!r} to version {rollback.to_version} failed: "
-                                  f"{exc.message}") from None
+            raise DirectiveFailed(f"rollback of model {model!r} to version {version} failed: {exc.message}") from None
 
     def fetch(self, sha: str, size: int) -> bytes:
         """The artifact ``sha`` (``size`` bytes), resuming a partial download; its sha256 checked."""
