@@ -22,7 +22,6 @@ import os
 import re
 import threading
 import time
-from pathlib import Path
 
 import grpc
 

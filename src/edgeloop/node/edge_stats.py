@@ -257,7 +257,7 @@ def read_manifest(repository, model: str, version: int) -> dict | None:
         if len(data) > MAX_MANIFEST_BYTES:
             return None
         manifest = json.loads(data)
-    except (OSError, ValueError, Exception):
+    except (OSError, ValueError, RecursionError):
         return None
     return manifest if isinstance(manifest, dict) else None
 
