@@ -1,22 +1,20 @@
 """``edgeloop cloud`` as a real process, and the fleet commands against it: status, models, labels, certs."""
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coordinator"))
-from coordkit import join, sample_batch  # noqa: E402
+from coordkit import join, onnx_bytes, sample_batch  # noqa: E402
 
 from edgeloop.config import load_cloud_config  # noqa: E402
 from edgeloop.coordinator.fleet_client import open_fleet_channel  # noqa: E402
-from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc  # noqa: E402
+from edgeloop.protocol import mesh_pb2_grpc  # noqa: E402
 
 START_TIMEOUT_S = 30
 
@@ -69,7 +67,7 @@ def test_cloud_process_serves_fleet_commands_and_exits_0_on_sigterm(cloud, tmp_p
     join(coord, "edge-a")
     coord.UploadSamples(iter([sample_batch("b1", ["r1", "r2", "r3"])]), timeout=10)
     model = tmp_path / "m.onnx"
-    model.write_bytes(os.urandom(3000))
+    model.write_bytes(onnx_bytes(3000))
     out = edgeloop("models", "push", model, "--model", "m", "--config", config)
     assert out.returncode == 0 and "version 1" in out.stdout and "1 edge(s) directed" in out.stdout, out.stderr
     csv = tmp_path / "labels.csv"
@@ -137,3 +135,16 @@ def test_sigterm_during_an_upload_stream_commits_or_leaves_unacknowledged(cloud)
     count = db.execute("SELECT count(*) FROM samples").fetchone()[0]
     db.close()
     assert acked <= stored and count == 50 * len(stored)
+
+
+def test_bad_cloud_config_and_bad_csv_header_are_reported(tmp_path):
+    config = tmp_path / "cloud.toml"
+    config.write_text('[storage]\ndatabase = "c.sqlite"\nmax_batch_rows = 0\n')
+    out = edgeloop("cloud", "--config", config)
+    assert out.returncode == 2 and "storage.max_batch_rows" in out.stderr
+    csv = tmp_path / "labels.csv"
+    csv.write_text("id,value\nr1,1\n")
+    out = edgeloop("labels", "import", csv, "--config", config)
+    assert out.returncode == 2 and "line 1" in out.stderr and "request_id,label[,timestamp]" in out.stderr
+    out = edgeloop("models", "push", tmp_path / "missing.onnx", "--model", "m", "--config", config)
+    assert out.returncode == 2 and "missing.onnx: cannot be read" in out.stderr

@@ -76,3 +76,17 @@ def join(stub, node: str = "edge-a", models=()):
     return stub.Join(mesh_pb2.JoinRequest(
         node=mesh_pb2.NodeIdentity(node_id=node, host="127.0.0.1", grpc_port=9000, weight=1.0),
         models=[mesh_pb2.ModelVersion(model=m, version=v, state="READY") for m, v in models]), timeout=10)
+
+
+def onnx_bytes(payload: int = 64, seed: int | None = None) -> bytes:
+    """A small, valid ONNX model (Identity over a constant) carrying ``payload`` random bytes, so each differs."""
+    import os
+
+    from onnx import TensorProto, helper
+
+    raw = os.urandom(payload) if seed is None else bytes((seed + i) % 256 for i in range(payload))
+    weight = helper.make_tensor("w", TensorProto.UINT8, [payload], raw, raw=True)
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [payload])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()

@@ -1,6 +1,5 @@
 """Model pushes, the directive stream (wake-up, resume, restart), results, and chunked artifact fetch."""
 import hashlib
-import os
 import queue
 import threading
 import time
@@ -8,7 +7,7 @@ import time
 import grpc
 import pytest
 
-from coordkit import join
+from coordkit import join, onnx_bytes
 from edgeloop.protocol import mesh_pb2
 
 
@@ -23,7 +22,7 @@ class StreamReader:
     """Reads a directive stream on a thread so a test can wait for each directive with a deadline."""
 
     def __init__(self, coord, node: str, after: int = 0) -> None:
-        self.call = coord.Directives(mesh_pb2.DirectivesRequest(node_id=node, after_sequence=after), timeout=30)
+        self.call = coord.Directives(mesh_pb2.DirectivesRequest(node_id=node, after_sequence=after), timeout=60)
         self.items: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -32,10 +31,11 @@ class StreamReader:
         try:
             for d in self.call:
                 self.items.put(d)
+            self.items.put(EOFError("the stream ended with OK"))
         except grpc.RpcError as exc:
             self.items.put(exc)
 
-    def next(self, timeout: float = 5.0):
+    def next(self, timeout: float = 15.0):
         item = self.items.get(timeout=timeout)
         if isinstance(item, Exception):
             raise item
@@ -46,26 +46,28 @@ class StreamReader:
         self.thread.join(5)
 
 
-def test_push_directs_every_known_edge_and_later_joiners(running):
+def test_push_directs_every_known_edge_and_later_joiners(running, monkeypatch):
+    from edgeloop.coordinator import edge_service
+
+    monkeypatch.setattr(edge_service, "STREAM_POLL_S", 60.0)  # only a wake-up can deliver within the test
     join(running.coord, "edge-a")
     join(running.coord, "edge-b")
-    data = os.urandom(5000)
+    data = onnx_bytes(5000)
     reply = push(running.fleet, "m", data)
     assert reply.version == 1 and reply.sha256 == hashlib.sha256(data).hexdigest() and reply.edges_directed == 2
     assert push(running.fleet, "m", data, version=1).edges_directed == 0   # same bytes again: idempotent
     with pytest.raises(grpc.RpcError) as err:
-        push(running.fleet, "m", b"other bytes", version=1)
+        push(running.fleet, "m", onnx_bytes(10), version=1)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     reader = StreamReader(running.coord, "edge-a")
     try:
         d = reader.next()
-        assert d.sequence == 1 and d.load.model == "m" and d.load.version == 1 and d.load.size == 5000
+        assert d.sequence == 1 and d.load.model == "m" and d.load.version == 1 and d.load.size == len(data)
         assert d.load.artifact_sha256 == reply.sha256
-        # a new push wakes the open stream promptly
-        t0 = time.monotonic()
-        push(running.fleet, "m", os.urandom(100))
-        d2 = reader.next()
-        assert d2.sequence == 2 and d2.load.version == 2 and time.monotonic() - t0 < 0.9
+        # a new push wakes the open stream (its idle poll is 60 s here)
+        push(running.fleet, "m", onnx_bytes(100))
+        d2 = reader.next(timeout=20)
+        assert d2.sequence == 2 and d2.load.version == 2
         status = running.fleet.FleetStatus(mesh_pb2.FleetStatusRequest(), timeout=10)
         assert {n.node_id: n.connected for n in status.nodes} == {"edge-a": True, "edge-b": False}
     finally:
@@ -84,7 +86,7 @@ def test_push_directs_every_known_edge_and_later_joiners(running):
 
 def test_directive_results_and_unknown_sequences(running):
     join(running.coord, "edge-a")
-    push(running.fleet, "m", b"x" * 10)
+    push(running.fleet, "m", onnx_bytes(10))
     running.coord.ReportDirective(mesh_pb2.DirectiveResult(node_id="edge-a", sequence=1, ok=False,
                                                            error="onnx: bad model"), timeout=10)
     with pytest.raises(grpc.RpcError) as err:
@@ -103,19 +105,20 @@ def test_directive_results_and_unknown_sequences(running):
 def test_restart_in_the_middle_of_a_directive_stream_resumes_after_the_last_applied(running):
     join(running.coord, "edge-a")
     for i in range(3):
-        push(running.fleet, f"m{i}", os.urandom(64))
+        push(running.fleet, f"m{i}", onnx_bytes(64))
     reader = StreamReader(running.coord, "edge-a")
     first = reader.next()
     running.coord.ReportDirective(mesh_pb2.DirectiveResult(node_id="edge-a", sequence=first.sequence, ok=True),
                                   timeout=10)
-    running.restart(same_port=True)  # the open stream ends with the old process
-    with pytest.raises(grpc.RpcError):
+    running.restart(same_port=True)  # the open stream ends with the old process: UNAVAILABLE, reconnect
+    with pytest.raises(grpc.RpcError) as err:
         while True:
             reader.next()
+    assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
     reader = StreamReader(running.coord, "edge-a", after=first.sequence)
     try:
         assert [reader.next().sequence for _ in range(2)] == [2, 3]
-        push(running.fleet, "m9", b"new")
+        push(running.fleet, "m9", onnx_bytes(8))
         assert reader.next().sequence == 4   # sequences continue from the persisted counter
     finally:
         reader.close()
@@ -123,7 +126,7 @@ def test_restart_in_the_middle_of_a_directive_stream_resumes_after_the_last_appl
 
 
 def test_fetch_artifact_in_chunks_resumes_from_an_offset(running):
-    data = os.urandom(300_000)
+    data = onnx_bytes(300_000)
     sha = push(running.fleet, "m", data, chunk=65536).sha256
     got = b""
     for chunk in running.coord.FetchArtifact(mesh_pb2.FetchArtifactRequest(sha256=sha, chunk_size=70_000), timeout=10):
@@ -153,7 +156,8 @@ def test_restart_keeps_samples_labels_directives_and_artifacts(running):
     running.coord.UploadSamples(iter([sample_batch("b1", ["s1", "s2"])]), timeout=10)
     running.coord.UploadLabels(iter([mesh_pb2.LabelBatch(batch_id="l1", node_id="edge-a", labels=[
         mesh_pb2.Label(sample_id="s1", model="m", value=2.0)])]), timeout=10)
-    sha = push(running.fleet, "m", b"model-bytes").sha256
+    model = onnx_bytes(100)
+    sha = push(running.fleet, "m", model).sha256
     epoch = running.fleet.FleetStatus(mesh_pb2.FleetStatusRequest(), timeout=10).fleet_epoch
     running.restart()
     status = running.fleet.FleetStatus(mesh_pb2.FleetStatusRequest(), timeout=10)
@@ -162,7 +166,7 @@ def test_restart_keeps_samples_labels_directives_and_artifacts(running):
     ack = running.coord.UploadSamples(iter([sample_batch("b1", ["s1", "s2"])]), timeout=10)
     assert list(ack.duplicate_batch_ids) == ["b1"]
     assert b"".join(c.data for c in running.coord.FetchArtifact(
-        mesh_pb2.FetchArtifactRequest(sha256=sha), timeout=10)) == b"model-bytes"
+        mesh_pb2.FetchArtifactRequest(sha256=sha), timeout=10)) == model
     assert [r.kind for r in running.store.directives_after("edge-a", 0)] == ["load"]
 
 
@@ -177,9 +181,10 @@ def test_directive_streams_are_bounded_to_half_the_workers(tmp_path):
         for node in ("a", "b", "c"):
             join(r.coord, node)
         readers = [StreamReader(r.coord, node) for node in ("a", "b")]
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 20
         while len(r.coordinator.hub.connected()) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
+        assert r.coordinator.hub.connected() == {"a", "b"}
         with pytest.raises(grpc.RpcError) as err:
             StreamReader(r.coord, "c").next()
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -188,3 +193,24 @@ def test_directive_streams_are_bounded_to_half_the_workers(tmp_path):
         for reader in readers:
             reader.close()
         r.stop()
+
+
+def test_a_push_that_is_not_a_self_contained_onnx_model_is_refused(running):
+    import onnx
+    from onnx import TensorProto, helper
+
+    join(running.coord, "edge-a")
+    with pytest.raises(grpc.RpcError) as err:
+        push(running.fleet, "m", b"certainly not onnx" * 100)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not an ONNX model" in err.value.details()
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4], b"\0" * 16, raw=True)
+    onnx.external_data_helper.set_external_data(weight, location="../../etc/passwd")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("raw_data")
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [weight])
+    with pytest.raises(grpc.RpcError) as err:
+        push(running.fleet, "m", helper.make_model(graph).SerializeToString())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "external data" in err.value.details()
+    assert running.store.published_models() == [] and running.store.directive_sequence("edge-a") == 0
+    assert [p for p in running.coordinator.artifacts.root.rglob("*") if p.is_file()] == []

@@ -108,10 +108,11 @@ def test_a_stream_cancelled_midway_is_not_acknowledged_and_resending_is_safe(run
         yield sample_batch("c1", ["c-1"])
         gate.wait(5)
 
-    future = running.coord.UploadSamples.future(slow(), timeout=10)
-    deadline = time.monotonic() + 5
+    future = running.coord.UploadSamples.future(slow(), timeout=30)
+    deadline = time.monotonic() + 20
     while not running.store.sample_ids() and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert running.store.sample_ids(), "the first batch was not committed while the stream was open"
     future.cancel()
     gate.set()
     with pytest.raises(grpc.FutureCancelledError):

@@ -75,6 +75,13 @@ def test_tls_and_mutual_tls_with_the_generated_certificates(tmp_path):
         channel = fleet_auth.open_channel(address, client_auth, token)
         assert status(channel).fleet_epoch >= 1
         channel.close()
+        # fleet commands read the cloud's own config (server certificate as the client's) and get through
+        from edgeloop.coordinator.fleet_client import fleet_status, open_fleet_channel
+
+        cloud = replace(config, node=replace(config.node, grpc_port=coordinator.grpc_port))
+        channel = open_fleet_channel(cloud)
+        assert fleet_status(channel)["fleet_epoch"] >= 1
+        channel.close()
         # no client certificate: the handshake fails under mTLS
         channel = fleet_auth.open_channel(address, AuthConfig(tls_ca=p["ca.pem"]), token)
         with pytest.raises(grpc.RpcError) as err:

@@ -139,3 +139,23 @@ def test_a_failed_batch_leaves_pending_labels_to_join_later(store):
         store.ingest_samples("e1", "b1", bad, 6)
     store.ingest_samples("e1", "b1", rows("b"), 6)
     assert store.label_of("b", "m") == (1.0, 1)
+
+
+def test_an_older_database_is_migrated_with_its_data(tmp_path, monkeypatch):
+    import edgeloop.store.migrations as migrations
+
+    path = tmp_path / "old.sqlite"
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:2])   # the coordinator of schema v2
+    old = SqliteStore(path)
+    assert old.schema_version == 2
+    old._conn.executemany("INSERT INTO samples (model, sample_id, node_id, model_version, routing_key, timestamp_ms, "
+                          "received_ms, payload) VALUES (?, ?, 'e', 1, '', 1, 1, x'00')",
+                          [("m", "a"), ("m", "b"), ("n", "c")])
+    old.close()
+    monkeypatch.undo()
+    new = SqliteStore(path)
+    assert new.schema_version == len(MIGRATIONS)
+    assert {c.model: c.samples for c in new.model_counts()} == {"m": 2, "n": 1}
+    new.ingest_samples("e", "b1", rows("d"), 5)
+    assert {c.model: c.samples for c in new.model_counts()} == {"m": 3, "n": 1}
+    new.close()

@@ -65,7 +65,8 @@ def render(view: dict) -> str:
     if view["models"]:
         lines.append("")
         rows = [("MODEL", "SAMPLES", "LABELLED", "LABELS", "UNJOINED")]
-        rows += [(m["model"] or "(no model yet)", str(m["samples"]), str(m["labelled"]), str(m["labels"]), str(m["unjoined_labels"]))
+        rows += [(m["model"] or "(no model yet)", str(m["samples"]), str(m["labelled"]), str(m["labels"]),
+                  str(m["unjoined_labels"]))
                  for m in view["models"]]
         lines += _table(rows)
     return "\n".join(lines)

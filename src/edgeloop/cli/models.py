@@ -51,6 +51,11 @@ def run_push(args) -> int:
     if args.version < 0:
         return _fail(ValueError(f"--version {args.version}: expected a version >= 1 (or 0 for the next one)"))
     try:
+        with open(args.file, "rb"):
+            pass
+    except OSError as exc:
+        return _fail(ValueError(f"{args.file}: cannot be read ({exc.strerror}); expected a model file"))
+    try:
         channel = _channel(args)
     except (ConfigError, AuthError, OSError) as exc:
         return _fail(exc)
@@ -95,6 +100,7 @@ def run_list(args) -> int:
         return 0
     print(f"{'MODEL':<24} {'SAMPLES':>9} {'LABELLED':>9}  SERVED (version: edges)")
     for e in rows:
-        served = "; ".join(f"{v}: {','.join(sorted(n))}" for v, n in sorted(e["served"].items(), key=lambda i: int(i[0])))
+        versions = sorted(e["served"].items(), key=lambda item: int(item[0]))
+        served = "; ".join(f"{v}: {','.join(sorted(n))}" for v, n in versions)
         print(f"{e['model']:<24} {e['samples']:>9} {e['labelled']:>9}  {served or '-'}")
     return 0

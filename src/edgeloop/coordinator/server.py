@@ -19,7 +19,9 @@ from edgeloop.store import ArtifactStore, SqliteStore
 
 from .hub import DirectiveHub
 from .metrics import CoordinatorMetrics
-from .service import CoordinatorCore, CoordinatorServicer, FleetServicer
+from .core import CoordinatorCore
+from .edge_service import CoordinatorServicer
+from .fleet_service import FleetServicer
 
 log = logging.getLogger("edgeloop.coordinator")
 

@@ -2,7 +2,9 @@
 
 ``edgeloop certs init DIR`` writes ``ca.pem``/``ca.key``, ``server.pem``/``server.key`` and
 ``client.pem``/``client.key`` (keys mode 0600), plus a random fleet ``token`` (0600) when none is
-there.  They are meant for the loopback example configs and tests; a real fleet uses its own PKI.
+there.  The server certificate is good for client authentication as well, so fleet commands that read
+the cloud's own config (which names the server certificate) work under mTLS.  They are meant for
+the loopback example configs and tests; a real fleet uses its own PKI.
 """
 from __future__ import annotations
 
@@ -60,8 +62,10 @@ def _cert(subject_cn: str, key, issuer_cn: str, issuer_key, *, ca: bool, server:
             key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
             decipher_only=False), critical=True)
     else:
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        # the server certificate may act as a client too: fleet commands run with the cloud's own config
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if server else \
+            [ExtendedKeyUsageOID.CLIENT_AUTH]
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName([
                 x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),

@@ -99,5 +99,9 @@ class ArtifactStore:
         except FileNotFoundError:
             raise ArtifactError(f"artifact {sha256} is not stored") from None
 
+    def discard(self, sha256: str) -> None:
+        """Remove an artifact nothing refers to (a push that was refused after it was stored)."""
+        self.path(sha256).unlink(missing_ok=True)
+
     def exists(self, sha256: str) -> bool:
         return is_sha256(sha256) and self.path(sha256).is_file()

@@ -52,6 +52,10 @@ CREATE TABLE feature_stats (
 CREATE INDEX pending_by_id ON pending_labels (sample_id) WHERE sample_id != '';
 CREATE INDEX pending_by_key ON pending_labels (model, routing_key) WHERE sample_id = '';
 """),
+    (3, "per-model sample counters, so status never scans the samples table", """
+CREATE TABLE model_samples (model TEXT PRIMARY KEY, samples INTEGER NOT NULL);
+INSERT INTO model_samples (model, samples) SELECT model, count(*) FROM samples GROUP BY model;
+"""),
 )
 
 

@@ -56,6 +56,11 @@ class SqliteStore:
         for pragma in pragmas(synchronous):
             self._conn.execute(pragma)
         self.schema_version = apply_migrations(self._conn)
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
+                                       cached_statements=64)
+        self._reader.execute("PRAGMA busy_timeout=5000")
+        self._reader.execute("PRAGMA query_only=ON")
         self._pending_labels = self._one("SELECT count(*) FROM pending_labels")
         self._closed = False
 
@@ -65,7 +70,9 @@ class SqliteStore:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
+            with self._read_lock:
+                self._closed = True
+                self._reader.close()
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
@@ -76,8 +83,15 @@ class SqliteStore:
         return self._closed
 
     def _one(self, sql: str, args: Sequence = ()):
-        row = self._conn.execute(sql, args).fetchone()
-        return None if row is None else row[0]
+        return _one(self._conn, sql, args)
+
+    @contextmanager
+    def _reading(self):
+        """The read connection: WAL lets it read committed data while the writer works."""
+        with self._read_lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            yield self._reader
 
     @contextmanager
     def _transaction(self):
@@ -95,8 +109,8 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ fleet
     def fleet_epoch(self) -> int:
-        with self._lock:
-            return int(self._one("SELECT value FROM meta WHERE key = 'fleet_epoch'"))
+        with self._reading() as db:
+            return int(_one(db, "SELECT value FROM meta WHERE key = 'fleet_epoch'"))
 
     def _bump_epoch(self, conn) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'fleet_epoch'")
@@ -118,16 +132,16 @@ class SqliteStore:
         return not known
 
     def node_known(self, node_id: str) -> bool:
-        with self._lock:
-            return self._one("SELECT 1 FROM nodes WHERE node_id = ?", (node_id,)) is not None
+        with self._reading() as db:
+            return _one(db, "SELECT 1 FROM nodes WHERE node_id = ?", (node_id,)) is not None
 
     def touch_node(self, node_id: str, now_ms: int) -> None:
         with self._transaction() as conn:
             conn.execute("UPDATE nodes SET last_seen_ms = max(last_seen_ms, ?) WHERE node_id = ?", (now_ms, node_id))
 
     def nodes(self) -> list[NodeRecord]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT node_id, address, joined_ms, last_seen_ms, models, samples_received, labels_received, "
                 "last_status, last_directive_applied FROM nodes ORDER BY node_id").fetchall()
         return [NodeRecord(node_id=r[0], address=r[1], joined_ms=r[2], last_seen_ms=r[3], models=json.loads(r[4]),
@@ -135,8 +149,8 @@ class SqliteStore:
                            last_directive_applied=r[8]) for r in rows]
 
     def node_ids(self) -> list[str]:
-        with self._lock:
-            return [r[0] for r in self._conn.execute("SELECT node_id FROM nodes ORDER BY node_id")]
+        with self._reading() as db:
+            return [r[0] for r in db.execute("SELECT node_id FROM nodes ORDER BY node_id")]
 
     # ------------------------------------------------------------------ ingest
     def _claim_batch(self, conn, node_id: str, kind: str, batch_id: str, rows: int, now_ms: int) -> bool:
@@ -161,8 +175,16 @@ class SqliteStore:
     def _ingest_samples(self, conn, node_id: str, batch_id: str, rows: Sequence[SampleRow], now_ms: int) -> int | None:
         if not self._claim_batch(conn, node_id, "samples", batch_id, len(rows), now_ms):
             return None
-        cur = conn.executemany(_INSERT_SAMPLE, [(r[0], r[1], node_id, r[2], r[3], r[4], now_ms, r[5]) for r in rows])
-        stored = max(cur.rowcount, 0)
+        models = {r[0] for r in rows}
+        stored = 0
+        for model in models:  # one model per batch is the rule; several are counted apart
+            mine = rows if len(models) == 1 else [r for r in rows if r[0] == model]
+            cur = conn.executemany(_INSERT_SAMPLE, [(r[0], r[1], node_id, r[2], r[3], r[4], now_ms, r[5])
+                                                    for r in mine])
+            added = max(cur.rowcount, 0)
+            stored += added
+            conn.execute("INSERT INTO model_samples (model, samples) VALUES (?, ?) ON CONFLICT (model) "
+                         "DO UPDATE SET samples = samples + excluded.samples", (model, added))
         if not conn.execute("UPDATE nodes SET samples_received = samples_received + ?, "
                             "last_seen_ms = max(last_seen_ms, ?) WHERE node_id = ?",
                             (stored, now_ms, node_id)).rowcount:
@@ -245,13 +267,13 @@ class SqliteStore:
 
     def model_counts(self) -> list[ModelCounts]:
         """Per model: samples, samples with a label, labels stored and labels not (yet) joined."""
-        with self._lock:
-            samples = dict(self._conn.execute("SELECT model, count(*) FROM samples GROUP BY model"))
-            labels = dict(self._conn.execute("SELECT model, count(*) FROM labels GROUP BY model"))
-            labelled = dict(self._conn.execute(
+        with self._reading() as db:
+            samples = {m: n for m, n in db.execute("SELECT model, samples FROM model_samples") if n}
+            labels = dict(db.execute("SELECT model, count(*) FROM labels GROUP BY model"))
+            labelled = dict(db.execute(
                 "SELECT l.model, count(*) FROM labels l JOIN samples s ON s.sample_id = l.sample_id "
                 "AND s.model = l.model GROUP BY l.model"))
-            pending = dict(self._conn.execute("SELECT model, count(*) FROM pending_labels GROUP BY model"))
+            pending = dict(db.execute("SELECT model, count(*) FROM pending_labels GROUP BY model"))
         out = []
         for model in sorted(set(samples) | set(labels) | set(pending)):
             stored = labels.get(model, 0) + pending.get(model, 0)
@@ -261,22 +283,22 @@ class SqliteStore:
 
     def label_of(self, sample_id: str, model: str) -> tuple[float, int] | None:
         """(value, writes) of the label joined to a sample, or None."""
-        with self._lock:
-            row = self._conn.execute("SELECT value, writes FROM labels WHERE sample_id = ? AND model = ?",
+        with self._reading() as db:
+            row = db.execute("SELECT value, writes FROM labels WHERE sample_id = ? AND model = ?",
                                      (sample_id, model)).fetchone()
         return None if row is None else (row[0], row[1])
 
     def sample_ids(self, node_id: str | None = None) -> list[tuple[str, str]]:
         """(model, sample_id) of stored samples, for checks that nothing was lost or stored twice."""
-        with self._lock:
+        with self._reading() as db:
             if node_id is None:
-                return self._conn.execute("SELECT model, sample_id FROM samples ORDER BY id").fetchall()
-            return self._conn.execute("SELECT model, sample_id FROM samples WHERE node_id = ? ORDER BY id",
+                return db.execute("SELECT model, sample_id FROM samples ORDER BY id").fetchall()
+            return db.execute("SELECT model, sample_id FROM samples WHERE node_id = ? ORDER BY id",
                                       (node_id,)).fetchall()
 
     def sample_payload(self, model: str, sample_id: str) -> bytes | None:
-        with self._lock:
-            return self._one("SELECT payload FROM samples WHERE model = ? AND sample_id = ?", (model, sample_id))
+        with self._reading() as db:
+            return _one(db, "SELECT payload FROM samples WHERE model = ? AND sample_id = ?", (model, sample_id))
 
     # ------------------------------------------------------------------ status and statistics
     def record_status(self, node_id: str, summary: dict, models: list, stats: Iterable[FeatureStatRow],
@@ -291,7 +313,8 @@ class SqliteStore:
                                  node_id)).rowcount:
                 conn.execute("INSERT INTO nodes (node_id, joined_ms, last_seen_ms, last_status, models) "
                              "VALUES (?, ?, ?, ?, ?)", (node_id, now_ms, now_ms, text, json.dumps(models)))
-            conn.execute("INSERT INTO status_reports (node_id, at_ms, report) VALUES (?, ?, ?)", (node_id, now_ms, text))
+            conn.execute("INSERT INTO status_reports (node_id, at_ms, report) VALUES (?, ?, ?)",
+                         (node_id, now_ms, text))
             for s in stats:
                 self._merge_stat(conn, node_id, bucket, s)
 
@@ -322,8 +345,8 @@ class SqliteStore:
             sql += " AND node_id = ?"
             args.append(node_id)
         merged: dict[tuple, list] = {}
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY bucket_ms", args).fetchall()
+        with self._reading() as db:
+            rows = db.execute(sql + " ORDER BY bucket_ms", args).fetchall()
         for version, tensor, is_output, feature, edges, counts, n, mean, m2, nans, psi in rows:
             key = (version, tensor, bool(is_output), feature)
             edges, counts = json.loads(edges), json.loads(counts)
@@ -359,21 +382,21 @@ class SqliteStore:
         return DirectiveRecord(node_id, seq, kind, payload, model, version)
 
     def directives_after(self, node_id: str, after: int, limit: int = 256) -> list[DirectiveRecord]:
-        with self._lock:
-            rows = self._conn.execute("SELECT sequence, kind, payload, model, version, result, error FROM directives "
+        with self._reading() as db:
+            rows = db.execute("SELECT sequence, kind, payload, model, version, result, error FROM directives "
                                       "WHERE node_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
                                       (node_id, after, limit)).fetchall()
         return [DirectiveRecord(node_id, r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
 
     def directive_sequence(self, node_id: str) -> int:
         """The last sequence number issued to ``node_id`` (0: none)."""
-        with self._lock:
-            return self._one("SELECT directive_seq FROM nodes WHERE node_id = ?", (node_id,)) or 0
+        with self._reading() as db:
+            return _one(db, "SELECT directive_seq FROM nodes WHERE node_id = ?", (node_id,)) or 0
 
     def has_directive(self, node_id: str, kind: str, model: str, version: int) -> bool:
         """True when ``node_id`` was already sent this action (and it did not fail)."""
-        with self._lock:
-            return self._one("SELECT 1 FROM directives WHERE node_id = ? AND kind = ? AND model = ? AND version = ? "
+        with self._reading() as db:
+            return _one(db, "SELECT 1 FROM directives WHERE node_id = ? AND kind = ? AND model = ? AND version = ? "
                              "AND (result IS NULL OR result = 'applied')", (node_id, kind, model, version)) is not None
 
     def directive_result(self, node_id: str, sequence: int, ok: bool, error: str, now_ms: int) -> bool:
@@ -423,12 +446,16 @@ class SqliteStore:
                 records.append(self._add_directive(conn, node_id, directive_kind, payload, now_ms, model, version))
             return published, records
 
+    def artifact_published(self, sha256: str) -> bool:
+        with self._reading() as db:
+            return _one(db, "SELECT 1 FROM published_models WHERE sha256 = ?", (sha256,)) is not None
+
     def published_models(self, latest_only: bool = False) -> list[PublishedModel]:
         sql = "SELECT model, version, sha256, size, created_ms FROM published_models"
         if latest_only:
             sql += " p WHERE version = (SELECT max(version) FROM published_models q WHERE q.model = p.model)"
-        with self._lock:
-            return [PublishedModel(*r) for r in self._conn.execute(sql + " ORDER BY model, version")]
+        with self._reading() as db:
+            return [PublishedModel(*r) for r in db.execute(sql + " ORDER BY model, version")]
 
     # ------------------------------------------------------------------ events
     def _event(self, conn, now_ms: int, kind: str, node_id: str, detail: dict) -> None:
@@ -443,9 +470,14 @@ class SqliteStore:
         sql, args = "SELECT at_ms, kind, node_id, detail FROM events", []
         if kind is not None:
             sql, args = sql + " WHERE kind = ?", [kind]
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
+        with self._reading() as db:
+            rows = db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
         return [(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+
+def _one(conn, sql: str, args: Sequence = ()):
+    row = conn.execute(sql, args).fetchone()
+    return None if row is None else row[0]
 
 
 def merge_moments(n_a: int, mean_a: float, m2_a: float, n_b: int, mean_b: float, m2_b: float

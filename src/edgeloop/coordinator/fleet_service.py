@@ -1,0 +1,96 @@
+"""``edgeloop.v1.Fleet``: what the operator's CLI calls (fleet status, model pushes, label imports)."""
+from __future__ import annotations
+
+import logging
+import math
+
+import grpc
+
+from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
+from edgeloop.protocol.errors import ProtocolError, invalid_argument, unavailable
+from edgeloop.store import ArtifactError, StoreError
+
+from . import validate as v
+from .core import LOAD, CoordinatorCore, model_messages
+from .guards import guard, now_ms
+from .model_check import onnx_problem
+
+log = logging.getLogger("edgeloop.coordinator")
+
+
+class FleetServicer(mesh_pb2_grpc.FleetServicer):
+    """What the operator's CLI calls."""
+
+    def __init__(self, core: CoordinatorCore) -> None:
+        self.core = core
+        self.metrics = core.metrics
+
+    @property
+    def stopping(self) -> bool:
+        return self.core.stopping
+
+    @guard("FleetStatus")
+    def FleetStatus(self, request, context):
+        store = self.core.store
+        connected = self.core.hub.connected()
+        nodes = []
+        for n in store.nodes():
+            status = n.last_status
+            max_psi = status.get("max_psi")
+            nodes.append(mesh_pb2.NodeFleetStatus(
+                node_id=n.node_id, address=n.address, last_seen_ms=n.last_seen_ms, models=model_messages(n.models),
+                requests=int(status.get("requests", 0)), samples_received=n.samples_received,
+                labels_received=n.labels_received, outbox_pending=int(status.get("outbox_pending", 0)),
+                outbox_dropped=int(status.get("outbox_dropped", 0)),
+                max_psi=math.nan if max_psi is None else float(max_psi), connected=n.node_id in connected))
+        models = [mesh_pb2.ModelFleetStatus(model=c.model, samples=c.samples, labelled=c.labelled, labels=c.labels,
+                                            unjoined_labels=c.unjoined_labels) for c in store.model_counts()]
+        return mesh_pb2.FleetStatusResponse(fleet_epoch=store.fleet_epoch(), nodes=nodes, models=models)
+
+    @guard("PushModel")
+    def PushModel(self, request_iterator, context):
+        core = self.core
+        first = next(request_iterator, None)
+        if first is None:
+            raise invalid_argument("stream: got no messages, expected a first PushModelChunk naming the model")
+        model = v.name("model", first.model)
+        version = v.version("version", first.version)
+
+        def chunks():
+            yield first.data
+            for i, chunk in enumerate(request_iterator, start=1):
+                if chunk.model not in ("", model):
+                    raise v.bad(f"chunk[{i}].model", chunk.model, f"'' or {model!r} (the model is named once)")
+                if chunk.version not in (0, version):
+                    raise v.bad(f"chunk[{i}].version", chunk.version, f"0 or {version}")
+                yield chunk.data
+
+        try:
+            sha, size = core.artifacts.put(chunks())
+        except ArtifactError as exc:
+            raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"data: {exc}") from None
+        if size == 0:
+            raise invalid_argument("data: got 0 bytes, expected the model file's bytes")
+        problem = onnx_problem(core.artifacts.path(sha))
+        if problem is not None:
+            if not core.store.artifact_published(sha):
+                core.artifacts.discard(sha)
+            raise invalid_argument(f"data: {size} bytes with sha256 {sha}: {problem}")
+        if not context.is_active():
+            raise unavailable("the push stream was cancelled before its end")
+        try:
+            published, records = core.store.publish_model(model, version, sha, size, now_ms(), LOAD,
+                                                          core.load_payload)
+        except StoreError as exc:
+            if core.stopping:
+                raise
+            raise ProtocolError(grpc.StatusCode.ALREADY_EXISTS, f"version: {exc}") from None
+        core.hub.notify()
+        log.info("model %s version %d published (%s, %d bytes); %d edge(s) directed", model, published.version,
+                 sha[:12], size, len(records))
+        return mesh_pb2.PushModelResponse(model=model, version=published.version, sha256=sha, size=size,
+                                          edges_directed=len(records))
+
+    @guard("ImportLabels")
+    def ImportLabels(self, request_iterator, context):
+        return self.core.upload(request_iterator, context, "labels", operator=True)
