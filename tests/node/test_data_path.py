@@ -325,5 +325,5 @@ def test_a_rollback_survives_an_edge_restart(tmp_path, closing):
     edge.close()
     edge = Edge(config)  # the same outbox and repository
     closing(edge)
-    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [1])
+    assert edge.node.models.ready_models().get(MODEL) == [1]  # pinned before the repository loaded
     assert edge.infer(1).model_version == "1"

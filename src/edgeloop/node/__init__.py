@@ -139,7 +139,10 @@ class EdgeNode:
         from prometheus_client import start_http_server
 
         if self.outbox is not None:
+            from edgeloop.node.coordinator_link import restore_rollback_pins
+
             self.outbox.start()  # before the first request is served
+            restore_rollback_pins(self.models, self.outbox)  # before load_all, so a pinned model never serves newer
         failed = self.models.load_all()
         for name, reason in failed.items():
             log.error("model %s not loaded: %s", name, reason)

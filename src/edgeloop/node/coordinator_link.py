@@ -97,7 +97,6 @@ class CoordinatorLink:
 
     # ---------------------------------------------------------------------------- lifecycle
     def start(self) -> "CoordinatorLink":
-        self._restore_pins()
         for target, name in ((self._run_directives, "edgeloop-directives"), (self._run_reports, "edgeloop-status")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -116,16 +115,6 @@ class CoordinatorLink:
     def report_now(self) -> None:
         self._report_now.set()
 
-    def _restore_pins(self) -> None:
-        """Re-apply rollbacks made before a restart (the manager keeps a load's config in memory only)."""
-        for model in self.node.models.known_models():
-            pinned = self.outbox.get_meta(PIN_KEY + model, "")
-            if pinned and pinned.isdigit():
-                try:
-                    self._pin(model, int(pinned))
-                    log.info("model %s: rollback to version %s re-applied after the restart", model, pinned)
-                except DirectiveFailed as exc:
-                    log.error("model %s: the rollback pin could not be re-applied: %s", model, exc)
 
     # ---------------------------------------------------------------------------- join + directives
     def _identity(self) -> mesh_pb2.NodeIdentity:
@@ -301,17 +290,7 @@ class CoordinatorLink:
         self.outbox.set_meta(PIN_KEY + rollback.model, str(rollback.to_version))
 
     def _pin(self, model: str, version: int) -> None:
-        """Serve only ``version`` of ``model`` (a load with a Triton ``version_policy``: the manager's path)."""
-        models = self.node.models
-        on_disk = models.repository.versions(model)
-        if version not in on_disk:
-            raise DirectiveFailed(f"rollback of model {model!r} to version {version}: not on disk (versions on "
-                                  f"disk: {on_disk})")
-        config = json.dumps({"version_policy": {"specific": {"versions": [version]}}})
-        try:
-            models.load(model, None, config)
-        except ProtocolError as exc:
-            raise DirectiveFailed(f"rollback of model {model!r} to version {version} failed: {exc.message}") from None
+        pin(self.node.models, model, version)
 
     def fetch(self, sha: str, size: int) -> bytes:
         """The artifact ``sha`` (``size`` bytes), resuming a partial download; its sha256 checked."""
@@ -401,4 +380,30 @@ class CoordinatorLink:
                 log.exception("status report failed")
 
 
-__all__ = ["CoordinatorLink", "DirectiveFailed", "percentile_ms"]
+def restore_rollback_pins(models, outbox) -> None:
+    """Re-apply rollbacks made before a restart, before the repository loads (the manager keeps a load's
+    config in memory only, so without this a restarted edge would serve the newest version again)."""
+    for model in models.known_models():
+        pinned = outbox.get_meta(PIN_KEY + model, "")
+        if pinned and pinned.isdigit():
+            try:
+                pin(models, model, int(pinned))
+                log.info("model %s: rollback to version %s re-applied after the restart", model, pinned)
+            except DirectiveFailed as exc:
+                log.error("model %s: the rollback pin could not be re-applied: %s", model, exc)
+
+
+def pin(models, model: str, version: int) -> None:
+    """Serve only ``version`` of ``model`` (a load with a Triton ``version_policy``: the manager's path)."""
+    on_disk = models.repository.versions(model)
+    if version not in on_disk:
+        raise DirectiveFailed(f"rollback of model {model!r} to version {version}: not on disk (versions on "
+                              f"disk: {on_disk})")
+    config = json.dumps({"version_policy": {"specific": {"versions": [version]}}})
+    try:
+        models.load(model, None, config)
+    except ProtocolError as exc:
+        raise DirectiveFailed(f"rollback of model {model!r} to version {version} failed: {exc.message}") from None
+
+
+__all__ = ["CoordinatorLink", "DirectiveFailed", "percentile_ms", "pin", "restore_rollback_pins"]
