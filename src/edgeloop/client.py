@@ -189,3 +189,57 @@ class MeshClient:
     def _depth(self, node_id: str) -> int:
         member = self.membership.get(node_id)
         return member.queue_depth if member is not None else 0
+
+    # ------------------------------------------------------------------ late labels
+    def label(self, model: str, value: float, request_id: str | None = None, routing_key: str | None = None,
+              timestamp_ms: int | None = None, token: str | None = None) -> int:
+        """Send ground truth for an earlier request to the node that served it (where the view can tell).
+
+        By ``request_id`` (the id sent, or the one the edge returned), or by ``routing_key`` +
+        ``timestamp_ms`` (the latest sample of that key served at or before then).  The label goes
+        to the node whose id prefixes a generated request id, else to the owner of the key the
+        request was placed by (``routing_key``, else ``request_id``), one retry on the next node.
+        Returns the labels the node made durable (1).  ``token``: the fleet token, when configured.
+        """
+        import grpc
+
+        from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
+        from edgeloop.protocol.auth import token_metadata
+
+        if not request_id and not (routing_key and timestamp_ms):
+            raise ValueError("label: expected request_id, or routing_key and timestamp_ms")
+        message = mesh_pb2.Label(sample_id=request_id or "", model=model, routing_key=routing_key or "",
+                                 timestamp_ms=int(timestamp_ms or 0), value=float(value))
+        key = routing_key if routing_key is not None else request_id
+        placement = self.membership.placement()
+        order = list(placement.preference(key, model, None))
+        served_by = self._generated_by(request_id) if request_id else None
+        if served_by is not None:
+            order = [served_by, *(n for n in order if n != served_by)]
+        if not order:
+            raise not_found(f"model {model!r}: no node in the client's view serves it; cannot deliver the label")
+        last_error = None
+        for node_id in order[:2]:
+            member = self.membership.get(node_id)
+            if member is None:
+                continue
+            stub = mesh_pb2_grpc.FeedbackStub(self.pool.get(member.address).channel)
+            try:
+                ack = stub.Label(mesh_pb2.LabelRequest(labels=[message]), timeout=self.timeout_s,
+                                 metadata=token_metadata(token))
+                return ack.accepted
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise ProtocolError(exc.code(), exc.details() or "") from None
+                last_error = exc
+        raise unavailable(f"label for model {model!r}: {order[:2]} unavailable"
+                          + (f" ({last_error.details()})" if last_error is not None else ""))
+
+    def _generated_by(self, request_id: str) -> str | None:
+        """The member whose id prefixes ``request_id`` (ids an edge generates start with its node id)."""
+        best = None
+        for member in self.membership.members():
+            node_id = member.node_id
+            if member.alive and request_id.startswith(f"{node_id}-") and (best is None or len(node_id) > len(best)):
+                best = node_id
+        return best

@@ -10,6 +10,7 @@ from .fleet import load_fleet
 from .schema import (
     AuthConfig,
     CloudConfig,
+    CoordinatorConfig,
     EdgeConfig,
     MeshConfig,
     ModelConfig,
@@ -22,6 +23,7 @@ __all__ = [
     "AuthConfig",
     "CloudConfig",
     "ConfigError",
+    "CoordinatorConfig",
     "EdgeConfig",
     "MeshConfig",
     "ModelConfig",

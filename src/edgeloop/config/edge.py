@@ -13,13 +13,18 @@ from .network import ADDRESS_EXPECTATION, split_address
 from .auth import parse_auth
 from .node import EDGE_NODE_KEYS, parse_node
 from .paths import directory_problem, resolve
-from .schema import EdgeConfig, ModelConfig, NodeConfig, ServingConfig
+from .schema import CoordinatorConfig, EdgeConfig, ModelConfig, NodeConfig, ServingConfig
 from .toml_source import read_toml
 
 EDGE_TABLES = ("node", "serving", "mesh", "coordinator", "auth")
 SERVING_KEYS = ("model_repository", "max_receive_message_bytes", "max_send_message_bytes", "grpc_workers",
                 "model_defaults", "models")
-COORDINATOR_KEYS = ("address",)
+COORDINATOR_KEYS = ("address", "outbox_path", "outbox_max_rows", "outbox_max_bytes", "outbox_queue_size",
+                    "upload_batch_size", "upload_backoff_max_ms")
+MAX_OUTBOX_ROWS = 100_000_000
+MAX_OUTBOX_BYTES = 1 << 40
+MAX_QUEUE = 1 << 22
+MAX_UPLOAD_BATCH = 100_000
 MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC takes these limits as a signed 32-bit int
 
 
@@ -41,10 +46,12 @@ def parse_edge_config(data: dict[str, Any], source: str = "<string>", base_dir: 
                       id_required=True)
     serving = parse_serving(top_level_table(data, source, "serving"), source, base)
     mesh = parse_mesh(top_level_table(data, source, "mesh"), source, base)
-    coordinator = parse_coordinator(top_level_table(data, source, "coordinator"), source)
+    coordinator_table = top_level_table(data, source, "coordinator")
+    coordinator = parse_coordinator(coordinator_table, source)
+    data_path = parse_data_path(coordinator_table, source, base)
     auth = parse_auth(top_level_table(data, source, "auth"), source, base)
     return EdgeConfig(source=source, node=node, serving=serving, mesh=mesh, coordinator_address=coordinator,
-                      auth=auth)
+                      auth=auth, coordinator=data_path)
 
 
 def parse_serving(table: dict[str, Any], source: str, base_dir: Path) -> ServingConfig:
@@ -82,3 +89,28 @@ def parse_coordinator(table: dict[str, Any], source: str) -> str | None:
     if split_address(address) is None:
         raise fields.error("address", address, ADDRESS_EXPECTATION)
     return address
+
+
+def parse_data_path(table: dict[str, Any], source: str, base_dir: Path) -> CoordinatorConfig:
+    """The outbox and uploader keys of ``[coordinator]`` (bounds are checked so a typo cannot fill a disk)."""
+    fields = TableReader(table, source, "coordinator", COORDINATOR_KEYS)
+    default = CoordinatorConfig()
+    path = None
+    text = fields.string("outbox_path", "", expected="a file path for the SQLite outbox (relative to the config "
+                                                     "file)", allow_empty=True)
+    if text:
+        path = resolve(text, base_dir)
+        problem = directory_problem(path.parent)
+        if problem:
+            raise fields.error("outbox_path", text, f"a file in a writable directory, but {problem} "
+                                                    f"(resolved to {str(path)!r})")
+    rows = fields.integer("outbox_max_rows", default.outbox_max_rows, minimum=1, maximum=MAX_OUTBOX_ROWS)
+    size = fields.integer("outbox_max_bytes", default.outbox_max_bytes, minimum=1 << 16, maximum=MAX_OUTBOX_BYTES,
+                          expected=f"a size in bytes, {1 << 16}..{MAX_OUTBOX_BYTES}")
+    queue = fields.integer("outbox_queue_size", default.outbox_queue_size, minimum=1, maximum=MAX_QUEUE)
+    batch = fields.integer("upload_batch_size", default.upload_batch_size, minimum=1, maximum=MAX_UPLOAD_BATCH,
+                           expected=f"samples per upload batch, 1..{MAX_UPLOAD_BATCH}")
+    backoff = fields.integer("upload_backoff_max_ms", default.upload_backoff_max_ms, minimum=10, maximum=600_000,
+                             expected="the longest wait between upload retries in ms, 10..600000")
+    return CoordinatorConfig(outbox_path=path, outbox_max_rows=rows, outbox_max_bytes=size, outbox_queue_size=queue,
+                             upload_batch_size=batch, upload_backoff_max_ms=backoff)

@@ -16,7 +16,7 @@ from .schema import GRAPH_OPTIMIZATION_LEVELS, ModelConfig, VersionPolicy
 
 MODEL_KEYS = (
     "version_policy", "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "intra_op_threads",
-    "inter_op_threads", "graph_optimization_level", "execution_providers", "max_queue_size",
+    "inter_op_threads", "graph_optimization_level", "execution_providers", "max_queue_size", "sample_rate",
 )
 MAX_BATCH_LIMIT = 65536
 MAX_QUEUE_DELAY_US_LIMIT = 10_000_000
@@ -28,6 +28,9 @@ VERSION_POLICY_EXPECTATION = ("\"all\", \"latest\", { latest = N } with N >= 1, 
                               "or { specific = [V, ...] } with distinct versions >= 1")
 PROVIDER_EXPECTATION = ("a non-empty array of distinct onnxruntime provider names such as "
                         "[\"CPUExecutionProvider\"] (each 'XxxExecutionProvider')")
+
+SAMPLE_RATE_EXPECTATION = ("a number in 0..1: the share of requests recorded to the sample outbox "
+                           "(default 1.0 with a coordinator, 0 without)")
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # the serving repository's rule, matched whole
 _PROVIDER = re.compile(r"^[A-Z][A-Za-z0-9]*ExecutionProvider$")
@@ -66,10 +69,13 @@ def parse_model_table(table: dict[str, Any], source: str, prefix: str, base: Mod
     if fields.has("execution_providers"):
         providers = _providers(fields, table["execution_providers"])
     _check_preferred_fit(fields, preferred, max_batch)
+    sample_rate = fields.number("sample_rate", base.sample_rate, minimum=0.0, expected=SAMPLE_RATE_EXPECTATION)
+    if sample_rate is not None and sample_rate > 1.0:
+        raise fields.error("sample_rate", sample_rate, SAMPLE_RATE_EXPECTATION)
     return replace(base, version_policy=policy, max_batch_size=max_batch, max_queue_delay_us=delay,
                    max_queue_size=queue,
                    preferred_batch_sizes=preferred, intra_op_threads=intra, inter_op_threads=inter,
-                   graph_optimization_level=level, execution_providers=providers)
+                   graph_optimization_level=level, execution_providers=providers, sample_rate=sample_rate)
 
 
 def parse_models(table: dict[str, Any], source: str, prefix: str, defaults: ModelConfig) -> tuple[ModelConfig, ...]:

@@ -48,8 +48,16 @@ def edge_config_to_data(config: EdgeConfig) -> dict[str, Any]:
         "serving": serving_data,
         "mesh": mesh_data,
     }
+    coordinator = config.coordinator
+    data["coordinator"] = {
+        "outbox_max_rows": coordinator.outbox_max_rows, "outbox_max_bytes": coordinator.outbox_max_bytes,
+        "outbox_queue_size": coordinator.outbox_queue_size, "upload_batch_size": coordinator.upload_batch_size,
+        "upload_backoff_max_ms": coordinator.upload_backoff_max_ms,
+    }
+    if coordinator.outbox_path is not None:
+        data["coordinator"]["outbox_path"] = str(coordinator.outbox_path)
     if config.coordinator_address is not None:
-        data["coordinator"] = {"address": config.coordinator_address}
+        data["coordinator"]["address"] = config.coordinator_address
     return data
 
 
@@ -65,6 +73,7 @@ def model_to_data(model: ModelConfig) -> dict[str, Any]:
         "inter_op_threads": model.inter_op_threads,
         "graph_optimization_level": model.graph_optimization_level,
         "execution_providers": list(model.execution_providers),
+        **({} if model.sample_rate is None else {"sample_rate": model.sample_rate}),
     }
 
 
@@ -109,4 +118,5 @@ def apply_overrides(config: EdgeConfig, dotted: dict[str, Any]) -> EdgeConfig:
             table[parts[-1]] = value
     result = parse_edge_config(data, source=FLAGS_SOURCE, base_dir=Path.cwd())
     return EdgeConfig(source=config.source, node=result.node, serving=result.serving, mesh=result.mesh,
-                      coordinator_address=result.coordinator_address)
+                      coordinator_address=result.coordinator_address, auth=config.auth,
+                      coordinator=result.coordinator)

@@ -49,6 +49,7 @@ class ModelConfig:
     inter_op_threads: int = 1
     graph_optimization_level: str = "all"  # disable|basic|extended|all
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    sample_rate: float | None = None  # share of requests recorded to the outbox; None = 1.0 with a coordinator, else 0
 
     @property
     def batching(self) -> bool:
@@ -124,6 +125,22 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class CoordinatorConfig:
+    """The edge's data path to the coordinator: sample outbox bounds and uploader settings.
+
+    ``outbox_path`` None means ``<model repository's parent>/outbox-<node id>.sqlite`` (or ``.edgeloop/``
+    in the working directory when there is no repository).
+    """
+
+    outbox_path: Path | None = None
+    outbox_max_rows: int = 1_000_000
+    outbox_max_bytes: int = 1 << 30
+    outbox_queue_size: int = 65536  # samples waiting for the outbox writer; past it they are dropped
+    upload_batch_size: int = 2000
+    upload_backoff_max_ms: int = 10_000
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """Everything one edge process needs."""
 
@@ -133,6 +150,15 @@ class EdgeConfig:
     mesh: MeshConfig = MeshConfig()
     coordinator_address: str | None = None
     auth: AuthConfig = AuthConfig()
+    coordinator: CoordinatorConfig = CoordinatorConfig()
+
+    def sample_rate(self, model: str) -> float:
+        """The share of ``model``'s requests recorded: its own or the defaults' ``sample_rate``, else
+        1.0 when a coordinator is configured and 0 without one."""
+        rate = self.serving.model(model).sample_rate
+        if rate is None:
+            return 1.0 if self.coordinator_address else 0.0
+        return rate
 
     def with_overrides(self, **dotted: object) -> "EdgeConfig":
         """A copy with dotted keys replaced, validated like a file.
@@ -172,6 +198,7 @@ def join_host_port(host: str, port: int) -> str:
 __all__ = [
     "AuthConfig",
     "CloudConfig",
+    "CoordinatorConfig",
     "EdgeConfig",
     "GRAPH_OPTIMIZATION_LEVELS",
     "MeshConfig",

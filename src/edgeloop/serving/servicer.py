@@ -46,6 +46,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         self.router = router
         self.server_name = server_name
         self.draining = False
+        #: ``on_served(request, response, model, version)`` after each inference run here (not forwarded)
+        self.on_served = None
         #: open ModelStreamInfer calls allowed at once (None = no cap); see ``stream_limit``
         self.max_streams = max_streams
         self._streams = threading.BoundedSemaphore(max_streams) if max_streams else None
@@ -94,9 +96,12 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         t_start = perf_counter_ns()
         mv = self.models.acquire(request.model_name, request.model_version)
         try:
-            return mv.infer(request, t_start)
+            response = mv.infer(request, t_start)
         finally:
             mv.leave()
+        if self.on_served is not None:
+            self.on_served(request, response, mv.name, mv.version)
+        return response
 
     def ModelInfer(self, request, context):
         try:

@@ -3,7 +3,9 @@
 ``EdgeNode(config)`` binds its gRPC port at construction (so ``grpc_port`` is known before start and
 other parts may add servicers to ``server``), loads the repository in ``start()``, and in ``stop()``
 turns health NOT_SERVING, lets in-flight requests finish within the grace period and unloads.
-Mesh wiring (discovery, routing) attaches here when ``config.mesh.enabled``.
+Mesh wiring (discovery, routing) attaches here when ``config.mesh.enabled``.  The data path (sample
+outbox, edge statistics, the ``Feedback`` service, and with ``[coordinator] address`` the uploader
+and the coordinator link) attaches when a coordinator is configured or a model has ``sample_rate > 0``.
 """
 from __future__ import annotations
 
@@ -61,6 +63,61 @@ class EdgeNode:
             self.mesh.router.set_max_forwards(forward_limit(config.serving.grpc_workers))  # never every thread
             self.mesh.attach(self.server, self.servicer)
             self.reflection_service_names.append("edgeloop.v1.Peer")
+        self.outbox = self.edge_stats = self.recorder = self.feedback = None
+        self.uploader = self.link = self._coordinator_channel = None
+        if data_path_enabled(config):
+            self._attach_data_path()
+
+    def _attach_data_path(self) -> None:
+        """Outbox, statistics, recorder and the Feedback service (uploader and link start in ``start``)."""
+        from edgeloop.node.data_metrics import DataPathCollector
+        from edgeloop.node.edge_stats import EdgeStats, PsiCollector, read_manifest
+        from edgeloop.node.feedback import FeedbackServicer
+        from edgeloop.node.outbox import Outbox
+        from edgeloop.node.recorder import Recorder
+        from edgeloop.protocol import mesh_pb2_grpc
+        from edgeloop.protocol.auth import process_token
+
+        config = self.config
+        c = config.coordinator
+        self.outbox = Outbox(outbox_path(config), c.outbox_max_rows, c.outbox_max_bytes, c.outbox_queue_size)
+        repository = self.models.repository
+        self.edge_stats = EdgeStats(lambda model, version: read_manifest(repository, model, version))
+        stats = self.edge_stats
+        self.models.add_listener(lambda event: stats.forget(event.model, event.ready_versions))
+        self.recorder = Recorder(config.node.id, config.sample_rate, self.outbox, self.edge_stats)
+        self.servicer.on_served = self.recorder
+        self._token = process_token(config.auth, f"edge {config.node.id}")
+        self.feedback = FeedbackServicer(self.outbox, self._token)
+        mesh_pb2_grpc.add_FeedbackServicer_to_server(self.feedback, self.server)
+        self.reflection_service_names.append("edgeloop.v1.Feedback")
+        self.metrics.registry.register(DataPathCollector(self.outbox, lambda: self.uploader))
+        self.metrics.registry.register(PsiCollector(self.edge_stats))
+
+    def _start_data_path(self) -> None:
+        from edgeloop.node.coordinator_link import CoordinatorLink
+        from edgeloop.node.uploader import Uploader
+        from edgeloop.protocol.auth import open_channel
+
+        address = self.config.coordinator_address
+        if not address:
+            return
+        c = self.config.coordinator
+        self._coordinator_channel = open_channel(address, self.config.auth, self._token, options=[
+            ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
+        self.uploader = Uploader(self.outbox, self._coordinator_channel, self.config.node.id, c.upload_batch_size,
+                                 c.upload_backoff_max_ms / 1000).start()
+        self.link = CoordinatorLink(self, self._coordinator_channel, c.upload_backoff_max_ms / 1000).start()
+        log.info("node %s: coordinator %s; outbox %s (%d rows pending)", self.config.node.id, address,
+                 self.outbox.path, self.outbox.pending_rows)
+
+    def _stop_data_path(self) -> None:
+        if self.uploader is not None:
+            self.uploader.stop()
+        if self._coordinator_channel is not None:
+            self._coordinator_channel.close()
+        if self.outbox is not None:
+            self.outbox.close()
 
     @property
     def grpc_port(self) -> int:
@@ -81,6 +138,11 @@ class EdgeNode:
         from grpc_reflection.v1alpha import reflection
         from prometheus_client import start_http_server
 
+        if self.outbox is not None:
+            from edgeloop.node.coordinator_link import restore_rollback_pins
+
+            self.outbox.start()  # before the first request is served
+            restore_rollback_pins(self.models, self.outbox)  # before load_all, so a pinned model never serves newer
         failed = self.models.load_all()
         for name, reason in failed.items():
             log.error("model %s not loaded: %s", name, reason)
@@ -95,6 +157,8 @@ class EdgeNode:
             self._metrics_port = httpd.server_port
         if self.mesh is not None:
             self.mesh.start(self._grpc_port, self._metrics_port)
+        if self.outbox is not None:
+            self._start_data_path()
         ready = self.models.ready_models()
         log.info("node %s listening on %s (metrics on port %s); %d model(s) ready: %s", self.config.node.id,
                  self.address, self._metrics_port, len(ready), ready)
@@ -116,6 +180,8 @@ class EdgeNode:
             if self._stopped.is_set():
                 return
             log.info("node %s draining (grace %.1f s)", self.config.node.id, grace_s)
+            if self.link is not None:
+                self.link.stop()  # no directive may load a model while the node drains
             if self.mesh is not None:
                 self.mesh.stop()  # goodbye first: peers stop routing here before we drain
             deadline = time.monotonic() + grace_s
@@ -124,6 +190,7 @@ class EdgeNode:
             self._drain_in_flight(deadline)
             self.server.stop(max(0.0, deadline - time.monotonic())).wait()
             self.models.close(drain_timeout_s=grace_s)
+            self._stop_data_path()  # after the server: the outbox commits what the last requests queued
             if self._metrics_httpd is not None:
                 # serve_forever notices shutdown only at its 0.5 s poll: let that happen in the background
                 threading.Thread(target=_close_http_server, args=(self._metrics_httpd,), daemon=True,
@@ -154,7 +221,25 @@ def _close_http_server(httpd) -> None:
     httpd.server_close()
 
 
-__all__ = ["EdgeNode"]
+def data_path_enabled(config) -> bool:
+    """True when this node records samples: a coordinator is configured or some model's sample_rate > 0."""
+    serving = config.serving
+    rates = [serving.model_defaults.sample_rate, *(m.sample_rate for m in serving.models)]
+    return bool(config.coordinator_address) or any(r is not None and r > 0 for r in rates)
+
+
+def outbox_path(config):
+    """``[coordinator] outbox_path``, else ``outbox-<node id>.sqlite`` beside the model repository."""
+    from pathlib import Path
+
+    if config.coordinator.outbox_path is not None:
+        return config.coordinator.outbox_path
+    root = config.serving.model_repository
+    base = Path(root).resolve().parent if root is not None else Path.cwd() / ".edgeloop"
+    return base / f"outbox-{config.node.id}.sqlite"
+
+
+__all__ = ["EdgeNode", "data_path_enabled", "outbox_path"]
 
 
 # ---------------------------------------------------------------- operations the CLI reaches through the node

@@ -1,0 +1,97 @@
+"""Recording what a node served: the servicer's ``on_served`` hook, sampling, and the Sample message.
+
+On the request thread only the cheap part runs: the request id (the client's, or one generated here
+and returned in the response's ``id``), the sampling decision and one non-blocking queue put.
+The Sample message (tensors as raw little-endian bytes) is built by the outbox writer thread.
+Sampling is deterministic: a request is recorded when the stable 64-bit hash (XXH64, never
+Python's ``hash()``) of its id falls below ``sample_rate`` of the hash range, so every process
+makes the same choice for the same id.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+from edgeloop.kernels.placement import stable_hash
+from edgeloop.mesh.router import ROUTING_KEY
+from edgeloop.protocol import mesh_pb2
+from edgeloop.protocol.codec import decode_input, to_raw
+
+_HASH_RANGE = 1 << 64
+
+
+def sampled(request_id: str, rate: float) -> bool:
+    """Whether the request ``request_id`` is recorded at ``rate`` (same answer in every process)."""
+    if rate >= 1.0:
+        return True
+    if rate <= 0.0:
+        return False
+    return stable_hash(request_id) < int(rate * _HASH_RANGE)
+
+
+def _tensor_data(tensor, raw: bytes | None) -> mesh_pb2.TensorData:
+    if raw is None:  # typed contents: the same bytes the raw form would carry
+        raw = to_raw(decode_input(tensor), tensor.datatype)
+    return mesh_pb2.TensorData(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape, data=raw)
+
+
+def build_sample(request, response, model: str, version: int, sample_id: str, timestamp_ms: int) -> mesh_pb2.Sample:
+    """The Sample of one answered request (inputs from the request, outputs from the response)."""
+    raw_in = request.raw_input_contents
+    raw_out = response.raw_output_contents
+    routing_key = ""
+    if ROUTING_KEY in request.parameters:
+        routing_key = request.parameters[ROUTING_KEY].string_param
+    return mesh_pb2.Sample(
+        sample_id=sample_id, model=model, model_version=version, routing_key=routing_key, timestamp_ms=timestamp_ms,
+        inputs=[_tensor_data(t, raw_in[i] if i < len(raw_in) else None) for i, t in enumerate(request.inputs)],
+        outputs=[_tensor_data(t, raw_out[i] if i < len(raw_out) else None) for i, t in enumerate(response.outputs)])
+
+
+class Recorder:
+    """The servicer's ``on_served`` hook: samples what this node ran into ``outbox`` (and ``stats``)."""
+
+    def __init__(self, node_id: str, rate_of, outbox=None, stats=None) -> None:
+        self.node_id = node_id
+        self._rate_of = rate_of  # model -> sample_rate (EdgeConfig.sample_rate)
+        self._rates: dict[str, float] = {}
+        self.outbox = outbox
+        self.stats = stats
+        self._prefix = f"{node_id}-{os.urandom(4).hex()}-"
+        self._ids = itertools.count(1)
+        self.recorded = 0  # samples handed to the outbox queue (approximate under threads: stats only)
+
+    def rate(self, model: str) -> float:
+        rate = self._rates.get(model)
+        if rate is None:
+            rate = self._rates[model] = float(self._rate_of(model))
+        return rate
+
+    def __call__(self, request, response, model: str, version: int) -> None:
+        outbox = self.outbox
+        if outbox is None:
+            return
+        rate = self.rate(model)
+        if rate <= 0.0 and self.stats is None:
+            return
+        sample_id = request.id
+        if not sample_id:
+            sample_id = response.id = f"{self._prefix}{next(self._ids)}"
+        record = sampled(sample_id, rate)
+        if not record and self.stats is None:
+            return
+        outbox.offer(model, (self._encode, (request, response, model, version, sample_id, time.time_ns() // 1_000_000,
+                                            record)), count_drop=record)
+
+    def _encode(self, request, response, model, version, sample_id, timestamp_ms, record):
+        """Runs on the writer thread: statistics, then the serialized Sample (None when not recorded)."""
+        if self.stats is not None:
+            self.stats.observe(request, response, model, version)
+        if not record:
+            return None
+        self.recorded += 1
+        return build_sample(request, response, model, version, sample_id, timestamp_ms).SerializeToString()
+
+
+__all__ = ["Recorder", "build_sample", "sampled"]
