@@ -38,8 +38,11 @@ class MeshClient:
         timeout_s: float = 30.0,
         start: bool = True,
         mesh_name: str = "default",
+        token: str | None = None,
     ):
-        """``mesh_name``: the mesh to see; nodes announcing another name are never shown or used."""
+        """``mesh_name``: the mesh to see; nodes announcing another name are never shown or used.
+        ``token``: the mesh's fleet token (``edgeloop.protocol.auth.read_token_file``), needed to see an
+        authenticated mesh; nodes that cannot prove they hold it are never used."""
         from edgeloop.config.mesh import MESH_NAME_EXPECTATION, is_mesh_name
         from edgeloop.mesh.liveness import LivenessMonitor
 
@@ -57,9 +60,9 @@ class MeshClient:
         self.spill_queue_depth = spill_queue_depth
         self.timeout_s = timeout_s
         self.membership = Membership(self_id=None)
-        self.pool = ChannelPool()
+        self.pool = ChannelPool(token)
         self.liveness = LivenessMonitor(self.membership, self.pool, heartbeat_interval_ms, down_after_ms,
-                                        learn_from_peers=True, mesh_name=mesh_name)
+                                        learn_from_peers=True, mesh_name=mesh_name, token=token)
         self.discovery = None
         self.retries = 0  # requests that needed the fallback node
         self._lock = threading.Lock()

@@ -137,10 +137,11 @@ def run(args) -> int:
         config.serving.model_repository.mkdir(parents=True, exist_ok=True)
 
     from edgeloop.node import EdgeNode
+    from edgeloop.protocol.auth import AuthError
 
     try:
         node = EdgeNode(config)
-    except OSError as exc:
+    except (OSError, AuthError) as exc:  # a port in use; an unreadable or malformed token file
         print(f"edgeloop edge: {exc}", file=sys.stderr)
         return 1
     stop_requested = threading.Event()

@@ -22,14 +22,19 @@ QUIET_S = 0.5
 
 
 def _settings(args):
-    """(mesh name, service type, interfaces) from the flags, ``--config`` filling what they leave out."""
+    """(mesh name, service type, interfaces, fleet token) from the flags, ``--config`` filling what they leave out."""
     from edgeloop.config import load_edge_config
     from edgeloop.config.mesh import MESH_NAME_EXPECTATION, is_mesh_name
 
-    name, service_type, interfaces = "default", "_edgeloop._tcp.local.", ["127.0.0.1"]
+    from edgeloop.protocol.auth import read_token_file
+
+    name, service_type, interfaces, token = "default", "_edgeloop._tcp.local.", ["127.0.0.1"], None
     if args.config:
-        mesh = load_edge_config(args.config).mesh
+        config = load_edge_config(args.config)
+        mesh = config.mesh
         name, service_type, interfaces = mesh.name, mesh.service_type, list(mesh.zeroconf_interfaces)
+        if config.auth.token_file is not None:
+            token = read_token_file(config.auth.token_file)
     if args.mesh_name is not None:
         if not is_mesh_name(args.mesh_name):
             raise ValueError(f"--mesh-name: got {args.mesh_name[:200]!r}, expected {MESH_NAME_EXPECTATION}")
@@ -38,7 +43,7 @@ def _settings(args):
         service_type = args.service_type
     if args.interface is not None:
         interfaces = args.interface
-    return name, service_type, ([] if args.no_zeroconf else interfaces)
+    return name, service_type, ([] if args.no_zeroconf else interfaces), token
 
 
 def gather(client, wait_s: float, seeds: int, zeroconf: bool) -> None:
@@ -59,9 +64,10 @@ def _mesh_status(args) -> int:
     from edgeloop.config import ConfigError
 
     try:
-        name, service_type, interfaces = _settings(args)
-        client = MeshClient(seeds=args.seed, interfaces=interfaces, service_type=service_type, mesh_name=name)
-    except (ConfigError, ValueError) as exc:
+        name, service_type, interfaces, token = _settings(args)
+        client = MeshClient(seeds=args.seed, interfaces=interfaces, service_type=service_type, mesh_name=name,
+                            token=token)
+    except (ConfigError, ValueError) as exc:  # AuthError is a ValueError
         print(f"edgeloop status: {exc}", file=sys.stderr)
         return 2
     try:

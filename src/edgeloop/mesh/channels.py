@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import threading
 
-import grpc
-
 from edgeloop.protocol import inference_pb2_grpc, mesh_pb2_grpc
+from edgeloop.protocol.auth import open_channel
 
 _MAX_MESSAGE = 64 * 2**20
 
@@ -29,20 +28,21 @@ class PeerStubs:
 
     __slots__ = ("address", "channel", "inference", "peer", "health")
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, token: str | None = None):
         from grpc_health.v1 import health_pb2_grpc
 
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = open_channel(address, token=token, options=CHANNEL_OPTIONS)  # carries the fleet token
         self.inference = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.peer = mesh_pb2_grpc.PeerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
 
 class ChannelPool:
-    """Address -> PeerStubs, created on first use and closed together."""
+    """Address -> PeerStubs, created on first use and closed together; every call carries ``token``."""
 
-    def __init__(self):
+    def __init__(self, token: str | None = None):
+        self.token = token
         self._stubs: dict[str, PeerStubs] = {}
         self._lock = threading.Lock()
 
@@ -52,7 +52,7 @@ class ChannelPool:
             with self._lock:
                 stubs = self._stubs.get(address)
                 if stubs is None:
-                    stubs = PeerStubs(address)
+                    stubs = PeerStubs(address, self.token)
                     self._stubs[address] = stubs
         return stubs
 

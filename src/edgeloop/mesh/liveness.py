@@ -15,6 +15,7 @@ Seed addresses whose identity is not known yet are resolved with Describe.  Ever
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -24,6 +25,7 @@ from edgeloop.mesh.channels import ChannelPool
 from edgeloop.mesh.membership import (DEFAULT_MESH, DOWN, DRAINING, PEER_SOURCE_PREFIX, STATES, UNKNOWN, UP,
                                      Membership, describe_fields)
 from edgeloop.protocol import mesh_pb2
+from edgeloop.protocol.auth import NONCE_MIN_BYTES, proof_matches
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +41,13 @@ class LivenessMonitor:
         down_after_ms: int = 1000,
         learn_from_peers: bool = False,
         mesh_name: str = DEFAULT_MESH,
+        token: str | None = None,
     ):
         """``learn_from_peers``: also watch the members each peer reports in Describe (what a client
         given only seed addresses needs to see the whole mesh); their first state is the peer's.
-        ``mesh_name``: a node whose Describe names another mesh is never added (or is dropped)."""
+        ``mesh_name``: a node whose Describe names another mesh is never added (or is dropped).
+        ``token``: the fleet token; every Describe carries a fresh challenge, and a node whose answer
+        does not prove that it holds the same token is never added (or is dropped), nor marked up."""
         from grpc_health.v1 import health_pb2
 
         self._health_pb2 = health_pb2
@@ -53,6 +58,9 @@ class LivenessMonitor:
         self.timeout = min(1.0, max(0.1, self.interval))
         self.learn_from_peers = learn_from_peers
         self.mesh_name = mesh_name
+        self.token = token
+        self._verified: set[str] = set()  # node ids whose last Describe proved the token (token set only)
+        self._unproven_logged: set[str] = set()
         self._foreign_seeds: set[str] = set()  # seed addresses answering for another mesh, logged once
         self._seeds: dict[str, str] = {}  # address -> source, until their identity is known
         self._seed_ids: dict[str, str] = {}  # address -> node id once known
@@ -101,12 +109,14 @@ class LivenessMonitor:
         with self._lock:
             seeds = [(a, s) for a, s in self._seeds.items() if a not in self._seed_ids]
         for address, source in seeds:
-            self._send(("seed", address), self.pool.get(address).peer.Describe,
-                       mesh_pb2.DescribeRequest(), lambda f, a=address, s=source: self._on_seed(f, a, s))
+            request = self._describe_request()
+            self._send(("seed", address), self.pool.get(address).peer.Describe, request,
+                       lambda f, a=address, s=source, r=request: self._on_seed(f, a, s, r.nonce))
         members = self.membership.members()
         present = {m.node_id for m in members}
         for gone in [n for n in list(self._last_ok) if n not in present]:  # list(): callbacks add keys
             del self._last_ok[gone]  # a member that left and comes back starts a fresh timer
+            self._verified.discard(gone)
         for member in members:
             if member.node_id == self.membership.self_id:
                 continue
@@ -115,11 +125,32 @@ class LivenessMonitor:
             stubs = self.pool.get(member.address)
             self._send(("check", node_id), stubs.health.Check, self._health_pb2.HealthCheckRequest(),
                        lambda f, n=node_id: self._on_check(f, n))
-            self._send(("describe", node_id), stubs.peer.Describe, mesh_pb2.DescribeRequest(),
-                       lambda f, n=node_id: self._on_describe(f, n))
+            request = self._describe_request()
+            self._send(("describe", node_id), stubs.peer.Describe, request,
+                       lambda f, n=node_id, r=request: self._on_describe(f, n, r.nonce))
             if member.state != DOWN and now - self._last_ok[node_id] > self.down_after:
                 if self.membership.set_state(node_id, DOWN):
                     log.info("peer %s is down (no health answer for %.0f ms)", node_id, self.down_after * 1000)
+
+    def _describe_request(self):
+        """A Describe request; with a token it carries a fresh random challenge."""
+        if self.token is None:
+            return mesh_pb2.DescribeRequest()
+        return mesh_pb2.DescribeRequest(nonce=os.urandom(NONCE_MIN_BYTES))
+
+    def _proven(self, desc, nonce: bytes) -> bool:
+        """True without a token; with one, when the answer proves that the node holds it (logged once if not)."""
+        if self.token is None:
+            return True
+        node_id = desc.node.node_id
+        if proof_matches(self.token, nonce, node_id, desc.proof):
+            self._unproven_logged.discard(node_id)
+            return True
+        if node_id not in self._unproven_logged:
+            self._unproven_logged.add(node_id)
+            log.warning("ignoring node %s: its Describe does not prove the fleet token (it is not a member of "
+                        "this authenticated mesh)", node_id[:200])
+        return False
 
     def _set_state(self, node_id: str, state: str) -> None:
         """Set a member's state and log the change as people need it (which of the states, and why)."""
@@ -157,10 +188,12 @@ class LivenessMonitor:
             return  # counted as silence: down once down_after has passed
         if self.membership.get(node_id) is None:
             return  # left while the check was in flight
+        if self.token is not None and node_id not in self._verified:
+            return  # not proven to hold the token: never up (counted as silence)
         self._last_ok[node_id] = time.monotonic()  # it answers: not down, whatever it says
         self._set_state(node_id, UP if status == self._health_pb2.HealthCheckResponse.SERVING else DRAINING)
 
-    def _on_describe(self, future, node_id: str) -> None:
+    def _on_describe(self, future, node_id: str, nonce: bytes = b"") -> None:
         try:
             desc = future.result()
         except grpc.RpcError:
@@ -174,6 +207,12 @@ class LivenessMonitor:
             for source in member.sources:
                 self.membership.remove_source(node_id, source)
             return
+        if not self._proven(desc, nonce):
+            self._verified.discard(node_id)
+            for source in member.sources:
+                self.membership.remove_source(node_id, source)
+            return
+        self._verified.add(node_id)
         self.remote_epochs[node_id] = int(desc.membership_epoch)
         fields = describe_fields(desc)
         fields.pop("host")  # keep the address we reached it on
@@ -184,7 +223,7 @@ class LivenessMonitor:
             log.info("peer %s %s", node_id, "is ready (has models)" if updated.ready else "has no model ready")
         self._learn(node_id, desc)
 
-    def _on_seed(self, future, address: str, source: str) -> None:
+    def _on_seed(self, future, address: str, source: str, nonce: bytes = b"") -> None:
         try:
             desc = future.result()
         except grpc.RpcError:
@@ -201,6 +240,9 @@ class LivenessMonitor:
                             desc.node.mesh_name[:200], self.mesh_name)
             return
         self._foreign_seeds.discard(address)
+        if not self._proven(desc, nonce):
+            return  # retried next tick
+        self._verified.add(node_id)
         host, _, port = address.rpartition(":")
         fields = describe_fields(desc)
         fields["host"], fields["grpc_port"] = host.strip("[]"), int(port)

@@ -12,6 +12,8 @@ import grpc
 
 from edgeloop.mesh.membership import DEFAULT_MESH, PROTOCOL_VERSION
 from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
+from edgeloop.protocol.auth import (NONCE_MAX_BYTES, NONCE_MIN_BYTES, TOKEN_METADATA_KEY, membership_proof,
+                                    token_matches)
 
 
 class PeerServicer(mesh_pb2_grpc.PeerServicer):
@@ -24,7 +26,10 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
         queue_depth: Callable[[], int],
         epoch: Callable[[], int],
         members: Callable[[], Iterable] | None = None,
+        token: str | None = None,
     ):
+        """``token``: the fleet token; callers must carry it, and a challenge is answered with a proof."""
+        self._token = token
         self._identity = identity
         self._members = members
         self._ready_models = ready_models
@@ -32,6 +37,13 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
         self._epoch = epoch
 
     def Describe(self, request, context):
+        if self._token is not None and not token_matches(context.invocation_metadata(), self._token):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"Peer.Describe needs the fleet token in metadata {TOKEN_METADATA_KEY!r} (missing or wrong)")
+        nonce = request.nonce if request is not None else b""
+        if nonce and not NONCE_MIN_BYTES <= len(nonce) <= NONCE_MAX_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nonce: got {len(nonce)} bytes, expected "
+                                                            f"{NONCE_MIN_BYTES}..{NONCE_MAX_BYTES} random bytes")
         desc = mesh_pb2.NodeDescription(
             node=self._identity(),
             membership_epoch=self._epoch(),
@@ -49,6 +61,8 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
             for model, versions in sorted(member.models.items()):
                 for v in versions:
                     state.models.add(model=model, version=int(v), state="READY")
+        if nonce and self._token is not None:
+            desc.proof = membership_proof(self._token, nonce, desc.node.node_id)
         return desc
 
     def FetchArtifact(self, request, context):

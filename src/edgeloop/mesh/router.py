@@ -35,7 +35,8 @@ from edgeloop.mesh.channels import ChannelPool
 from edgeloop.mesh.decision_log import DecisionLog
 from edgeloop.mesh.membership import Membership
 from edgeloop.mesh.routing import ROUTING_KEY, NodeGone, route_of, routing_key_of, send_with_failover, spill_order
-from edgeloop.protocol.errors import ProtocolError, not_found
+from edgeloop.protocol.auth import TOKEN_METADATA_KEY, token_matches
+from edgeloop.protocol.errors import ProtocolError, not_found, unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,10 @@ class Router:
     def maybe_forward(self, request, context):
         params = request.parameters
         if FORWARDED in params and params[FORWARDED].bool_param:
+            token = self.pool.token
+            if token is not None and not token_matches(context.invocation_metadata() if context else (), token):
+                raise unauthenticated(f"a forwarded request (parameters[{FORWARDED!r}] = true) needs the fleet "
+                                      f"token in metadata {TOKEN_METADATA_KEY!r} (missing or wrong)")
             return None
         if self.self_id not in self.membership:
             return None  # the mesh has not started yet (or has stopped): serve alone

@@ -36,22 +36,23 @@ class ModelSource(Protocol):
 class Mesh:
     """Membership, discovery, liveness, the Peer service and the router of one node."""
 
-    def __init__(self, node, mesh, models: ModelSource):
+    def __init__(self, node, mesh, models: ModelSource, token: str | None = None):
+        """``token``: the fleet token every peer call carries and every peer must prove (None: unauthenticated)."""
         self.node = node  # config.NodeConfig
         self.config = mesh  # config.MeshConfig
         self.models = models
         self.grpc_port = node.grpc_port
         self.metrics_port = node.metrics_port
         self.membership = Membership(self_id=node.id, capacity_factor=mesh.capacity_factor)
-        self.pool = ChannelPool()
+        self.pool = ChannelPool(token)
         self.decision_log = DecisionLog(mesh.decision_log) if mesh.decision_log else None
         self.router = Router(node.id, self.membership, self.pool, local_queue_depth=models.queue_depth,
                              spill_queue_depth=mesh.spill_queue_depth, decision_log=self.decision_log)
         self.peer_servicer = PeerServicer(self._identity, models.ready_models, models.queue_depth,
-                                          lambda: self.membership.epoch, self.membership.members)
+                                          lambda: self.membership.epoch, self.membership.members, token=token)
         self.discovery: Discovery | None = None
         self.liveness = LivenessMonitor(self.membership, self.pool, mesh.heartbeat_interval_ms, mesh.down_after_ms,
-                                        mesh_name=mesh.name)
+                                        mesh_name=mesh.name, token=token)
         self._started = False
         self._models_lock = threading.Lock()
 

@@ -55,11 +55,17 @@ class EdgeNode:
         self._stop_lock = threading.Lock()
         self.models.add_listener(lambda event=None: self._update_health())
         self.mesh = None
+        self._token = None
+        if config.mesh.enabled or data_path_enabled(config):
+            from edgeloop.protocol.auth import process_token
+
+            # read once at start; without one, says once that the mesh/fleet is unauthenticated
+            self._token = process_token(config.auth, f"edge {config.node.id}")
         if config.mesh.enabled:  # mesh wiring: Peer service + router now, discovery/heartbeats at start
             from edgeloop.mesh.router import forward_limit
             from edgeloop.mesh.runtime import Mesh
 
-            self.mesh = Mesh(config.node, config.mesh, self.models)
+            self.mesh = Mesh(config.node, config.mesh, self.models, token=self._token)
             self.mesh.router.set_max_forwards(forward_limit(config.serving.grpc_workers))  # never every thread
             self.mesh.attach(self.server, self.servicer)
             self.reflection_service_names.append("edgeloop.v1.Peer")
@@ -76,7 +82,6 @@ class EdgeNode:
         from edgeloop.node.outbox import Outbox
         from edgeloop.node.recorder import Recorder
         from edgeloop.protocol import mesh_pb2_grpc
-        from edgeloop.protocol.auth import process_token
 
         config = self.config
         c = config.coordinator
@@ -87,7 +92,6 @@ class EdgeNode:
         self.models.add_listener(lambda event: stats.forget(event.model, event.ready_versions))
         self.recorder = Recorder(config.node.id, config.sample_rate, self.outbox, self.edge_stats)
         self.servicer.on_served = self.recorder
-        self._token = process_token(config.auth, f"edge {config.node.id}")
         self.feedback = FeedbackServicer(self.outbox, self._token)
         mesh_pb2_grpc.add_FeedbackServicer_to_server(self.feedback, self.server)
         self.reflection_service_names.append("edgeloop.v1.Feedback")

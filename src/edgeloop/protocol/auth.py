@@ -58,6 +58,23 @@ def token_matches(metadata: Iterable[tuple[str, object]] | None, expected: str |
     return False
 
 
+#: Bounds of the Describe challenge (``DescribeRequest.nonce``).
+NONCE_MIN_BYTES, NONCE_MAX_BYTES = 16, 64
+
+
+def membership_proof(token: str, nonce: bytes, node_id: str) -> bytes:
+    """What a node answers to a Describe challenge: HMAC-SHA256 over the nonce and its own id.
+
+    Binding the node id stops a member from replaying another member's answer as its own.
+    """
+    return hmac.new(token.encode(), b"edgeloop-describe\0" + nonce + node_id.encode(), "sha256").digest()
+
+
+def proof_matches(token: str, nonce: bytes, node_id: str, proof: bytes) -> bool:
+    """True when ``proof`` is ``membership_proof(token, nonce, node_id)`` (constant-time compare)."""
+    return hmac.compare_digest(membership_proof(token, nonce, node_id), bytes(proof))
+
+
 def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """Call metadata that carries ``token`` (empty when there is none)."""
     return () if token is None else ((TOKEN_METADATA_KEY, token),)
@@ -210,6 +227,8 @@ __all__ = [
     "TOKEN_METADATA_KEY",
     "TokenInterceptor",
     "channel_credentials",
+    "membership_proof",
+    "proof_matches",
     "open_channel",
     "process_token",
     "read_token_file",

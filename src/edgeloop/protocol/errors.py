@@ -64,6 +64,11 @@ def invalid_argument(message: str) -> ProtocolError:
     return ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def unauthenticated(message: str) -> ProtocolError:
+    """The call needs the fleet token (a forwarded request, a peer call) and lacks it."""
+    return ProtocolError(grpc.StatusCode.UNAUTHENTICATED, message)
+
+
 def not_found(message: str) -> ProtocolError:
     """The named model or version does not exist."""
     return ProtocolError(grpc.StatusCode.NOT_FOUND, message)

@@ -402,22 +402,26 @@ class LabelAck(_message.Message):
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    def __init__(self, nonce: _Optional[bytes] = ...) -> None: ...
 
 class NodeDescription(_message.Message):
-    __slots__ = ("node", "models", "membership_epoch", "queue_depth", "members")
+    __slots__ = ("node", "models", "membership_epoch", "queue_depth", "members", "proof")
     NODE_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     node: NodeIdentity
     models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
     membership_epoch: int
     queue_depth: int
     members: _containers.RepeatedCompositeFieldContainer[MemberState]
-    def __init__(self, node: _Optional[_Union[NodeIdentity, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., membership_epoch: _Optional[int] = ..., queue_depth: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MemberState, _Mapping]]] = ...) -> None: ...
+    proof: bytes
+    def __init__(self, node: _Optional[_Union[NodeIdentity, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., membership_epoch: _Optional[int] = ..., queue_depth: _Optional[int] = ..., members: _Optional[_Iterable[_Union[MemberState, _Mapping]]] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class MemberState(_message.Message):
     __slots__ = ("node", "state", "models")
