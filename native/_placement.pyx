@@ -53,16 +53,11 @@ cdef extern from *:
     static int edgeloop_omp_max_threads(void) { return 1; }
     #endif
 
-    /* The per-pair loops, written so the compiler vectorises them.  On x86-64 Linux with
-       GCC >= 12 they are also compiled for AVX2 and AVX-512 (64-bit multiplies in SIMD)
-       and picked at load time; every variant does the same integer and IEEE operations
-       (no FMA: -ffp-contract=off), so results are bit-identical across variants. */
-    #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 \
-        && !defined(EDGELOOP_NO_CLONES)
-    #define EDGELOOP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-    #else
-    #define EDGELOOP_CLONES
-    #endif
+    /* The per-pair loops, written so the compiler vectorises them.  EDGELOOP_CLONES also
+       compiles them for AVX2 and AVX-512 (64-bit multiplies in SIMD), picked at load time;
+       every variant does the same integer and IEEE operations (no FMA: -ffp-contract=off),
+       so results are bit-identical across variants. */
+    #include "edgeloop_clones.h"
 
     /* mix64 without its first step; x is pre30(key side) ^ pre30(node side). */
     #define EDGELOOP_MIX_TAIL(z) do { (z) *= 0xBF58476D1CE4E5B9ULL; (z) ^= (z) >> 27; \
