@@ -30,54 +30,50 @@ cdef extern from *:
     #include "edgeloop_clones.h"
 
     /* For the 8 features f0..f0+7: cge[j*F + f] = number of rows i with x[i*F + f] >= et[j*F + f],
-       nan[f] = number of NaN values.  One pass over the block per edge; the 8 lanes are one
-       AVX-512 (or two AVX2) vector of compares, the counters stay in registers. */
-    #define EDGELOOP_HIST_BLOCK(NAME, T)                                                          \\
+       nan[f] = number of NaN values.  Written with GCC/Clang vector types, so one row of the
+       block is one vector (AVX-512: one register; AVX2: two; SSE2: four) and a compare gives
+       0 / -1 per lane, subtracted from the counters; four edges share each load of a row. */
+    #include <string.h>
+    typedef double edgeloop_v8d __attribute__((vector_size(64), aligned(8), may_alias));
+    typedef float edgeloop_v8f __attribute__((vector_size(32), aligned(4), may_alias));
+    typedef long long edgeloop_v8i __attribute__((vector_size(64)));
+    #define EDGELOOP_LOAD_f64(p) (*(const edgeloop_v8d *)(p))
+    #define EDGELOOP_LOAD_f32(p) __builtin_convertvector(*(const edgeloop_v8f *)(p), edgeloop_v8d)
+    #define EDGELOOP_HIST_BLOCK(NAME, T, LOAD)                                                    \\
     EDGELOOP_CLONES static void NAME(const T *restrict x, ptrdiff_t n, ptrdiff_t F, ptrdiff_t f0,  \\
                                      const double *restrict et, ptrdiff_t J,                      \\
                                      int64_t *restrict cge, int64_t *restrict nan) {              \\
+        const edgeloop_v8i zero = {0};                                                            \\
         ptrdiff_t j = 0;                                                                          \\
-        for (; j + 4 <= J; j += 4) { /* four edges per pass: each row is loaded once for them */  \\
-            double e0[8], e1[8], e2[8], e3[8];                                                    \\
-            int64_t a0[8], a1[8], a2[8], a3[8];                                                   \\
-            for (int k = 0; k < 8; k++) {                                                         \\
-                e0[k] = et[j * F + f0 + k]; e1[k] = et[(j + 1) * F + f0 + k];                     \\
-                e2[k] = et[(j + 2) * F + f0 + k]; e3[k] = et[(j + 3) * F + f0 + k];               \\
-                a0[k] = a1[k] = a2[k] = a3[k] = 0;                                                \\
-            }                                                                                     \\
+        for (; j + 4 <= J; j += 4) {                                                              \\
+            edgeloop_v8d e0 = EDGELOOP_LOAD_f64(et + j * F + f0);                                 \\
+            edgeloop_v8d e1 = EDGELOOP_LOAD_f64(et + (j + 1) * F + f0);                           \\
+            edgeloop_v8d e2 = EDGELOOP_LOAD_f64(et + (j + 2) * F + f0);                           \\
+            edgeloop_v8d e3 = EDGELOOP_LOAD_f64(et + (j + 3) * F + f0);                           \\
+            edgeloop_v8i a0 = zero, a1 = zero, a2 = zero, a3 = zero;                              \\
             for (ptrdiff_t i = 0; i < n; i++) {                                                   \\
-                const T *r = x + i * F + f0;                                                      \\
-                for (int k = 0; k < 8; k++) {                                                     \\
-                    double v = (double)r[k];                                                      \\
-                    a0[k] += v >= e0[k]; a1[k] += v >= e1[k];                                     \\
-                    a2[k] += v >= e2[k]; a3[k] += v >= e3[k];                                     \\
-                }                                                                                 \\
+                edgeloop_v8d v = LOAD(x + i * F + f0);                                            \\
+                a0 -= (edgeloop_v8i)(v >= e0); a1 -= (edgeloop_v8i)(v >= e1);                     \\
+                a2 -= (edgeloop_v8i)(v >= e2); a3 -= (edgeloop_v8i)(v >= e3);                     \\
             }                                                                                     \\
-            for (int k = 0; k < 8; k++) {                                                         \\
-                cge[j * F + f0 + k] = a0[k]; cge[(j + 1) * F + f0 + k] = a1[k];                   \\
-                cge[(j + 2) * F + f0 + k] = a2[k]; cge[(j + 3) * F + f0 + k] = a3[k];             \\
-            }                                                                                     \\
+            memcpy(cge + j * F + f0, &a0, 64); memcpy(cge + (j + 1) * F + f0, &a1, 64);           \\
+            memcpy(cge + (j + 2) * F + f0, &a2, 64); memcpy(cge + (j + 3) * F + f0, &a3, 64);     \\
         }                                                                                         \\
         for (; j < J; j++) {                                                                      \\
-            double e[8];                                                                          \\
-            int64_t acc[8];                                                                       \\
-            for (int k = 0; k < 8; k++) { e[k] = et[j * F + f0 + k]; acc[k] = 0; }               \\
-            for (ptrdiff_t i = 0; i < n; i++) {                                                   \\
-                const T *r = x + i * F + f0;                                                      \\
-                for (int k = 0; k < 8; k++) acc[k] += (double)r[k] >= e[k];                       \\
-            }                                                                                     \\
-            for (int k = 0; k < 8; k++) cge[j * F + f0 + k] = acc[k];                             \\
+            edgeloop_v8d e0 = EDGELOOP_LOAD_f64(et + j * F + f0);                                 \\
+            edgeloop_v8i a0 = zero;                                                               \\
+            for (ptrdiff_t i = 0; i < n; i++) a0 -= (edgeloop_v8i)(LOAD(x + i * F + f0) >= e0);   \\
+            memcpy(cge + j * F + f0, &a0, 64);                                                    \\
         }                                                                                         \\
-        int64_t nn[8];                                                                            \\
-        for (int k = 0; k < 8; k++) nn[k] = 0;                                                    \\
+        edgeloop_v8i nn = zero;                                                                   \\
         for (ptrdiff_t i = 0; i < n; i++) {                                                       \\
-            const T *r = x + i * F + f0;                                                          \\
-            for (int k = 0; k < 8; k++) nn[k] += r[k] != r[k];                                    \\
+            edgeloop_v8d v = LOAD(x + i * F + f0);                                                \\
+            nn -= (edgeloop_v8i)(v != v);                                                         \\
         }                                                                                         \\
-        for (int k = 0; k < 8; k++) nan[f0 + k] = nn[k];                                          \\
+        memcpy(nan + f0, &nn, 64);                                                                \\
     }
-    EDGELOOP_HIST_BLOCK(edgeloop_hist_block_f64, double)
-    EDGELOOP_HIST_BLOCK(edgeloop_hist_block_f32, float)
+    EDGELOOP_HIST_BLOCK(edgeloop_hist_block_f64, double, EDGELOOP_LOAD_f64)
+    EDGELOOP_HIST_BLOCK(edgeloop_hist_block_f32, float, EDGELOOP_LOAD_f32)
 
     /* The same for the last w < 8 features (scalar). */
     #define EDGELOOP_HIST_TAIL(NAME, T)                                                           \\
