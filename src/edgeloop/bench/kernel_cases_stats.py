@@ -58,6 +58,19 @@ def hrw_assign_numpy(keys: np.ndarray, nodes: np.ndarray, weights: np.ndarray, c
     return out
 
 
+def hrw_first_numpy(key: int, nodes: np.ndarray, weights: np.ndarray | None) -> int:
+    """One key's winner index, the same algorithm in NumPy: the raw pair hash compared as an
+    integer when weights are equal (None), else the score w / -ln(u) (``np.log``)."""
+    from edgeloop.kernels.placement import KEY_SALT, NODE_SALT
+
+    a = _pre30(_mix64(np.array([key], dtype=np.uint64) ^ np.uint64(KEY_SALT)))
+    h = _mix64_tail(a ^ _pre30(_mix64(nodes ^ np.uint64(NODE_SALT))))
+    if weights is None:
+        return int(np.argmax(h))
+    u = (((h >> np.uint64(12)) << np.uint64(1)) | np.uint64(1)).astype(np.float64) * (1.0 / 2.0**53)
+    return int(np.argmax(weights / -np.log(u)))
+
+
 def histogram_baselines(x: np.ndarray, edges: np.ndarray) -> dict:
     """Vectorised NumPy forms of ``HistogramAccumulator.update`` for a NaN-free batch.
 
