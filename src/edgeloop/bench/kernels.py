@@ -80,6 +80,12 @@ def run(quick: bool = False, only: str | None = None, json_path: str | None = No
                 fh,
                 indent=2,
             )
+    return exit_status(results, check)
+
+
+def exit_status(results, check: bool) -> int:
+    """1 when ``check`` and any result missed its target (saying which), else 0."""
+    misses = [r for r in results if not r.ok]
     if check and misses:
         print(f"--check: {len(misses)} target(s) missed: "
               + ", ".join(f"{r.case.kernel} {r.case.shape} ({r.ratio:.3f} > {r.case.target:.2f})" for r in misses))
