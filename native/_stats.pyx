@@ -5,13 +5,11 @@ the GIL released.  Floats are float32 or float64, accumulators float64/int64.
 ``edgeloop.kernels.stats`` validates values (finite, sorted edges, ...); every ``def`` here
 still checks the shapes it relies on, since the loops run with bounds checks off.
 
-The histogram of a batch with few bins per feature (the common case: 10 to 20 quantile
-bins) is counted without a search: for every interior edge e_j of every feature it counts
+The histogram of a batch with up to 129 bins per feature (the common case is 10 to 20
+quantile bins) is counted without a search: for every interior edge e_j of every feature it counts
 the values >= e_j (``x >= e`` compares, eight features per SIMD vector), and the bin
 counts are differences of those.  Wider histograms use a binary search per value.
 """
-import numpy as np
-
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
