@@ -1,8 +1,9 @@
 """Builds edgeloop._native: the Cython numeric core in native/.
 
 Compiled with -O3; with OpenMP where the compiler supports it (probed by compiling
-a tiny program), serially where it does not.  BLAS comes from scipy.linalg.cython_blas,
-so no BLAS headers or libraries are needed at build time.
+a tiny program), serially where it does not.  BLAS comes from scipy.linalg.cython_blas
+through the shared wrappers of native/_blas.pxd, so no BLAS headers or libraries are needed
+at build time.  Cython >= 3.1 is required (prange's use_threads_if).
 """
 import os
 import shutil
@@ -53,6 +54,7 @@ def _extensions():
             f"edgeloop._native.{name}",
             [f"native/{name}.pyx"],
             include_dirs=[numpy.get_include(), "native"],
+            depends=["native/_blas.pxd", "native/edgeloop_clones.h"],  # shared by every module
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=compile_args,
             extra_link_args=link_args,

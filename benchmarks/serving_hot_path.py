@@ -6,7 +6,12 @@ statistics, response building).  A developer's tool for shaving microseconds: th
 ratios against a bare-grpcio floor live in ``serving_latency.py``.  Each row is the best of
 ``--blocks`` blocks of ``--calls`` calls (bounded in count).
 
-    python benchmarks/serving_hot_path.py [--calls 4000] [--blocks 7]
+Targets (ratios of best times in this run, so they travel between machines): the unbatched
+ModelInfer path <= 5x ``session.run`` of the demo MLP (3.5x when the targets were set), and
+the path of a batching model at no load <= 1.5x the unbatched one (1.2x then).  With
+``--check`` the exit status is 1 when one is missed.
+
+    python benchmarks/serving_hot_path.py [--calls 4000] [--blocks 7] [--check]
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from edgeloop.serving.demo_models import build_mlp, write_model
 from edgeloop.serving.manager import ModelManager
 from edgeloop.serving.repository import ModelRepository
 from edgeloop.serving.servicer import InferenceServicer
+
+TARGETS = {"unbatched / session.run": 5.0, "batching / unbatched": 1.5}
 
 
 def best_us(fn, calls: int, blocks: int) -> tuple[float, float]:
@@ -52,7 +59,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=4000)
     parser.add_argument("--blocks", type=int, default=7)
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
+    if not (1 <= args.calls <= 1_000_000 and 1 <= args.blocks <= 100):
+        parser.error(f"--calls must be in [1, 1000000] and --blocks in [1, 100]; got {args.calls}, {args.blocks}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "models"
         write_model(root, "mlp", 1, build_mlp())
@@ -83,7 +93,15 @@ def main() -> int:
         overhead = results["ModelInfer + serialize, unbatched"][0] - results["session.run (the model alone)"][0]
         print(f"serving overhead over session.run (best, unbatched): {overhead:.2f} us per request")
         models.close(1.0)
-    return 0
+    unbatched = results["ModelInfer + serialize, unbatched"][0]
+    ratios = {"unbatched / session.run": unbatched / results["session.run (the model alone)"][0],
+              "batching / unbatched": results["ModelInfer + serialize, batching model"][0] / unbatched}
+    misses = 0
+    for name, value in ratios.items():
+        ok = value <= TARGETS[name]
+        misses += not ok
+        print(f"{name:40s} {value:7.2f}   target <= {TARGETS[name]:.2f}   {'ok' if ok else 'MISS'}")
+    return 1 if args.check and misses else 0
 
 
 if __name__ == "__main__":

@@ -24,7 +24,11 @@ on/off throughput comparison (concurrency 4 and 16) with compute-heavier MLPs fr
 the point where dynamic batching starts to pay shows.  The required figures and their targets
 are those of the small MLP only.
 
-    python benchmarks/serving_latency.py [--quick] [--json FILE]
+With ``--check`` the exit status is 1 when a required ratio misses its target.  Only
+figures measured in this run are printed (no other server's numbers: measure them with
+``edgeloop perf`` against that server, in the same run, to compare).
+
+    python benchmarks/serving_latency.py [--quick] [--json FILE] [--check]
 """
 from __future__ import annotations
 
@@ -52,7 +56,6 @@ HEAVY_MODEL = "mlp_heavy"
 HEAVY_DIMS = [(512, 4096, 4), (2048, 4096, 4)]
 HEAVY_LEVELS = [4, 16]
 TARGETS = {"latency_p50": 1.10, "cpu_per_request": 1.15, "batching_throughput_c16": 1.5}
-SCALE_NOTE = "For scale: MLServer 1.7 ~1.7x floor, PyTriton 0.7 ~4.3x floor (measured previously on this kind of machine)."
 
 
 def percentile_ms(values: list[float], p: float) -> float:
@@ -279,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heavy-dims", type=parse_dims, nargs="+", default=HEAVY_DIMS, metavar="IN,HIDDEN,OUT",
                         help="dims of the supplementary compute-heavier MLPs (default %(default)s)")
     parser.add_argument("--no-heavy", action="store_true", help="skip the supplementary heavier-model section")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a required ratio misses its target")
     args = parser.parse_args(argv)
 
     from edgeloop.serving.demo_models import build_mlp, write_model
@@ -394,13 +398,12 @@ def main(argv: list[str] | None = None) -> int:
                                      "max_on_over_off": bound}
     figures["informational_ratios"] = print_protocol_ratios(lat, cpu)
     figures["supplementary_heavy"] = [print_heavy(h) for h in heavy]
-    print(f"\n{SCALE_NOTE}")
     figures["ratios"] = ratios
     figures["targets"] = TARGETS
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=2)
-    return 0
+    return 1 if args.check and misses else 0
 
 
 if __name__ == "__main__":

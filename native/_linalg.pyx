@@ -1,8 +1,12 @@
 """Dense layers and the BLAS plumbing of the randomized SVD.
 
 Modelled on scikit-learn's ``sklearn/utils/_cython_blas.pyx``: fused float32/float64
-kernels, the GIL released around every BLAS call and loop, and BLAS taken from
-``scipy.linalg.cython_blas`` so that no BLAS headers are needed at build time.
+kernels, the GIL released around every BLAS call and loop; the BLAS wrappers are the
+shared ones of ``native/_blas.pxd``.
+
+Every ``def`` here checks the shapes it relies on before touching memory: sizes handed to
+BLAS must fit its 32-bit ``int`` (ValueError otherwise) and scratch buffers are sized in
+``size_t`` with an overflow check, so no shape, however extreme, reaches C unchecked.
 
 BLAS is column-major.  A C-ordered (n, k) array is, to BLAS, the column-major (k, n)
 matrix of its transpose, so the C-order product ``out = x @ w`` is computed as the
@@ -30,7 +34,8 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport exp, expf, tanh, tanhf, fabs
 from libc.stdlib cimport malloc, free
-from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
+
+from _blas cimport gemm as _gemm, gemv as _gemv, blas_int, checked_size
 
 cnp.import_array()
 
@@ -51,28 +56,6 @@ cdef Py_ssize_t PARALLEL_EPILOGUE_MIN = 1 << 16
 
 # --------------------------------------------------------------------------- BLAS core
 
-cdef inline void _gemm(char transa, char transb, int m, int n, int k, floating alpha,
-                       const floating* a, int lda, const floating* b, int ldb,
-                       floating beta, floating* c, int ldc) noexcept nogil:
-    """Column-major C = alpha op(A) op(B) + beta C for either float type."""
-    if floating is float:
-        sgemm(&transa, &transb, &m, &n, &k, &alpha, <float*>a, &lda, <float*>b, &ldb,
-              &beta, c, &ldc)
-    else:
-        dgemm(&transa, &transb, &m, &n, &k, &alpha, <double*>a, &lda, <double*>b, &ldb,
-              &beta, c, &ldc)
-
-
-cdef inline void _gemv(char trans, int m, int n, floating alpha, const floating* a, int lda,
-                       const floating* x, floating beta, floating* y) noexcept nogil:
-    """Column-major y = alpha op(A) x + beta y (unit strides)."""
-    cdef int one = 1
-    if floating is float:
-        sgemv(&trans, &m, &n, &alpha, <float*>a, &lda, <float*>x, &one, &beta, y, &one)
-    else:
-        dgemv(&trans, &m, &n, &alpha, <double*>a, &lda, <double*>x, &one, &beta, y, &one)
-
-
 cdef inline int _imax(int a, int b) noexcept nogil:
     return a if a > b else b
 
@@ -91,7 +74,7 @@ cdef void _matmul(const floating* x, bint x_fortran, const floating* w, bint w_f
     cdef int ldx = _imax(1, n) if x_fortran else _imax(1, k)
     cdef Py_ssize_t i
     if k == 0:
-        for i in range(<Py_ssize_t>n * m):
+        for i in range(<Py_ssize_t>n * <Py_ssize_t>m):
             out[i] = 0
         return
     if n == 1:
@@ -289,6 +272,9 @@ def dense(x, w, b=None, activation="identity", out=None):
         raise ValueError(
             f"{fn}: w must have shape (k, m) with k = x.shape[1] = {k}; got w.shape = {(<object>wa).shape}"
         )
+    # BLAS takes int sizes: refuse what does not fit before anything is copied or allocated
+    cdef int ni = blas_int(n, fn, "x.shape[0]"), ki = blas_int(k, fn, "x.shape[1]")
+    cdef int mi = blas_int(m, fn, "w.shape[1]")
     cdef int act = _activation_code(activation)
     cdef cnp.ndarray ba = _bias(b, xa, m, fn)
     xa = _c_or_f(xa)
@@ -307,11 +293,11 @@ def dense(x, w, b=None, activation="identity", out=None):
         return oa
     if cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT32:
         with nogil:
-            _matmul(<float*>xp, xf, <float*>wp, wf, <float*>op, n, k, m)
+            _matmul(<float*>xp, xf, <float*>wp, wf, <float*>op, ni, ki, mi)
             _epilogue(<float*>op, <float*>bp, n, m, act)
     else:
         with nogil:
-            _matmul(<double*>xp, xf, <double*>wp, wf, <double*>op, n, k, m)
+            _matmul(<double*>xp, xf, <double*>wp, wf, <double*>op, ni, ki, mi)
             _epilogue(<double*>op, <double*>bp, n, m, act)
     return oa
 
@@ -353,6 +339,8 @@ def lowrank_dense(x, u, v, b=None, activation="identity", out=None):
         raise ValueError(
             f"{fn}: v must have shape (r, m) with r = u.shape[1] = {r}; got v.shape = {(<object>va).shape}"
         )
+    cdef int ni = blas_int(n, fn, "x.shape[0]"), ki = blas_int(k, fn, "x.shape[1]")
+    cdef int ri = blas_int(r, fn, "u.shape[1]"), mi = blas_int(m, fn, "v.shape[1]")
     cdef int act = _activation_code(activation)
     cdef cnp.ndarray ba = _bias(b, xa, m, fn)
     xa = _c_or_f(xa)
@@ -372,19 +360,26 @@ def lowrank_dense(x, u, v, b=None, activation="identity", out=None):
         _np_matmul(_np_matmul(xa, ua), va, out=oa)
         _epilogue_any(oa, bp, n, m, act)
         return oa
-    cdef size_t item = cnp.PyArray_ITEMSIZE(xa)
-    cdef void* tmp = malloc(_imax(1, <int>(n * r)) * item)
+    if k == 0 or r == 0:
+        # x @ u is the empty sum: out = act(0 + b), no intermediate (its n * r may be huge)
+        oa.fill(0)
+        _epilogue_any(oa, bp, n, m, act)
+        return oa
+    # here n == 1: the intermediate is one row of r values
+    cdef size_t nbytes = checked_size(checked_size(<size_t>n, <size_t>r, fn, "the (n, r) intermediate"),
+                                      cnp.PyArray_ITEMSIZE(xa), fn, "the (n, r) intermediate")
+    cdef void* tmp = malloc(nbytes)
     if tmp == NULL:
-        raise MemoryError(f"{fn}: cannot allocate the ({n}, {r}) intermediate")
+        raise MemoryError(f"{fn}: cannot allocate the ({n}, {r}) intermediate ({nbytes} bytes)")
     try:
         if cnp.PyArray_TYPE(xa) == cnp.NPY_FLOAT32:
             with nogil:
                 _lowrank(<float*>xp, xf, <float*>up, uf, <float*>vp, vf, <float*>bp,
-                         <float*>tmp, <float*>op, n, k, r, m, act)
+                         <float*>tmp, <float*>op, ni, ki, ri, mi, act)
         else:
             with nogil:
                 _lowrank(<double*>xp, xf, <double*>up, uf, <double*>vp, vf, <double*>bp,
-                         <double*>tmp, <double*>op, n, k, r, m, act)
+                         <double*>tmp, <double*>op, ni, ki, ri, mi, act)
     finally:
         free(tmp)
     return oa
@@ -397,12 +392,15 @@ cdef int _ld(const floating[:, :] a, str name) except -1:
     if a.shape[0] > 1 and a.strides[0] != sizeof(floating):
         raise ValueError(f"gemm: {name} must have unit stride down its columns; got strides "
                          f"({a.strides[0]}, {a.strides[1]})")
+    blas_int(a.shape[0], "gemm", f"{name}.shape[0]")
+    blas_int(a.shape[1], "gemm", f"{name}.shape[1]")
     if a.shape[1] <= 1:
-        return _imax(1, a.shape[0])
-    if a.strides[1] % sizeof(floating) or a.strides[1] < a.shape[0] * sizeof(floating):
+        return _imax(1, <int>a.shape[0])
+    if a.strides[1] % sizeof(floating) or a.strides[1] < a.shape[0] * <Py_ssize_t>sizeof(floating):
         raise ValueError(f"gemm: {name} columns overlap or are misaligned: strides "
                          f"({a.strides[0]}, {a.strides[1]})")
-    return _imax(1, <int>(a.strides[1] // sizeof(floating)))
+    return _imax(1, blas_int(a.strides[1] // <Py_ssize_t>sizeof(floating), "gemm",
+                             f"the leading dimension of {name}"))
 
 
 def gemm(bint trans_a, bint trans_b, double alpha, const floating[:, :] a,
@@ -415,15 +413,16 @@ def gemm(bint trans_a, bint trans_b, double alpha, const floating[:, :] a,
     temporaries; accumulation through ``beta``).  Shapes are checked because a
     mismatch would make BLAS read out of bounds.
     """
-    cdef int m = c.shape[0], n = c.shape[1]
-    cdef int k = a.shape[0] if trans_a else a.shape[1]
-    cdef int am = a.shape[1] if trans_a else a.shape[0]
-    cdef int bk = b.shape[1] if trans_b else b.shape[0]
-    cdef int bn = b.shape[0] if trans_b else b.shape[1]
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    cdef Py_ssize_t am = a.shape[1] if trans_a else a.shape[0]
+    cdef Py_ssize_t bk = b.shape[1] if trans_b else b.shape[0]
+    cdef Py_ssize_t bn = b.shape[0] if trans_b else b.shape[1]
     if am != m or bn != n or bk != k:
         raise ValueError(
             f"gemm: op(a) is ({am}, {k}), op(b) is ({bk}, {bn}), c is ({m}, {n}); they do not chain"
         )
+    # _ld checks every dimension and leading dimension against BLAS's int
     cdef int lda = _ld(a, "a"), ldb = _ld(b, "b"), ldc = _ld(c, "c")
     if m == 0 or n == 0:
         return
@@ -436,8 +435,8 @@ def gemm(bint trans_a, bint trans_b, double alpha, const floating[:, :] a,
                 for i in range(m):
                     c[i, j] = <floating>(beta * c[i, j]) if beta != 0 else 0
         else:
-            _gemm(ta, tb, m, n, k, <floating>alpha, &a[0, 0], lda, &b[0, 0], ldb, <floating>beta,
-                  &c[0, 0], ldc)
+            _gemm(ta, tb, <int>m, <int>n, <int>k, <floating>alpha, &a[0, 0], lda, &b[0, 0], ldb,
+                  <floating>beta, &c[0, 0], ldc)
 
 
 def flip_signs(floating[:, ::1] u, floating[:, ::1] vt):

@@ -39,6 +39,8 @@ from libc.stdlib cimport malloc, free, qsort
 from libc.math cimport INFINITY
 from cpython.number cimport PyNumber_Index
 
+from _blas cimport checked_size
+
 import numpy as np
 
 cdef extern from *:
@@ -53,16 +55,11 @@ cdef extern from *:
     static int edgeloop_omp_max_threads(void) { return 1; }
     #endif
 
-    /* The per-pair loops, written so the compiler vectorises them.  On x86-64 Linux with
-       GCC >= 12 they are also compiled for AVX2 and AVX-512 (64-bit multiplies in SIMD)
-       and picked at load time; every variant does the same integer and IEEE operations
-       (no FMA: -ffp-contract=off), so results are bit-identical across variants. */
-    #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 \
-        && !defined(EDGELOOP_NO_CLONES)
-    #define EDGELOOP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-    #else
-    #define EDGELOOP_CLONES
-    #endif
+    /* The per-pair loops, written so the compiler vectorises them.  EDGELOOP_CLONES also
+       compiles them for AVX2 and AVX-512 (64-bit multiplies in SIMD), picked at load time;
+       every variant does the same integer and IEEE operations (no FMA: -ffp-contract=off),
+       so results are bit-identical across variants. */
+    #include "edgeloop_clones.h"
 
     /* mix64 without its first step; x is pre30(key side) ^ pre30(node side). */
     #define EDGELOOP_MIX_TAIL(z) do { (z) *= 0xBF58476D1CE4E5B9ULL; (z) ^= (z) >> 27; \
@@ -243,6 +240,9 @@ def stable_hash(data):
 def stable_hash_many(items, uint64_t[::1] out):
     """Hash every element of the sequence ``items`` into ``out`` (same length)."""
     cdef Py_ssize_t i
+    if len(items) != out.shape[0]:
+        raise ValueError(f"stable_hash_many: out must have shape ({len(items)},), one slot per item; "
+                         f"got ({out.shape[0]},)")
     cdef bytes b
     cdef const char* p
     for i in range(len(items)):
@@ -537,7 +537,7 @@ cdef class PreparedNodes:
         cdef uint64_t a
         if self._n == 0:
             return -1
-        if self._n > FIRST_STACK_NODES:
+        if self._n > FIRST_STACK_NODES:  # no overflow: _n * 8 bytes already exist as _nb
             buf = <uint64_t*>malloc(self._n * sizeof(uint64_t))
             if buf == NULL:
                 return -1
@@ -571,7 +571,7 @@ cdef class PreparedNodes:
         cdef Py_ssize_t i, n = self._n
         out = np.empty(n, dtype=np.int64)
         cdef int64_t[::1] out_v = out
-        cdef RankItem* items = <RankItem*>malloc(n * sizeof(RankItem))
+        cdef RankItem* items = <RankItem*>malloc(checked_size(<size_t>n, sizeof(RankItem), "rank", "the ranking"))
         if items == NULL:
             raise MemoryError(f"rank: cannot allocate {n} entries")
         cdef uint64_t a = pre30(mix64(k ^ _KEY_SALT))
@@ -638,6 +638,19 @@ cdef class PreparedNodes:
             _unusable(0)
         if caps.shape[0] != N or out.shape[0] != K:
             raise ValueError(f"caps/out must have shapes ({N},)/({K},), got ({caps.shape[0]},)/({out.shape[0]},)")
+        cdef int64_t room = 0
+        for c in range(N):  # saturating: huge caps must not overflow the sum
+            if caps[c] > 0:
+                if caps[c] >= K - room:
+                    room = K
+                    break
+                room += caps[c]
+        if room < K:
+            raise ValueError(f"caps must leave room for all {K} keys; they sum to {room}")
+        for k in range(K):  # out indexes the per-node tables below: it must hold node indices
+            if out[k] < 0 or out[k] >= N:
+                raise ValueError(f"out must hold the first choices (node indices in [0, {N})); "
+                                 f"out[{k}] = {out[k]}")
         cdef int64_t[::1] load = _alloc_i64(N)
         cdef unsigned char[::1] full = _alloc_u8(N)
         cdef uint64_t a
@@ -690,6 +703,11 @@ def capacities(const double[::1] weights_by_id, double capacity_factor, Py_ssize
     cdef Py_ssize_t i, N = weights_by_id.shape[0]
     cdef double total = 0.0, q, ck = capacity_factor * <double>n_keys
     cdef int64_t cap
+    if caps_by_id.shape[0] != N:
+        raise ValueError(f"capacities: caps_by_id must have shape ({N},) like weights_by_id; "
+                         f"got ({caps_by_id.shape[0]},)")
+    if n_keys < 0:
+        raise ValueError(f"capacities: n_keys must be >= 0; got {n_keys}")
     for i in range(N):
         total = total + weights_by_id[i]
     for i in range(N):

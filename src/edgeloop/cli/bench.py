@@ -3,9 +3,15 @@ from __future__ import annotations
 
 
 def _run_kernels(args) -> int:
-    from edgeloop.bench.kernels import run
+    import sys
 
-    return run(args.quick, args.only, args.json_path)
+    from edgeloop.bench.kernels import MissingBenchExtra, run
+
+    try:
+        return run(args.quick, args.only, args.json_path, args.check)
+    except MissingBenchExtra as exc:  # one line saying what to install, not a traceback
+        print(f"edgeloop: {exc}", file=sys.stderr)
+        return 2
 
 
 def register(sub) -> None:

@@ -69,9 +69,16 @@ class HistogramAccumulator:
         return self.edges.shape[1] - 1
 
     def update(self, x) -> "HistogramAccumulator":
-        """Count a batch x (n, F) in one pass (a binary search per value, GIL released)."""
-        arr = _as_float_matrix("x", x, self.n_features)
-        if arr.shape[0]:
+        """Count a batch x (n, F) in one pass (compares or a binary search per value, GIL released).
+
+        A C-contiguous float32/float64 (n, F) array goes straight to the native entry, which
+        checks it (a batch of 64 features costs a few microseconds, so the checks are not
+        done twice); anything else is converted once, with this module's error messages.
+        """
+        try:
+            _st.hist_update(x, self.edges, self.counts, self.nan_counts)
+        except (TypeError, ValueError):  # refused before anything was counted
+            arr = _as_float_matrix("x", x, self.n_features)
             _st.hist_update(arr, self.edges, self.counts, self.nan_counts)
         return self
 
