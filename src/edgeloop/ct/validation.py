@@ -90,6 +90,7 @@ class ValidationPolicy:
     min_constant_rows: int = 50  # a batch shorter than this is not judged constant
     min_edge_rows: int = 100  # an edge with fewer rows is not compared with the others
     edge_psi_factor: float = 4.0  # an edge's PSI vs the others must exceed this x their median
+    min_edge_psi: float = 0.05  # ... and this (smaller differences are never worth a quarantine)
     min_label_agreement: float = 0.0  # cosine of label-conditional means, an edge vs the others
     min_clean_rows: int = 100
     min_clean_fraction: float = 0.5
@@ -230,8 +231,9 @@ def _check_values(c: _Checked, profile: ReferenceProfile, policy: ValidationPoli
             col = x[:, f]
             out = np.nonzero(np.isfinite(col) & ~np.isin(col, fp.categories))[0]
             if out.size:
+                cats = ", ".join(f"{v:g}" for v in fp.categories[:10])
                 c.fail("domain", f"feature '{fp.name}' has {out.size} value(s) not among the reference's categories "
-                                 f"{list(fp.categories)[:10]} (e.g. {col[out[0]]:g}) in {_rows_text(out)}")
+                                 f"[{cats}] (e.g. {col[out[0]]:g}) in {_rows_text(out)}")
     if c.y is not None:
         y = c.y
         bad = ~np.isfinite(y)
@@ -239,8 +241,9 @@ def _check_values(c: _Checked, profile: ReferenceProfile, policy: ValidationPoli
             bad |= ~np.isin(y, label_set)
         idx = np.nonzero(bad)[0]
         if idx.size:
-            expected = f"one of {list(label_set)[:10]}" if label_set is not None else "finite"
-            c.fail("labels", f"{idx.size} label(s) not {expected} (e.g. {y[idx[0]]!r}) in {_rows_text(idx)}")
+            expected = ("one of [" + ", ".join(f"{v:g}" for v in label_set[:10]) + "]") if label_set is not None \
+                else "finite"
+            c.fail("labels", f"{idx.size} label(s) not {expected} (e.g. {y[idx[0]]:g}) in {_rows_text(idx)}")
     if c.rows >= policy.min_constant_rows:
         for f, fp in enumerate(profile.features):
             col = x[:, f]
@@ -297,13 +300,13 @@ def _edge_feature_anomalies(by_edge: dict, profile: ReferenceProfile, policy: Va
         for f, fp in enumerate(profile.features):
             others = [vals[o][f] for o in names if o != e]
             med = float(np.median(others))
-            bar = max(profile.threshold("psi", f, n), policy.edge_psi_factor * med)
+            bar = max(profile.threshold("psi", f, n), policy.edge_psi_factor * med, policy.min_edge_psi)
             v = float(vals[e][f])
             if v > bar:
                 found.setdefault(e, []).append(
                     f"edge '{e}': feature '{fp.name}' is far from the other {len(names) - 1} edges' (PSI {v:.3g} > "
-                    f"{bar:.3g}, the larger of the reference threshold and {policy.edge_psi_factor:g}× the others' "
-                    f"median {med:.3g}); mean {_mean(by_edge[e], f):.4g} vs {_pooled_mean(by_edge, e, f):.4g}")
+                    f"{bar:.3g}, the largest of the reference threshold, {policy.edge_psi_factor:g}× the others' "
+                    f"median {med:.3g} and {policy.min_edge_psi:g}); mean {_mean(by_edge[e], f):.4g} vs {_pooled_mean(by_edge, e, f):.4g}")
     return found
 
 
