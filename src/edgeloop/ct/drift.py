@@ -25,6 +25,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.stats
@@ -116,11 +117,27 @@ class ReferenceProfile:
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
 
+    @cached_property
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """The tuples as read-only arrays, built once per profile (monitors run every window)."""
+        arrays = {
+            "edges": np.array([f.edges for f in self.features], dtype=np.float64),
+            "counts": np.array([f.counts for f in self.features], dtype=np.int64),
+            "sorted_sample": np.sort(np.array([f.sample for f in self.features], dtype=np.float64), axis=1),
+        }
+        if self.pca is not None:
+            arrays["pca_mean"] = np.array(self.pca.mean)
+            arrays["pca_scale"] = np.array(self.pca.scale)
+            arrays["pca_components"] = np.array(self.pca.components)
+        for a in arrays.values():
+            a.flags.writeable = False
+        return arrays
+
     def edges_matrix(self) -> np.ndarray:
-        return np.array([f.edges for f in self.features], dtype=np.float64)
+        return self._arrays["edges"]
 
     def counts_matrix(self) -> np.ndarray:
-        return np.array([f.counts for f in self.features], dtype=np.int64)
+        return self._arrays["counts"]
 
     def accumulator(self) -> HistogramAccumulator:
         """An empty streaming histogram with this profile's edges (what an edge keeps per model)."""
@@ -204,6 +221,8 @@ def _profile_from_doc(doc) -> ReferenceProfile:
         features.append(FeatureProfile(name, kind, edges, tuple(int(c) for c in counts), cats, ints["count"],
                                        nums["mean"], nums["std"], nums["minimum"], nums["maximum"],
                                        ints["longest_run"], sample))
+    if len({len(f.sample) for f in features}) != 1 or not features[0].sample:
+        raise ValueError("profile field features[*].sample must be non-empty and of one length for all features")
     if len({f.name for f in features}) != len(features):
         raise ValueError("profile field features must have distinct names")
     F = len(features)
@@ -400,46 +419,56 @@ def _calibration_draws(arr, acc, take, kinds, starts, window) -> dict[str, np.nd
         out["psi"][d] = psi(rest, block_acc.counts)
         out["js"][d] = js_distance(rest, block_acc.counts)
         keep = (take < s) | (take >= s + window)  # the sample's rows outside the block
-        ref_sample = arr[take[keep]]
-        stats = _raw_stats(ref_sample, block, kinds, numeric, rest, block_acc.counts)
+        ref_sorted = np.sort(arr[take[keep]].T, axis=1)
+        stats = _raw_stats(ref_sorted, block, kinds, numeric, rest, block_acc.counts)
         for k, v in stats.items():
             out[k][d] = v
     return out
 
 
-def _ks_statistic(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
-    """Two-sample KS statistic, as ``scipy.stats.ks_2samp(...).statistic`` (inputs sorted)."""
+def _ks_and_wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[float, float]:
+    """Two-sample KS statistic and 1-Wasserstein distance from one merge of two sorted samples.
+
+    Equal to ``scipy.stats.ks_2samp(...).statistic`` and ``scipy.stats.wasserstein_distance``
+    (tests/ct/test_drift.py checks it, ties included).  A stable argsort of two sorted runs is
+    a linear-time merge; both ECDFs are then running counts.
+    """
     both = np.concatenate([ref_sorted, cur_sorted])
-    a = np.searchsorted(ref_sorted, both, side="right") / ref_sorted.size
-    b = np.searchsorted(cur_sorted, both, side="right") / cur_sorted.size
-    return float(np.max(np.abs(a - b)))
+    order = np.argsort(both, kind="stable")
+    v = both[order]
+    from_ref = order < ref_sorted.size
+    gap = np.abs(np.cumsum(from_ref) / ref_sorted.size - np.cumsum(~from_ref) / cur_sorted.size)
+    last_of_value = np.empty(v.size, dtype=bool)  # ECDFs are compared after all ties of a value
+    np.not_equal(v[1:], v[:-1], out=last_of_value[:-1])
+    last_of_value[-1] = True
+    return float(gap[last_of_value].max()), float(np.dot(gap[:-1], np.diff(v)))
+
+
+def _ks_statistic(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
+    return _ks_and_wasserstein(ref_sorted, cur_sorted)[0]
 
 
 def _wasserstein(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> float:
-    """1-Wasserstein distance, as ``scipy.stats.wasserstein_distance`` (inputs sorted)."""
-    both = np.sort(np.concatenate([ref_sorted, cur_sorted]))
-    deltas = np.diff(both)
-    a = np.searchsorted(ref_sorted, both[:-1], side="right") / ref_sorted.size
-    b = np.searchsorted(cur_sorted, both[:-1], side="right") / cur_sorted.size
-    return float(np.sum(np.abs(a - b) * deltas))
+    return _ks_and_wasserstein(ref_sorted, cur_sorted)[1]
 
 
-def _raw_stats(ref_sample, cur, kinds, numeric, ref_counts, cur_counts) -> dict[str, np.ndarray]:
+def _raw_stats(ref_sorted, cur, kinds, numeric, ref_counts, cur_counts) -> dict[str, np.ndarray]:
     """KS, Wasserstein/sd (numeric) and chi-square/n (categorical) per feature; nan where n/a.
 
-    The statistics equal scipy.stats' (checked in the tests); sorting once per feature makes the
-    hundreds of calibration draws affordable.
+    ``ref_sorted`` (F, m): each feature's reference sample, sorted.  The KS statistic and the
+    Wasserstein distance are computed as scipy.stats computes them (the tests check equality), on
+    arrays sorted once, which makes hundreds of calibration draws and 10k-row windows cheap.
     """
     F = cur.shape[1]
     ks = np.full(F, np.nan)
     ws = np.full(F, np.nan)
     chi = np.full(F, np.nan)
     for f in numeric:
-        r = np.sort(ref_sample[:, f])
+        r = ref_sorted[f]
         c = np.sort(cur[:, f])
-        ks[f] = _ks_statistic(r, c)
+        ks[f], w = _ks_and_wasserstein(r, c)
         sd = r.std()
-        ws[f] = _wasserstein(r, c) / (sd if sd > 0 else 1.0)
+        ws[f] = w / (sd if sd > 0 else 1.0)
     for f in range(F):
         if kinds[f] == "categorical":
             chi[f] = _chi2(ref_counts[f], cur_counts[f])[0] / max(int(cur_counts[f].sum()), 1)
@@ -588,11 +617,14 @@ def histogram_drift(profile: ReferenceProfile, current, slice_key: str = FLEET,
     return out
 
 
-def window_drift(profile: ReferenceProfile, window, slice_key: str = FLEET) -> list[MonitorResult]:
+def window_drift(profile: ReferenceProfile, window, slice_key: str = FLEET,
+                 histogram: HistogramAccumulator | None = None) -> list[MonitorResult]:
     """Two-sample tests of raw window rows (n, F) against the profile's reference sample.
 
-    Numeric features: KS statistic and Wasserstein distance (in reference standard deviations),
-    from ``scipy.stats``; categorical ones: chi-square over the categories, per row.
+    Numeric features: the two-sample KS statistic and the Wasserstein distance (in reference
+    standard deviations), equal to ``scipy.stats.ks_2samp``'s and ``wasserstein_distance``'s;
+    categorical ones: ``scipy.stats.chi2_contingency`` over the categories, divided by the rows.
+    ``histogram``: this window's histogram if the caller already has it (saves a pass).
     """
     _check_slice(slice_key)
     cur = np.asarray(window, dtype=np.float64)
@@ -605,10 +637,12 @@ def window_drift(profile: ReferenceProfile, window, slice_key: str = FLEET) -> l
     if n == 0:
         return []
     kinds = [fp.kind for fp in profile.features]
-    sample = np.array([fp.sample for fp in profile.features], dtype=np.float64).T
-    acc = profile.accumulator().update(cur)
-    stats = _raw_stats(sample, cur, kinds, [f for f in range(F) if kinds[f] == "numeric"],
-                       profile.counts_matrix(), acc.counts)
+    ref_sorted = profile._arrays["sorted_sample"]
+    if histogram is not None and not np.array_equal(histogram.edges, profile.edges_matrix()):
+        raise ValueError("histogram must use the profile's edges (profile.accumulator())")
+    acc = histogram if histogram is not None else profile.accumulator().update(cur)
+    ref_counts = profile.counts_matrix()
+    stats = _raw_stats(ref_sorted, cur, kinds, [f for f in range(F) if kinds[f] == "numeric"], ref_counts, acc.counts)
     fixed = profile.threshold_source == "fixed"
     out = []
     for f, fp in enumerate(profile.features):
@@ -618,18 +652,18 @@ def window_drift(profile: ReferenceProfile, window, slice_key: str = FLEET) -> l
             if not math.isfinite(v):
                 continue
             if fixed and stat == "ks":
-                m = sample.shape[0]
+                m = ref_sorted.shape[1]
                 t = math.sqrt(-math.log(FIXED_ALPHA / 2) / 2) * math.sqrt((n + m) / (n * m))
                 source = f"KS critical value at p={FIXED_ALPHA}"
             elif fixed and stat == "chi2":
-                dof = max(_chi2(profile.counts_matrix()[f], acc.counts[f])[1], 1)
+                dof = max(_chi2(ref_counts[f], acc.counts[f])[1], 1)
                 t = float(scipy.stats.chi2.ppf(1 - FIXED_ALPHA, dof)) / n
                 source = f"chi-square critical value at p={FIXED_ALPHA}"
             else:
                 t = profile.threshold(stat, f, n)
                 source = profile.threshold_source
             alarm = v > t
-            detail = _worst_bin(fp, profile.counts_matrix()[f], acc.counts[f])
+            detail = _worst_bin(fp, ref_counts[f], acc.counts[f])
             if fp.kind == "numeric":
                 detail = (f"mean {fp.mean:.3g} → {cur[:, f].mean():.3g}, sd {fp.std:.3g} → {cur[:, f].std():.3g}; "
                           + detail)
@@ -659,7 +693,8 @@ def pca_drift(profile: ReferenceProfile, window, slice_key: str = FLEET) -> Moni
     n = cur.shape[0]
     if n == 0:
         return None
-    err = reconstruction_error(cur, np.array(pca.mean), np.array(pca.scale), np.array(pca.components))
+    a = profile._arrays
+    err = reconstruction_error(cur, a["pca_mean"], a["pca_scale"], a["pca_components"])
     value = float(err.mean())
     spread = pca.error_std * math.sqrt(profile.window / n) if n != profile.window else pca.error_std
     spread = max(spread, 1e-12)
