@@ -66,7 +66,8 @@ def test_a_shifted_feature_alarms_on_every_statistic_and_names_itself(profile):
 
 def test_fixed_thresholds_are_the_usual_defaults():
     rng = np.random.default_rng(1)
-    prof = build_reference(sample(rng, 3000), NAMES, thresholds="fixed", pca_components=0)
+    prof = build_reference(sample(rng, 3000), NAMES, thresholds="fixed")
+    assert prof.pca is not None  # 3000 rows give 6 chunks of the default 500-row window
     assert prof.threshold_source == "fixed"
     assert prof.thresholds["psi"] == (0.25,) * F and prof.thresholds["js"] == (0.1,) * F
     quiet = histogram_drift(prof, prof.accumulator().update(sample(rng, 500)))
@@ -86,12 +87,15 @@ def test_pca_catches_a_broken_correlation_that_the_marginals_hide(profile):
     assert "reconstruction error" in r.evidence and "± 3×" in r.evidence
 
 
-def test_threshold_rescales_with_the_window_size(profile):
-    assert profile.threshold("psi", 0, 1600) < profile.threshold("psi", 0, 400) < profile.threshold("psi", 0, 100)
+def test_threshold_grows_for_smaller_windows_and_holds_for_larger_ones(profile):
+    assert profile.threshold("psi", 0, 100) > profile.threshold("psi", 0, 400) == profile.threshold("psi", 0, 1600)
+    assert profile.threshold("ks", 0, 100) == pytest.approx(
+        profile.threshold("ks", 0, 400) * ((1 / 100 + 1 / 11_600) / (1 / 400 + 1 / 11_600)) ** 0.5)
     rng = np.random.default_rng(21)
-    for _ in range(5):
-        assert not any(r.alarm for r in all_monitors(profile, sample(rng, 1600)))
-    big = all_monitors(profile, sample(rng, 1600, shift={4: 0.25}))
+    for n in (100, 1600):
+        for _ in range(4):
+            assert not any(r.alarm for r in all_monitors(profile, sample(rng, n))), n
+    big = all_monitors(profile, sample(rng, 1600, shift={4: 0.4}))
     assert {r.subject for r in big if r.alarm and r.monitor != "pca"} == {"x4"}
 
 

@@ -119,3 +119,25 @@ def test_bad_inputs_are_refused_with_the_field_named():
         e.evaluate(1.0, running=-1)
     with pytest.raises(ValueError, match="'accuracy'"):
         e.observe_performance(Metric("f1_macro", 0.5, 0.4, 0.6, 300, True))
+
+
+def test_state_survives_a_restart_through_json():
+    import json
+
+    e = engine(volume=100)
+    e.add_labelled(40)
+    for _ in range(2):
+        e.observe_window([psi_result(0.31, True)])
+    e.request_manual("check the new sensor")
+    assert e.evaluate(5.0).firing.kind == "manual"
+    e.request_manual("again")
+    state = json.loads(json.dumps(e.to_state()))
+    back = TriggerEngine.from_state(e.policy, state)
+    assert back.to_state() == e.to_state()
+    back.observe_window([psi_result(0.31, True)])  # the third window in a row, after the restart
+    f = back.evaluate(6.0).firing
+    assert f.kinds == ("manual", "drift") and "for 3 windows" in f.evidence
+    with pytest.raises(ValueError, match="trigger state streaks"):
+        TriggerEngine.from_state(e.policy, {**state, "streaks": [["psi", "x", "fleet", -1]]})
+    with pytest.raises(ValueError, match="trigger state last_run"):
+        TriggerEngine.from_state(e.policy, {**state, "last_run": "yesterday"})

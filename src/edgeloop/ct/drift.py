@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 FLEET = "fleet"
+FIXED = "fixed"
+PSI_WARN = 0.1  # fixed mode: PSI in [0.1, 0.25) is reported as a moderate shift, not an alarm
 PROFILE_FORMAT = 1
 FIXED_THRESHOLDS = {"psi": 0.25, "js": 0.1, "wasserstein": 0.1}
 FIXED_ALPHA = 0.05  # KS and chi-square in fixed mode: the test's critical value at this p
@@ -146,7 +148,9 @@ class ReferenceProfile:
     def threshold(self, stat: str, feature: int, n: int) -> float:
         """The threshold of ``stat`` for feature ``feature`` on a window of ``n`` rows."""
         base = self.thresholds[stat][feature]
-        if self.threshold_source == "fixed" or n == self.window or n < 1:
+        if self.threshold_source == FIXED or n >= self.window or n < 1:
+            # Larger windows keep the calibrated value: real data varies slowly (days, seasons), and
+            # that variation does not shrink like 1/n the way sampling noise does.
             return base
         ref = max(self.n_rows - self.window, 1)
         rate = (1.0 / n + 1.0 / ref) / (1.0 / self.window + 1.0 / ref)
@@ -375,7 +379,7 @@ def build_reference(x, names, kinds=None, *, bins: int = 10, window: int = 500, 
         raise ValueError(f"pca_components must be in 0..{F}, got {pca_components!r}")
 
     th: dict[str, np.ndarray] = {}
-    source = "fixed"
+    source = FIXED
     pca = None
     if pca_k:
         pca = _fit_pca(arr, pca_k, window, n_draws, seed, pca_sigmas)
@@ -485,7 +489,7 @@ def _chi2(ref_counts, cur_counts) -> tuple[float, int]:
     return float(stat), table.shape[1] - 1
 
 
-def _fit_pca(arr, k, window, n_draws, seed, sigmas) -> PcaProfile:
+def _fit_pca(arr, k, window, n_draws, seed, sigmas) -> PcaProfile | None:
     mean = arr.mean(axis=0)
     scale = arr.std(axis=0)
     scale[scale == 0] = 1.0
@@ -493,12 +497,11 @@ def _fit_pca(arr, k, window, n_draws, seed, sigmas) -> PcaProfile:
     _, _, vt = randomized_svd(np.ascontiguousarray(z), k, seed=seed)
     err = reconstruction_error(arr, mean, scale, vt)
     n = arr.shape[0]
-    if n >= 2 * window:
-        starts = _block_starts(n, window, max(n_draws, 20), seed + 1)
-        cs = np.concatenate(([0.0], np.cumsum(err)))
-        block_means = (cs[starts + window] - cs[starts]) / window
-    else:
-        block_means = np.array([err.mean()])
+    if n < 2 * window:
+        return None  # no spread over chunks to set a band from
+    starts = _block_starts(n, window, max(n_draws, 20), seed + 1)
+    cs = np.concatenate(([0.0], np.cumsum(err)))
+    block_means = (cs[starts + window] - cs[starts]) / window
     return PcaProfile(tuple(mean.tolist()), tuple(scale.tolist()), tuple(tuple(r) for r in vt.tolist()),
                       float(block_means.mean()), float(block_means.std()), float(sigmas))
 
@@ -609,6 +612,8 @@ def histogram_drift(profile: ReferenceProfile, current, slice_key: str = FLEET,
             t = profile.threshold(stat, f, n)
             alarm = v > t
             worst = _worst_bin(fp, ref[f], counts[f])
+            if stat == "psi" and profile.threshold_source == FIXED and PSI_WARN <= v <= t:
+                worst = f"moderate shift (PSI {PSI_WARN:g}–{t:g}); " + worst
             out.append(MonitorResult(
                 stat, fp.name, slice_key, v, t, profile.threshold_source, alarm, n,
                 f"feature '{fp.name}' {STAT_LABEL[stat]} {v:.3g} {'>' if alarm else '<='} {t:.3g} "
@@ -643,7 +648,7 @@ def window_drift(profile: ReferenceProfile, window, slice_key: str = FLEET,
     acc = histogram if histogram is not None else profile.accumulator().update(cur)
     ref_counts = profile.counts_matrix()
     stats = _raw_stats(ref_sorted, cur, kinds, [f for f in range(F) if kinds[f] == "numeric"], ref_counts, acc.counts)
-    fixed = profile.threshold_source == "fixed"
+    fixed = profile.threshold_source == FIXED
     out = []
     for f, fp in enumerate(profile.features):
         names = ("ks", "wasserstein") if fp.kind == "numeric" else ("chi2",)
@@ -679,7 +684,7 @@ def pca_drift(profile: ReferenceProfile, window, slice_key: str = FLEET) -> Moni
     """Multivariate drift: the window's mean PCA reconstruction error against the reference band.
 
     Alarm when it leaves error_mean +- sigmas * error_std (the spread over reference blocks of the
-    calibration window, rescaled like 1/sqrt(n) for other window sizes).  None without a PCA.
+    calibration window, widened like 1/sqrt(n) for smaller windows).  None without a PCA.
     """
     _check_slice(slice_key)
     pca = profile.pca
@@ -696,7 +701,7 @@ def pca_drift(profile: ReferenceProfile, window, slice_key: str = FLEET) -> Moni
     a = profile._arrays
     err = reconstruction_error(cur, a["pca_mean"], a["pca_scale"], a["pca_components"])
     value = float(err.mean())
-    spread = pca.error_std * math.sqrt(profile.window / n) if n != profile.window else pca.error_std
+    spread = pca.error_std * math.sqrt(profile.window / n) if n < profile.window else pca.error_std
     spread = max(spread, 1e-12)
     lo, hi = pca.error_mean - pca.sigmas * spread, pca.error_mean + pca.sigmas * spread
     alarm = not lo <= value <= hi

@@ -10,7 +10,7 @@ by a cooldown or the concurrency limit is reported with why, and fires later if 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from .drift import MonitorResult
 from .performance import Metric
@@ -258,3 +258,66 @@ class TriggerEngine:
             self._streaks.clear()
         if "performance" in kinds:
             self._perf = None
+
+    # ------------------------------------------------------------------------ persistence
+
+    def to_state(self) -> dict:
+        """Plain JSON-able state, so a restarted coordinator resumes streaks, counters and cooldowns."""
+        return {
+            "model": self.model,
+            "last_fired": dict(self._last_fired),
+            "last_run": self._last_run,
+            "labelled": self._labelled,
+            "streaks": [[*key, count] for key, count in sorted(self._streaks.items())],
+            "latest": [asdict(r) for _, r in sorted(self._latest.items())],
+            "manual": list(self._manual),
+        }
+
+    @classmethod
+    def from_state(cls, policy: TriggerPolicy, state: dict) -> "TriggerEngine":
+        """Rebuild from ``to_state()`` output (read back from the store: checked, bounded)."""
+        def bad(key, value, expected):
+            raise ValueError(f"trigger state {key} must be {expected}, got {_cut(value)}")
+
+        if not isinstance(state, dict):
+            bad("<document>", state, "a mapping")
+        model = state.get("model")
+        if not isinstance(model, str) or not 0 < len(model) <= 128:
+            bad("model", model, "a model name of 1..128 characters")
+        last_run = state.get("last_run")
+        if isinstance(last_run, bool) or not isinstance(last_run, (int, float)) or not math.isfinite(last_run):
+            bad("last_run", last_run, "a finite time in seconds")
+        engine = cls(model, policy, float(last_run))
+        fired = state.get("last_fired", {})
+        if not isinstance(fired, dict) or any(k not in KINDS or isinstance(v, bool) or not isinstance(v, (int, float))
+                                              for k, v in fired.items()):
+            bad("last_fired", fired, f"a mapping from {KINDS} to times")
+        engine._last_fired = {k: float(v) for k, v in fired.items()}
+        labelled = state.get("labelled", 0)
+        if isinstance(labelled, bool) or not isinstance(labelled, int) or labelled < 0:
+            bad("labelled", labelled, "an int >= 0")
+        engine._labelled = labelled
+        streaks = state.get("streaks", [])
+        if not isinstance(streaks, list) or len(streaks) > MAX_STREAK_KEYS:
+            bad("streaks", streaks, f"a list of at most {MAX_STREAK_KEYS} [monitor, subject, slice, count]")
+        for item in streaks:
+            if (not isinstance(item, list) or len(item) != 4 or not all(isinstance(v, str) for v in item[:3])
+                    or isinstance(item[3], bool) or not isinstance(item[3], int) or item[3] < 0):
+                bad("streaks[]", item, "[monitor, subject, slice, count >= 0]")
+            engine._streaks[tuple(item[:3])] = item[3]
+        latest = state.get("latest", [])
+        if not isinstance(latest, list) or len(latest) > MAX_STREAK_KEYS:
+            bad("latest", latest, "a list of monitor results")
+        for doc in latest:
+            try:
+                r = MonitorResult(**doc)
+            except TypeError:
+                bad("latest[]", doc, "a monitor result's fields")
+            engine._latest[(r.monitor, r.subject, r.slice_key)] = r
+        if any(key not in engine._latest for key in engine._streaks):
+            bad("latest", latest, "one result for every streak")
+        manual = state.get("manual", [])
+        if not isinstance(manual, list) or not all(isinstance(m, str) and 0 < len(m) <= MAX_REASON for m in manual):
+            bad("manual", manual, f"a list of reasons of 1..{MAX_REASON} characters")
+        engine._manual = list(manual)
+        return engine
