@@ -200,3 +200,22 @@ def test_signature_from_onnx():
     model = helper.make_model(graph)
     assert signature_from_onnx(model.SerializeToString()) == (TensorSpec("input", "float32", (-1, F)),)
     assert signature_from_onnx(onnx.load_from_string(model.SerializeToString()))[0].name == "input"
+
+
+def test_garbage_batches_are_quarantined_not_crashed_on(profile):
+    rng = np.random.default_rng(9)
+    x, y = rows(rng, 50)
+    cases = {
+        "list": (Batch("list", "e1", {"input": x.tolist()}, y), "input 'input' must be an array, got list"),
+        "strlabels": (Batch("strlabels", "e1", {"input": x}, np.array(["a"] * 50)), "labels must be 50 numbers"),
+        "intids": (Batch("intids", "e1", {"input": x}, y, tuple(range(50))), "request_ids must be strings"),
+        "notmap": (Batch("notmap", "e1", "input", y), "inputs must be a mapping"),
+        "object": (Batch("object", "e1", {"input": x.astype(object)}, y), "dtype object, expected float32"),
+        "rows": (Batch("rows", "e1", {"input": x}, y[:10]), "labels must be 50 numbers"),
+        "edge": (Batch("edge", "e1/../../x", {"input": x}, y), "edge must be 1..128 characters"),
+    }
+    res = validate_batches([b for b, _ in cases.values()], SIG, profile, POLICY)
+    q = quarantined(res)
+    for bid, (_, text) in cases.items():
+        assert any(text in r for r in q[bid].reasons), (bid, q[bid].reasons)
+    assert res.clean == () and not res.enough

@@ -61,11 +61,12 @@ def _cut(value, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_name(what: str, name) -> str:
-    """A feature or slice name: bounded, printable, no path or control characters."""
+def check_name(what: str, name, label: str | None = None) -> str:
+    """A feature or slice name (``what``: "feature name" or "slice_key"): bounded, printable, no
+    path or control characters.  ``label`` names the field in the error (default: ``what``)."""
     pattern = _SLICE if what == "slice_key" else _NAME
     if not isinstance(name, str) or not pattern.match(name):
-        raise ValueError(f"{what} must be 1..128 characters of letters, digits and _.:-"
+        raise ValueError(f"{label or what} must be 1..128 characters of letters, digits and _.:-"
                          f"{'' if what == 'slice_key' else '/ ()'} (not starting with punctuation), got {_cut(name)}")
     return name
 

@@ -211,7 +211,7 @@ def _check_schema(c: _Checked, signature, policy: ValidationPolicy, feature_inpu
 def _check_values(c: _Checked, profile: ReferenceProfile, policy: ValidationPolicy, label_set) -> None:
     b = c.batch
     for name, arr in b.inputs.items():
-        if arr.dtype.kind == "f":
+        if arr.dtype.kind == "f" and arr.size:
             bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1) if arr.ndim else ~np.isfinite(arr)
             if np.any(bad):
                 nan = int(np.isnan(arr).sum())
@@ -379,8 +379,8 @@ def validate_batches(batches, signature, profile: ReferenceProfile, policy: Vali
         c = _Checked(b, 0)
         checked.append(c)
         try:
-            check_name("slice_key", b.edge)
-            check_name("slice_key", b.batch_id)
+            check_name("slice_key", b.edge, "edge")
+            check_name("slice_key", b.batch_id, "batch_id")
         except ValueError as exc:
             c.fail("schema", str(exc))
             continue
