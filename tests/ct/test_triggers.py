@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+import numpy as np
+
+from edgeloop.ct.detectors import Adwin
 from edgeloop.ct.drift import MonitorResult
 from edgeloop.ct.performance import Metric
 from edgeloop.ct.triggers import TriggerEngine, TriggerPolicy
@@ -141,3 +144,16 @@ def test_state_survives_a_restart_through_json():
         TriggerEngine.from_state(e.policy, {**state, "streaks": [["psi", "x", "fleet", -1]]})
     with pytest.raises(ValueError, match="trigger state last_run"):
         TriggerEngine.from_state(e.policy, {**state, "last_run": "yesterday"})
+
+
+def test_an_error_stream_change_is_a_performance_trigger():
+    rng = np.random.default_rng(0)
+    errors = np.concatenate([rng.random(2000) < 0.1, rng.random(500) < 0.3]).astype(float)
+    found = Adwin().update_many(errors)
+    e = engine()
+    e.observe_detection(found[0])
+    f = e.evaluate(1.0).firing
+    assert f.kind == "performance"
+    assert f.evidence.startswith("performance: the error stream changed: ADWIN: error rate 10.")
+    assert "detected at sample" in f.evidence
+    assert e.evaluate(2.0).firing is None  # consumed by the run

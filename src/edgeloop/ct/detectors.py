@@ -67,7 +67,7 @@ class Adwin:
     name = "ADWIN"
 
     def __init__(self, delta: float = 0.01, clock: int = 8, min_len: int = 5, max_window: int = 20_000,
-                 direction: str = "up"):
+                 direction: str = "up", label: str = "error rate"):
         self.delta = float(_positive("delta", delta))
         if not self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {delta!r}")
@@ -79,6 +79,7 @@ class Adwin:
         if direction not in ("up", "both"):
             raise ValueError(f"direction must be 'up' or 'both', got {direction!r}")
         self.direction = direction
+        self.label = str(label)[:60]  # what the stream is, for the evidence text
         self._buf = np.empty(self.max_window, dtype=np.float64)
         self._cs = np.empty(self.max_window, dtype=np.float64)  # prefix sums of _buf
         self._cs2 = np.empty(self.max_window, dtype=np.float64)  # prefix sums of squares
@@ -219,7 +220,7 @@ class Adwin:
                 index = self._seen - 1
                 first = Detection(
                     self.name, index, float(diff[j]), float(eps[j]), float(mu0[j]), float(mu1[j]),
-                    f"ADWIN: mean {mu0[j]:.1%} over {cut} samples -> {mu1[j]:.1%} over the last "
+                    f"ADWIN: {self.label} {mu0[j]:.1%} over {cut} samples -> {mu1[j]:.1%} over the last "
                     f"{int(n1[j])} (difference {diff[j]:.3f} > bound {eps[j]:.3f} at delta {self.delta:g}); "
                     f"detected at sample {index}",
                 )
@@ -241,8 +242,10 @@ class PageHinkley:
 
     name = "Page-Hinkley"
 
-    def __init__(self, delta: float = 0.25, lam: float = 30.0, min_samples: int = 30, sd_floor: float = 0.25):
+    def __init__(self, delta: float = 0.25, lam: float = 30.0, min_samples: int = 30, sd_floor: float = 0.25,
+                 label: str = "error rate"):
         self.delta = float(_positive("delta", delta))
+        self.label = str(label)[:60]
         self.sd_floor = float(_positive("sd_floor", sd_floor))
         self.lam = float(_positive("lam", lam))
         self.min_samples = int(_positive("min_samples", min_samples, integer=True))
@@ -292,7 +295,7 @@ class PageHinkley:
             det = Detection(
                 self.name, index, float(stat[i]), self.lam, float(mean[i]), float(x[max(0, i - 49): i + 1].mean()),
                 f"Page-Hinkley: cumulative rise {stat[i]:.1f} > {self.lam:g} (in standard deviations, "
-                f"allowance {self.delta:g}/sample); running mean {mean[i]:.1%}, last "
+                f"allowance {self.delta:g}/sample); {self.label} {mean[i]:.1%} so far, last "
                 f"{min(i + 1, 50)} samples {x[max(0, i - 49): i + 1].mean():.1%}; detected at sample {index}",
             )
             out.append(det)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from .detectors import Detection
 from .drift import MonitorResult
 from .performance import Metric
 
@@ -117,6 +118,7 @@ class TriggerEngine:
         self._streaks: dict[tuple[str, str, str], int] = {}
         self._latest: dict[tuple[str, str, str], MonitorResult] = {}
         self._perf: tuple[Metric, float | None] | None = None
+        self._change: Detection | None = None
         self._manual: list[str] = []
 
     # ----------------------------------------------------------------------------- inputs
@@ -153,6 +155,12 @@ class TriggerEngine:
             raise ValueError(f"metric must be {self.policy.performance_metric!r} (the policy's), got {metric.name!r}")
         self._perf = (metric, champion_score)
 
+    def observe_detection(self, detection: Detection) -> None:
+        """A change found by ADWIN or Page–Hinkley on the error stream: a performance trigger."""
+        if not isinstance(detection, Detection):
+            raise TypeError(f"detection must be a Detection, got {type(detection).__name__}")
+        self._change = detection
+
     def request_manual(self, reason: str) -> None:
         """A person asked for a run (``edgeloop retrain MODEL --reason TEXT``)."""
         if not isinstance(reason, str) or not reason.strip():
@@ -167,10 +175,15 @@ class TriggerEngine:
         ready: dict[str, str] = {}
         if self._manual:
             ready["manual"] = "manual: " + "; ".join(f"requested: {r}" for r in self._manual)
+        perf = []
         if self._perf is not None:
             text = self._performance_reason(*self._perf)
             if text:
-                ready["performance"] = text
+                perf.append(text)
+        if self._change is not None:
+            perf.append(f"performance: the error stream changed: {self._change.evidence}")
+        if perf:
+            ready["performance"] = "; ".join(perf)
         if p.drift_windows is not None:
             text = self._drift_reason(p.drift_windows)
             if text:
@@ -258,6 +271,7 @@ class TriggerEngine:
             self._streaks.clear()
         if "performance" in kinds:
             self._perf = None
+            self._change = None
 
     # ------------------------------------------------------------------------ persistence
 
