@@ -195,3 +195,24 @@ def test_bad_arguments_name_the_field(profile):
         histogram_drift(profile, np.zeros((2, 3)))
     with pytest.raises(ValueError, match="window must be 2-D"):
         window_drift(profile, np.zeros((10, 2)))
+
+
+def test_elec2_constant_columns_alarm_only_once_they_start_to_vary():
+    """Real data: vicprice, vicdemand and transfer are constant until row 17,424, then vary."""
+    import csv
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "shared" / "data" / "elec2.csv"
+    with path.open() as fh:
+        reader = csv.reader(fh)
+        names = next(reader)[:-1]
+        data = np.array([[float(v) for v in row[:-1]] for row in reader])
+    prof = build_reference(data[5000:15000], names, window=336, n_draws=100)  # a week of half-hours
+    watched = {"vicprice", "vicdemand", "transfer"}
+
+    def hot(lo):
+        w = data[lo: lo + 336]
+        return {r.subject for r in histogram_drift(prof, prof.accumulator().update(w)) if r.alarm} & watched
+
+    assert hot(15_500) == set() and hot(16_800) == set()
+    assert hot(17_424) == watched and hot(18_000) == watched
