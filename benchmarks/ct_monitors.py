@@ -90,7 +90,8 @@ def main(argv=None) -> int:
     batches = [Batch(f"b{i}", f"edge-{i % 4}", {"input": xf[i * 1000:(i + 1) * 1000]}, labels[i * 1000:(i + 1) * 1000],
                      tuple(f"r{k}" for k in range(i * 1000, (i + 1) * 1000))) for i in range(10)]
     extra["data validation (10 batches, 4 edges)"] = timed(
-        lambda: validate_batches(batches, sig, profile, ValidationPolicy(label_domain=(0, 1))), max(1, repeats // 3)) * 1e3
+        lambda: validate_batches(batches, sig, profile, ValidationPolicy(label_domain=(0, 1))),
+        max(1, repeats // 3)) * 1e3
 
     print(f"CT monitors on {N:,} samples x {F} features (median of {repeats}); reference profile built from "
           f"20,000 rows with 200 calibration draws in {build_s:.2f} s")

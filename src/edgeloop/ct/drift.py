@@ -236,7 +236,8 @@ def _profile_from_doc(doc) -> ReferenceProfile:
     thresholds = {}
     for stat, values in th_doc.items():
         if stat not in RATE_POWER:
-            raise ValueError(f"profile field thresholds has unknown statistic {_cut(stat)}; expected one of {sorted(RATE_POWER)}")
+            raise ValueError(f"profile field thresholds has unknown statistic {_cut(stat)}; "
+                             f"expected one of {sorted(RATE_POWER)}")
         thresholds[stat] = _floats(values, f"thresholds.{stat}", F)
     pca = None
     if doc.get("pca") is not None:
@@ -600,7 +601,8 @@ def histogram_drift(profile: ReferenceProfile, current, slice_key: str = FLEET,
     counts = current.counts if isinstance(current, HistogramAccumulator) else np.asarray(current)
     ref = profile.counts_matrix()
     if counts.shape != ref.shape:
-        raise ValueError(f"current counts must have shape {ref.shape} (the profile's features x bins), got {counts.shape}")
+        raise ValueError(f"current counts must have shape {ref.shape} (the profile's features x bins), "
+                         f"got {counts.shape}")
     out = []
     values = {"psi": psi(ref, counts), "js": js_distance(ref, counts)}
     for stat in stats:

@@ -16,7 +16,6 @@ of the edges.  Otherwise they are accepted with a note.  (In Elec2 three columns
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -225,8 +224,8 @@ def _check_values(c: _Checked, profile: ReferenceProfile, policy: ValidationPoli
             col = x[:, f]
             out = np.nonzero(np.isfinite(col) & ((col < dom[0]) | (col > dom[1])))[0]
             if out.size:
-                c.fail("domain", f"feature '{fp.name}' has {out.size} value(s) outside its domain [{dom[0]:g}, {dom[1]:g}] "
-                                 f"(e.g. {col[out[0]]:.6g}) in {_rows_text(out)}")
+                c.fail("domain", f"feature '{fp.name}' has {out.size} value(s) outside its domain "
+                                 f"[{dom[0]:g}, {dom[1]:g}] (e.g. {col[out[0]]:.6g}) in {_rows_text(out)}")
         if fp.kind == "categorical" and fp.categories:
             col = x[:, f]
             out = np.nonzero(np.isfinite(col) & ~np.isin(col, fp.categories))[0]
@@ -306,7 +305,8 @@ def _edge_feature_anomalies(by_edge: dict, profile: ReferenceProfile, policy: Va
                 found.setdefault(e, []).append(
                     f"edge '{e}': feature '{fp.name}' is far from the other {len(names) - 1} edges' (PSI {v:.3g} > "
                     f"{bar:.3g}, the largest of the reference threshold, {policy.edge_psi_factor:g}× the others' "
-                    f"median {med:.3g} and {policy.min_edge_psi:g}); mean {_mean(by_edge[e], f):.4g} vs {_pooled_mean(by_edge, e, f):.4g}")
+                    f"median {med:.3g} and {policy.min_edge_psi:g}); mean {_mean(by_edge[e], f):.4g} vs "
+                    f"{_pooled_mean(by_edge, e, f):.4g}")
     return found
 
 
@@ -428,9 +428,8 @@ def validate_batches(batches, signature, profile: ReferenceProfile, policy: Vali
                                                  f"{policy.min_edge_rows} rows, 3 needed"))
 
     clean = tuple(c.batch for c in checked if not c.reasons)
-    quarantined = tuple(QuarantineRecord(c.batch.batch_id if isinstance(c.batch.batch_id, str) else _cut(c.batch.batch_id),
-                                         c.batch.edge if isinstance(c.batch.edge, str) else _cut(c.batch.edge),
-                                         c.rows, tuple(c.checks), tuple(c.reasons))
+    quarantined = tuple(QuarantineRecord(_cut(c.batch.batch_id), _cut(c.batch.edge), c.rows, tuple(c.checks),
+                                         tuple(c.reasons))
                         for c in checked if c.reasons)
     rows_total = sum(c.rows for c in checked)
     rows_clean = sum(c.rows for c in checked if not c.reasons)
