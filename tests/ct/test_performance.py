@@ -79,3 +79,19 @@ def test_bad_windows_are_refused_with_the_field_named():
         classification_metrics(np.array([0]), np.array([[np.nan, 0.5]]))
     with pytest.raises(ValueError, match="same number"):
         regression_metrics([1.0, 2.0], [1.0])
+
+
+def test_judge_turns_a_metric_into_a_monitor_verdict():
+    from edgeloop.ct.performance import Metric, judge
+
+    bad = Metric("accuracy", 0.64, 0.60, 0.68, 400, True)
+    r = judge(bad, floor=0.7, champion_score=0.8, margin=0.05, slice_key="edge-1")
+    assert r.alarm and r.threshold == 0.75 and r.slice_key == "edge-1" and r.monitor == "accuracy"
+    assert r.evidence.endswith("is below the floor 0.7 and below the champion's validation 0.8 − 0.05 = 0.75 "
+                               "(whole interval)")
+    noisy = Metric("accuracy", 0.69, 0.60, 0.78, 100, True)  # the interval still reaches both bars
+    assert not judge(noisy, floor=0.7, champion_score=0.8, margin=0.05).alarm
+    assert not judge(bad, floor=0.7, min_rows=500).alarm  # too few rows to judge
+    loss = Metric("log_loss", 0.7, 0.62, 0.78, 300, False)
+    r = judge(loss, floor=0.6)
+    assert r.alarm and "above the floor 0.6" in r.evidence

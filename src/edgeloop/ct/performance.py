@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Metric", "classification_metrics", "regression_metrics", "wilson_interval", "expected_calibration_error"]
+from .drift import FLEET, MonitorResult
+
+__all__ = ["Metric", "classification_metrics", "regression_metrics", "wilson_interval", "expected_calibration_error",
+           "judge"]
 
 Z95 = 1.959963984540054
 MAX_CLASSES = 256
@@ -167,3 +170,38 @@ def regression_metrics(y_true, y_pred) -> dict[str, Metric]:
     out["rmse"] = Metric("rmse", math.sqrt(mse), math.sqrt(max(lo2, 0.0)), math.sqrt(max(hi2, 0.0)) if
                          math.isfinite(hi2) else math.inf, y.size, False)
     return out
+
+
+def judge(metric: Metric, *, floor: float | None = None, champion_score: float | None = None,
+          margin: float | None = None, min_rows: int = 1, slice_key: str = FLEET) -> MonitorResult:
+    """A metric as a monitor verdict: alarm when its whole 95% interval is on the wrong side of the
+    floor, or of the champion's validation score minus ``margin`` (plus, for lower-is-better).
+
+    Judging the interval, not the point value, keeps a small window's noise from alarming.  A window
+    with fewer than ``min_rows`` rows is reported but never alarms.
+    """
+    better = metric.higher_is_better
+    far = metric.high if better else metric.low
+    word = "below" if better else "above"
+    bars = []
+    if floor is not None:
+        bars.append((float(floor), f"the floor {floor:.4g}"))
+    if margin is not None and champion_score is not None:
+        bar = champion_score - margin if better else champion_score + margin
+        bars.append((bar, f"the champion's validation {champion_score:.4g} {'−' if better else '+'} {margin:.4g} "
+                          f"= {bar:.4g}"))
+    crossed = [text for bar, text in bars if (far < bar if better else far > bar)]
+    enough = metric.n >= min_rows
+    alarm = bool(crossed) and enough
+    threshold = (max(b for b, _ in bars) if better else min(b for b, _ in bars)) if bars else math.nan
+    if alarm:
+        verdict = f"is {' and '.join(f'{word} {t}' for t in crossed)} (whole interval)"
+    elif not bars:
+        verdict = "has no floor or champion to compare with"
+    elif not enough:
+        verdict = f"is not judged: {metric.n} rows < {min_rows}"
+    else:
+        verdict = f"is not {word} {' or '.join(t for _, t in bars)} (whole interval)"
+    return MonitorResult(metric.name, "performance", slice_key, metric.value, threshold,
+                         "floor / champion's validation score", alarm, metric.n,
+                         f"{metric.describe()} {verdict}")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from .detectors import Detection
 from .drift import MonitorResult
-from .performance import Metric
+from .performance import Metric, judge
 
 __all__ = ["TriggerPolicy", "TriggerFiring", "TriggerHold", "TriggerDecision", "TriggerEngine", "KINDS"]
 
@@ -197,24 +197,9 @@ class TriggerEngine:
 
     def _performance_reason(self, m: Metric, champion: float | None) -> str | None:
         p = self.policy
-        if m.n < p.min_labelled:
-            return None
-        # judged on the interval: the whole 95% interval must be on the wrong side of the bar
-        edge = m.high if m.higher_is_better else m.low
-        worse = (lambda bar: edge < bar) if m.higher_is_better else (lambda bar: edge > bar)
-        word = "below" if m.higher_is_better else "above"
-        reasons = []
-        if p.performance_floor is not None and worse(p.performance_floor):
-            reasons.append(f"{word} the floor {p.performance_floor:.4g}")
-        if p.performance_margin is not None and champion is not None:
-            bar = champion - p.performance_margin if m.higher_is_better else champion + p.performance_margin
-            if worse(bar):
-                sign = "−" if m.higher_is_better else "+"
-                reasons.append(f"{word} the champion's validation {champion:.4g} {sign} {p.performance_margin:.4g} "
-                               f"= {bar:.4g}")
-        if not reasons:
-            return None
-        return f"performance: {m.describe()} is {' and '.join(reasons)} (whole interval)"
+        r = judge(m, floor=p.performance_floor, champion_score=champion, margin=p.performance_margin,
+                  min_rows=p.min_labelled)
+        return f"performance: {r.evidence}" if r.alarm else None
 
     def _drift_reason(self, k: int) -> str | None:
         hot = [key for key, s in self._streaks.items() if s >= k]
