@@ -216,3 +216,15 @@ def test_elec2_constant_columns_alarm_only_once_they_start_to_vary():
 
     assert hot(15_500) == set() and hot(16_800) == set()
     assert hot(17_424) == watched and hot(18_000) == watched
+
+
+def test_prediction_drift_on_predicted_classes():
+    rng = np.random.default_rng(12)
+    pred = rng.choice([0.0, 1.0, 2.0], p=[0.6, 0.3, 0.1], size=6000)
+    prof = prediction_reference(pred, labels=[0, 1, 2], window=300, n_draws=100)
+    assert prof.features[0].kind == "categorical" and prof.names == ("prediction",)
+    same = rng.choice([0.0, 1.0, 2.0], p=[0.6, 0.3, 0.1], size=300)[:, None]
+    moved = rng.choice([0.0, 1.0, 2.0], p=[0.3, 0.3, 0.4], size=300)[:, None]
+    assert not any(r.alarm for r in window_drift(prof, same))
+    hot = [r for r in window_drift(prof, moved) if r.alarm]
+    assert [r.monitor for r in hot] == ["chi2"] and "worst bin value 2: 9.8% → " in hot[0].evidence
