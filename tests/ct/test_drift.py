@@ -228,3 +228,13 @@ def test_prediction_drift_on_predicted_classes():
     assert not any(r.alarm for r in window_drift(prof, same))
     hot = [r for r in window_drift(prof, moved) if r.alarm]
     assert [r.monitor for r in hot] == ["chi2"] and "worst bin value 2: 9.8% → " in hot[0].evidence
+
+
+def test_familywise_thresholds_ignore_exact_zeros_and_sit_above_the_empirical_quantile():
+    rng = np.random.default_rng(0)
+    draws = np.column_stack([rng.lognormal(-3, 0.3, 200), np.where(rng.random(200) < 0.2, 0.0,
+                                                                   rng.lognormal(-3, 0.3, 200))])
+    t = drift._familywise_thresholds(draws, 0.99)
+    assert np.all(t >= np.quantile(draws, 0.99, axis=0))
+    assert t[1] == pytest.approx(t[0], rel=0.3)  # the zeros do not blow up the fitted tail
+    assert np.all(t < 0.2)

@@ -328,11 +328,14 @@ def _familywise_thresholds(draws: np.ndarray, quantile: float) -> np.ndarray:
     """
     D, K = draws.shape
     z = float(scipy.stats.norm.isf((1.0 - quantile) / K))
-    pos = np.maximum(draws, 1e-12)
-    logs = np.log(pos)
-    fitted = np.exp(logs.mean(axis=0) + z * logs.std(axis=0, ddof=1))
     empirical = np.quantile(draws, quantile, axis=0, method="higher")
-    return np.maximum(fitted, empirical)
+    out = empirical.copy()
+    for k in range(K):
+        pos = draws[:, k][draws[:, k] > 0]
+        if pos.size >= max(10, D // 2):  # exact zeros (identical histograms) say nothing about the tail
+            logs = np.log(pos)
+            out[k] = max(out[k], float(np.exp(logs.mean() + z * logs.std(ddof=1))))
+    return out
 
 
 def build_reference(x, names, kinds=None, *, bins: int = 10, window: int = 500, n_draws: int = 200,
