@@ -52,7 +52,8 @@ class Adwin:
     """ADWIN (Bifet & Gavaldà 2007): an adaptive window that drops its older part when the two
     parts' means differ by more than a Hoeffding/Bernstein bound at confidence ``delta``.
 
-    The window is kept as an array with prefix sums (bounded by ``max_window``) rather than
+    The window is kept as an array with prefix sums (bounded by ``max_window``: when full, the oldest
+    quarter is forgotten) rather than
     ADWIN's exponential histogram; every ``clock`` samples one vectorised pass tests the cuts an
     exponential histogram would offer (newer parts of 1, 2, 3, ... clocks, then ~10% apart).
     ``delta`` is 0.01 rather than river's 0.002: it finds a 10% -> 30% jump ~25 samples sooner and
