@@ -52,10 +52,10 @@ class Adwin:
     """ADWIN (Bifet & Gavaldà 2007): an adaptive window that drops its older part when the two
     parts' means differ by more than a Hoeffding/Bernstein bound at confidence ``delta``.
 
-    The window is kept as an array with prefix sums (bounded by ``max_window``: when full, the oldest
-    quarter is forgotten) rather than
-    ADWIN's exponential histogram; every ``clock`` samples one vectorised pass tests the cuts an
-    exponential histogram would offer (newer parts of 1, 2, 3, ... clocks, then ~10% apart).
+    The window is kept as an array with prefix sums (bounded by ``max_window``: when full, the
+    oldest quarter is forgotten) rather than ADWIN's exponential histogram; every ``clock``
+    samples, one vectorised pass tests the cuts an exponential histogram would offer (newer parts
+    of 1, 2, 3, ... clocks, then ~10% apart).
     ``delta`` is 0.01 rather than river's 0.002: it finds a 10% -> 30% jump ~25 samples sooner and
     raised no alarm on 90 stationary streams of 10,000 samples at error rates of 2, 10 and 20%
     (one in 30 at 50%).  The cut bound is MOA's/river's: eps = sqrt(2 m v dd) + 2/3 dd m with
