@@ -1,0 +1,1 @@
+"""The continuous-training loop: monitors, triggers, data validation, trainers, evaluation, compression."""
