@@ -62,7 +62,7 @@ def open_session(data: bytes, settings: SessionSettings = SessionSettings(), wha
                              "must be self-contained")
     level = GRAPH_OPTIMIZATION_LEVELS.get(settings.graph_optimization_level)
     if level is None:
-        raise InfraError(f"{what}: graph_optimization_level={_cut(settings.graph_optimization_level)}; expected one "
+        raise InfraError(f"{what}: graph_optimization_level={_cut(repr(settings.graph_optimization_level))}; expected one "
                          f"of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(0, int(settings.intra_op_threads))
