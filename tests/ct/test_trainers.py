@@ -234,3 +234,19 @@ def test_from_onnx_refuses_foreign_models():
     assert int8(data)  # quantised bytes exist; reading them back as a built-in model is refused
     with pytest.raises(onnx_export.ModelFormatError):
         onnx_export.from_onnx(int8(data))
+
+
+def test_newton_and_lbfgs_reach_the_same_optimum(window, monkeypatch):
+    """Small problems take Newton's method, large ones L-BFGS: on the same data both find the same minimum."""
+    import edgeloop.ct.trainers as trainers
+
+    train, val = window
+    newton = LogisticRegressionTrainer(tol=1e-7).fit(train, val)
+    monkeypatch.setattr(trainers, "NEWTON_MAX_PARAMS", 0)
+    lbfgs = LogisticRegressionTrainer(tol=1e-7).fit(train, val)
+    assert (newton.report.params["solver"], lbfgs.report.params["solver"]) == ("newton", "lbfgs")
+    assert newton.report.converged and lbfgs.report.converged
+    assert newton.report.iterations < lbfgs.report.iterations
+    assert abs(newton.report.train_loss - lbfgs.report.train_loss) < 1e-7
+    a, b = onnx_export.from_onnx(newton.model), onnx_export.from_onnx(lbfgs.model)
+    np.testing.assert_allclose(a.predict_proba(val.X), b.predict_proba(val.X), atol=1e-4)
