@@ -89,14 +89,14 @@ def main(argv=None) -> int:
 
     def ours(trainer):
         def fit():
-            model = trainer.fit(train, val, seed=args.seed).model
-            return lambda: predict(model, test.X).label
+            result = trainer.fit(train, val, seed=args.seed)
+            return (lambda: predict(result.model, test.X).label), result.report.iterations
         return fit
 
     def theirs(estimator):
         def fit():
             pipe = make_pipeline(StandardScaler(), estimator).fit(train.X, train.y)
-            return lambda: pipe.predict(test.X)
+            return (lambda: pipe.predict(test.X)), int(np.max(pipe[-1].n_iter_))
         return fit
 
     fits = {
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     }
     names = list(fits)
     times = {n: [] for n in names}
-    accuracy = {}
+    accuracy, iterations = {}, {}
     import warnings
 
     with one_thread(), warnings.catch_warnings():
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
             order = names[r % len(names):] + names[: r % len(names)]
             for n in order:
                 t0 = time.perf_counter()
-                pred = fits[n]()
+                pred, iterations[n] = fits[n]()
                 times[n].append(time.perf_counter() - t0)
                 accuracy[n] = float((pred() == test.y).mean())
 
@@ -137,9 +137,10 @@ def main(argv=None) -> int:
         print(f"  {pair:8s} time {t_mine * 1e3:8.1f} ms vs sklearn {t_base * 1e3:8.1f} ms  ratio {ratio:5.2f}x "
               f"(target <= {TARGET_TIME_RATIO:g}x: {'ok' if ok_time else 'MISSED'});  test accuracy "
               f"{accuracy[mine]:.4f} vs {accuracy[base]:.4f} ({gap:+.4f}, target >= -{TARGET_ACCURACY_GAP:g}: "
-              f"{'ok' if ok_acc else 'MISSED'})")
+              f"{'ok' if ok_acc else 'MISSED'});  iterations/epochs {iterations[mine]} vs {iterations[base]}")
         results[pair] = {"seconds": t_mine, "sklearn_seconds": t_base, "time_ratio": ratio,
-                         "accuracy": accuracy[mine], "sklearn_accuracy": accuracy[base], "accuracy_gap": gap}
+                         "accuracy": accuracy[mine], "sklearn_accuracy": accuracy[base], "accuracy_gap": gap,
+                         "iterations": iterations[mine], "sklearn_iterations": iterations[base]}
         missed += [f"{pair} time ratio {ratio:.2f}x"] * (not ok_time) + [f"{pair} accuracy gap {gap:+.4f}"] * (not ok_acc)
     if args.json:
         args.json.write_text(json.dumps({"repeats": repeats, "results": results, "missed": missed}, indent=2))

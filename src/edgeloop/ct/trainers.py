@@ -402,39 +402,18 @@ class LogisticRegressionTrainer:
         z = standardise(train.X, mean, inv_std).astype(np.float64)
         idx = np.searchsorted(classes, y)
         w = _sample_weights(train)
-        w = w / w.sum()
-        onehot_w = np.zeros((len(y), c))
-        onehot_w[np.arange(len(y)), idx] = w
         if warm is not None:
             (w0, b0), = rebase(warm, mean, inv_std, classes)
             theta0 = np.concatenate([w0.ravel(), b0])
         else:
             theta0 = np.zeros(d * c + c)
         l2 = float(self.l2)
-        history = []
-
-        def loss_grad(theta):
-            wm = theta[: d * c].reshape(d, c)
-            logits = z @ wm + theta[d * c:]
-            top = logits.max(axis=1, keepdims=True)
-            e = np.exp(logits - top)
-            s = e.sum(axis=1, keepdims=True)
-            lse = np.log(s) + top
-            loss = float((w * lse[:, 0]).sum() - (onehot_w * logits).sum()) + 0.5 * l2 * float((wm * wm).sum())
-            g = e / s * w[:, None] - onehot_w
-            grad = np.concatenate([(z.T @ g + l2 * wm).ravel(), g.sum(axis=0)])
-            return loss, grad
-
-        def evaluate(theta):
-            loss, grad = loss_grad(theta)
-            if len(history) < 10_000:
-                history.append(loss)
-            return loss, grad
-
+        evaluate = _SoftmaxLoss(z, idx, w / w.sum(), c, l2)
+        history = evaluate.history
         if (d + 1) * c <= NEWTON_MAX_PARAMS:
             solver = "newton"
-            theta, nit, converged = _newton(evaluate, z, w, theta0, c, l2, float(self.tol), int(self.max_iter))
-            final = history[-1]
+            theta, nit, converged = _newton(evaluate, theta0, float(self.tol), int(self.max_iter))
+            final = evaluate.last
         else:
             # Converged when the largest gradient entry of the mean loss is below tol (scikit-learn's
             # criterion for lbfgs), or the loss stops moving at rounding level.
@@ -455,32 +434,66 @@ class LogisticRegressionTrainer:
 NEWTON_MAX_PARAMS = 256
 
 
-def _newton(evaluate, z, w, theta, c, l2, tol, max_iter):
+class _SoftmaxLoss:
+    """Weighted mean softmax loss + l2/2 ||W||^2 and its gradient at theta = [W; b] (row-major (d + 1, C)).
+
+    Per-row arrays are kept class-major, (C, n), so every reduction over classes runs along the long
+    axis.  ``p`` holds the class probabilities at the last point evaluated (Newton reuses them).
+    """
+
+    def __init__(self, z: np.ndarray, idx: np.ndarray, w: np.ndarray, c: int, l2: float):
+        self.zt = np.ascontiguousarray(z.T)
+        self.d, self.n = self.zt.shape
+        self.c, self.w, self.l2 = c, w, l2
+        self.idx, self.rows = idx, np.arange(self.n)
+        self.onehot = np.zeros((c, self.n))
+        self.onehot[idx, self.rows] = w
+        self.history: list[float] = []
+        self.p = None
+        self.last = float("nan")
+
+    def __call__(self, theta: np.ndarray):
+        d, c = self.d, self.c
+        wm = theta[: d * c].reshape(d, c)
+        logits = wm.T @ self.zt
+        logits += theta[d * c:, None]
+        top = logits.max(axis=0)
+        e = np.exp(logits - top)
+        s = e.sum(axis=0)
+        flat = wm.ravel()
+        loss = float(self.w @ (np.log(s) + top) - self.w @ logits[self.idx, self.rows]) + 0.5 * self.l2 * float(flat @ flat)
+        e /= s
+        self.p = e
+        g = e * self.w - self.onehot
+        grad = np.concatenate([(self.zt @ g.T + self.l2 * wm).ravel(), g.sum(axis=1)])
+        self.last = loss
+        if len(self.history) < 10_000:
+            self.history.append(loss)
+        return loss, grad
+
+
+def _newton(evaluate: _SoftmaxLoss, theta, tol, max_iter):
     """Damped Newton on the softmax loss: exact Hessian, Armijo backtracking.  (theta, iterations, converged).
 
-    theta is the (d + 1, C) matrix [W; b] flattened row-major, the layout ``evaluate`` takes.  The
-    Hessian block of classes (k, l) is Z1^T diag(w p_k (delta_kl - p_l)) Z1 with Z1 = [z, 1]; the
+    The Hessian block of classes (k, l) is Z1^T diag(w p_k (delta_kl - p_l)) Z1 with Z1 = [z, 1]; the
     bias row is unpenalised and softmax is shift-invariant in it, so a 1e-10 ridge keeps it solvable.
     """
-    n, d = z.shape
+    d, c, w = evaluate.d, evaluate.c, evaluate.w
     dim = (d + 1) * c
-    z1 = np.empty((n, d + 1))
-    z1[:, :d], z1[:, d] = z, 1.0
+    z1t = np.vstack([evaluate.zt, np.ones((1, evaluate.n))])
     ridge = np.zeros((d + 1, c))
-    ridge[:d], ridge[d] = l2, 1e-10
+    ridge[:d], ridge[d] = evaluate.l2, 1e-10
     ridge = ridge.ravel()
     loss, grad = evaluate(theta)
     for it in range(max_iter):
         if np.abs(grad).max() <= tol:
             return theta, it, True
-        logits = z1 @ theta.reshape(d + 1, c)
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
+        p = evaluate.p
         h = np.empty((d + 1, c, d + 1, c))
         for k in range(c):
             for m in range(k, c):
-                a = w * p[:, k] * ((k == m) - p[:, m])
-                block = z1.T @ (z1 * a[:, None])
+                a = w * p[k] * ((k == m) - p[m])
+                block = (z1t * a) @ z1t.T
                 h[:, k, :, m] = block
                 h[:, m, :, k] = block.T
         hess = h.reshape(dim, dim)
@@ -489,7 +502,7 @@ def _newton(evaluate, z, w, theta, c, l2, tol, max_iter):
         slope = float(grad @ step)
         t = 1.0
         while True:
-            new_loss, new_grad = evaluate(theta - t * step)
+            new_loss, new_grad = evaluate(theta - t * step)  # the last call is at the accepted point
             if new_loss <= loss - 1e-4 * t * slope or t < 1e-6:
                 break
             t *= 0.5
