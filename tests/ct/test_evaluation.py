@@ -124,3 +124,24 @@ def test_evaluate_real_models_after_a_concept_change():
     assert len([s for s in result.slices if s.considered]) == 2
     back = evaluate(champion, challenger, holdout)
     assert not back.blessed and back.reason.startswith("refused")
+
+
+def test_results_serialise_to_json_for_the_registry():
+    """Evaluations, training reports and compression reports are stored: plain JSON, every number kept."""
+    import json
+
+    from edgeloop.ct.compression import compress
+    from edgeloop.ct.infra import InfraPolicy
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(600, 3)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    data = Dataset(x, y, slices={"edge": np.where(np.arange(600) % 2, "a", "b")})
+    fit = LogisticRegressionTrainer().fit(data, data)
+    ev = evaluate(fit.model, LogisticRegressionTrainer().fit(Dataset(x[:50], y[:50]), data).model, data)
+    packed = json.loads(json.dumps({"evaluation": ev.to_dict(), "training": fit.report.to_dict(),
+                                    "compression": compress(fit.model, data, infra_policy=InfraPolicy(
+                                        runs=20, rounds=2, warmup=2, latency_slack_ms=5.0)).to_dict()}))
+    assert packed["evaluation"]["challenger"] == ev.challenger and len(packed["evaluation"]["slices"]) == 2
+    assert packed["training"]["model_sha256"] == fit.report.model_sha256
+    assert [c["name"] for c in packed["compression"]["candidates"]][0] == "original"

@@ -15,6 +15,15 @@ WHY = available()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """HistGradientBoosting's OpenMP threads fight on a shared 2-core machine; one thread is faster here."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 def drift_data(n=1600, seed=0):
     """Tabular rows with a non-linear rule and missing-value-free float32 features."""
     rng = np.random.default_rng(seed)
