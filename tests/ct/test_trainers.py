@@ -250,3 +250,29 @@ def test_newton_and_lbfgs_reach_the_same_optimum(window, monkeypatch):
     assert abs(newton.report.train_loss - lbfgs.report.train_loss) < 1e-7
     a, b = onnx_export.from_onnx(newton.model), onnx_export.from_onnx(lbfgs.model)
     np.testing.assert_allclose(a.predict_proba(val.X), b.predict_proba(val.X), atol=1e-4)
+
+
+ELEC2 = ROOT.parent / "shared" / "data" / "elec2.csv"
+
+
+@pytest.mark.skipif(not ELEC2.exists(), reason=f"{ELEC2} is not there (the shared data folder)")
+def test_elec2_warm_start_across_the_columns_that_start_to_vary():
+    """Elec2's vicprice, vicdemand and transfer are constant until row 17,424: a champion trained there has
+    1/std = 1 for them; warm-starting on later rows re-expresses it exactly, then learns those columns."""
+    table = np.genfromtxt(ELEC2, delimiter=",", names=True, max_rows=21_000)
+    cols = ("period", "nswprice", "nswdemand", "vicprice", "vicdemand", "transfer")
+    x = np.stack([table[c] for c in cols], 1).astype(np.float32)
+    y = table["class"].astype(int)
+    old, new, hold = slice(14_000, 17_000), slice(17_424, 20_000), slice(20_000, 21_000)
+    assert np.ptp(x[old, 3:], axis=0).max() == 0 and np.ptp(x[new, 3:], axis=0).min() > 0
+    trainer = LogisticRegressionTrainer()
+    champion = trainer.fit(Dataset(x[old], y[old]), Dataset(x[hold], y[hold]))
+    assert (onnx_export.from_onnx(champion.model).inv_std[3:] == 1).all()
+    warm = trainer.fit(Dataset(x[new], y[new]), Dataset(x[hold], y[hold]), warm_start=champion.model)
+    proba = onnx_export.from_onnx(champion.model).predict_proba(x[new]).astype(np.float64)
+    champion_loss = -np.mean(np.log(proba[np.arange(len(proba)), y[new]]))
+    assert warm.report.warm_started
+    assert warm.report.initial_loss == pytest.approx(champion_loss, rel=1e-3)  # + l2/2 ||W||^2, ~1e-5 here
+    assert np.abs(onnx_export.from_onnx(warm.model).layers[0][0][3:]).max() > 0.05  # the new columns are used
+    assert warm.report.validation["accuracy"] >= champion.report.validation["accuracy"] - 0.02
+

@@ -1,8 +1,8 @@
 """The built-in models as ONNX graphs (onnx.helper), and their weights read back for a warm start.
 
 One graph shape for every built-in classifier, so serving, evaluation and compression see the same
-signature: input ``input`` float32 [None, d]; outputs ``probabilities`` float32 [None, C] and ``label``
-int64 [None].  Standardisation (the training window's mean and 1/std) is part of the graph (Sub, Mul),
+signature: input ``input`` float32 [batch, d]; outputs ``probabilities`` float32 [batch, C] and
+``label`` int64 [batch].  Standardisation (the training window's mean and 1/std) is part of the graph (Sub, Mul),
 so the edge cannot apply a different one.  Dense layers are MatMul + Add (what int8 dynamic
 quantisation and the low-rank rewrite act on).  Bytes are serialised deterministically, with no
 timestamps, so the same weights always give the same bytes.
@@ -24,6 +24,8 @@ IR_VERSION = 9
 INPUT = "input"
 PROBABILITIES = "probabilities"
 LABEL = "label"
+#: The dynamic first dimension (the edges batch requests along it).
+BATCH = "batch"
 #: Upper bound on a model we read back (a warm start from a champion's bytes): 256 MiB.
 MAX_MODEL_BYTES = 256 << 20
 
@@ -105,9 +107,9 @@ def to_onnx(model: DenseModel, metadata: dict[str, str] | None = None) -> bytes:
     ]
     graph = helper.make_graph(
         nodes, f"edgeloop_{model.kind}",
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [None, d])],
-        [helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, [None, n_classes]),
-         helper.make_tensor_value_info(LABEL, TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [BATCH, d])],
+        [helper.make_tensor_value_info(PROBABILITIES, TensorProto.FLOAT, [BATCH, n_classes]),
+         helper.make_tensor_value_info(LABEL, TensorProto.INT64, [BATCH])],
         inits,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgeloop",

@@ -1,7 +1,7 @@
 """Trainers: ``fit(train, validation, warm_start, seed) -> TrainResult`` (ONNX bytes + a training report).
 
-The built-in ones need nothing beyond NumPy/SciPy: multinomial logistic regression (L-BFGS on the
-exact softmax loss) and a small ReLU MLP (seeded Adam with early stopping on the validation window).
+The built-in ones need nothing beyond NumPy/SciPy: multinomial logistic regression (Newton's method
+on the exact softmax loss, L-BFGS for wide problems) and a small ReLU MLP (seeded Adam with early stopping on the validation window).
 Both standardise with the training window's mean/std inside the ONNX graph, warm-start from a
 champion's ONNX initializers (re-expressed in the new window's standardisation, so the starting
 function is exactly the champion's), and are deterministic: same data and seed, same bytes.
@@ -616,20 +616,20 @@ class MLPTrainer:
                 np.exp(out, out=out)
                 out /= out.sum(axis=1, keepdims=True)
                 out[np.arange(len(rows)), idx[rows]] -= 1.0
-                delta = out * (w[rows] / np.float32(len(rows)))[:, None]
+                delta = out * (w[rows] / np.float32(len(rows)))[:, None]  # d(loss)/d(logits)
+                step += 1
+                scale = lr * np.float32(math.sqrt(1 - b2 ** step) / (1 - b1 ** step))  # Adam's bias correction
                 for layer in range(len(params) // 2 - 1, -1, -1):
                     wi = 2 * layer
                     grads = (acts[layer].T @ delta + l2 * params[wi], delta.sum(axis=0))
                     if layer:
                         delta = (delta @ params[wi].T) * (acts[layer] > 0)
-                    step += 1 if layer == len(params) // 2 - 1 else 0
-                    corr1, corr2 = 1 - b1 ** step, 1 - b2 ** step
                     for k, g in ((wi, grads[0]), (wi + 1, grads[1])):
                         m[k] *= b1
                         m[k] += (1 - b1) * g
                         v[k] *= b2
                         v[k] += (1 - b2) * g * g
-                        params[k] -= (lr * np.float32(math.sqrt(corr2) / corr1)) * m[k] / (np.sqrt(v[k]) + eps)
+                        params[k] -= scale * m[k] / (np.sqrt(v[k]) + eps)
             loss = val_loss()
             history.append(loss)
             if loss < best - float(self.tol):
