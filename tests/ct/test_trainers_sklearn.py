@@ -102,3 +102,26 @@ def test_workaround_is_needed_under_protobuf_7_and_is_undone_after_conversion():
     assert tree_ensemble.add_node is original
     attrs = {a.name: a for n in proto.graph.node for a in n.attribute}
     assert set(attrs["nodes_missing_value_tracks_true"].ints) <= {0, 1}
+
+
+def test_tree_model_goes_through_compression_and_keeps_its_classes():
+    """No MatMul to shrink: low-rank is not built, int8 is built (one opset entry per domain) and changes
+    nothing, so the smaller of the two is chosen."""
+    import onnx
+
+    from edgeloop.ct.compression import compress
+    from edgeloop.ct.evaluation import predict
+    from edgeloop.ct.infra import InfraPolicy
+
+    train, val = drift_data()
+    labels = lambda d: Dataset(d.X, np.where(d.y == 1, 9, 5))  # noqa: E731
+    result = SklearnTrainer(_hgb("HistGradientBoostingClassifier")).fit(labels(train), labels(val))
+    domains = [o.domain for o in onnx.load_model_from_string(result.model).opset_import]
+    assert sorted(domains) == sorted(set(domains))
+    assert predict(result.model, val.X).classes.tolist() == [5, 9]
+    report = compress(result.model, labels(val), infra_policy=InfraPolicy(runs=40, rounds=2, latency_slack_ms=5.0))
+    by = {c.name: c for c in report.candidates}
+    assert "no weight has a smaller factorisation" in by["low-rank"].note
+    assert by["int8"].size_bytes > 0 and by["int8"].metric == by["original"].metric
+    smaller = min(("original", "int8"), key=lambda n: by[n].size_bytes)
+    assert report.chosen == smaller and len(report.model) == by[smaller].size_bytes

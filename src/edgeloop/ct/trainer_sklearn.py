@@ -74,6 +74,14 @@ def convert(estimator, n_features: int, is_classifier: bool) -> bytes:
     with _missing_tracks_as_int():
         proto = convert_sklearn(estimator, initial_types=[(INPUT, FloatTensorType([None, n_features]))],
                                 options=options, target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET})
+    # skl2onnx may list a domain twice in opset_import; onnxruntime's quantisation tools then find no
+    # usable ai.onnx entry.  Keep one entry per domain, at its highest version.
+    versions = {}
+    for entry in proto.opset_import:
+        versions[entry.domain] = max(versions.get(entry.domain, 0), entry.version)
+    del proto.opset_import[:]
+    for domain in sorted(versions):
+        proto.opset_import.add(domain=domain, version=versions[domain])
     names = [o.name for o in proto.graph.output]
     expected = [LABEL, PROBABILITIES] if is_classifier else [VARIABLE]
     if names != expected:
