@@ -377,7 +377,8 @@ class LogisticRegressionTrainer:
     while (d + 1) x classes <= NEWTON_MAX_PARAMS (a handful of iterations), L-BFGS beyond.
 
     The loss is convex, so a cold start from zeros and a warm start from the champion reach the same
-    optimum; the warm start gets there in fewer iterations when the world has not moved far.
+    optimum; the warm start gets there in fewer iterations when the world has not moved far.  Nothing
+    is random: the seed is only recorded with the model.
     """
 
     l2: float = 1e-4
@@ -569,7 +570,6 @@ class MLPTrainer:
                 params.append(rng.uniform(-bound, bound, fan_out).astype(np.float32))
         params = [np.ascontiguousarray(p) for p in params]
         val_z = standardise(validation.X, mean, inv_std) if len(validation) else z
-        val_known = None
         if len(validation):
             vy = class_labels(validation.y, "validation")
             val_known = np.isin(vy, classes)
