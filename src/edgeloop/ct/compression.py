@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from edgeloop.ct.evaluation import METRICS, predict
+from edgeloop.ct.evaluation import CLASSIFICATION, METRICS, predict
 from edgeloop.ct.infra import InfraPolicy, ServingSignature, SessionSettings, validate_infra
-from edgeloop.ct.trainers import Dataset, TrainingError, _cut
+from edgeloop.ct.trainers import Dataset, TrainingError, _cut, class_labels
 
 
 @dataclass(frozen=True)
@@ -183,7 +183,7 @@ def compress(challenger: bytes, holdout: Dataset, policy: CompressionPolicy = Co
     if len(holdout) == 0:
         raise TrainingError("holdout: 0 rows; compression is gated on a labelled holdout")
     sign = 1.0 if METRICS[policy.metric] else -1.0
-    y = holdout.y if policy.metric in ("mae", "rmse") else np.asarray(holdout.y).astype(np.int64)
+    y = class_labels(holdout.y, "holdout") if policy.metric in CLASSIFICATION else np.asarray(holdout.y, np.float64)
     signature = signature or ServingSignature.of_model(challenger, settings)
     baseline = champion if champion is not None else challenger
     built: list[tuple[str, bytes | None, tuple, str]] = [("original", challenger, (), "")]

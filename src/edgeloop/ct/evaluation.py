@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgeloop.ct.infra import SessionSettings, open_session
-from edgeloop.ct.trainers import Dataset, TrainingError, _cut
+from edgeloop.ct.trainers import Dataset, TrainingError, _cut, class_labels
 
 #: metric -> True when higher is better.
 METRICS = {"accuracy": True, "f1_macro": True, "log_loss": False, "mae": False, "rmse": False}
@@ -192,9 +192,7 @@ def compare(challenger: Predictions, champion: Predictions | None, holdout: Data
     """Bless or refuse from both models' predictions on ``holdout``."""
     metric = policy.metric
     sign = 1.0 if METRICS[metric] else -1.0
-    y = holdout.y
-    if metric in CLASSIFICATION:
-        y = np.asarray(y).astype(np.int64)
+    y = class_labels(holdout.y, "holdout") if metric in CLASSIFICATION else np.asarray(holdout.y, np.float64)
     n = len(holdout)
     if n == 0:
         raise TrainingError("holdout: 0 rows; expected labelled rows newer than the training window")
