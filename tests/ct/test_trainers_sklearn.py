@@ -51,6 +51,12 @@ def test_hist_gradient_boosting_classifier_converts_and_agrees_exactly():
     assert rep.classes == (0, 1) and rep.params["random_state"] == "3"
 
 
+def test_same_data_and_seed_give_identical_bytes():
+    train, val = drift_data()
+    fit = lambda seed: SklearnTrainer(_hgb("HistGradientBoostingClassifier")).fit(train, val, seed=seed).model  # noqa: E731
+    assert fit(4) == fit(4)
+
+
 def test_multiclass_and_regressor():
     train, val = drift_data(seed=1)
     y3 = np.digitize(train.X[:, 0] + train.X[:, 1], [0.7, 1.3])

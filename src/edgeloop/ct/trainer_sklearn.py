@@ -82,6 +82,7 @@ def convert(estimator, n_features: int, is_classifier: bool) -> bytes:
     del proto.opset_import[:]
     for domain in sorted(versions):
         proto.opset_import.add(domain=domain, version=versions[domain])
+    proto.graph.name = f"edgeloop_sklearn_{type(estimator).__name__}"  # skl2onnx names it with a random uuid
     names = [o.name for o in proto.graph.output]
     expected = [LABEL, PROBABILITIES] if is_classifier else [VARIABLE]
     if names != expected:
