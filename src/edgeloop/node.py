@@ -50,6 +50,7 @@ class EdgeNode:
             raise OSError(f"cannot listen on {address} (node.grpc_port / --grpc-port): {exc}") from None
         self._metrics_port: int | None = None
         self._metrics_httpd = None
+        self._escalation_pool = None
         self._stopped = threading.Event()
         self._started = False
         self._stop_lock = threading.Lock()
@@ -63,6 +64,21 @@ class EdgeNode:
             self.mesh.router.set_max_forwards(forward_limit(config.serving.grpc_workers))  # never every thread
             self.mesh.attach(self.server, self.servicer)
             self.reflection_service_names.append("edgeloop.v1.Peer")
+        self._wire_escalation()
+
+    def _wire_escalation(self) -> None:
+        """Joint inference: hard rows of a model with an escalation policy go through the mesh's channels."""
+        from edgeloop.mesh.channels import ChannelPool
+        from edgeloop.mesh.escalation import EscalationSender
+        from edgeloop.serving.escalation import Escalation
+
+        if self.mesh is not None:
+            sender = EscalationSender(self.config.node.id, self.mesh.membership, self.mesh.pool)
+        else:  # no mesh: explicit target addresses only, over channels of our own
+            self._escalation_pool = ChannelPool()
+            sender = EscalationSender(self.config.node.id, None, self._escalation_pool)
+        self.escalation = Escalation(sender, self.metrics.registry)
+        self.servicer.escalation = self.escalation
 
     @property
     def grpc_port(self) -> int:
@@ -126,6 +142,8 @@ class EdgeNode:
             self._drain_in_flight(deadline)
             self.server.stop(max(0.0, deadline - time.monotonic())).wait()
             self.models.close(drain_timeout_s=grace_s)
+            if self._escalation_pool is not None:
+                self._escalation_pool.close()
             if self._metrics_httpd is not None:
                 # serve_forever notices shutdown only at its 0.5 s poll: let that happen in the background
                 threading.Thread(target=_close_http_server, args=(self._metrics_httpd,), daemon=True,

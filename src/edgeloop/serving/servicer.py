@@ -30,6 +30,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, models, router=None, server_name: str = SERVER_NAME, max_streams: int | None = None) -> None:
         self.models = models
         self.router = router
+        #: joint inference hook (``serving.escalation.Escalation``), set by the node; None: answer locally
+        self.escalation = None
         self.server_name = server_name
         self.draining = False
         #: open ModelStreamInfer calls allowed at once (None = no cap); see ``stream_limit``
@@ -76,9 +78,13 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         t_start = perf_counter_ns()
         mv = self.models.acquire(request.model_name, request.model_version)
         try:
-            return mv.infer(request, t_start)
+            response = mv.infer(request, t_start)
         finally:
             mv.leave()
+        escalation = self.escalation
+        if escalation is not None and mv.config.escalation is not None:
+            return escalation.after_local(request, response, mv, context, t_start)
+        return response
 
     def ModelInfer(self, request, context):
         try:

@@ -16,6 +16,8 @@ does not state keeps its configured value:
 - ``version_policy``: ``{"latest": {"num_versions": N}}`` | ``{"all": {}}`` | ``{"specific": {"versions": [...]}}``
 - ``backend`` / ``platform`` must name onnxruntime (``onnxruntime`` / ``onnxruntime_onnx``) when present
 - ``name``, when present, must be the model's name
+- ``escalation`` (ours, not Triton's): the joint-inference policy, the keys of the TOML table
+  ``[serving.models.<name>.escalation]`` (see ``config.escalation``); ``null`` removes it
 
 ``instance_group`` and ``parameters`` are accepted and ignored; any other top-level field (Triton
 has many: input, output, optimization, ...) is ignored with a debug log line.  Integers may be JSON
@@ -29,7 +31,8 @@ import logging
 import re
 from dataclasses import replace
 
-from edgeloop.config import ModelConfig, VersionPolicy
+from edgeloop.config import ConfigError, ModelConfig, VersionPolicy
+from edgeloop.config.escalation import parse_escalation
 from edgeloop.protocol import model_config_pb2 as mc
 from edgeloop.protocol.errors import invalid_argument
 from edgeloop.serving.repository import MODEL_FILE
@@ -38,7 +41,7 @@ log = logging.getLogger("edgeloop.serving")
 
 FIELD = "parameters['config']"
 ONNX_RUNTIME_NAMES = ("onnxruntime", "onnxruntime_onnx")  # Triton's backend and platform names
-_HONOURED = ("name", "backend", "platform", "max_batch_size", "dynamic_batching", "version_policy")
+_HONOURED = ("name", "backend", "platform", "max_batch_size", "dynamic_batching", "version_policy", "escalation")
 _IGNORED_QUIETLY = ("instance_group", "parameters")
 _DYNAMIC_BATCHING = ("max_queue_delay_microseconds", "preferred_batch_size")
 
@@ -78,6 +81,8 @@ def parse_triton_config(text: str, base: ModelConfig) -> ModelConfig:
         changes.update(_dynamic_batching(doc["dynamic_batching"]))
     if "version_policy" in doc:
         changes["version_policy"] = _version_policy(doc["version_policy"])
+    if "escalation" in doc:
+        changes["escalation"] = _escalation(doc["escalation"])
     config = replace(base, **changes)
     if config.max_batch_size > 0:
         too_big = [p for p in config.preferred_batch_sizes if p > config.max_batch_size]
@@ -175,6 +180,16 @@ def _version_policy(policy) -> VersionPolicy:
                                f"non-empty list of positive integers")
     return VersionPolicy(kind="specific", versions=tuple(
         sorted({_int(v, f"{where}.specific.versions[{i}]", minimum=1) for i, v in enumerate(versions)})))
+
+
+def _escalation(section):
+    """The ``escalation`` block, read by the TOML table's parser (its errors become INVALID_ARGUMENT)."""
+    if section is None:
+        return None
+    try:
+        return parse_escalation(section, FIELD, "escalation")
+    except ConfigError as exc:
+        raise invalid_argument(str(exc)) from None
 
 
 def _snake_case_keys(value):
