@@ -151,6 +151,50 @@ def build_softmax_classifier(layers) -> onnx.ModelProto:
     return _model(graph)
 
 
+def fit_softmax_classifier(x, y, hidden: int | None = None, epochs: int = 300, lr: float = 0.05,
+                           seed: int = 0) -> list:
+    """Train the layers ``build_softmax_classifier`` takes: full-batch Adam on cross-entropy, numpy only.
+
+    ``hidden=None`` fits a logistic regression, ``hidden=H`` an MLP with one Relu layer of H units.
+    Inputs are standardised for training and the scaling is folded into the first layer, so the
+    model takes raw ``x``.  Seeded: the same data and seed give the same weights.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xs = (x - mu) / sd
+    onehot = np.eye(int(y.max()) + 1)[y]
+    dims = [x.shape[1]] + ([hidden] if hidden else []) + [onehot.shape[1]]
+    rng = np.random.default_rng(seed)
+    params = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        params += [rng.normal(0.0, 1.0 / np.sqrt(a), (a, b)), np.zeros(b)]
+    m1 = [np.zeros_like(p) for p in params]
+    m2 = [np.zeros_like(p) for p in params]
+    for t in range(1, epochs + 1):
+        acts, h = [xs], xs
+        for i in range(0, len(params), 2):
+            h = h @ params[i] + params[i + 1]
+            if i < len(params) - 2:
+                h = np.maximum(h, 0.0)
+            acts.append(h)
+        z = h - h.max(1, keepdims=True)
+        grad = (np.exp(z) / np.exp(z).sum(1, keepdims=True) - onehot) / len(y)
+        grads = [None] * len(params)
+        for i in range(len(params) - 2, -1, -2):
+            grads[i], grads[i + 1] = acts[i // 2].T @ grad, grad.sum(0)
+            if i > 0:
+                grad = (grad @ params[i].T) * (acts[i // 2] > 0)
+        for i, (p, g) in enumerate(zip(params, grads)):
+            m1[i] = 0.9 * m1[i] + 0.1 * g
+            m2[i] = 0.999 * m2[i] + 0.001 * g * g
+            p -= lr * (m1[i] / (1 - 0.9 ** t)) / (np.sqrt(m2[i] / (1 - 0.999 ** t)) + 1e-8)
+    layers = [(params[i], params[i + 1]) for i in range(0, len(params), 2)]
+    w, b = layers[0]
+    layers[0] = (w / sd[:, None], b - (mu / sd) @ w)
+    return layers
+
+
 def write_model(root, name: str, version: int, model_proto: onnx.ModelProto | bytes,
                 manifest: bool = True) -> Path:
     """Write ``<root>/<name>/<version>/model.onnx`` atomically (and ``manifest.json``); return its path."""
@@ -169,4 +213,4 @@ def write_model(root, name: str, version: int, model_proto: onnx.ModelProto | by
 
 
 __all__ = ["ONNX_TYPES", "build_column_classifier", "build_mlp", "build_multi_io_model", "build_softmax_classifier",
-           "write_model"]
+           "fit_softmax_classifier", "write_model"]
