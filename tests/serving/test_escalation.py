@@ -297,3 +297,25 @@ def test_triton_load_config_refuses_a_bad_policy(nodes, big, block, code, words)
     assert info.value.code() == code and words in info.value.details()
     _, params = ask(small)  # the model still serves, as before
     assert "edgeloop_answered_by" not in params
+
+
+# ------------------------------------------------------------------------------------ unchanged clients
+@pytest.mark.slow
+def test_tritonclient_gets_the_escalated_answer(nodes, big):
+    """The unmodified tritonclient (its own venv, a subprocess: two ``inference`` protos cannot share one)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    python = os.environ.get("EDGELOOP_TRITONCLIENT_PYTHON")
+    if not python:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but EDGELOOP_TRITONCLIENT_PYTHON is not")
+        pytest.skip("EDGELOOP_TRITONCLIENT_PYTHON is not set (scripts/test.sh creates .ci-venv-tritonclient)")
+    small = edge(nodes, policy(big.node.address))
+    script = Path(__file__).resolve().parent / "tritonclient_escalation_script.py"
+    done = subprocess.run([python, str(script), "--url", small.node.address, "--model", "small"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
+    assert "ok   escalated via tritonclient" in done.stdout
+    assert served_count(big, "big") == 1

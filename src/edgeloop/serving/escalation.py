@@ -72,27 +72,27 @@ def hard_rows(policy, values: np.ndarray) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     rows = v.shape[0] if v.ndim else 1
     v = v.reshape(rows, -1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        unknown = ~np.isfinite(v).all(axis=1) if policy.rule != "range" else np.isnan(v).any(axis=1)
-        if policy.rule == "range":
-            out = unknown
-            if policy.low is not None:
-                out = out | (v < policy.low).any(axis=1)
-            if policy.high is not None:
-                out = out | (v > policy.high).any(axis=1)
-            return out
-        if v.shape[1] == 0:
-            return np.ones(rows, dtype=bool)
-        if policy.rule == "entropy":
-            p = np.clip(v, 0.0, 1.0)
-            entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
-            return unknown | (entropy > policy.threshold)
-        k = v.shape[1]
-        top = np.partition(v, [k - 2, k - 1], axis=1) if k > 1 else v
-        top1 = top[:, -1]
-        if policy.rule == "top1":
-            return unknown | (top1 < policy.threshold)
-        top2 = top[:, -2] if k > 1 else np.zeros(rows)
+    if policy.rule == "range":  # comparisons with NaN are False and warn nothing: NaN rows are added explicitly
+        out = np.isnan(v).any(axis=1)
+        if policy.low is not None:
+            out |= (v < policy.low).any(axis=1)
+        if policy.high is not None:
+            out |= (v > policy.high).any(axis=1)
+        return out
+    if v.shape[1] == 0:
+        return np.ones(rows, dtype=bool)
+    unknown = ~np.isfinite(v).all(axis=1)
+    if policy.rule == "entropy":
+        p = np.clip(v, 0.0, 1.0)
+        entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
+        return unknown | (entropy > policy.threshold)
+    k = v.shape[1]
+    top = np.partition(v, [k - 2, k - 1], axis=1) if k > 1 else v
+    top1 = top[:, -1]
+    if policy.rule == "top1":
+        return unknown | (top1 < policy.threshold)
+    top2 = top[:, -2] if k > 1 else np.zeros(rows)
+    with np.errstate(invalid="ignore"):  # inf - inf
         return unknown | (top1 - top2 < policy.threshold)
 
 
@@ -152,12 +152,23 @@ class EscalationMetrics:
         self.seconds = Histogram("edgeloop_escalation_request_seconds", "Time from receiving a request to its "
                                  "answer, by path", labels, buckets=LATENCY_BUCKETS, registry=self.registry)
 
+        self._children: dict[tuple[str, str], tuple] = {}  # labels() costs microseconds: look each up once
+
+    def _child(self, model: str, path: str) -> tuple:
+        key = (model, path)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = (self.requests.labels(model, path), self.rows.labels(model, path),
+                                           self.seconds.labels(model, path))
+        return child
+
     def record(self, model: str, path: str, rows: dict[str, int], seconds: float) -> None:
-        self.requests.labels(model, path).inc()
+        requests, _rows, latency = self._child(model, path)
+        requests.inc()
         for row_path, n in rows.items():
             if n:
-                self.rows.labels(model, row_path).inc(n)
-        self.seconds.labels(model, path).observe(seconds)
+                self._child(model, row_path)[1].inc(n)
+        latency.observe(seconds)
 
 
 # ------------------------------------------------------------------------------------ the hook
