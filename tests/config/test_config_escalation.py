@@ -66,3 +66,15 @@ def test_escalation_must_be_a_table():
     with pytest.raises(ConfigError) as info:
         parse("cloud")
     assert info.value.key == "serving.models.small.escalation"
+
+
+def test_toml_file(tmp_path):
+    from edgeloop.config import load_edge_config
+
+    path = tmp_path / "edge.toml"
+    path.write_text('[node]\nid = "edge-t"\nzone = "edge"\n\n[serving.models.small.escalation]\n'
+                    'target_model = "big"\ntarget_zone = "cloud"\noutput = "probabilities"\nrule = "entropy"\n'
+                    'threshold = 0.5\nmax_share = 0.1\n')
+    policy = load_edge_config(path).serving.model("small").escalation
+    assert (policy.rule, policy.threshold, policy.target_zone, policy.max_share, policy.max_burst) == (
+        "entropy", 0.5, "cloud", 0.1, 10)

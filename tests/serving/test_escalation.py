@@ -19,7 +19,8 @@ from edgeloop.node import EdgeNode
 from edgeloop.protocol import inference_pb2
 from edgeloop.protocol.codec import build_infer_request, infer_response_to_numpy
 from edgeloop.serving.demo_models import build_column_classifier, write_model
-from edgeloop.serving.escalation import ESCALATED, ShareBucket, hard_rows
+from edgeloop.protocol.codec import encode_output
+from edgeloop.serving.escalation import ESCALATED, ShareBucket, TargetError, hard_rows, merge_rows
 
 X = np.array([[0.95, 0.2], [0.55, 0.3], [0.05, 0.7]], dtype=np.float32)  # row 1 is the unsure one
 
@@ -102,6 +103,25 @@ def test_share_bucket_grants_share_of_rows_plus_burst():
     assert ShareBucket(0.5, 4).take(10, 10) == 4  # never more than the bucket holds
 
 
+def _response(model, **outputs):
+    response = inference_pb2.ModelInferResponse(model_name=model, model_version="1")
+    for name, array in outputs.items():
+        tensor, raw = encode_output(name, np.asarray(array, dtype=np.float32))
+        response.outputs.append(tensor)
+        response.raw_output_contents.append(raw)
+    return response
+
+
+def test_merge_puts_the_target_rows_in_place_and_refuses_a_mismatched_answer():
+    local = _response("small", probabilities=[[0.9, 0.1], [0.6, 0.4], [0.55, 0.45]])
+    merged = merge_rows(local, _response("big", probabilities=[[0.2, 0.8], [0.1, 0.9]]), np.array([1, 2]))
+    np.testing.assert_allclose(infer_response_to_numpy(merged)["probabilities"], [[0.9, 0.1], [0.2, 0.8], [0.1, 0.9]])
+    with pytest.raises(TargetError, match=r"shape \[2, 3\]; expected \[2, 2\]"):
+        merge_rows(local, _response("big", probabilities=[[0.2, 0.7, 0.1]] * 2), np.array([1, 2]))
+    with pytest.raises(TargetError, match="without output 'probabilities'"):
+        merge_rows(local, _response("big", scores=[[0.2, 0.8]] * 2), np.array([1, 2]))
+
+
 # ------------------------------------------------------------------------------------ real nodes
 @pytest.mark.parametrize("rule,threshold", [("top1", 0.8), ("margin", 0.2), ("entropy", 0.5)])
 def test_unsure_row_is_answered_by_the_target(nodes, big, rule, threshold):
@@ -141,6 +161,14 @@ def test_batched_edge_model_escalates_too(nodes, big):
     probs, params = ask(small)
     np.testing.assert_allclose(probs[1], [0.3, 0.7], atol=1e-6)
     assert params["edgeloop_answered_by"].string_param == "escalated"
+
+
+def test_stream_requests_escalate_too(nodes, big):
+    small = edge(nodes, policy(big.node.address))
+    requests = [build_infer_request("small", {"x": X[i:i + 1]}, request_id=str(i)) for i in range(3)]
+    replies = list(small.stub.ModelStreamInfer(iter(requests), timeout=10))
+    answered = [r.infer_response.parameters["edgeloop_answered_by"].string_param for r in replies]
+    assert answered == ["local", "escalated", "local"]
 
 
 def test_an_escalated_request_is_never_escalated_again(nodes, big):

@@ -3,6 +3,8 @@
 It translates RPCs to ModelManager calls and ``ProtocolError`` into gRPC status codes.  The mesh
 plugs in through ``router``: when set, ``router.maybe_forward(request, context)`` sees every
 ModelInfer / ModelStreamInfer request first and may answer it (a response) or decline (None).
+Joint inference plugs in through ``escalation`` (``serving.escalation.Escalation``): a model with an
+escalation policy has its local answer passed to ``escalation.after_local`` before it is returned.
 """
 from __future__ import annotations
 
