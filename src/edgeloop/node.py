@@ -77,7 +77,11 @@ class EdgeNode:
         else:  # no mesh: explicit target addresses only, over channels of our own
             self._escalation_pool = ChannelPool()
             sender = EscalationSender(self.config.node.id, None, self._escalation_pool)
-        self.escalation = Escalation(sender, self.metrics.registry)
+        from edgeloop.mesh.router import forward_limit
+
+        # an escalation holds a handler thread up to its budget: at most a quarter of them at once, like forwards
+        self.escalation = Escalation(sender, self.metrics.registry,
+                                     max_in_flight=max(1, forward_limit(self.config.serving.grpc_workers)))
         self.servicer.escalation = self.escalation
 
     @property

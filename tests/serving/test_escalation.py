@@ -244,6 +244,29 @@ def test_escalation_keeps_within_the_requests_own_deadline(nodes, busy_big):
     _assert_local_fallback(small, probs, params, "DEADLINE_EXCEEDED")
 
 
+def test_escalations_waiting_at_once_are_capped_per_node(nodes, busy_big):
+    small = edge(nodes, policy(busy_big.node.address, budget_ms=3000))  # 8 workers: at most 2 in flight
+    assert small.node.escalation.max_in_flight == 2
+    waiting = [threading.Thread(target=ask, args=(small,)) for _ in range(2)]
+    for thread in waiting:
+        thread.start()
+    slots = small.node.escalation._slots
+    deadline = time.monotonic() + 5
+    while slots._value > 0:  # both escalations are waiting on the busy target
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    start = time.monotonic()
+    probs, params = ask(small)
+    assert time.monotonic() - start < 1.0  # answered at once, not after the 3 s budget
+    np.testing.assert_allclose(probs[1], [0.55, 0.45], atol=1e-6)
+    assert params["edgeloop_answered_by"].string_param == "capped"
+    assert "2 escalations already wait" in params["edgeloop_escalation_error"].string_param
+    for thread in waiting:
+        thread.join(10)
+    assert sample(small, "edgeloop_escalation_rows_total", model="small", path="capped") == 1
+    assert sample(small, "edgeloop_escalation_requests_total", model="small", path="fallback") == 2
+
+
 def test_rows_over_the_cap_are_answered_locally_and_counted(nodes, big):
     small = edge(nodes, policy(big.node.address, max_share=0.1, max_burst=1))
     answered = []

@@ -15,6 +15,11 @@ or ``capped`` (every hard row was over the share cap: local answer); ``edgeloop_
 ``edgeloop_escalation_model`` / ``edgeloop_escalation_version`` name the model version that answered,
 ``edgeloop_escalation_error`` says why a fallback happened, ``edgeloop_hard_example`` marks a request
 with hard rows (the training feed prefers them; ``sink`` receives each one).
+
+Two caps keep a drifted or overloaded edge from hurting anyone: ``max_share`` (per model, a token
+bucket) bounds the share of rows that escalate, so the target is not flooded; ``max_in_flight`` (per
+node) bounds the escalations waiting on targets at once, since each holds a gRPC handler thread for
+up to its budget.  Rows over either cap are answered locally (``capped``).
 """
 from __future__ import annotations
 
@@ -181,10 +186,13 @@ class Escalation:
     """
 
     def __init__(self, send: Callable, registry: CollectorRegistry | None = None,
-                 sink: Callable[[HardExample], None] | None = None) -> None:
+                 sink: Callable[[HardExample], None] | None = None, max_in_flight: int | None = None) -> None:
         self.send = send
         self.metrics = EscalationMetrics(registry)
         self.sink = sink
+        #: escalations waiting on a target at once (each holds a handler thread up to its budget); None: no cap
+        self.max_in_flight = max_in_flight
+        self._slots = threading.BoundedSemaphore(max_in_flight) if max_in_flight else None
         self._buckets: dict[str, tuple[object, ShareBucket]] = {}
         self._lock = threading.Lock()
 
@@ -233,6 +241,10 @@ class Escalation:
             path = LOCAL
         elif not len(send_ids):
             path = CAPPED
+        elif self._slots is not None and not self._slots.acquire(blocking=False):
+            path, rows[CAPPED] = CAPPED, len(hard_ids)
+            error = (f"{self.max_in_flight} escalations already wait on their targets (this node's limit); "
+                     f"answered locally")
         else:
             try:
                 target = self._ask_target(request, mv, policy, send_ids, n_rows, context)
@@ -244,6 +256,9 @@ class Escalation:
                 error = _describe(exc)
                 log.debug("%s: escalation of %d row(s) to %r fell back to the local answer: %s", mv.what,
                           len(send_ids), policy.target_model, error)
+            finally:
+                if self._slots is not None:
+                    self._slots.release()
         _flag(response, path, len(hard_ids), send_ids if path == ESCALATED_PATH else (), error=error,
               target=policy.target_model if path == ESCALATED_PATH else None, target_version=target_version)
         self.metrics.record(mv.name, path, rows, (perf_counter_ns() - t_start) * 1e-9)
