@@ -16,10 +16,11 @@ escalated row travels as it came.  The edge node serves the small model twice: `
 no policy (local-only) and ``small`` with ``top1 < --threshold`` escalating to ``big`` in zone
 "cloud" through the mesh (static peers, no multicast).  Every test row is one request to each of
 ``small_alone`` (local only), ``big`` directly (big only) and ``small`` (joint), interleaved row by
-row so the three see the same machine noise (bounded by ``--rows`` and ``--seconds``).  Printed: the accuracy of each, the share of rows escalated, the joint
-accuracy minus the big model's, p50/p99 latency of local-only requests and, within the joint run,
-of requests answered locally vs escalated; the escalated/local p50 ratio and the policy's overhead on
-easy rows (joint answered locally / local-only p50).
+row so the three see the same machine noise (bounded by ``--rows`` and ``--seconds``).  Printed: the
+accuracy of each, the share of rows escalated, the joint accuracy minus the big model's, p50/p99
+latency of local-only requests and, within the joint run, of requests answered locally vs escalated;
+the escalated/local p50 ratio and the policy's overhead on easy rows (joint answered locally /
+local-only p50).
 Targets (``--check`` exits 1 when missed): no failed request and no fallback; escalated share <= 0.5;
 joint accuracy >= big accuracy - 0.01; joint accuracy >= small accuracy + 0.01.
 """
@@ -157,8 +158,9 @@ def main() -> int:
         nodes = start_nodes(Path(tmp), small, big, args.threshold)
         try:
             edge, cloud = nodes["edge"].address, nodes["cloud"].address
-            (alone, lat_alone, _, fail_alone), (big_only, lat_big, _, fail_big), (joint, lat_joint, paths, fail_joint) = \
-                run([(edge, "small_alone"), (cloud, "big"), (edge, "small")], x_test, args.seconds)
+            passes = run([(edge, "small_alone"), (cloud, "big"), (edge, "small")], x_test, args.seconds)
+            (alone, lat_alone, _, fail_alone), (big_only, lat_big, _, fail_big), (joint, lat_joint, paths,
+                                                                                fail_joint) = passes
         finally:
             for node in nodes.values():
                 node.stop(2.0)

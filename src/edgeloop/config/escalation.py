@@ -37,7 +37,8 @@ def parse_escalation(table: dict[str, Any], source: str, prefix: str) -> Escalat
     target = fields.string("target_model", expected=_NAME)
     if not is_model_name(target):
         raise fields.error("target_model", target, _NAME)
-    version = fields.integer("target_version", None, minimum=1, expected="an integer version >= 1 (omit for the latest)")
+    version = fields.integer("target_version", None, minimum=1,
+                             expected="an integer version >= 1 (omit for the latest)")
     zone = fields.string("target_zone", None, expected="a non-empty zone name (node.zone of the nodes serving it)")
     address = fields.string("target_address", None, expected=ADDRESS_EXPECTATION)
     if address is not None and split_address(address) is None:
