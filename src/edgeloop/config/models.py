@@ -11,12 +11,13 @@ from dataclasses import replace
 from typing import Any
 
 from .errors import ConfigError
+from .escalation import parse_escalation
 from .fields import TableReader, is_integer, join_key, unknown_key_error
 from .schema import GRAPH_OPTIMIZATION_LEVELS, ModelConfig, VersionPolicy
 
 MODEL_KEYS = (
     "version_policy", "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "intra_op_threads",
-    "inter_op_threads", "graph_optimization_level", "execution_providers", "max_queue_size", "sample_rate",
+    "inter_op_threads", "graph_optimization_level", "execution_providers", "max_queue_size", "sample_rate", "escalation",
 )
 MAX_BATCH_LIMIT = 65536
 MAX_QUEUE_DELAY_US_LIMIT = 10_000_000
@@ -72,10 +73,14 @@ def parse_model_table(table: dict[str, Any], source: str, prefix: str, base: Mod
     sample_rate = fields.number("sample_rate", base.sample_rate, minimum=0.0, expected=SAMPLE_RATE_EXPECTATION)
     if sample_rate is not None and sample_rate > 1.0:
         raise fields.error("sample_rate", sample_rate, SAMPLE_RATE_EXPECTATION)
+    escalation = base.escalation
+    if fields.has("escalation"):
+        escalation = parse_escalation(table["escalation"], source, fields.key("escalation"))
     return replace(base, version_policy=policy, max_batch_size=max_batch, max_queue_delay_us=delay,
                    max_queue_size=queue,
                    preferred_batch_sizes=preferred, intra_op_threads=intra, inter_op_threads=inter,
-                   graph_optimization_level=level, execution_providers=providers, sample_rate=sample_rate)
+                   graph_optimization_level=level, execution_providers=providers, sample_rate=sample_rate,
+                   escalation=escalation)
 
 
 def parse_models(table: dict[str, Any], source: str, prefix: str, defaults: ModelConfig) -> tuple[ModelConfig, ...]:

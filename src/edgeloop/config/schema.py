@@ -30,6 +30,34 @@ class VersionPolicy:
         return tuple(present[-self.latest_n:]) if self.latest_n > 0 else ()
 
 
+#: rules of an escalation policy: classifiers (on probabilities) and regressors (on a declared range)
+ESCALATION_RULES = ("top1", "margin", "entropy", "range")
+
+
+@dataclass(frozen=True)
+class EscalationPolicy:
+    """When a row of a model's answer goes to a bigger model elsewhere (joint inference), and where.
+
+    The rule reads ``output`` per row: ``top1`` escalates when the highest probability is below
+    ``threshold``, ``margin`` when the top two are closer than ``threshold``, ``entropy`` when the
+    entropy (nats) is above ``threshold``, ``range`` when a value falls outside ``[low, high]``.
+    The target is ``target_model`` on a mesh node whose zone is ``target_zone``, or at ``target_address``.
+    """
+
+    target_model: str
+    output: str
+    rule: str
+    threshold: float = 0.0
+    low: float | None = None
+    high: float | None = None
+    target_zone: str | None = None
+    target_address: str | None = None
+    target_version: int | None = None
+    budget_ms: int = 200  # the most an escalation may take (the request's own deadline may cut it shorter)
+    max_share: float | None = None  # escalated rows / rows evaluated, over time (token bucket); None: no cap
+    max_burst: int = 10  # rows that may escalate at once above the share (the bucket's size)
+
+
 #: default ``max_queue_size`` of a model: bounded even where ``grpc_workers`` is raised far above 8
 DEFAULT_MAX_QUEUE_SIZE = 64
 
@@ -50,6 +78,7 @@ class ModelConfig:
     graph_optimization_level: str = "all"  # disable|basic|extended|all
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     sample_rate: float | None = None  # share of requests recorded to the outbox; None = 1.0 with a coordinator, else 0
+    escalation: EscalationPolicy | None = None  # joint inference: hard rows go to a bigger model
 
     @property
     def batching(self) -> bool:
@@ -200,6 +229,8 @@ __all__ = [
     "CloudConfig",
     "CoordinatorConfig",
     "EdgeConfig",
+    "ESCALATION_RULES",
+    "EscalationPolicy",
     "GRAPH_OPTIMIZATION_LEVELS",
     "MeshConfig",
     "ModelConfig",

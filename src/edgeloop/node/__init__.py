@@ -50,6 +50,7 @@ class EdgeNode:
             raise OSError(f"cannot listen on {address} (node.grpc_port / --grpc-port): {exc}") from None
         self._metrics_port: int | None = None
         self._metrics_httpd = None
+        self._escalation_pool = None
         self._stopped = threading.Event()
         self._started = False
         self._stop_lock = threading.Lock()
@@ -73,6 +74,25 @@ class EdgeNode:
         self.uploader = self.link = self._coordinator_channel = None
         if data_path_enabled(config):
             self._attach_data_path()
+        self._wire_escalation()
+
+    def _wire_escalation(self) -> None:
+        """Joint inference: hard rows of a model with an escalation policy go through the mesh's channels."""
+        from edgeloop.mesh.channels import ChannelPool
+        from edgeloop.mesh.escalation import EscalationSender
+        from edgeloop.mesh.router import forward_limit
+        from edgeloop.serving.escalation import Escalation
+
+        if self.mesh is not None:
+            sender = EscalationSender(self.config.node.id, self.mesh.membership, self.mesh.pool)
+        else:  # no mesh: explicit target addresses only, over channels of our own
+            self._escalation_pool = ChannelPool(self._token)
+            sender = EscalationSender(self.config.node.id, None, self._escalation_pool)
+
+        # an escalation holds a handler thread up to its budget: at most a quarter of them at once, like forwards
+        self.escalation = Escalation(sender, self.metrics.registry,
+                                     max_in_flight=max(1, forward_limit(self.config.serving.grpc_workers)))
+        self.servicer.escalation = self.escalation
 
     def _attach_data_path(self) -> None:
         """Outbox, statistics, recorder and the Feedback service (uploader and link start in ``start``)."""
@@ -194,6 +214,8 @@ class EdgeNode:
             self._drain_in_flight(deadline)
             self.server.stop(max(0.0, deadline - time.monotonic())).wait()
             self.models.close(drain_timeout_s=grace_s)
+            if self._escalation_pool is not None:
+                self._escalation_pool.close()
             self._stop_data_path()  # after the server: the outbox commits what the last requests queued
             if self._metrics_httpd is not None:
                 # serve_forever notices shutdown only at its 0.5 s poll: let that happen in the background

@@ -103,6 +103,98 @@ def build_matmul_chain(width: int = 1024, layers: int = 32) -> onnx.ModelProto:
     return _model(graph)
 
 
+def build_column_classifier(in_dim: int = 2, column: int = 0) -> onnx.ModelProto:
+    """Two-class ``probabilities`` = [x[:, column], 1 - x[:, column]] from input ``x`` FP32 [batch, in_dim].
+
+    A classifier whose confidence the caller sets row by row (joint-inference tests and demos): two
+    of them reading different columns give distinct answers to the same request.
+    """
+    if not 0 <= column < in_dim:
+        raise ValueError(f"build_column_classifier: column={column!r}; expected 0..{in_dim - 1}")
+    consts = [numpy_helper.from_array(np.array([column], dtype=np.int64), "start"),
+              numpy_helper.from_array(np.array([column + 1], dtype=np.int64), "end"),
+              numpy_helper.from_array(np.array([1], dtype=np.int64), "axis"),
+              numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")]
+    nodes = [helper.make_node("Slice", ["x", "start", "end", "axis"], ["p"]),
+             helper.make_node("Sub", ["one", "p"], ["q"]),
+             helper.make_node("Concat", ["p", "q"], ["probabilities"], axis=1)]
+    graph = helper.make_graph(nodes, "edgeloop_column_classifier",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", in_dim])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
+                              consts)
+    return _model(graph)
+
+
+def build_softmax_classifier(layers) -> onnx.ModelProto:
+    """A trained classifier as ONNX: ``[(W, b), ...]`` Gemm layers with Relu between, then Softmax.
+
+    Input ``x`` FP32 [batch, rows of the first W], output ``probabilities`` FP32 [batch, classes].
+    One layer is a (multinomial) logistic regression; more make an MLP.
+    """
+    if not layers:
+        raise ValueError("build_softmax_classifier: layers is empty; expected [(W, b), ...]")
+    nodes, weights, previous = [], [], "x"
+    for i, (w, b) in enumerate(layers):
+        weights += [numpy_helper.from_array(np.asarray(w, dtype=np.float32), f"W{i}"),
+                    numpy_helper.from_array(np.asarray(b, dtype=np.float32).reshape(-1), f"B{i}")]
+        nodes.append(helper.make_node("Gemm", [previous, f"W{i}", f"B{i}"], [f"z{i}"]))
+        previous = f"z{i}"
+        if i < len(layers) - 1:
+            nodes.append(helper.make_node("Relu", [previous], [f"h{i}"]))
+            previous = f"h{i}"
+    nodes.append(helper.make_node("Softmax", [previous], ["probabilities"], axis=-1))
+    in_dim, classes = np.shape(layers[0][0])[0], np.shape(layers[-1][0])[1]
+    graph = helper.make_graph(nodes, "edgeloop_softmax_classifier",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", in_dim])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", classes])],
+                              weights)
+    return _model(graph)
+
+
+def fit_softmax_classifier(x, y, hidden: int | None = None, epochs: int = 300, lr: float = 0.05,
+                           seed: int = 0) -> list:
+    """Train the layers ``build_softmax_classifier`` takes: full-batch Adam on cross-entropy, numpy only.
+
+    ``hidden=None`` fits a logistic regression, ``hidden=H`` an MLP with one Relu layer of H units.
+    Inputs are standardised for training and the scaling is folded into the first layer, so the
+    model takes raw ``x``.  Seeded: the same data and seed give the same weights.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    xs = (x - mu) / sd
+    onehot = np.eye(int(y.max()) + 1)[y]
+    dims = [x.shape[1]] + ([hidden] if hidden else []) + [onehot.shape[1]]
+    rng = np.random.default_rng(seed)
+    params = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        params += [rng.normal(0.0, 1.0 / np.sqrt(a), (a, b)), np.zeros(b)]
+    m1 = [np.zeros_like(p) for p in params]
+    m2 = [np.zeros_like(p) for p in params]
+    for t in range(1, epochs + 1):
+        acts, h = [xs], xs
+        for i in range(0, len(params), 2):
+            h = h @ params[i] + params[i + 1]
+            if i < len(params) - 2:
+                h = np.maximum(h, 0.0)
+            acts.append(h)
+        z = h - h.max(1, keepdims=True)
+        grad = (np.exp(z) / np.exp(z).sum(1, keepdims=True) - onehot) / len(y)
+        grads = [None] * len(params)
+        for i in range(len(params) - 2, -1, -2):
+            grads[i], grads[i + 1] = acts[i // 2].T @ grad, grad.sum(0)
+            if i > 0:
+                grad = (grad @ params[i].T) * (acts[i // 2] > 0)
+        for i, (p, g) in enumerate(zip(params, grads)):
+            m1[i] = 0.9 * m1[i] + 0.1 * g
+            m2[i] = 0.999 * m2[i] + 0.001 * g * g
+            p -= lr * (m1[i] / (1 - 0.9 ** t)) / (np.sqrt(m2[i] / (1 - 0.999 ** t)) + 1e-8)
+    layers = [(params[i], params[i + 1]) for i in range(0, len(params), 2)]
+    w, b = layers[0]
+    layers[0] = (w / sd[:, None], b - (mu / sd) @ w)
+    return layers
+
+
 def write_model(root, name: str, version: int, model_proto: onnx.ModelProto | bytes,
                 manifest: bool = True) -> Path:
     """Write ``<root>/<name>/<version>/model.onnx`` atomically (and ``manifest.json``); return its path."""
@@ -120,4 +212,5 @@ def write_model(root, name: str, version: int, model_proto: onnx.ModelProto | by
     return path
 
 
-__all__ = ["ONNX_TYPES", "build_mlp", "build_multi_io_model", "write_model"]
+__all__ = ["ONNX_TYPES", "build_column_classifier", "build_mlp", "build_multi_io_model", "build_softmax_classifier",
+           "fit_softmax_classifier", "write_model"]

@@ -26,6 +26,7 @@ from edgeloop.protocol import inference_pb2
 from edgeloop.protocol.errors import (ProtocolError, failed_precondition, invalid_argument, not_found, quote,
                                       unavailable)
 from edgeloop.serving.batcher import merge_limit_warning
+from edgeloop.serving.escalation import check_escalation
 from edgeloop.serving.metrics import ServingMetrics
 from edgeloop.serving.model_version import ModelVersion
 from edgeloop.serving.repository import (MANIFEST_FILE, MODEL_FILE, MODEL_NAME_EXPECTATION, ModelRepository,
@@ -391,6 +392,7 @@ class ModelManager:
             session = create_session(data, config, what)
             signature = ModelSignature.from_session(session, config.max_batch_size)
             check_declared(signature, manifest)
+            check_escalation(config.escalation, signature)
         except (RepositoryError, SessionError, SignatureError) as exc:
             raise LoadError(str(exc)) from None
         mv = ModelVersion(name, version, session, signature, config, fingerprint,

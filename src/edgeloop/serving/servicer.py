@@ -9,6 +9,8 @@ parsed here, so bytes that are not the RPC's message get INVALID_ARGUMENT (and, 
 ``error_message`` while the stream goes on) instead of grpcio's INTERNAL "Exception deserializing
 request!".  Every reply is a documented status: ProtocolError maps to its code, any other failure to
 INTERNAL (logged), never grpcio's UNKNOWN.
+Joint inference plugs in through ``escalation`` (``serving.escalation.Escalation``): a model with an
+escalation policy has its local answer passed to ``escalation.after_local`` before it is returned.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, models, router=None, server_name: str = SERVER_NAME, max_streams: int | None = None) -> None:
         self.models = models
         self.router = router
+        #: joint inference hook (``serving.escalation.Escalation``), set by the node; None: answer locally
+        self.escalation = None
         self.server_name = server_name
         self.draining = False
         #: ``on_served(request, response, model, version)`` after each inference run here (not forwarded)
@@ -99,6 +103,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             response = mv.infer(request, t_start)
         finally:
             mv.leave()
+        escalation = self.escalation
+        if escalation is not None and mv.config.escalation is not None:
+            response = escalation.after_local(request, response, mv, context, t_start)
         if self.on_served is not None:
             self.on_served(request, response, mv.name, mv.version)
         return response

@@ -16,6 +16,8 @@ does not state keeps its configured value:
 - ``version_policy``: ``{"latest": {"num_versions": N}}`` | ``{"all": {}}`` | ``{"specific": {"versions": [...]}}``
 - ``backend`` / ``platform`` must name onnxruntime (``onnxruntime`` / ``onnxruntime_onnx``) when present
 - ``name``, when present, must be the model's name
+- ``escalation`` (ours, not Triton's): the joint-inference policy, the keys of the TOML table
+  ``[serving.models.<name>.escalation]`` (see ``config.escalation``); ``null`` removes it
 
 ``instance_group`` and ``parameters`` are accepted and ignored; any other top-level field (Triton
 has many: input, output, optimization, ...) is ignored with a debug log line.  Integers may be JSON
@@ -35,7 +37,8 @@ import logging
 import re
 from dataclasses import replace
 
-from edgeloop.config import ModelConfig, VersionPolicy
+from edgeloop.config import ConfigError, ModelConfig, VersionPolicy
+from edgeloop.config.escalation import parse_escalation
 from edgeloop.config.models import MAX_BATCH_LIMIT, MAX_QUEUE_DELAY_US_LIMIT
 from edgeloop.protocol import model_config_pb2 as mc
 from edgeloop.protocol.errors import invalid_argument, quote
@@ -45,7 +48,7 @@ log = logging.getLogger("edgeloop.serving")
 
 FIELD = "parameters['config']"
 ONNX_RUNTIME_NAMES = ("onnxruntime", "onnxruntime_onnx")  # Triton's backend and platform names
-_HONOURED = ("name", "backend", "platform", "max_batch_size", "dynamic_batching", "version_policy")
+_HONOURED = ("name", "backend", "platform", "max_batch_size", "dynamic_batching", "version_policy", "escalation")
 _IGNORED_QUIETLY = ("instance_group", "parameters")
 _DYNAMIC_BATCHING = ("max_queue_delay_microseconds", "preferred_batch_size")
 #: Characters of a load's config JSON (Triton's configs are a few hundred).
@@ -93,6 +96,8 @@ def parse_triton_config(text: str, base: ModelConfig) -> ModelConfig:
         changes.update(_dynamic_batching(doc["dynamic_batching"]))
     if "version_policy" in doc:
         changes["version_policy"] = _version_policy(doc["version_policy"])
+    if "escalation" in doc:
+        changes["escalation"] = _escalation(doc["escalation"])
     config = replace(base, **changes)
     if config.max_batch_size > 0:
         too_big = [p for p in config.preferred_batch_sizes if p > config.max_batch_size]
@@ -193,6 +198,16 @@ def _version_policy(policy) -> VersionPolicy:
                                f"non-empty list of positive integers (1..{MAX_VERSION})")
     return VersionPolicy(kind="specific", versions=tuple(
         sorted({_int(v, f"{where}.specific.versions[{i}]", 1, MAX_VERSION) for i, v in enumerate(versions)})))
+
+
+def _escalation(section):
+    """The ``escalation`` block, read by the TOML table's parser (its errors become INVALID_ARGUMENT)."""
+    if section is None:
+        return None
+    try:
+        return parse_escalation(section, FIELD, "escalation")
+    except ConfigError as exc:
+        raise invalid_argument(str(exc)) from None
 
 
 def _snake_case_keys(value):
