@@ -21,7 +21,7 @@ import numpy as np
 from edgeloop.mesh.channels import ChannelPool
 from edgeloop.mesh.membership import UNKNOWN, Membership
 from edgeloop.mesh.routing import ROUTING_KEY, NodeGone, route_of, send_with_failover, spill_order
-from edgeloop.protocol.errors import not_found
+from edgeloop.protocol.errors import ProtocolError, not_found, unavailable
 
 
 class MeshClient:
@@ -202,7 +202,8 @@ class MeshClient:
         ``timestamp_ms`` (the latest sample of that key served at or before then).  The label goes
         to the node whose id prefixes a generated request id, else to the owner of the key the
         request was placed by (``routing_key``, else ``request_id``), one retry on the next node.
-        Returns the labels the node made durable (1).  ``token``: the fleet token, when configured.
+        Returns the labels the node made durable (1).  ``token``: the fleet token, when the client was not
+        built with it (a client's own ``token`` is carried on every call already).
         """
         import grpc
 
@@ -229,7 +230,7 @@ class MeshClient:
             stub = mesh_pb2_grpc.FeedbackStub(self.pool.get(member.address).channel)
             try:
                 ack = stub.Label(mesh_pb2.LabelRequest(labels=[message]), timeout=self.timeout_s,
-                                 metadata=token_metadata(token))
+                                 metadata=token_metadata(token if token != self.pool.token else None))
                 return ack.accepted
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:

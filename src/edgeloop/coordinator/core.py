@@ -8,6 +8,7 @@ batches are recognised by id.
 from __future__ import annotations
 
 import json
+import logging
 from collections import deque
 
 from edgeloop.protocol import mesh_pb2
@@ -17,6 +18,8 @@ from edgeloop.store import LabelRow, SampleRow
 from . import validate as v
 from .guards import now_ms
 from .writer import IngestWriter
+
+log = logging.getLogger("edgeloop.coordinator")
 
 LOAD = "load"
 #: rows of one upload stream validated and queued ahead of the writer (bounds memory per stream)
@@ -162,6 +165,21 @@ class CoordinatorCore:
         if not context.is_active():
             raise unavailable("the upload stream was cancelled before its end")
         return mesh_pb2.UploadAck(accepted_batch_ids=accepted, duplicate_batch_ids=duplicates, rows_stored=stored)
+
+    # ---------------------------------------------------------------- publication
+    def publish(self, model: str, version: int, sha256: str, size: int, reason: str = "push"):
+        """Register an artifact already in the store as ``model`` ``version`` (0: next) and direct the edges to load it.
+
+        The one way a model reaches the fleet: ``edgeloop models push`` and the CT loop both come here,
+        so the delivery rules (signed manifests, staged rollouts) apply to every model in one place.
+        Returns ``(PublishedModel, directive records)``; raises ``StoreError`` when that version is taken.
+        """
+        published, records = self.store.publish_model(model, version, sha256, size, now_ms(), LOAD,
+                                                      self.load_payload)
+        self.hub.notify()
+        log.info("model %s version %d published (%s, %d bytes, %s); %d edge(s) directed", model,
+                 published.version, sha256[:12], size, reason, len(records))
+        return published, records
 
     # ---------------------------------------------------------------- directives
     def load_payload(self, published) -> bytes:

@@ -11,8 +11,8 @@ from edgeloop.protocol.errors import ProtocolError, invalid_argument, unavailabl
 from edgeloop.store import ArtifactError, StoreError
 
 from . import validate as v
-from .core import LOAD, CoordinatorCore, model_messages
-from .guards import guard, now_ms
+from .core import CoordinatorCore, model_messages
+from .guards import guard
 from .model_check import onnx_problem
 
 log = logging.getLogger("edgeloop.coordinator")
@@ -79,15 +79,11 @@ class FleetServicer(mesh_pb2_grpc.FleetServicer):
         if not context.is_active():
             raise unavailable("the push stream was cancelled before its end")
         try:
-            published, records = core.store.publish_model(model, version, sha, size, now_ms(), LOAD,
-                                                          core.load_payload)
+            published, records = core.publish(model, version, sha, size, reason="edgeloop models push")
         except StoreError as exc:
             if core.stopping:
                 raise
             raise ProtocolError(grpc.StatusCode.ALREADY_EXISTS, f"version: {exc}") from None
-        core.hub.notify()
-        log.info("model %s version %d published (%s, %d bytes); %d edge(s) directed", model, published.version,
-                 sha[:12], size, len(records))
         return mesh_pb2.PushModelResponse(model=model, version=published.version, sha256=sha, size=size,
                                           edges_directed=len(records))
 
