@@ -115,3 +115,35 @@ def test_max_batch_size_beyond_the_worker_pool_is_reported_once_at_load(tmp_path
     assert len(warnings) == 1, warnings
     assert "'big'" in warnings[0] and "max_batch_size 16" in warnings[0] and "grpc_workers 4" in warnings[0]
     assert merge_limit_warning(4, 4) is None and merge_limit_warning(5, 4) is not None
+
+
+def test_calls_waiting_for_a_handler_thread_are_bounded_too(tmp_path, start_node):
+    """Past ``max_concurrent_rpcs`` gRPC itself answers RESOURCE_EXHAUSTED at once, not at the deadline."""
+    from edgeloop.protocol import inference_pb2_grpc
+    from edgeloop.serving.server import max_concurrent_rpcs
+
+    assert max_concurrent_rpcs(1) == 128 and max_concurrent_rpcs(8) == 128 and max_concurrent_rpcs(64) == 1024
+    root = tmp_path / "models"
+    write_model(root, "mlp", 1, build_mlp(seed=2))
+    node = start_node(root, models=[ModelConfig(name="mlp", max_batch_size=4, max_queue_delay_us=0,
+                                                max_queue_size=1024)], grpc_workers=1)
+    version = node.node.models.acquire("mlp", "")
+    version.leave()
+    gate = Gate(version._batcher._run)
+    version._batcher._run = gate
+    request = build_infer_request("mlp", {"INPUT0": X})
+    with grpc.insecure_channel(node.node.address) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        first = stub.ModelInfer.future(request, timeout=RPC_TIMEOUT_S)
+        assert gate.entered.wait(10)  # the one handler thread is held inside the model's run
+        start = time.monotonic()
+        futures = [stub.ModelInfer.future(request, timeout=RPC_TIMEOUT_S) for _ in range(140)]
+        wait_until(lambda: sum(f.done() for f in futures) >= 13, timeout=5)
+        refused = [f for f in futures if f.done()]
+        assert time.monotonic() - start < 5
+        assert all(f.exception() is not None and f.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                   for f in refused)
+        gate.open()
+        assert first.result() is not None
+        answered = [f for f in futures if f not in refused]
+        assert all(f.exception() is None for f in answered) and len(answered) + len(refused) == 140

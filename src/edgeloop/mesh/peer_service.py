@@ -73,5 +73,6 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
 
 def node_identity(node_id: str, host: str, grpc_port: int, metrics_port: int, weight: float,
                   zone: str, mesh_name: str = DEFAULT_MESH) -> mesh_pb2.NodeIdentity:
-    return mesh_pb2.NodeIdentity(node_id=node_id, host=host, grpc_port=grpc_port, metrics_port=metrics_port,
+    return mesh_pb2.NodeIdentity(node_id=node_id, host=host, grpc_port=grpc_port,
+                                 metrics_port=max(0, int(metrics_port or 0)),  # -1/None: metrics off
                                  weight=weight, zone=zone, protocol_version=PROTOCOL_VERSION, mesh_name=mesh_name)

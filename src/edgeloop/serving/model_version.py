@@ -12,7 +12,7 @@ from time import perf_counter_ns
 from edgeloop.protocol import inference_pb2
 from edgeloop.protocol.errors import ProtocolError, internal, invalid_argument, quote, resource_exhausted
 from edgeloop.serving.batcher import DynamicBatcher
-from edgeloop.serving.signature import ModelSignature, output_raw
+from edgeloop.serving.signature import ModelSignature, output_raw, wire_bytes
 from edgeloop.serving.stats import VersionStats
 
 _Response = inference_pb2.ModelInferResponse
@@ -175,7 +175,7 @@ class ModelVersion:
             if len(outputs) == 1 and not self._bytes_outputs:
                 array = outputs[0]
                 response.outputs[0].shape.extend(array.shape)
-                response.raw_output_contents.append(array.tobytes())
+                response.raw_output_contents.append(wire_bytes(array))
                 return response
             tensors = response.outputs
             for i, array in enumerate(outputs):
@@ -189,7 +189,7 @@ class ModelVersion:
         if self._bytes_outputs:
             response.raw_output_contents.extend([output_raw(s, a) for s, a in zip(specs, outputs)])
         else:
-            response.raw_output_contents.extend([a.tobytes() for a in outputs])
+            response.raw_output_contents.extend([wire_bytes(a) for a in outputs])
         return response
 
     def record_failure(self, t_start: int) -> None:

@@ -27,7 +27,15 @@ def create_grpc_server(serving_config):
 
     workers = max(1, int(serving_config.grpc_workers))
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgeloop-grpc")
-    return grpc.server(executor, options=grpc_server_options(serving_config), maximum_concurrent_rpcs=None)
+    # Calls waiting for a handler thread are bounded too: past the limit gRPC answers RESOURCE_EXHAUSTED
+    # at once instead of holding the call until its deadline.
+    return grpc.server(executor, options=grpc_server_options(serving_config),
+                       maximum_concurrent_rpcs=max_concurrent_rpcs(workers))
 
 
-__all__ = ["create_grpc_server", "grpc_server_options"]
+def max_concurrent_rpcs(workers: int) -> int:
+    """RPCs a node holds at once (running or waiting for a thread): 16 per handler thread, at least 128."""
+    return max(128, 16 * workers)
+
+
+__all__ = ["create_grpc_server", "grpc_server_options", "max_concurrent_rpcs"]

@@ -6,6 +6,8 @@ Messages name the field, the value received and what was expected.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from edgeloop.protocol.codec import DATATYPES, bytes_tensor_to_raw, decode_input, element_count, raw_to_bytes_tensor
@@ -262,11 +264,20 @@ def _to_ort_strings(array: np.ndarray, what: str) -> np.ndarray:
     return out.reshape(array.shape)
 
 
+def _little_endian_bytes(array: np.ndarray) -> bytes:
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+#: Raw little-endian bytes of a numeric output (onnxruntime answers in native order): on a
+#: little-endian host that is ``tobytes()`` itself, so the hot path pays nothing for the guarantee.
+wire_bytes = np.ndarray.tobytes if sys.byteorder == "little" else _little_endian_bytes
+
+
 def output_raw(spec: TensorSpec, array: np.ndarray) -> bytes:
     """Raw bytes of one output in the protocol layout (length-prefixed UTF-8 for strings)."""
     if spec.is_bytes:
         return bytes_tensor_to_raw(array)
-    return array.tobytes()
+    return wire_bytes(array)
 
 
 def check_declared(signature: ModelSignature, manifest: dict | None) -> None:
