@@ -25,6 +25,9 @@ _OP_CODES = {
     "since_last": _k.OP_SINCE_LAST, "label_lag": _k.OP_LABEL_LAG, "label_mean": _k.OP_LABEL_MEAN,
 }
 _MAX_COUNT = float(2**53)  # counters are exact in float64 below this
+#: Labels kept beyond the longest label window, so that a few labels for events not yet served
+#: (clock skew, a labeller ahead of the stream) cannot push out the ones a request may see.
+LABEL_SLACK = 8
 
 
 class Served(NamedTuple):
@@ -56,7 +59,8 @@ class Plan:
         self.columns = tuple(cols)
         self.H = max((s.k for s in definition.features if s.op in COLUMN_OPS), default=0)
         self.C = len(cols)
-        self.L = max((s.k for s in definition.features if s.op.startswith("label_")), default=0)
+        longest = max((s.k for s in definition.features if s.op.startswith("label_")), default=0)
+        self.L = longest + LABEL_SLACK if longest else 0
         codes = [self.H, self.C, self.L, len(definition.features), self.n_inputs]
         codes += [definition.inputs.index(c) for c in cols]
         for s in definition.features:
