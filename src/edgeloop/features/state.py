@@ -19,6 +19,7 @@ import os
 import struct
 import tempfile
 import threading
+import zipfile
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -152,7 +153,8 @@ class FeatureState:
         """The served row enters the entity's history (after ``compute``)."""
         stripe = self._stripe(entity)
         plan = self.plan
-        row = _k.as_row(row, plan.n_inputs)
+        if type(row) is not np.ndarray or row.dtype not in _KERNEL_DTYPES:
+            row = _k.as_row(row, plan.n_inputs)
         t = float(t)
         with stripe.lock:
             rec = stripe.records.get(entity)
@@ -302,7 +304,7 @@ class FeatureState:
                 arrays = {name: npz[name] for name in ("meta", "keys", "offsets", "records")}
         except KeyError as exc:
             raise StateError("snapshot", str(path), f"an .npz with meta, keys, offsets, records ({exc})") from None
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise StateError("snapshot", str(path), f"a readable .npz without pickled objects ({exc})") from None
         try:
             meta = json.loads(arrays["meta"].astype(np.uint8).tobytes())
