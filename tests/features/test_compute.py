@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeloop.features.compute import LABEL_SLACK
 from edgeloop.features import (FeatureDefinition, FeatureError, FeatureState, Plan, compute, replay, serve,
@@ -212,3 +214,25 @@ def test_the_kernel_guards_its_memory():
         k.serve(rec, plan.codes, plan.defaults, row, 1.0, np.empty(plan.width - 1, np.float32))
     with pytest.raises(ValueError):
         k.push_row(plan.blank, plan.codes, row, 1.0)  # read-only record
+
+
+_feature = st.one_of(
+    st.builds(lambda op, col, k: {"op": op, "col": col, "k": k},
+              st.sampled_from(["lag", "delta", "mean", "std", "dev"]), st.sampled_from(["a", "b", "c"]),
+              st.integers(1, 12)),
+    st.builds(lambda op, k: {"op": op, "k": k}, st.sampled_from(["label_lag", "label_mean"]), st.integers(1, 12)),
+    st.just({"op": "since_last"}),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(features=st.lists(_feature, min_size=1, max_size=10), seed=st.integers(0, 2**16),
+       entities=st.integers(1, 4), delay=st.floats(0.0, 30.0))
+def test_any_definition_matches_the_oracle(features, seed, entities, delay):
+    named = [dict(f, name=f"f{i}") for i, f in enumerate(features)]
+    d = FeatureDefinition.from_dict({"version": 1, "entity": "k", "inputs": INPUTS, "features": named})
+    s = random_stream(seed, 120, entities, max_delay=delay)
+    got = replay(d, s.rows, s.keys, s.timestamps, s.label_events())
+    want, cold, partial = drive_reference(d, s)
+    np.testing.assert_allclose(got.vectors, want, rtol=2e-6, atol=2e-6)
+    assert (got.cold == cold).all() and (got.partial == partial).all()
