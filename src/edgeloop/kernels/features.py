@@ -2,10 +2,11 @@
 
 The feature store (``edgeloop.features``) keeps each entity's state as one flat float64
 *record* and describes its definition as an int64 *plan*; the layout of both is documented in
-the ``.pyx``.  These functions are the per-request hot path, so they take arrays as they are:
-``rec`` and ``defaults`` float64, ``plan`` int64, ``row`` float64, ``out`` float32, all 1-D and
-C-contiguous (anything else raises ``ValueError``/``TypeError`` in the native entry checks).
-``as_row`` turns a request's values into the row these functions take (one copy at most).
+the ``.pyx``.  These functions are the per-request hot path, so they take ndarrays as they are
+(raw data pointers, no memoryview set-up): ``rec`` and ``defaults`` float64, ``plan`` int64,
+``out`` float32, all 1-D and C-contiguous; ``row`` float32 or float64, 1-D or a batch of one row.
+Anything else raises ``ValueError``/``TypeError`` in the native entry checks, which also keep
+every index inside the arrays.  ``as_row`` turns other values (lists, other dtypes) into a row.
 """
 from __future__ import annotations
 
