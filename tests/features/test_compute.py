@@ -181,7 +181,8 @@ def test_non_finite_in_an_unused_input_is_the_models_business():
 
 
 @pytest.mark.parametrize("label, ts, field", [(np.nan, 1.0, "label"), (1.0, np.inf, "timestamp"),
-                                              ("x", 1.0, "label")])
+                                              ("x", 1.0, "label"), (1.0, "noon", "timestamp"),
+                                              (None, 1.0, "label")])
 def test_bad_labels_are_refused(label, ts, field):
     st = FeatureState(mixed_definition())
     with pytest.raises(FeatureError) as info:
@@ -189,10 +190,14 @@ def test_bad_labels_are_refused(label, ts, field):
     assert info.value.field == field
 
 
-def test_non_finite_timestamp_is_refused():
-    with pytest.raises(FeatureError) as info:
-        FeatureState(mixed_definition()).serve("e", [1.0, 2.0, 3.0, 4.0], float("nan"))
-    assert info.value.field == "timestamp"
+@pytest.mark.parametrize("t", [float("nan"), float("inf"), "noon", None])
+def test_bad_request_timestamps_are_refused(t):
+    st = FeatureState(mixed_definition())
+    for call in (st.serve, st.compute, st.update_with_row):
+        with pytest.raises(FeatureError) as info:
+            call("e", [1.0, 2.0, 3.0, 4.0], t)
+        assert info.value.field == "timestamp"
+    assert len(st) == 0
 
 
 def test_the_kernel_guards_its_memory():

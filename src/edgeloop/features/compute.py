@@ -11,6 +11,7 @@ before ``t`` that were pushed before it; the request's own label and anything la
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -138,33 +139,33 @@ def _row_error(plan: Plan, row, t: float, exc: ValueError) -> FeatureError:
 
 def compute(plan: Plan, record: np.ndarray, row, t: float) -> Served:
     """The vector for a request (raw ``row`` at time ``t``) given the entity's state; state unchanged."""
-    row = _k.as_row(row, plan.n_inputs)
+    row, t = _k.as_row(row, plan.n_inputs), request_time(t)
     out = np.empty(plan.width, dtype=np.float32)
     try:
-        flags = _k.compute(record, plan.codes, plan.defaults, row, float(t), out)
+        flags = _k.compute(record, plan.codes, plan.defaults, row, t, out)
     except ValueError as exc:
-        raise _row_error(plan, row, float(t), exc) from None
+        raise _row_error(plan, row, t, exc) from None
     return Served(out, bool(flags & _k.FLAG_COLD), bool(flags & _k.FLAG_PARTIAL))
 
 
 def serve(plan: Plan, record: np.ndarray, row, t: float) -> Served:
     """``compute`` then ``update_with_row``, in one kernel call: what the edge does per request."""
-    row = _k.as_row(row, plan.n_inputs)
+    row, t = _k.as_row(row, plan.n_inputs), request_time(t)
     out = np.empty(plan.width, dtype=np.float32)
     try:
-        flags = _k.serve(record, plan.codes, plan.defaults, row, float(t), out)
+        flags = _k.serve(record, plan.codes, plan.defaults, row, t, out)
     except ValueError as exc:
-        raise _row_error(plan, row, float(t), exc) from None
+        raise _row_error(plan, row, t, exc) from None
     return Served(out, bool(flags & _k.FLAG_COLD), bool(flags & _k.FLAG_PARTIAL))
 
 
 def update_with_row(plan: Plan, record: np.ndarray, row, t: float) -> None:
     """The served row enters the entity's history (after the vector was computed)."""
-    row = _k.as_row(row, plan.n_inputs)
+    row, t = _k.as_row(row, plan.n_inputs), request_time(t)
     try:
-        _k.push_row(record, plan.codes, row, float(t))
+        _k.push_row(record, plan.codes, row, t)
     except ValueError as exc:
-        raise _row_error(plan, row, float(t), exc) from None
+        raise _row_error(plan, row, t, exc) from None
 
 
 def update_with_label(plan: Plan, record: np.ndarray, label: float, timestamp: float) -> bool:
@@ -173,12 +174,25 @@ def update_with_label(plan: Plan, record: np.ndarray, label: float, timestamp: f
     Labels are kept in timestamp order (the newest L); a second label for the same timestamp
     replaces the first (uploads may be retried), one older than a full buffer is dropped.
     """
-    try:
-        label, timestamp = float(label), float(timestamp)
-    except (TypeError, ValueError):
-        raise FeatureError("label", "label", label, "a number with a numeric timestamp") from None
-    if not np.isfinite(label):
-        raise FeatureError("label", "label", label, "a finite number")
-    if not np.isfinite(timestamp):
-        raise FeatureError("label", "timestamp", timestamp, "a finite number of seconds")
+    label, timestamp = label_args(label, timestamp)
     return _k.push_label(record, plan.codes, timestamp, label) != _k.LABEL_DROPPED
+
+
+def label_args(label, timestamp) -> tuple[float, float]:
+    """A label and its event's timestamp as finite floats, or ``FeatureError`` naming the bad one."""
+    for field, value in (("label", label), ("timestamp", timestamp)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise FeatureError("label", field, value, "a number") from None
+        if not math.isfinite(number):
+            raise FeatureError("label", field, value, "a finite number")
+    return float(label), float(timestamp)
+
+
+def request_time(t) -> float:
+    """A request's timestamp (seconds) as a float, or ``FeatureError`` (finiteness is checked by the kernel)."""
+    try:
+        return float(t)
+    except (TypeError, ValueError):
+        raise FeatureError("request", "timestamp", t, "a finite number of seconds") from None

@@ -29,7 +29,7 @@ import numpy as np
 
 from edgeloop.kernels import features as _k
 
-from .compute import Plan, Served, _row_error
+from .compute import Plan, Served, _row_error, label_args, request_time
 from .definition import FeatureDefinition
 from .errors import FeatureError, StateError
 
@@ -125,7 +125,7 @@ class FeatureState:
         plan = self.plan
         if type(row) is not np.ndarray or row.dtype not in _KERNEL_DTYPES:
             row = _k.as_row(row, plan.n_inputs)
-        t = float(t)
+        t = request_time(t)
         out = np.empty(plan.width, dtype=np.float32)
         with stripe.lock:
             rec = stripe.records.get(entity)
@@ -155,7 +155,7 @@ class FeatureState:
         plan = self.plan
         if type(row) is not np.ndarray or row.dtype not in _KERNEL_DTYPES:
             row = _k.as_row(row, plan.n_inputs)
-        t = float(t)
+        t = request_time(t)
         with stripe.lock:
             rec = stripe.records.get(entity)
             new = rec is None
@@ -174,14 +174,7 @@ class FeatureState:
     def update_with_label(self, entity: str, label: float, timestamp: float) -> bool:
         """A late label for the entity's event at ``timestamp``; True when kept (see ``compute.update_with_label``)."""
         stripe = self._stripe(entity)
-        try:
-            label, timestamp = float(label), float(timestamp)
-        except (TypeError, ValueError):
-            raise FeatureError("label", "label", label, "a number with a numeric timestamp") from None
-        if not np.isfinite(label):
-            raise FeatureError("label", "label", label, "a finite number")
-        if not np.isfinite(timestamp):
-            raise FeatureError("label", "timestamp", timestamp, "a finite number of seconds")
+        label, timestamp = label_args(label, timestamp)
         plan = self.plan
         with stripe.lock:
             rec = stripe.records.get(entity)
