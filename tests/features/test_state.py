@@ -80,8 +80,8 @@ def test_snapshot_restore_round_trip(tmp_path):
         assert back.serve(key, row, t).vector.tobytes() == st.serve(key, row, t).vector.tobytes()
 
 
-def test_restart_in_a_new_process_continues_the_stream(tmp_path):
-    """Serve half a stream, snapshot, 'restart' (a fresh state from the file), serve the rest: as if never stopped."""
+def test_restart_from_a_snapshot_continues_the_stream(tmp_path):
+    """Serve half a stream, snapshot, restart (a fresh state restored from the file), serve the rest: as if never stopped."""
     d = mixed_definition()
     s = random_stream(22, 600, 6)
     events = s.label_events()
