@@ -15,7 +15,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-NATIVE_MODULES = ["_linalg", "_stats", "_placement"]
+NATIVE_MODULES = ["_linalg", "_stats", "_placement", "_features"]
 
 
 def _compiler_supports_openmp() -> bool:
