@@ -4,7 +4,7 @@ import pytest
 from edgeloop._native import load
 
 
-@pytest.mark.parametrize("name", ["_linalg", "_stats", "_placement"])
+@pytest.mark.parametrize("name", ["_linalg", "_stats", "_placement", "_features"])
 def test_every_native_module_is_built(name):
     module = load(name)
     assert module.__file__.endswith((".so", ".pyd")), f"{name} is not a compiled extension: {module.__file__}"
