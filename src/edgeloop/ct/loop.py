@@ -288,7 +288,6 @@ class CTLoop:
         st.champion_score = float(p.score("accuracy", head.y))
         st.buffer = [rest]
         st.cursor = st.mem_cursor
-        st.engine = TriggerEngine(st.model, self.trigger_policy(), now)
         self._save(st, now)
         self.store.add_event("ct_reference", "", {"model": st.model, "version": st.champion_version, "rows": cut,
                                                   "accuracy": st.champion_score}, int(now * 1000))
