@@ -133,3 +133,17 @@ def import_labels(channel, labels: list, timeout: float = 300.0, batch_prefix: s
                                    labels=labels[i:i + LABEL_BATCH_ROWS])
                for i in range(0, len(labels), LABEL_BATCH_ROWS)]
     return mesh_pb2_grpc.FleetStub(channel).ImportLabels(iter(batches), timeout=timeout)
+
+
+CT_METHODS = ("Retrain", "ListTriggers", "ListQuarantine", "ShowModel", "ModelLineage", "PromoteModel",
+              "RollBackModel")
+
+
+def ct_call(channel, method: str, model: str = "", version: int = 0, reason: str = "", limit: int = 0,
+            timeout: float = 60.0):
+    """One continuous-training Fleet call; the reply's ``text`` is for people, ``json`` for scripts."""
+    if method not in CT_METHODS:
+        raise ValueError(f"method {method!r}: expected one of {CT_METHODS}")
+    stub = mesh_pb2_grpc.FleetStub(channel)
+    request = mesh_pb2.CtRequest(model=model, version=version, reason=reason, limit=limit)
+    return getattr(stub, method)(request, timeout=timeout)

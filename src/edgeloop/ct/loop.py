@@ -469,6 +469,46 @@ class CTLoop:
         self._sync(model)  # the new champion: its reference is built from the rows it serves
         return outcome
 
+    # ------------------------------------------------------------------ promote / roll back
+    def republish(self, model: str, version: int, action: str, reason: str = ""):
+        """Publish the bytes of ``model`` ``version`` again as the newest version (versions only increase).
+
+        ``action`` is "promote" or "rollback"; it goes through the same ``publish`` as every model, and
+        the new version becomes the champion (its reference is rebuilt from what it serves).
+        """
+        with self._lock:
+            source = [p for p in self.store.published_models() if p.model == model and p.version == version]
+            if not source:
+                raise KeyError(f"model {model!r} has no published version {version}")
+            src = source[0]
+            ms = int(self.clock() * 1000)
+            text = f"{action} of version {version}" + (f": {reason}" if reason else "")
+            run_id = self.store.add_execution(model, 0, "run", "running", {
+                "trigger": action, "evidence": text, "code_version": __version__, "source_version": version}, ms)
+            published, records = self.publish(model, 0, src.sha256, src.size, text[:500])
+            art = self.store.add_artifact(model, "model", {"role": "champion", "run_id": run_id, "action": action,
+                                                           "source_version": version}, ms, published.version,
+                                          src.sha256)
+            self.store.add_execution(model, run_id, "publication", "done",
+                                     {"version": published.version, "directed_edges": [r.node_id for r in records]},
+                                     ms, outputs=[art])
+            self.store.finish_execution(run_id, "published", {"outcome": text, "version": published.version})
+            self.store.set_alias(model, "champion", published.version, ms)
+            self._sync(model)
+            return published
+
+    def rollback(self, model: str, version: int = 0, reason: str = ""):
+        """Back to ``version``, or (0) to the newest earlier version whose bytes differ from the champion's."""
+        if version == 0:
+            mine = sorted((p for p in self.store.published_models() if p.model == model), key=lambda p: p.version)
+            if not mine:
+                raise KeyError(f"model {model!r} has no published version")
+            older = [p for p in mine[:-1] if p.sha256 != mine[-1].sha256]
+            if not older:
+                raise KeyError(f"model {model!r} has no earlier version to roll back to")
+            version = older[-1].version
+        return self.republish(model, version, "rollback", reason)
+
     # ------------------------------------------------------------------ views
     def latest(self) -> dict[str, dict]:
         """Per model: the latest monitor values ``{(monitor, subject, slice): (value, threshold, alarm)}``."""

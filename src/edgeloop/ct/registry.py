@@ -29,9 +29,15 @@ def versions(store, model: str) -> list[dict]:
         if p.model != model:
             continue
         arts = [a for a in store.artifacts(model, "model", p.version) if a["sha256"] == p.sha256]
-        run_id = arts[0]["properties"].get("run_id") if arts else None
+        props = arts[0]["properties"] if arts else {}
+        run_id = props.get("run_id")
+        source = "push"
+        if props.get("action"):
+            source = f"{props['action']} of version {props.get('source_version')} (run {run_id})"
+        elif run_id:
+            source = f"ct run {run_id}"
         out.append({"version": p.version, "sha256": p.sha256, "size": p.size, "created_ms": p.created_ms,
-                    "source": f"ct run {run_id}" if run_id else "push", "run_id": run_id,
+                    "source": source, "run_id": run_id,
                     "aliases": sorted(by_version.get(p.version, [])),
                     "serving_edges": serving_edges(store, model, p.version)})
     return out
@@ -101,4 +107,36 @@ def describe(info: dict) -> str:
     if "compression" in info:
         lines.append(f"  compression: {info['compression']['reason']}")
     lines.append(f"  served now by: {', '.join(info['serving_edges']) or 'no edge (per their latest reports)'}")
+    return "\n".join(lines)
+
+
+def show(store, model: str, version: int = 0) -> dict:
+    """A model's versions (or one), its aliases, and every evaluation with its numbers."""
+    vs = versions(store, model)
+    if version:
+        vs = [v for v in vs if v["version"] == version]
+    evals = store.evaluations(model)
+    by_run: dict = {}
+    for e in evals:
+        by_run.setdefault(e["run_id"], []).append(e)
+    published_runs = {v["run_id"] for v in versions(store, model) if v["run_id"]}
+    for v in vs:
+        v["evaluations"] = [{k: e[k] for k in ("blessed", "reason", "metric", "challenger", "champion")}
+                            for e in by_run.get(v["run_id"], [])]
+    refused = [] if version else [{"run_id": e["run_id"], "reason": e["reason"]} for e in evals
+                                  if e["run_id"] not in published_runs]
+    return {"model": model, "aliases": store.aliases(model), "versions": vs, "refused_runs": refused}
+
+
+def describe_show(info: dict) -> str:
+    lines = [f"{info['model']}  aliases: " + (", ".join(f"{a}={v}" for a, v in sorted(info["aliases"].items()))
+                                              or "none")]
+    for v in info["versions"]:
+        lines.append(f"  version {v['version']}  {v['size']} bytes  sha256 {v['sha256'][:16]}…  from {v['source']}"
+                     + (f"  [{', '.join(v['aliases'])}]" if v["aliases"] else "")
+                     + f"  served by {', '.join(v['serving_edges']) or 'none'}")
+        for e in v.get("evaluations", ()):
+            lines.append(f"    evaluation: {e['reason']}")
+    for r in info.get("refused_runs", ()):
+        lines.append(f"  run {r['run_id']} not published: {r['reason']}")
     return "\n".join(lines)

@@ -39,6 +39,26 @@ class NodeIdentity(_message.Message):
     mesh_name: str
     def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., grpc_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., weight: _Optional[float] = ..., zone: _Optional[str] = ..., protocol_version: _Optional[str] = ..., mesh_name: _Optional[str] = ...) -> None: ...
 
+class CtRequest(_message.Message):
+    __slots__ = ("model", "version", "reason", "limit")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    reason: str
+    limit: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class CtReply(_message.Message):
+    __slots__ = ("text", "json")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    json: str
+    def __init__(self, text: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
 class JoinRequest(_message.Message):
     __slots__ = ("node", "models")
     NODE_FIELD_NUMBER: _ClassVar[int]
