@@ -41,6 +41,15 @@ def test_retrain_triggers_and_registry_commands(tmp_path, cloud, capsys):
         cloud.ct.step(1000.0 + k)
     assert max(p.version for p in cloud.store.published_models()) == 2
 
+    # the monitors' latest values: in `edgeloop status` and as Prometheus gauges
+    code, out, err = cli(capsys, config, "status")
+    assert code == 0 and "MONITOR" in out and "accuracy" in out and "wasserstein" in out, err
+    accuracy = cloud.metrics.registry.get_sample_value("edgeloop_ct_monitor_value",
+                                                       {"model": MODEL, "monitor": "accuracy", "slice": "fleet"})
+    assert accuracy is not None and 0.5 < accuracy <= 1.0
+    assert cloud.metrics.registry.get_sample_value("edgeloop_ct_monitor_threshold",
+                                                   {"model": MODEL, "monitor": "ks", "slice": "fleet"}) > 0
+
     code, out, err = cli(capsys, config, "triggers", "list")
     assert code == 0, err
     assert ("performance" in out or "drift" in out) and "published: version 2" in out

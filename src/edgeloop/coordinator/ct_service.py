@@ -11,6 +11,8 @@ from edgeloop.protocol.errors import not_found
 from . import validate as v
 
 MAX_LIMIT = 1000
+#: monitor rows in one status reply (the worst subject per model, monitor and slice)
+MAX_MONITORS = 500
 MAX_REASON_CHARS = 500
 
 
@@ -49,6 +51,19 @@ def _published(core, model: str) -> list:
 
 class CtFleetMethods:
     """Mixed into FleetServicer (which supplies ``self.core`` and the ``guard`` decorator's needs)."""
+
+    def _monitors(self) -> list:
+        worst: dict[tuple, tuple] = {}
+        for model, latest in sorted(self.core.ct.latest().items()):
+            for (monitor, subject, slice_key), (value, threshold, alarm) in latest.items():
+                ratio = value / threshold if threshold and threshold > 0 else 0.0
+                key = (model, monitor, slice_key)
+                if monitor == "accuracy":
+                    ratio = 0.0
+                if key not in worst or ratio > worst[key][0]:
+                    worst[key] = (ratio, subject, value, threshold, alarm)
+        return [mesh_pb2.CtMonitor(model=k[0], monitor=k[1], subject=w[1], slice=k[2], value=w[2], threshold=w[3],
+                                   alarm=w[4]) for k, w in sorted(worst.items())[:MAX_MONITORS]]
 
     def _retrain(self, request):
         model = _model(request)

@@ -51,6 +51,8 @@ def fleet_status(channel, timeout: float = 10.0) -> dict:
         "models": [{"model": m.model, "samples": m.samples, "labelled": m.labelled, "labels": m.labels,
                     "unjoined_labels": m.unjoined_labels} for m in reply.models],
         "fleet_epoch": reply.fleet_epoch,
+        "monitors": [{"model": m.model, "monitor": m.monitor, "subject": m.subject, "slice": m.slice,
+                      "value": m.value, "threshold": m.threshold, "alarm": m.alarm} for m in reply.monitors],
     }
 
 

@@ -46,7 +46,8 @@ class FleetServicer(CtFleetMethods, mesh_pb2_grpc.FleetServicer):
                 max_psi=math.nan if max_psi is None else float(max_psi), connected=n.node_id in connected))
         models = [mesh_pb2.ModelFleetStatus(model=c.model, samples=c.samples, labelled=c.labelled, labels=c.labels,
                                             unjoined_labels=c.unjoined_labels) for c in store.model_counts()]
-        return mesh_pb2.FleetStatusResponse(fleet_epoch=store.fleet_epoch(), nodes=nodes, models=models)
+        return mesh_pb2.FleetStatusResponse(fleet_epoch=store.fleet_epoch(), nodes=nodes, models=models,
+                                            monitors=self._monitors())
 
     @guard("PushModel")
     def PushModel(self, request_iterator, context):

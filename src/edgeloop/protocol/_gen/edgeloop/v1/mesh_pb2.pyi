@@ -376,14 +376,34 @@ class ModelFleetStatus(_message.Message):
     def __init__(self, model: _Optional[str] = ..., samples: _Optional[int] = ..., labelled: _Optional[int] = ..., labels: _Optional[int] = ..., unjoined_labels: _Optional[int] = ...) -> None: ...
 
 class FleetStatusResponse(_message.Message):
-    __slots__ = ("fleet_epoch", "nodes", "models")
+    __slots__ = ("fleet_epoch", "nodes", "models", "monitors")
     FLEET_EPOCH_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    MONITORS_FIELD_NUMBER: _ClassVar[int]
     fleet_epoch: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeFleetStatus]
     models: _containers.RepeatedCompositeFieldContainer[ModelFleetStatus]
-    def __init__(self, fleet_epoch: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeFleetStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelFleetStatus, _Mapping]]] = ...) -> None: ...
+    monitors: _containers.RepeatedCompositeFieldContainer[CtMonitor]
+    def __init__(self, fleet_epoch: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeFleetStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelFleetStatus, _Mapping]]] = ..., monitors: _Optional[_Iterable[_Union[CtMonitor, _Mapping]]] = ...) -> None: ...
+
+class CtMonitor(_message.Message):
+    __slots__ = ("model", "monitor", "subject", "slice", "value", "threshold", "alarm")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MONITOR_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SLICE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ALARM_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    monitor: str
+    subject: str
+    slice: str
+    value: float
+    threshold: float
+    alarm: bool
+    def __init__(self, model: _Optional[str] = ..., monitor: _Optional[str] = ..., subject: _Optional[str] = ..., slice: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., alarm: _Optional[bool] = ...) -> None: ...
 
 class PushModelChunk(_message.Message):
     __slots__ = ("model", "version", "data")
