@@ -149,3 +149,28 @@ def test_a_champion_the_loop_cannot_watch_is_said_once_and_skipped(tmp_path, clo
     assert cloud.ct.step(1.0) == []
     assert MODEL not in cloud.ct.unsupported or cloud.ct.unsupported[MODEL][0] == 1
     assert np.isfinite(1.0)
+
+
+def test_volume_trigger_runs_on_a_stationary_stream_and_prediction_drift_is_watched(tmp_path, clouds):
+    cloud, feeder = cloud_with_champion(tmp_path, clouds, volume=400)
+    runs = feed_rounds(cloud, feeder, 8)
+    fired = cloud.store.triggers(MODEL)
+    assert fired and fired[0]["kind"] == "volume" and "400" in fired[0]["evidence"]
+    assert runs and runs[0].state in ("published", "refused")  # stationary: usually no better than the champion
+    latest = cloud.ct.latest()[MODEL]
+    assert any(subject.startswith("p(") for _, subject, _ in latest)  # prediction drift on class probabilities
+
+
+def test_a_step_that_breaks_ends_the_run_recorded_and_the_champion_stays(tmp_path, clouds, monkeypatch):
+    cloud, feeder = cloud_with_champion(tmp_path, clouds)
+    feed_rounds(cloud, feeder, 3)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("trainer exploded")
+
+    monkeypatch.setattr("edgeloop.ct.loop.LogisticRegressionTrainer.fit", broken)
+    cloud.ct.request_retrain(MODEL, "test: failure")
+    (run,) = cloud.ct.step(5000.0)
+    assert run.state == "failed" and "trainer exploded" in run.reason
+    assert cloud.store.triggers(MODEL)[0]["outcome"].startswith("failed: RuntimeError")
+    assert serving_version(cloud) == 1

@@ -25,7 +25,7 @@ from edgeloop import __version__
 
 from .compression import CompressionPolicy, compress
 from .detectors import Adwin
-from .drift import FLEET, ReferenceProfile, build_reference, pca_drift, window_drift
+from .drift import FLEET, ReferenceProfile, build_reference, pca_drift, prediction_reference, window_drift
 from .evaluation import EvaluationPolicy, evaluate, predict, time_split
 from .infra import InfraPolicy, ServingSignature, SessionSettings, validate_infra
 from .performance import classification_metrics, judge
@@ -62,6 +62,7 @@ class ModelState:
     input_name: str = ""
     n_features: int = 0
     profile: ReferenceProfile | None = None
+    prediction_profile: ReferenceProfile | None = None  # the champion's outputs on its reference rows
     engine: TriggerEngine | None = None
     adwin: Adwin | None = None
     buffer: list = field(default_factory=list)  # reference rows while bootstrapping / rows awaiting a window
@@ -286,6 +287,7 @@ class CTLoop:
         st.reference_json = st.profile.to_json()
         p = predict(st.champion, head.X, self.settings, "champion")
         st.champion_score = float(p.score("accuracy", head.y))
+        st.prediction_profile = _prediction_profile(p, self.config)
         st.buffer = [rest]
         st.cursor = st.mem_cursor
         self._save(st, now)
@@ -314,6 +316,12 @@ class CTLoop:
                 part = window.take(window.edges == edge)
                 results.extend(window_drift(st.profile, part.X, _slice(edge)))
         pred = predict(st.champion, window.X, self.settings, "champion")
+        if st.prediction_profile is None and st.profile is not None and pred.proba is not None:
+            # after a restart: the reference rows' outputs are rebuilt from the stored reference sample
+            st.prediction_profile = _prediction_profile(
+                predict(st.champion, _reference_rows(st.profile), self.settings, "champion"), self.config)
+        if st.prediction_profile is not None and pred.proba is not None:
+            results.extend(window_drift(st.prediction_profile, pred.proba, FLEET))
         alarmed = any(r.alarm for r in results)
         if pred.proba is not None and pred.classes is not None and np.isin(window.y, pred.classes).all():
             idx = np.searchsorted(pred.classes, window.y)
@@ -365,6 +373,17 @@ class CTLoop:
             self._save(st, now)
             log.info("ct: model %s run %d %s: %s", model, run_id, state, reason[:300])
             return RunOutcome(run_id, state, reason, version)
+
+        try:
+            return self._run_steps(st, firing, now, run_id, champion_ids, end)
+        except Exception as exc:  # a step that breaks ends the run, recorded; the champion keeps serving
+            log.exception("ct: model %s run %d failed", model, run_id)
+            return end("failed", f"{type(exc).__name__}: {str(exc)[:300]}")
+
+    def _run_steps(self, st: ModelState, firing, now: float, run_id: int, champion_ids: list, end) -> RunOutcome:
+        c = self.config
+        ms = int(now * 1000)
+        model = st.model
 
         # 1. the window and its validation
         after_change = firing.kind in ("drift", "performance") and st.change_from is not None
@@ -514,6 +533,22 @@ class CTLoop:
         """Per model: the latest monitor values ``{(monitor, subject, slice): (value, threshold, alarm)}``."""
         with self._lock:
             return {m: dict(st.latest) for m, st in self.models.items()}
+
+
+def _prediction_profile(pred, config) -> ReferenceProfile | None:
+    """Prediction drift: a profile of the champion's class probabilities on its reference rows."""
+    if pred.proba is None or pred.proba.shape[1] > 64:
+        return None
+    proba = np.asarray(pred.proba, np.float64)
+    if len(proba) < 2 * config.monitor_window:
+        return None
+    labels = [f"{c:g}" if isinstance(c, (float, np.floating)) else str(c) for c in
+              (pred.classes if pred.classes is not None else range(proba.shape[1]))]
+    return prediction_reference(proba, labels, window=config.monitor_window, seed=config.seed)
+
+
+def _reference_rows(profile: ReferenceProfile) -> np.ndarray:
+    return np.stack([np.asarray(f.sample, np.float32) for f in profile.features], axis=1)
 
 
 def _slice(edge: str) -> str:
