@@ -17,9 +17,8 @@ def test_the_loop_thread_builds_the_reference_and_stops_with_the_coordinator(tmp
         for k in range(5):
             x, y = stream(200, k)
             feeder.feed("edge-a", x, y)
-        assert wait_for(lambda: cloud.ct.models.get(MODEL) is not None
-                        and cloud.ct.models[MODEL].profile is not None, timeout=30)
-        assert any(kind == "ct_reference" for _, kind, _, _ in cloud.store.events())
+        assert wait_for(lambda: any(kind == "ct_reference" for _, kind, _, _ in cloud.store.events()), timeout=30)
+        assert cloud.ct.models[MODEL].profile is not None
         state = cloud.store.ct_state(MODEL)
         assert state["champion_version"] == 1 and state["reference"] and state["cursor"] > 0
     finally:
