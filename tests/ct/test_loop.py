@@ -174,3 +174,20 @@ def test_a_step_that_breaks_ends_the_run_recorded_and_the_champion_stays(tmp_pat
     assert run.state == "failed" and "trainer exploded" in run.reason
     assert cloud.store.triggers(MODEL)[0]["outcome"].startswith("failed: RuntimeError")
     assert serving_version(cloud) == 1
+
+
+def _challenger_sha(tmp_path, clouds, **training) -> str:
+    cloud, feeder = cloud_with_champion(tmp_path, clouds, **training)
+    feed_rounds(cloud, feeder, 3)
+    cloud.ct.request_retrain(MODEL, "test: weights")
+    (run,) = cloud.ct.step(5000.0)
+    training_step = [s for s in cloud.store.executions(MODEL, run.run_id) if s["type"] == "training"][0]
+    assert training_step["properties"]["half_life_rows"] == training.get("train_half_life")
+    return training_step["outputs"][0][3]
+
+
+def test_recency_weighting_changes_the_trained_model(tmp_path, clouds):
+    equal = _challenger_sha(tmp_path / "equal", clouds)
+    again = _challenger_sha(tmp_path / "again", clouds)
+    weighted = _challenger_sha(tmp_path / "weighted", clouds, train_half_life=50.0)
+    assert equal == again and weighted != equal

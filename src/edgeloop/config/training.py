@@ -8,7 +8,7 @@ from .fields import TableReader
 TRAINING_KEYS = ("enabled", "interval_ms", "monitor_window", "reference_rows", "drift_windows", "volume",
                  "schedule_s", "performance_floor", "performance_margin", "cooldown_s", "train_rows",
                  "holdout_fraction", "min_gain", "max_slice_regression", "min_slice_samples",
-                 "compression_tolerance", "latency_ratio", "seed", "trainer", "max_read_rows", "min_clean_rows", "min_change_rows")
+                 "compression_tolerance", "latency_ratio", "seed", "trainer", "max_read_rows", "min_clean_rows", "min_change_rows", "train_half_life")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class TrainingConfig:
     cooldown_s: float = 60.0            # per trigger kind (manual has none)
     train_rows: int = 2000              # newest labelled rows a run reads (holdout included)
     holdout_fraction: float = 0.25      # newest share of them, never trained on
+    train_half_life: float = 0.0        # recency weights: a row this many rows older weighs half (0: off)
     min_gain: float = 0.0               # a challenger must beat the champion by more than this
     max_slice_regression: float = 0.05  # ... and lose no more than this on any edge with enough rows
     min_slice_samples: int = 100
@@ -62,6 +63,8 @@ def parse_training(table: dict, source: str) -> TrainingConfig:
         cooldown_s=t.number("cooldown_s", d.cooldown_s, minimum=0.0, expected="seconds >= 0"),
         train_rows=t.integer("train_rows", d.train_rows, minimum=40, maximum=20_000_000),
         holdout_fraction=fraction,
+        train_half_life=t.number("train_half_life", d.train_half_life, minimum=0.0,
+                                 expected="rows >= 0 (0: equal weights)"),
         min_gain=t.number("min_gain", d.min_gain, minimum=0.0, expected="a number >= 0"),
         max_slice_regression=t.number("max_slice_regression", d.max_slice_regression, minimum=0.0,
                                       expected="a number >= 0"),

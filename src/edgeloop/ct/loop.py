@@ -29,7 +29,7 @@ from .drift import FLEET, ReferenceProfile, build_reference, pca_drift, predicti
 from .evaluation import EvaluationPolicy, evaluate, predict, time_split
 from .infra import InfraPolicy, ServingSignature, SessionSettings, validate_infra
 from .performance import classification_metrics, judge
-from .trainers import LogisticRegressionTrainer, MLPTrainer, TrainingError
+from .trainers import LogisticRegressionTrainer, MLPTrainer, TrainingError, TrainingWindow, apply_window
 from .triggers import DEFAULT_COOLDOWN_S, TriggerEngine, TriggerPolicy
 from .validation import Batch, ValidationPolicy, signature_from_onnx, validate_batches
 from .window import LabelledWindow, concat, decode_rows
@@ -427,6 +427,8 @@ class CTLoop:
         try:
             train_all, holdout = time_split(dataset, c.holdout_fraction)
             fit_train, fit_val = time_split(train_all, 0.2)
+            if c.train_half_life:
+                fit_train = apply_window(fit_train, TrainingWindow("all", None, c.train_half_life))
         except TrainingError as exc:
             return end("stopped", f"split: {exc}")
         trainer = LogisticRegressionTrainer() if c.trainer == "logistic" else MLPTrainer()
@@ -436,6 +438,7 @@ class CTLoop:
                                             ms, 0, _sha(challenger))
         self.store.add_execution(model, run_id, "training", "done", {
             "trainer": c.trainer, "seed": c.seed, "code_version": __version__, "rows": len(fit_train),
+            "half_life_rows": c.train_half_life or None,
             "validation_rows": len(fit_val), "warm_start": result.report.warm_start_note,
             "validation": result.report.validation}, ms, inputs=[window_art, *champion_ids], outputs=[chall_art])
 
