@@ -40,6 +40,11 @@ def test_retrain_triggers_and_registry_commands(tmp_path, cloud, capsys):
             feeder.feed(edge, x, y, version=max(p.version for p in cloud.store.published_models()))
         cloud.ct.step(1000.0 + k)
     assert max(p.version for p in cloud.store.published_models()) == 2
+    for k in range(10, 16):  # version 2 serves: its reference, then monitoring windows
+        for j, edge in enumerate(("edge-a", "edge-b")):
+            x, y = stream(100, 1000 * k + j, changed=True)
+            feeder.feed(edge, x, y, version=2)
+        cloud.ct.step(1000.0 + k)
 
     # the monitors' latest values: in `edgeloop status` and as Prometheus gauges
     code, out, err = cli(capsys, config, "status")

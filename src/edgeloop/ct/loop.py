@@ -208,6 +208,7 @@ class CTLoop:
         if changed:
             st.champion_version, st.champion_sha = published.version, published.sha256
             st.reference_json, st.profile, st.champion_score, st.trigger_state = "", None, None, None
+            st.prediction_profile, st.pending, st.change_from, st.latest = None, None, None, {}
             st.buffer = []
             st.engine = TriggerEngine(st.model, policy, now)
             if not self.store.artifacts(st.model, "model", published.version):
@@ -289,7 +290,7 @@ class CTLoop:
         st.champion_score = float(p.score("accuracy", head.y))
         st.prediction_profile = _prediction_profile(p, self.config)
         st.buffer = [rest]
-        st.cursor = st.mem_cursor
+        st.cursor = int(head.label_ids[-1])  # after a restart the rows past the reference are monitored again
         self._save(st, now)
         self.store.add_event("ct_reference", "", {"model": st.model, "version": st.champion_version, "rows": cut,
                                                   "accuracy": st.champion_score}, int(now * 1000))
