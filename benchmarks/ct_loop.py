@@ -4,7 +4,8 @@ A coordinator (its CT loop running as the thread it is in production, stepping e
 real edge nodes serve a synthetic stream (tests/ct/loopkit.py) that changes concept at a known
 request; labels arrive one round (200 requests) late.  Measured from the first request of the new
 concept to the moment both edges answer ModelReady for the version the loop published, split into
-change -> trigger fired -> published -> served.  Baseline in the same run: the delivery floor, a
+change -> trigger fired -> published -> served (trigger -> published includes the wait for
+``min_change_rows`` labelled rows after the change, which a drift/performance run trains on).  Baseline in the same run: the delivery floor, a
 plain publication of a model of the same size (core.publish, as ``models push``) until every edge
 serves it; the ratio loop / floor says what detection, waiting for labels and retraining cost.
 

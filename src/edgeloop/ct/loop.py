@@ -69,6 +69,7 @@ class ModelState:
     mem_cursor: int = 0
     change_from: int | None = None  # label id of the first row of the window where the current alarms began
     pending: object = None  # a firing waiting for enough rows after the change
+    pending_trigger: int = 0  # its recorded trigger row
     latest: dict = field(default_factory=dict)  # (monitor, subject, slice) -> (value, threshold, alarm)
 
     def to_state(self) -> dict:
@@ -209,6 +210,7 @@ class CTLoop:
             st.champion_version, st.champion_sha = published.version, published.sha256
             st.reference_json, st.profile, st.champion_score, st.trigger_state = "", None, None, None
             st.prediction_profile, st.pending, st.change_from, st.latest = None, None, None, {}
+            st.pending_trigger = 0
             st.buffer = []
             st.engine = TriggerEngine(st.model, policy, now)
             if not self.store.artifacts(st.model, "model", published.version):
@@ -265,6 +267,10 @@ class CTLoop:
             if have < need:
                 if st.pending is None:
                     st.pending = firing
+                    st.pending_trigger = self.store.add_trigger(
+                        st.model, firing.kind, firing.kinds, int(firing.at * 1000), firing.evidence)
+                    self.store.set_trigger_outcome(st.pending_trigger, 0, f"waiting for {need} labelled rows "
+                                                                          f"after the change (have {have})")
                     log.info("ct: model %s %s trigger fired; waiting for %d labelled rows after the change "
                              "(have %d)", st.model, firing.kind, need, have)
                     self._save(st, now)
@@ -363,7 +369,9 @@ class CTLoop:
             "trigger": firing.kind, "kinds": list(firing.kinds), "evidence": firing.evidence,
             "code_version": __version__, "seed": c.seed, "trainer": c.trainer,
             "champion_version": st.champion_version}, ms)
-        trigger_id = self.store.add_trigger(model, firing.kind, firing.kinds, ms, firing.evidence, run_id)
+        trigger_id, st.pending_trigger = st.pending_trigger, 0
+        if not trigger_id:
+            trigger_id = self.store.add_trigger(model, firing.kind, firing.kinds, ms, firing.evidence, run_id)
         log.info("ct: model %s run %d fired by %s", model, run_id, firing.evidence[:300])
         champion_art = self.store.artifacts(model, "model", st.champion_version)
         champion_ids = [champion_art[0]["id"]] if champion_art else []
