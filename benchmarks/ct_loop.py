@@ -5,9 +5,10 @@ real edge nodes serve a synthetic stream (tests/ct/loopkit.py) that changes conc
 request; labels arrive one round (200 requests) late.  Measured from the first request of the new
 concept to the moment both edges answer ModelReady for the version the loop published, split into
 change -> trigger fired -> published -> served (trigger -> published includes the wait for
-``min_change_rows`` labelled rows after the change, which a drift/performance run trains on).  Baseline in the same run: the delivery floor, a
-plain publication of a model of the same size (core.publish, as ``models push``) until every edge
-serves it; the ratio loop / floor says what detection, waiting for labels and retraining cost.
+``min_change_rows`` labelled rows after the change, which a drift/performance run trains on).
+Baseline in the same run: the delivery floor, a plain publication of a model of the same size
+(core.publish, as ``models push``) until every edge serves it; the ratio loop / floor says what
+detection, waiting for labels and retraining cost.
 
 Goal (``--check`` exits 1 when missed): drift -> serving on every edge <= 10 s, and accuracy after
 recovery within 0.05 of the level before the change.

@@ -191,3 +191,28 @@ def test_recency_weighting_changes_the_trained_model(tmp_path, clouds):
     again = _challenger_sha(tmp_path / "again", clouds)
     weighted = _challenger_sha(tmp_path / "weighted", clouds, train_half_life=50.0)
     assert equal == again and weighted != equal
+
+
+def test_same_model_bytes_in_another_process(tmp_path, clouds):
+    """The loop's model bytes do not depend on the process (hash seeds, import order): a second
+    interpreter running the same stream publishes the same sha256."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = hashlib.sha256(_published_after_change(tmp_path, clouds, "here")).hexdigest()
+    script = (
+        "import sys, hashlib; sys.path.insert(0, sys.argv[1])\n"
+        "from pathlib import Path\n"
+        "import test_loop as t\n"
+        "clouds = []\n"
+        "try:\n"
+        "    print(hashlib.sha256(t._published_after_change(Path(sys.argv[2]), clouds, 'there')).hexdigest())\n"
+        "finally:\n"
+        "    [c.stop(1.0) for c in clouds]\n")
+    out = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == here

@@ -40,7 +40,8 @@ def test_a_restarted_coordinator_resumes_the_reference_and_cursor(tmp_path):
     try:
         again.ct.step(2.0)
         st = again.ct.models[MODEL]
-        assert st.profile is not None and st.cursor == before["cursor"] and st.champion_score == before["champion_score"]
+        assert st.profile is not None and st.cursor == before["cursor"]
+        assert st.champion_score == before["champion_score"]
     finally:
         again.stop(1.0)
 

@@ -30,7 +30,8 @@ def load_cloud_config(path: str | Path) -> CloudConfig:
 def parse_cloud_config(data: dict[str, Any], source: str = "<string>", base_dir: Path | None = None) -> CloudConfig:
     """Check a TOML-shaped dict and build the CloudConfig; ``storage.database`` is required."""
     if not isinstance(data, dict):
-        raise ConfigError.for_value(source, "<document>", data, "a table of [node], [storage], [fleet], [auth], [training]")
+        raise ConfigError.for_value(source, "<document>", data,
+                                    "a table of [node], [storage], [fleet], [auth], [training]")
     base = Path.cwd() if base_dir is None else Path(base_dir)
     for name, value in data.items():
         if name not in CLOUD_TABLES:

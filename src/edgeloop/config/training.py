@@ -8,7 +8,8 @@ from .fields import TableReader
 TRAINING_KEYS = ("enabled", "interval_ms", "monitor_window", "reference_rows", "drift_windows", "volume",
                  "schedule_s", "performance_floor", "performance_margin", "cooldown_s", "train_rows",
                  "holdout_fraction", "min_gain", "max_slice_regression", "min_slice_samples",
-                 "compression_tolerance", "latency_ratio", "seed", "trainer", "max_read_rows", "min_clean_rows", "min_change_rows", "train_half_life")
+                 "compression_tolerance", "latency_ratio", "seed", "trainer", "max_read_rows", "min_clean_rows",
+                 "min_change_rows", "train_half_life")
 
 
 @dataclass(frozen=True)

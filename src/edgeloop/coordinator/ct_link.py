@@ -30,7 +30,8 @@ def decode_sample(payload: bytes, input_name: str) -> np.ndarray:
         try:
             dtype = numpy_dtype_of(t.datatype)
         except Exception:
-            raise ValueError(f"input {input_name!r} datatype {t.datatype[:40]!r}; expected a numeric datatype") from None
+            raise ValueError(f"input {input_name!r} datatype {t.datatype[:40]!r}; "
+                             f"expected a numeric datatype") from None
         if dtype.kind not in "fiu":
             raise ValueError(f"input {input_name!r} datatype {t.datatype[:40]!r}; expected a numeric datatype")
         shape = tuple(int(d) for d in t.shape)

@@ -75,7 +75,8 @@ class CtFleetMethods:
 
     def _triggers(self, request):
         rows = self.core.store.triggers(_model(request, optional=True), _limit(request))
-        lines = [f"#{t['id']} {t['model']} {t['kind']} run {t['run_id']}: {t['evidence']}\n    -> {t['outcome'] or 'pending'}"
+        lines = [f"#{t['id']} {t['model']} {t['kind']} run {t['run_id']}: {t['evidence']}\n"
+                 f"    -> {t['outcome'] or 'pending'}"
                  for t in rows]
         return _reply("\n".join(lines) or "no trigger has fired", rows)
 

@@ -242,7 +242,8 @@ class CTLoop:
             st.mem_cursor = rows[-1][0]
             win = decode_rows(rows, self.decode, st.input_name, st.n_features)
             if win.skipped:
-                log.warning("ct: model %s: %d labelled rows skipped: %s", model, win.skipped, "; ".join(win.skip_reasons))
+                log.warning("ct: model %s: %d labelled rows skipped: %s", model, win.skipped,
+                            "; ".join(win.skip_reasons))
             if st.profile is None:
                 self._bootstrap(st, win, now)
             else:

@@ -109,7 +109,8 @@ class CtTables:
             return out
 
     def artifacts(self, model: str, type_: str | None = None, version: int | None = None) -> list[dict]:
-        sql, args = "SELECT id, type, version, sha256, properties, created_ms FROM ct_artifacts WHERE model = ?", [model]
+        sql = "SELECT id, type, version, sha256, properties, created_ms FROM ct_artifacts WHERE model = ?"
+        args: list = [model]
         if type_ is not None:
             sql, args = sql + " AND type = ?", [*args, type_]
         if version is not None:
