@@ -42,3 +42,21 @@ def test_concept_change_to_a_new_model_served_by_both_edges(tmp_path):
                         == {"edge-a", "edge-b"}, timeout=30)
     finally:
         fleet.close()
+
+
+def test_a_stationary_stream_of_the_same_length_fires_nothing(tmp_path):
+    fleet = Fleet(tmp_path)
+    try:
+        runs = []
+        for r in range(MAX_ROUNDS):
+            accuracy, versions = fleet.serve(ROUND, False)
+            assert versions == {1}
+            sent = fleet.n - ROUND
+            assert wait_for(lambda: fleet.stored_labels() >= sent, timeout=30)
+            runs += fleet.cloud.ct.step(1000.0 + r)
+        assert runs == [] and fleet.cloud.store.triggers(MODEL) == []
+        st = fleet.cloud.ct.models[MODEL]
+        assert st.profile is not None and st.cursor > 0  # it was watching, and saw nothing worth a run
+        assert all(e.ready(1) and not e.ready(2) for e in fleet.edges)
+    finally:
+        fleet.close()
