@@ -69,6 +69,12 @@ def render(view: dict) -> str:
                   str(m["unjoined_labels"]))
                  for m in view["models"]]
         lines += _table(rows)
+    if view.get("monitors"):
+        lines.append("")
+        rows = [("MODEL", "MONITOR", "SLICE", "VALUE", "THRESHOLD", "ALARM", "SUBJECT")]
+        rows += [(m["model"], m["monitor"], m["slice"], f"{m['value']:.4g}", f"{m['threshold']:.4g}",
+                  "yes" if m["alarm"] else "no", m["subject"]) for m in view["monitors"]]
+        lines += _table(rows)
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""``edgeloop models push FILE.onnx --model NAME --config CLOUD.toml`` and ``edgeloop models list``.
+"""``edgeloop models push FILE.onnx --model NAME --config CLOUD.toml``, ``models list``, and the registry views
+``models show NAME[:VERSION] | lineage NAME:VERSION | promote NAME:VERSION | rollback NAME[:VERSION]``.
 
 A push stores the file in the coordinator's artifact directory (by sha256) and directs every edge
 to load it; edges that join later are directed on Join.
@@ -22,6 +23,28 @@ def register(sub) -> None:
     listing.add_argument("--config", required=True, metavar="CLOUD.toml", help="cloud config (address, token, TLS)")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=run_list)
+    from .ctcalls import add_common
+
+    show = actions.add_parser("show", help="versions, aliases and evaluations of NAME (or NAME:VERSION)")
+    show.add_argument("ref", metavar="NAME[:VERSION]")
+    add_common(show)
+    show.set_defaults(handler=run_registry, method="ShowModel", verb="show")
+    lineage = actions.add_parser("lineage", help="where NAME:VERSION came from: trigger, data, code, seed, "
+                                                 "evaluation, compression, serving edges")
+    lineage.add_argument("ref", metavar="NAME:VERSION")
+    add_common(lineage)
+    lineage.set_defaults(handler=run_registry, method="ModelLineage", verb="lineage")
+    promote = actions.add_parser("promote", help="publish NAME:VERSION again as the newest version (champion)")
+    promote.add_argument("ref", metavar="NAME:VERSION")
+    promote.add_argument("--reason", default="", metavar="TEXT")
+    add_common(promote)
+    promote.set_defaults(handler=run_registry, method="PromoteModel", verb="promote")
+    rollback = actions.add_parser("rollback", help="publish the version before the champion (or NAME:VERSION) "
+                                                   "again as the newest version")
+    rollback.add_argument("ref", metavar="NAME[:VERSION]")
+    rollback.add_argument("--reason", default="", metavar="TEXT")
+    add_common(rollback)
+    rollback.set_defaults(handler=run_registry, method="RollBackModel", verb="rollback")
 
 
 def _channel(args):
@@ -104,3 +127,16 @@ def run_list(args) -> int:
         served = "; ".join(f"{v}: {','.join(sorted(n))}" for v, n in versions)
         print(f"{e['model']:<24} {e['samples']:>9} {e['labelled']:>9}  {served or '-'}")
     return 0
+
+
+def run_registry(args) -> int:
+    from .ctcalls import call, model_ref
+
+    try:
+        model, version = model_ref(args.ref)
+    except ValueError as exc:
+        return _fail(exc)
+    if args.verb in ("lineage", "promote") and not version:
+        return _fail(ValueError(f"{args.ref!r}: expected NAME:VERSION"))
+    return call(args, f"models {args.verb}", args.method, model=model, version=version,
+                reason=getattr(args, "reason", ""))

@@ -12,8 +12,9 @@ from .node import CLOUD_NODE_KEYS, parse_node
 from .paths import directory_problem, file_problem, resolve
 from .schema import CloudConfig, NodeConfig
 from .toml_source import read_toml
+from .training import parse_training
 
-CLOUD_TABLES = ("node", "storage", "fleet", "auth")
+CLOUD_TABLES = ("node", "storage", "fleet", "auth", "training")
 STORAGE_KEYS = ("database", "artifact_dir", "synchronous", "max_message_bytes", "max_batch_rows",
                 "max_artifact_bytes", "fetch_chunk_bytes", "history_days")
 FLEET_KEYS = ("heartbeat_interval_ms", "grpc_workers")
@@ -29,7 +30,8 @@ def load_cloud_config(path: str | Path) -> CloudConfig:
 def parse_cloud_config(data: dict[str, Any], source: str = "<string>", base_dir: Path | None = None) -> CloudConfig:
     """Check a TOML-shaped dict and build the CloudConfig; ``storage.database`` is required."""
     if not isinstance(data, dict):
-        raise ConfigError.for_value(source, "<document>", data, "a table of [node], [storage], [fleet], [auth]")
+        raise ConfigError.for_value(source, "<document>", data,
+                                    "a table of [node], [storage], [fleet], [auth], [training]")
     base = Path.cwd() if base_dir is None else Path(base_dir)
     for name, value in data.items():
         if name not in CLOUD_TABLES:
@@ -67,6 +69,7 @@ def parse_cloud_config(data: dict[str, Any], source: str = "<string>", base_dir:
     heartbeat = fleet.integer("heartbeat_interval_ms", 1000, minimum=1, maximum=3_600_000)
     workers = fleet.integer("grpc_workers", CloudConfig.grpc_workers, minimum=4, maximum=1024)
     auth = parse_auth(top_level_table(data, source, "auth"), source, base)
+    training = parse_training(top_level_table(data, source, "training"), source)
     return CloudConfig(source=source, node=node, database=database, artifact_dir=artifact_dir,
                        heartbeat_interval_ms=heartbeat, auth=auth, synchronous=synchronous, grpc_workers=workers,
-                       **limits)
+                       training=training, **limits)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .training import TrainingConfig
+
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -217,6 +219,7 @@ class CloudConfig:
     fetch_chunk_bytes: int = 1 << 20         # FetchArtifact's default chunk (a request may ask for less)
     grpc_workers: int = 64                   # handler threads: one per directive stream and per upload
     history_days: int = 14                   # status reports and statistics windows kept this long
+    training: TrainingConfig = TrainingConfig()  # the continuous-training loop ([training])
 
 
 def join_host_port(host: str, port: int) -> str:

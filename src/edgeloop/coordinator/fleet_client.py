@@ -51,6 +51,8 @@ def fleet_status(channel, timeout: float = 10.0) -> dict:
         "models": [{"model": m.model, "samples": m.samples, "labelled": m.labelled, "labels": m.labels,
                     "unjoined_labels": m.unjoined_labels} for m in reply.models],
         "fleet_epoch": reply.fleet_epoch,
+        "monitors": [{"model": m.model, "monitor": m.monitor, "subject": m.subject, "slice": m.slice,
+                      "value": m.value, "threshold": m.threshold, "alarm": m.alarm} for m in reply.monitors],
     }
 
 
@@ -133,3 +135,17 @@ def import_labels(channel, labels: list, timeout: float = 300.0, batch_prefix: s
                                    labels=labels[i:i + LABEL_BATCH_ROWS])
                for i in range(0, len(labels), LABEL_BATCH_ROWS)]
     return mesh_pb2_grpc.FleetStub(channel).ImportLabels(iter(batches), timeout=timeout)
+
+
+CT_METHODS = ("Retrain", "ListTriggers", "ListQuarantine", "ShowModel", "ModelLineage", "PromoteModel",
+              "RollBackModel")
+
+
+def ct_call(channel, method: str, model: str = "", version: int = 0, reason: str = "", limit: int = 0,
+            timeout: float = 60.0):
+    """One continuous-training Fleet call; the reply's ``text`` is for people, ``json`` for scripts."""
+    if method not in CT_METHODS:
+        raise ValueError(f"method {method!r}: expected one of {CT_METHODS}")
+    stub = mesh_pb2_grpc.FleetStub(channel)
+    request = mesh_pb2.CtRequest(model=model, version=version, reason=reason, limit=limit)
+    return getattr(stub, method)(request, timeout=timeout)

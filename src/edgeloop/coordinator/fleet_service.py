@@ -12,13 +12,14 @@ from edgeloop.store import ArtifactError, StoreError
 
 from . import validate as v
 from .core import CoordinatorCore, model_messages
+from .ct_service import CtFleetMethods
 from .guards import guard
 from .model_check import onnx_problem
 
 log = logging.getLogger("edgeloop.coordinator")
 
 
-class FleetServicer(mesh_pb2_grpc.FleetServicer):
+class FleetServicer(CtFleetMethods, mesh_pb2_grpc.FleetServicer):
     """What the operator's CLI calls."""
 
     def __init__(self, core: CoordinatorCore) -> None:
@@ -45,7 +46,8 @@ class FleetServicer(mesh_pb2_grpc.FleetServicer):
                 max_psi=math.nan if max_psi is None else float(max_psi), connected=n.node_id in connected))
         models = [mesh_pb2.ModelFleetStatus(model=c.model, samples=c.samples, labelled=c.labelled, labels=c.labels,
                                             unjoined_labels=c.unjoined_labels) for c in store.model_counts()]
-        return mesh_pb2.FleetStatusResponse(fleet_epoch=store.fleet_epoch(), nodes=nodes, models=models)
+        return mesh_pb2.FleetStatusResponse(fleet_epoch=store.fleet_epoch(), nodes=nodes, models=models,
+                                            monitors=self._monitors())
 
     @guard("PushModel")
     def PushModel(self, request_iterator, context):
@@ -90,3 +92,32 @@ class FleetServicer(mesh_pb2_grpc.FleetServicer):
     @guard("ImportLabels")
     def ImportLabels(self, request_iterator, context):
         return self.core.upload(request_iterator, context, "labels", operator=True)
+
+    # ---------------------------------------------------------------- continuous training (ct_service)
+    @guard("Retrain")
+    def Retrain(self, request, context):
+        return self._retrain(request)
+
+    @guard("ListTriggers")
+    def ListTriggers(self, request, context):
+        return self._triggers(request)
+
+    @guard("ListQuarantine")
+    def ListQuarantine(self, request, context):
+        return self._quarantine(request)
+
+    @guard("ShowModel")
+    def ShowModel(self, request, context):
+        return self._show(request)
+
+    @guard("ModelLineage")
+    def ModelLineage(self, request, context):
+        return self._lineage(request)
+
+    @guard("PromoteModel")
+    def PromoteModel(self, request, context):
+        return self._republish(request, "promote")
+
+    @guard("RollBackModel")
+    def RollBackModel(self, request, context):
+        return self._republish(request, "rollback")

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from edgeloop.config.schema import join_host_port
+from edgeloop.ct.loop import CTLoop
 from edgeloop.protocol import auth as fleet_auth
 from edgeloop.protocol import mesh_pb2_grpc
 from edgeloop.store import ArtifactStore, SqliteStore
@@ -20,6 +21,7 @@ from edgeloop.store import ArtifactStore, SqliteStore
 from .hub import DirectiveHub
 from .metrics import CoordinatorMetrics
 from .core import CoordinatorCore
+from .ct_link import CtGauges, decode_sample
 from .edge_service import CoordinatorServicer
 from .fleet_service import FleetServicer
 
@@ -43,6 +45,10 @@ class Coordinator:
         self.artifacts = ArtifactStore(config.artifact_dir, config.max_artifact_bytes)
         self.hub = DirectiveHub()
         self.core = CoordinatorCore(config, self.store, self.artifacts, self.hub, self.metrics)
+        #: the continuous-training loop (its thread runs when ``training.enabled``; tests may step it)
+        self.ct = CTLoop(self.store, self.artifacts, self.core.publish, decode_sample, config.training,
+                         on_results=CtGauges(self.metrics.registry).update)
+        self.core.ct = self.ct
         interceptors = []
         if token is not None:
             interceptors.append(fleet_auth.TokenInterceptor(
@@ -103,6 +109,8 @@ class Coordinator:
             httpd, _thread = start_http_server(port, addr=self.config.node.host, registry=self.metrics.registry)
             self._metrics_httpd = httpd
             self._metrics_port = httpd.server_port
+        if self.config.training.enabled:
+            self.ct.start()
         log.info("coordinator %s listening on %s%s (metrics on port %s; database %s, schema v%d)",
                  self.config.node.id, self.address, " (TLS)" if self.config.auth.tls_cert else "",
                  self._metrics_port, self.config.database, self.store.schema_version)
@@ -116,6 +124,7 @@ class Coordinator:
             log.info("coordinator stopping (grace %.1f s)", grace_s)
             self.health.enter_graceful_shutdown()
             self.core.stopping = True
+            self.ct.stop()  # a run in progress finishes its step first
             self.hub.close()  # directive streams end; edges reconnect and resume after their last sequence
             self.server.stop(grace_s).wait()
             self._executor.shutdown(wait=True, cancel_futures=True)

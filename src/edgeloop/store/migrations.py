@@ -61,6 +61,36 @@ CREATE INDEX status_reports_by_time ON status_reports (at_ms);
 CREATE INDEX feature_stats_by_time ON feature_stats (bucket_ms);
 CREATE INDEX upload_batches_by_time ON upload_batches (received_ms);
 """),
+    (5, "continuous training: registry and lineage (artifacts, executions, events), aliases, triggers, "
+        "quarantine, evaluations, per-model loop state", """
+CREATE TABLE ct_artifacts (
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, type TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT NOT NULL DEFAULT '', properties TEXT NOT NULL DEFAULT '{}', created_ms INTEGER NOT NULL);
+CREATE INDEX ct_artifacts_by_model ON ct_artifacts (model, type, version);
+CREATE TABLE ct_executions (
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, run_id INTEGER NOT NULL DEFAULT 0, type TEXT NOT NULL,
+    state TEXT NOT NULL, properties TEXT NOT NULL DEFAULT '{}', created_ms INTEGER NOT NULL);
+CREATE INDEX ct_executions_by_run ON ct_executions (model, run_id);
+CREATE TABLE ct_events (
+    execution_id INTEGER NOT NULL, artifact_id INTEGER NOT NULL, kind TEXT NOT NULL,
+    PRIMARY KEY (execution_id, artifact_id, kind)) WITHOUT ROWID;
+CREATE INDEX ct_events_by_artifact ON ct_events (artifact_id);
+CREATE TABLE ct_aliases (
+    model TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (model, alias)) WITHOUT ROWID;
+CREATE TABLE ct_triggers (
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, kind TEXT NOT NULL, kinds TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    evidence TEXT NOT NULL, run_id INTEGER NOT NULL DEFAULT 0, outcome TEXT NOT NULL DEFAULT '');
+CREATE TABLE ct_quarantine (
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, run_id INTEGER NOT NULL, batch_id TEXT NOT NULL,
+    node_id TEXT NOT NULL, rows INTEGER NOT NULL, checks TEXT NOT NULL, reasons TEXT NOT NULL,
+    at_ms INTEGER NOT NULL);
+CREATE TABLE ct_evaluations (
+    id INTEGER PRIMARY KEY, model TEXT NOT NULL, run_id INTEGER NOT NULL, blessed INTEGER NOT NULL,
+    reason TEXT NOT NULL, metric TEXT NOT NULL, challenger REAL NOT NULL, champion REAL,
+    detail TEXT NOT NULL, at_ms INTEGER NOT NULL);
+CREATE TABLE ct_state (model TEXT PRIMARY KEY, state TEXT NOT NULL, updated_ms INTEGER NOT NULL);
+"""),
 )
 
 

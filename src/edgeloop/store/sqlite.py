@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .migrations import apply_migrations
+from .sqlite_ct import CtTables
 from .records import (DirectiveRecord, FeatureStatRow, LabelRow, ModelCounts, NodeRecord, PublishedModel,
                       SampleRow)
 
@@ -46,7 +47,7 @@ class StoreError(Exception):
     """A request the store refuses because of what is already stored (e.g. a version taken)."""
 
 
-class SqliteStore:
+class SqliteStore(CtTables):
     """The coordinator's database; thread-safe (one connection, one lock)."""
 
     def __init__(self, path: str | Path, synchronous: str = "normal", history_ms: int = HISTORY_MS) -> None:

@@ -39,6 +39,26 @@ class NodeIdentity(_message.Message):
     mesh_name: str
     def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., grpc_port: _Optional[int] = ..., metrics_port: _Optional[int] = ..., weight: _Optional[float] = ..., zone: _Optional[str] = ..., protocol_version: _Optional[str] = ..., mesh_name: _Optional[str] = ...) -> None: ...
 
+class CtRequest(_message.Message):
+    __slots__ = ("model", "version", "reason", "limit")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    reason: str
+    limit: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class CtReply(_message.Message):
+    __slots__ = ("text", "json")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    json: str
+    def __init__(self, text: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
 class JoinRequest(_message.Message):
     __slots__ = ("node", "models")
     NODE_FIELD_NUMBER: _ClassVar[int]
@@ -356,14 +376,34 @@ class ModelFleetStatus(_message.Message):
     def __init__(self, model: _Optional[str] = ..., samples: _Optional[int] = ..., labelled: _Optional[int] = ..., labels: _Optional[int] = ..., unjoined_labels: _Optional[int] = ...) -> None: ...
 
 class FleetStatusResponse(_message.Message):
-    __slots__ = ("fleet_epoch", "nodes", "models")
+    __slots__ = ("fleet_epoch", "nodes", "models", "monitors")
     FLEET_EPOCH_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    MONITORS_FIELD_NUMBER: _ClassVar[int]
     fleet_epoch: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeFleetStatus]
     models: _containers.RepeatedCompositeFieldContainer[ModelFleetStatus]
-    def __init__(self, fleet_epoch: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeFleetStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelFleetStatus, _Mapping]]] = ...) -> None: ...
+    monitors: _containers.RepeatedCompositeFieldContainer[CtMonitor]
+    def __init__(self, fleet_epoch: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeFleetStatus, _Mapping]]] = ..., models: _Optional[_Iterable[_Union[ModelFleetStatus, _Mapping]]] = ..., monitors: _Optional[_Iterable[_Union[CtMonitor, _Mapping]]] = ...) -> None: ...
+
+class CtMonitor(_message.Message):
+    __slots__ = ("model", "monitor", "subject", "slice", "value", "threshold", "alarm")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MONITOR_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SLICE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ALARM_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    monitor: str
+    subject: str
+    slice: str
+    value: float
+    threshold: float
+    alarm: bool
+    def __init__(self, model: _Optional[str] = ..., monitor: _Optional[str] = ..., subject: _Optional[str] = ..., slice: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., alarm: _Optional[bool] = ...) -> None: ...
 
 class PushModelChunk(_message.Message):
     __slots__ = ("model", "version", "data")

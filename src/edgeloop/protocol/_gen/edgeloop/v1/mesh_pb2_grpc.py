@@ -402,6 +402,41 @@ class FleetStub:
                 request_serializer=edgeloop_dot_v1_dot_mesh__pb2.LabelBatch.SerializeToString,
                 response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.UploadAck.FromString,
                 _registered_method=True)
+        self.Retrain = channel.unary_unary(
+                '/edgeloop.v1.Fleet/Retrain',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+                _registered_method=True)
+        self.ListTriggers = channel.unary_unary(
+                '/edgeloop.v1.Fleet/ListTriggers',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+                _registered_method=True)
+        self.ListQuarantine = channel.unary_unary(
+                '/edgeloop.v1.Fleet/ListQuarantine',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+                _registered_method=True)
+        self.ShowModel = channel.unary_unary(
+                '/edgeloop.v1.Fleet/ShowModel',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+                _registered_method=True)
+        self.ModelLineage = channel.unary_unary(
+                '/edgeloop.v1.Fleet/ModelLineage',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+                _registered_method=True)
+        self.PromoteModel = channel.unary_unary(
+                '/edgeloop.v1.Fleet/PromoteModel',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+                _registered_method=True)
+        self.RollBackModel = channel.unary_unary(
+                '/edgeloop.v1.Fleet/RollBackModel',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -428,6 +463,56 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retrain(self, request, context):
+        """The continuous-training loop (`edgeloop retrain|triggers|data|models show|lineage|promote|rollback`).
+        model + reason: a manual trigger
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTriggers(self, request, context):
+        """model ('' = all), limit
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuarantine(self, request, context):
+        """model ('' = all), limit
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShowModel(self, request, context):
+        """model, version (0 = every version)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelLineage(self, request, context):
+        """model + version
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteModel(self, request, context):
+        """model + version: republish it as the newest version
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollBackModel(self, request, context):
+        """model (+ version, 0 = the one before the champion)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -445,6 +530,41 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.ImportLabels,
                     request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.LabelBatch.FromString,
                     response_serializer=edgeloop_dot_v1_dot_mesh__pb2.UploadAck.SerializeToString,
+            ),
+            'Retrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retrain,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.SerializeToString,
+            ),
+            'ListTriggers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTriggers,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.SerializeToString,
+            ),
+            'ListQuarantine': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuarantine,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.SerializeToString,
+            ),
+            'ShowModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowModel,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.SerializeToString,
+            ),
+            'ModelLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelLineage,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.SerializeToString,
+            ),
+            'PromoteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteModel,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.SerializeToString,
+            ),
+            'RollBackModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollBackModel,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -529,6 +649,195 @@ class Fleet:
             '/edgeloop.v1.Fleet/ImportLabels',
             edgeloop_dot_v1_dot_mesh__pb2.LabelBatch.SerializeToString,
             edgeloop_dot_v1_dot_mesh__pb2.UploadAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Fleet/Retrain',
+            edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTriggers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Fleet/ListTriggers',
+            edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuarantine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Fleet/ListQuarantine',
+            edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Fleet/ShowModel',
+            edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Fleet/ModelLineage',
+            edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Fleet/PromoteModel',
+            edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollBackModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Fleet/RollBackModel',
+            edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,598 @@
+"""The continuous-training loop: watch each model's labelled traffic, decide, retrain, prove, publish.
+
+Per model, each ``step(now)``: read the labels that arrived since the last step (joined to their
+samples) as NumPy windows; the first ``reference_rows`` rows served by a new champion become its
+reference profile (drift thresholds calibrated on it) and its reference accuracy; every later window
+of ``monitor_window`` rows is checked per edge and fleet-wide (KS/Wasserstein per feature, PCA
+reconstruction, accuracy with its interval, ADWIN on the 0/1 error stream) and fed to the triggers.
+A firing runs validate -> train (warm start from the champion) -> evaluate on the newest holdout ->
+infra-validate -> compress -> register -> publish (through the coordinator's one publication entry
+point).  Every step is an execution in the lineage tables and every decision a sentence.
+
+The loop knows the coordinator only through what it is given (store, artifacts, a ``publish``
+callable, a payload decoder), so tests drive it step by step with an injected clock.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeloop import __version__
+
+from .compression import CompressionPolicy, compress
+from .detectors import Adwin
+from .drift import FLEET, ReferenceProfile, build_reference, pca_drift, prediction_reference, window_drift
+from .evaluation import EvaluationPolicy, evaluate, predict, time_split
+from .infra import InfraPolicy, ServingSignature, SessionSettings, validate_infra
+from .performance import classification_metrics, judge
+from .trainers import LogisticRegressionTrainer, MLPTrainer, TrainingError, TrainingWindow, apply_window
+from .triggers import DEFAULT_COOLDOWN_S, TriggerEngine, TriggerPolicy
+from .validation import Batch, ValidationPolicy, signature_from_onnx, validate_batches
+from .window import LabelledWindow, concat, decode_rows
+
+log = logging.getLogger("edgeloop.ct")
+
+#: an edge's share of a window is monitored on its own when it has at least this many rows
+MIN_SLICE_ROWS = 50
+#: rows per validation batch (one edge's consecutive rows)
+BATCH_ROWS = 100
+
+
+class UnsupportedModel(ValueError):
+    """A champion the loop cannot watch (e.g. not one float input [batch, features])."""
+
+
+@dataclass
+class ModelState:
+    """What the loop holds for one model; the persistent part round-trips through ``ct_state``."""
+
+    model: str
+    champion_version: int = 0
+    champion_sha: str = ""
+    cursor: int = 0  # label rowid read up to (persisted once the reference is built)
+    reference_json: str = ""
+    champion_score: float | None = None
+    trigger_state: dict | None = None
+    # in memory only
+    champion: bytes = b""
+    input_name: str = ""
+    n_features: int = 0
+    profile: ReferenceProfile | None = None
+    prediction_profile: ReferenceProfile | None = None  # the champion's outputs on its reference rows
+    engine: TriggerEngine | None = None
+    adwin: Adwin | None = None
+    buffer: list = field(default_factory=list)  # reference rows while bootstrapping / rows awaiting a window
+    mem_cursor: int = 0
+    change_from: int | None = None  # label id of the first row of the window where the current alarms began
+    pending: object = None  # a firing waiting for enough rows after the change
+    pending_trigger: int = 0  # its recorded trigger row
+    latest: dict = field(default_factory=dict)  # (monitor, subject, slice) -> (value, threshold, alarm)
+
+    def to_state(self) -> dict:
+        return {"champion_version": self.champion_version, "champion_sha": self.champion_sha, "cursor": self.cursor,
+                "reference": self.reference_json, "champion_score": self.champion_score,
+                "triggers": self.engine.to_state() if self.engine else None}
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one run ended with: ``published`` (with the version), ``refused`` or ``stopped``, and why."""
+
+    run_id: int
+    state: str
+    reason: str
+    version: int = 0
+
+
+class CTLoop:
+    """The loop for every model the coordinator has published.
+
+    ``publish(model, version, sha256, size, reason)`` is ``CoordinatorCore.publish``; ``decode(payload,
+    input_name)`` turns a stored sample into one feature row; ``clock()`` gives seconds.
+    """
+
+    def __init__(self, store, artifacts, publish, decode, config, clock=time.time,
+                 settings: SessionSettings = SessionSettings(), on_results=None) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.publish = publish
+        self.decode = decode
+        self.config = config
+        self.clock = clock
+        self.settings = settings
+        self.on_results = on_results
+        self.models: dict[str, ModelState] = {}
+        #: model -> (version, why) of champions the loop cannot watch (said once, not every step)
+        self.unsupported: dict[str, tuple[int, str]] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.runs = 0
+
+    # ------------------------------------------------------------------ thread
+    def start(self) -> "CTLoop":
+        self._thread = threading.Thread(target=self._run, name="edgeloop-ct-loop", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        period = self.config.interval_ms / 1000.0
+        while not self._stop.wait(period):
+            try:
+                self.step()
+            except Exception:  # the loop never dies on one bad step; the next one retries
+                if self._stop.is_set():
+                    return
+                log.exception("continuous-training step failed")
+
+    # ------------------------------------------------------------------ policies
+    def trigger_policy(self) -> TriggerPolicy:
+        c = self.config
+        cool = {k: (0.0 if k == "manual" else float(c.cooldown_s)) for k in DEFAULT_COOLDOWN_S}
+        return TriggerPolicy(interval_s=c.schedule_s or None, volume=c.volume or None, drift_windows=c.drift_windows,
+                             performance_metric="accuracy",
+                             performance_floor=c.performance_floor if c.performance_floor >= 0 else None,
+                             performance_margin=c.performance_margin, min_labelled=min(200, c.monitor_window),
+                             cooldown_s=cool, max_concurrent=1)
+
+    # ------------------------------------------------------------------ manual trigger
+    def request_retrain(self, model: str, reason: str) -> None:
+        """``edgeloop retrain MODEL --reason TEXT``: fires on the next step (manual has no cooldown)."""
+        with self._lock:
+            st = self._sync(model)
+            if st is None:
+                raise KeyError(f"model {model!r} has no published version to retrain")
+            st.engine.request_manual(reason)
+
+    # ------------------------------------------------------------------ step
+    def step(self, now: float | None = None) -> list[RunOutcome]:
+        """One pass over every published model; returns the runs it made."""
+        now = self.clock() if now is None else now
+        out = []
+        with self._lock:
+            for published in self.store.published_models(latest_only=True):
+                if self._stop.is_set():
+                    break
+                if self.unsupported.get(published.model, (0,))[0] == published.version:
+                    continue
+                try:
+                    run = self._step_model(published.model, now)
+                except UnsupportedModel as exc:
+                    self.unsupported[published.model] = (published.version, str(exc))
+                    log.warning("ct: model %s is not watched: %s", published.model, str(exc)[:300])
+                    continue
+                except (TrainingError, ValueError) as exc:
+                    log.warning("ct: model %s: %s", published.model, str(exc)[:300])
+                    continue
+                if run is not None:
+                    out.append(run)
+        return out
+
+    def _sync(self, model: str) -> ModelState | None:
+        """The model's state, with the champion following the newest published version."""
+        latest = [p for p in self.store.published_models() if p.model == model]
+        if not latest:
+            return None
+        newest = max(latest, key=lambda p: p.version)
+        st = self.models.get(model)
+        if st is None:
+            st = ModelState(model)
+            saved = self.store.ct_state(model)
+            if saved:
+                st.champion_version, st.champion_sha = saved["champion_version"], saved["champion_sha"]
+                st.cursor, st.reference_json = saved["cursor"], saved["reference"]
+                st.champion_score, st.trigger_state = saved["champion_score"], saved["triggers"]
+            self.models[model] = st
+        if st.champion_version != newest.version or not st.champion:
+            changed = st.champion_version != newest.version
+            self._adopt(st, newest, changed)
+        return st
+
+    def _adopt(self, st: ModelState, published, changed: bool) -> None:
+        st.champion = self.artifacts.read(published.sha256, 0, published.size)
+        specs = [s for s in signature_from_onnx(_onnx_model(st.champion)) if len(s.shape) == 2]
+        if len(specs) != 1 or not specs[0].dtype.startswith("float") or specs[0].shape[1] < 1:
+            raise UnsupportedModel(f"model {st.model!r} version {published.version}: the loop needs one float input "
+                             f"[batch, features]; the model has {[(s.name, s.dtype, s.shape) for s in specs]}")
+        st.input_name, st.n_features = specs[0].name, int(specs[0].shape[1])
+        policy = self.trigger_policy()
+        now = self.clock()
+        if changed:
+            st.champion_version, st.champion_sha = published.version, published.sha256
+            st.reference_json, st.profile, st.champion_score, st.trigger_state = "", None, None, None
+            st.prediction_profile, st.pending, st.change_from, st.latest = None, None, None, {}
+            st.pending_trigger = 0
+            st.buffer = []
+            st.engine = TriggerEngine(st.model, policy, now)
+            if not self.store.artifacts(st.model, "model", published.version):
+                aid = self.store.add_artifact(st.model, "model", {"source": "published outside the loop (push)"},
+                                              int(now * 1000), published.version, published.sha256)
+                self.store.add_execution(st.model, 0, "publication", "done",
+                                         {"reason": "push: the first champion of this name, or a manual push"},
+                                         int(now * 1000), outputs=[aid])
+            self.store.set_alias(st.model, "champion", published.version, int(now * 1000))
+            log.info("ct: model %s champion is version %d; its reference is the next %d labelled rows it serves",
+                     st.model, published.version, self.config.reference_rows)
+        else:
+            st.profile = ReferenceProfile.from_json(st.reference_json) if st.reference_json else None
+            st.engine = (TriggerEngine.from_state(policy, st.trigger_state) if st.trigger_state
+                         else TriggerEngine(st.model, policy, now))
+        st.adwin = Adwin()
+        st.mem_cursor = st.cursor
+        self._save(st, now)
+
+    def _save(self, st: ModelState, now: float) -> None:
+        self.store.set_ct_state(st.model, st.to_state(), int(now * 1000))
+
+    def _step_model(self, model: str, now: float) -> RunOutcome | None:
+        st = self._sync(model)
+        if st is None:
+            return None
+        rows = self.store.labelled_since(model, st.mem_cursor, self.config.max_read_rows)
+        if rows:
+            st.mem_cursor = rows[-1][0]
+            win = decode_rows(rows, self.decode, st.input_name, st.n_features)
+            if win.skipped:
+                log.warning("ct: model %s: %d labelled rows skipped: %s", model, win.skipped,
+                            "; ".join(win.skip_reasons))
+            if st.profile is None:
+                self._bootstrap(st, win, now)
+            else:
+                st.buffer.append(win)
+                self._monitor(st, now)
+        if st.pending is not None:
+            return self._run_when_ready(st, st.pending, now)
+        decision = st.engine.evaluate(now, 0)
+        for hold in decision.held:
+            log.info("ct: model %s trigger held: %s", model, hold.reason[:300])
+        if decision.firing is None:
+            if rows:
+                self._save(st, now)
+            return None
+        return self._run_when_ready(st, decision.firing, now)
+
+    def _run_when_ready(self, st: ModelState, firing, now: float) -> RunOutcome | None:
+        """Drift and performance runs train on the rows after the change only: wait until there are enough."""
+        need = self.config.min_change_rows
+        if firing.kind in ("drift", "performance") and st.change_from is not None:
+            have = self.store.labelled_count_since(st.model, st.change_from - 1)
+            if have < need:
+                if st.pending is None:
+                    st.pending = firing
+                    st.pending_trigger = self.store.add_trigger(
+                        st.model, firing.kind, firing.kinds, int(firing.at * 1000), firing.evidence)
+                    self.store.set_trigger_outcome(st.pending_trigger, 0, f"waiting for {need} labelled rows "
+                                                                          f"after the change (have {have})")
+                    log.info("ct: model %s %s trigger fired; waiting for %d labelled rows after the change "
+                             "(have %d)", st.model, firing.kind, need, have)
+                    self._save(st, now)
+                return None
+        st.pending = None
+        return self.run(st, firing, now)
+
+    # ------------------------------------------------------------------ monitoring
+    def _bootstrap(self, st: ModelState, win: LabelledWindow, now: float) -> None:
+        """Collect rows the champion served until there are ``reference_rows``; then profile them."""
+        mine = win.take(win.versions == st.champion_version)
+        st.buffer.append(mine)
+        have = sum(len(w) for w in st.buffer)
+        if have < self.config.reference_rows:
+            return
+        ref = concat(st.buffer, st.n_features)
+        cut = self.config.reference_rows
+        head, rest = ref.take(np.arange(cut)), ref.take(np.arange(cut, len(ref)))
+        names = [f"{st.input_name}:{i}" for i in range(st.n_features)]
+        st.profile = build_reference(head.X, names, window=self.config.monitor_window, seed=self.config.seed)
+        st.reference_json = st.profile.to_json()
+        p = predict(st.champion, head.X, self.settings, "champion")
+        st.champion_score = float(p.score("accuracy", head.y))
+        st.prediction_profile = _prediction_profile(p, self.config)
+        st.buffer = [rest]
+        st.cursor = int(head.label_ids[-1])  # after a restart the rows past the reference are monitored again
+        self._save(st, now)
+        self.store.add_event("ct_reference", "", {"model": st.model, "version": st.champion_version, "rows": cut,
+                                                  "accuracy": st.champion_score}, int(now * 1000))
+        log.info("ct: model %s version %d reference built from %d served rows (accuracy %.4f)", st.model,
+                 st.champion_version, cut, st.champion_score)
+        self._monitor(st, now)
+
+    def _monitor(self, st: ModelState, now: float) -> None:
+        w = self.config.monitor_window
+        pending = concat(st.buffer, st.n_features)
+        while len(pending) >= w:
+            window, pending = pending.take(np.arange(w)), pending.take(np.arange(w, len(pending)))
+            self._monitor_window(st, window)
+            st.cursor = int(window.label_ids[-1])
+        st.buffer = [pending]
+
+    def _monitor_window(self, st: ModelState, window: LabelledWindow) -> None:
+        results = list(window_drift(st.profile, window.X, FLEET))
+        pca = pca_drift(st.profile, window.X, FLEET)
+        if pca is not None:
+            results.append(pca)
+        for edge, n in sorted(window.rows_per_edge().items()):
+            if n >= MIN_SLICE_ROWS:
+                part = window.take(window.edges == edge)
+                results.extend(window_drift(st.profile, part.X, _slice(edge)))
+        pred = predict(st.champion, window.X, self.settings, "champion")
+        if st.prediction_profile is None and st.profile is not None and pred.proba is not None:
+            # after a restart: the reference rows' outputs are rebuilt from the stored reference sample
+            st.prediction_profile = _prediction_profile(
+                predict(st.champion, _reference_rows(st.profile), self.settings, "champion"), self.config)
+        if st.prediction_profile is not None and pred.proba is not None:
+            results.extend(window_drift(st.prediction_profile, pred.proba, FLEET))
+        alarmed = any(r.alarm for r in results)
+        if pred.proba is not None and pred.classes is not None and np.isin(window.y, pred.classes).all():
+            idx = np.searchsorted(pred.classes, window.y)
+            accuracy = classification_metrics(idx, pred.proba)["accuracy"]
+            st.engine.observe_performance(accuracy, st.champion_score)
+            p = st.engine.policy
+            verdict = judge(accuracy, floor=p.performance_floor, champion_score=st.champion_score,
+                            margin=p.performance_margin, min_rows=p.min_labelled)
+            alarmed |= verdict.alarm
+            st.latest[("accuracy", "performance", FLEET)] = (accuracy.value, verdict.threshold, verdict.alarm)
+        errors = (np.asarray(pred.label).astype(np.float64) != window.y).astype(np.float64)
+        detections = st.adwin.update_many(errors)
+        if detections:
+            st.engine.observe_detection(detections[-1])
+            alarmed = True
+            # ADWIN drops the part of its window before the change: what is left is the new regime
+            cut = max(0, len(window) - min(st.adwin.width, len(window)))
+            st.change_from = int(window.label_ids[cut])
+        if alarmed and st.change_from is None:
+            st.change_from = int(window.label_ids.min())
+        elif not alarmed and st.pending is None:
+            st.change_from = None  # the alarms stopped before anything fired
+        st.engine.observe_window(results)
+        st.engine.add_labelled(len(window))
+        for r in results:
+            st.latest[(r.monitor, r.subject, r.slice_key)] = (r.value, r.threshold, r.alarm)
+        if self.on_results is not None:
+            self.on_results(st.model, results, st.latest)
+
+    # ------------------------------------------------------------------ a run
+    def run(self, st: ModelState, firing, now: float) -> RunOutcome:
+        """Validate, train, evaluate, infra-validate, compress, register and publish; each step recorded."""
+        c = self.config
+        ms = int(now * 1000)
+        model = st.model
+        self.runs += 1
+        run_id = self.store.add_execution(model, 0, "run", "running", {
+            "trigger": firing.kind, "kinds": list(firing.kinds), "evidence": firing.evidence,
+            "code_version": __version__, "seed": c.seed, "trainer": c.trainer,
+            "champion_version": st.champion_version}, ms)
+        trigger_id, st.pending_trigger = st.pending_trigger, 0
+        if not trigger_id:
+            trigger_id = self.store.add_trigger(model, firing.kind, firing.kinds, ms, firing.evidence, run_id)
+        log.info("ct: model %s run %d fired by %s", model, run_id, firing.evidence[:300])
+        champion_art = self.store.artifacts(model, "model", st.champion_version)
+        champion_ids = [champion_art[0]["id"]] if champion_art else []
+
+        def end(state: str, reason: str, version: int = 0) -> RunOutcome:
+            self.store.finish_execution(run_id, state, {"outcome": reason, "version": version})
+            self.store.set_trigger_outcome(trigger_id, run_id, f"{state}: {reason}"[:2000])
+            self._save(st, now)
+            log.info("ct: model %s run %d %s: %s", model, run_id, state, reason[:300])
+            return RunOutcome(run_id, state, reason, version)
+
+        try:
+            return self._run_steps(st, firing, now, run_id, champion_ids, end)
+        except Exception as exc:  # a step that breaks ends the run, recorded; the champion keeps serving
+            log.exception("ct: model %s run %d failed", model, run_id)
+            return end("failed", f"{type(exc).__name__}: {str(exc)[:300]}")
+
+    def _run_steps(self, st: ModelState, firing, now: float, run_id: int, champion_ids: list, end) -> RunOutcome:
+        c = self.config
+        ms = int(now * 1000)
+        model = st.model
+
+        # 1. the window and its validation
+        after_change = firing.kind in ("drift", "performance") and st.change_from is not None
+        rows = self.store.labelled_latest(model, c.train_rows, st.change_from - 1 if after_change else 0)
+        data = decode_rows(rows, self.decode, st.input_name, st.n_features)
+        scope = (f"the newest {len(rows)} labelled rows after the change (from label {st.change_from})"
+                 if after_change else f"the newest {len(rows)} labelled rows")
+        st.change_from = None
+        if len(data) < 2 * c.min_clean_rows:
+            return end("stopped", f"only {len(data)} labelled rows; a run needs >= {2 * c.min_clean_rows}")
+        batches, index = _batches(data, st.input_name)
+        profile = st.profile or build_reference(data.X, [f"{st.input_name}:{i}" for i in range(st.n_features)],
+                                                window=max(10, min(c.monitor_window, len(data) // 2)),
+                                                seed=c.seed)
+        classes = predict(st.champion, data.X[:1], self.settings, "champion").classes
+        label_domain = tuple(float(x) for x in classes) if classes is not None else None
+        vr = validate_batches(batches, signature_from_onnx(_onnx_model(st.champion)), profile,
+                              ValidationPolicy(feature_input=st.input_name, label_domain=label_domain,
+                                               min_clean_rows=c.min_clean_rows))
+        if vr.quarantined:
+            self.store.add_quarantine(model, run_id, [(q.batch_id, q.edge, q.rows, q.checks, q.reasons)
+                                                      for q in vr.quarantined], ms)
+        clean_ids = {b.batch_id for b in vr.clean}
+        keep = np.concatenate([index[b.batch_id] for b in batches if b.batch_id in clean_ids]) if clean_ids \
+            else np.zeros(0, np.int64)
+        clean = data.take(np.sort(keep))
+        window_art = self.store.add_artifact(model, "data_window", {
+            "label_ids": [int(data.label_ids.min()), int(data.label_ids.max())],
+            "rows": len(data), "rows_clean": len(clean), "rows_per_edge": data.rows_per_edge(),
+            "clean_rows_per_edge": clean.rows_per_edge(),
+            "quarantined": [{"batch_id": q.batch_id, "edge": q.edge, "rows": q.rows, "checks": list(q.checks)}
+                            for q in vr.quarantined],
+            "notes": [n.text for n in vr.notes][:20], "summary": vr.summary, "scope": scope}, ms)
+        self.store.add_execution(model, run_id, "validation", "done" if vr.enough else "failed",
+                                 {"summary": vr.summary}, ms, outputs=[window_art])
+        if not vr.enough:
+            return end("stopped", f"validation: {vr.summary}")
+
+        # 2. training, warm-started from the champion, on everything older than the holdout
+        dataset = clean.dataset([f"{st.input_name}:{i}" for i in range(st.n_features)])
+        try:
+            train_all, holdout = time_split(dataset, c.holdout_fraction)
+            fit_train, fit_val = time_split(train_all, 0.2)
+            if c.train_half_life:
+                fit_train = apply_window(fit_train, TrainingWindow("all", None, c.train_half_life))
+        except TrainingError as exc:
+            return end("stopped", f"split: {exc}")
+        trainer = LogisticRegressionTrainer() if c.trainer == "logistic" else MLPTrainer()
+        result = trainer.fit(fit_train, fit_val, warm_start=st.champion, seed=c.seed)
+        challenger = result.model
+        chall_art = self.store.add_artifact(model, "model", {"role": "challenger", "report": result.report.to_dict()},
+                                            ms, 0, _sha(challenger))
+        self.store.add_execution(model, run_id, "training", "done", {
+            "trainer": c.trainer, "seed": c.seed, "code_version": __version__, "rows": len(fit_train),
+            "half_life_rows": c.train_half_life or None,
+            "validation_rows": len(fit_val), "warm_start": result.report.warm_start_note,
+            "validation": result.report.validation}, ms, inputs=[window_art, *champion_ids], outputs=[chall_art])
+
+        # 3. challenger vs champion on the newest holdout, per edge
+        ev = evaluate(challenger, st.champion, holdout,
+                      EvaluationPolicy(metric="accuracy", min_gain=c.min_gain,
+                                       max_slice_regression=c.max_slice_regression,
+                                       min_slice_samples=c.min_slice_samples, slice_by=("edge",)), self.settings)
+        eval_art = self.store.add_artifact(model, "evaluation", ev.to_dict(), ms)
+        self.store.add_evaluation(model, run_id, ev.blessed, ev.reason, ev.metric, ev.challenger, ev.champion,
+                                  ev.to_dict(), ms)
+        self.store.add_execution(model, run_id, "evaluation", "blessed" if ev.blessed else "refused",
+                                 {"reason": ev.reason}, ms, inputs=[chall_art, *champion_ids], outputs=[eval_art])
+        if not ev.blessed:
+            return end("refused", f"evaluation {ev.reason}")
+
+        # 4. infra validation and compression (both against the serving signature and the champion's latency)
+        signature = ServingSignature.of_model(st.champion, self.settings)
+        infra_policy = InfraPolicy(max_latency_ratio=c.latency_ratio, runs=200, max_seconds=2.0)
+        infra = validate_infra(challenger, holdout.X, signature, self.settings, st.champion, infra_policy)
+        self.store.add_execution(model, run_id, "infra_validation", "passed" if infra.passed else "failed",
+                                 infra.to_dict(), ms, inputs=[chall_art])
+        if not infra.passed:
+            return end("refused", "infra validation: " + "; ".join(infra.reasons))
+        comp = compress(challenger, holdout, CompressionPolicy(metric_tolerance=c.compression_tolerance, seed=c.seed),
+                        self.settings, st.champion, infra_policy, signature)
+        comp_art = self.store.add_artifact(model, "compressed", comp.to_dict(), ms, 0,
+                                           _sha(comp.model) if comp.model else "")
+        self.store.add_execution(model, run_id, "compression", "done" if comp.model else "failed",
+                                 {"chosen": comp.chosen, "reason": comp.reason}, ms, inputs=[chall_art],
+                                 outputs=[comp_art])
+        if comp.model is None:
+            return end("refused", f"compression: {comp.reason}")
+
+        # 5. register and publish (all edges at once; the delivery layer decides how)
+        sha, size = self.artifacts.put_bytes(comp.model)
+        version = max([p.version for p in self.store.published_models() if p.model == model] or [0]) + 1
+        reason = f"ct run {run_id} ({firing.kind}): {ev.reason}"[:500]
+        published, records = self.publish(model, version, sha, size, reason)
+        version = published.version
+        served = self.store.add_artifact(model, "model", {"role": "champion", "run_id": run_id,
+                                                          "variant": comp.chosen, "trigger": firing.kind},
+                                         ms, version, sha)
+        self.store.add_execution(model, run_id, "publication", "done",
+                                 {"version": version, "directed_edges": [r.node_id for r in records]}, ms,
+                                 inputs=[comp_art, eval_art], outputs=[served])
+        self.store.set_alias(model, "challenger", version, ms)
+        self.store.set_alias(model, "champion", version, ms)
+        outcome = end("published", f"version {version} ({comp.chosen}, {size} bytes): {ev.reason}", version)
+        self._sync(model)  # the new champion: its reference is built from the rows it serves
+        return outcome
+
+    # ------------------------------------------------------------------ promote / roll back
+    def republish(self, model: str, version: int, action: str, reason: str = ""):
+        """Publish the bytes of ``model`` ``version`` again as the newest version (versions only increase).
+
+        ``action`` is "promote" or "rollback"; it goes through the same ``publish`` as every model, and
+        the new version becomes the champion (its reference is rebuilt from what it serves).
+        """
+        with self._lock:
+            source = [p for p in self.store.published_models() if p.model == model and p.version == version]
+            if not source:
+                raise KeyError(f"model {model!r} has no published version {version}")
+            src = source[0]
+            ms = int(self.clock() * 1000)
+            text = f"{action} of version {version}" + (f": {reason}" if reason else "")
+            run_id = self.store.add_execution(model, 0, "run", "running", {
+                "trigger": action, "evidence": text, "code_version": __version__, "source_version": version}, ms)
+            published, records = self.publish(model, 0, src.sha256, src.size, text[:500])
+            art = self.store.add_artifact(model, "model", {"role": "champion", "run_id": run_id, "action": action,
+                                                           "source_version": version}, ms, published.version,
+                                          src.sha256)
+            self.store.add_execution(model, run_id, "publication", "done",
+                                     {"version": published.version, "directed_edges": [r.node_id for r in records]},
+                                     ms, outputs=[art])
+            self.store.finish_execution(run_id, "published", {"outcome": text, "version": published.version})
+            self.store.set_alias(model, "champion", published.version, ms)
+            self._sync(model)
+            return published
+
+    def rollback(self, model: str, version: int = 0, reason: str = ""):
+        """Back to ``version``, or (0) to the newest earlier version whose bytes differ from the champion's."""
+        if version == 0:
+            mine = sorted((p for p in self.store.published_models() if p.model == model), key=lambda p: p.version)
+            if not mine:
+                raise KeyError(f"model {model!r} has no published version")
+            older = [p for p in mine[:-1] if p.sha256 != mine[-1].sha256]
+            if not older:
+                raise KeyError(f"model {model!r} has no earlier version to roll back to")
+            version = older[-1].version
+        return self.republish(model, version, "rollback", reason)
+
+    # ------------------------------------------------------------------ views
+    def latest(self) -> dict[str, dict]:
+        """Per model: the latest monitor values ``{(monitor, subject, slice): (value, threshold, alarm)}``."""
+        with self._lock:
+            return {m: dict(st.latest) for m, st in self.models.items()}
+
+
+def _prediction_profile(pred, config) -> ReferenceProfile | None:
+    """Prediction drift: a profile of the champion's class probabilities on its reference rows."""
+    if pred.proba is None or pred.proba.shape[1] > 64:
+        return None
+    proba = np.asarray(pred.proba, np.float64)
+    if len(proba) < 2 * config.monitor_window:
+        return None
+    labels = [f"{c:g}" if isinstance(c, (float, np.floating)) else str(c) for c in
+              (pred.classes if pred.classes is not None else range(proba.shape[1]))]
+    return prediction_reference(proba, labels, window=config.monitor_window, seed=config.seed)
+
+
+def _reference_rows(profile: ReferenceProfile) -> np.ndarray:
+    return np.stack([np.asarray(f.sample, np.float32) for f in profile.features], axis=1)
+
+
+def _slice(edge: str) -> str:
+    import re
+
+    s = re.sub(r"[^A-Za-z0-9_.:\-]", "_", edge)[:128]
+    return s if s and s[0].isalnum() else "e" + s[:127]
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _onnx_model(data: bytes):
+    import onnx
+
+    return onnx.load_from_string(data)
+
+
+def _batches(data: LabelledWindow, input_name: str) -> tuple[list[Batch], dict[str, np.ndarray]]:
+    """One edge's consecutive rows (in time order) in batches of ``BATCH_ROWS``, as validation sees uploads."""
+    order = np.argsort(data.timestamps_ms, kind="stable")
+    batches, index = [], {}
+    for edge in sorted(set(data.edges.tolist())):
+        rows = order[data.edges[order] == edge]
+        for start in range(0, len(rows), BATCH_ROWS):
+            part = rows[start:start + BATCH_ROWS]
+            bid = f"{_slice(edge)}.{int(data.label_ids[part].min())}-{int(data.label_ids[part].max())}"
+            batches.append(Batch(bid, _slice(edge), {input_name: data.X[part]}, data.y[part],
+                                 tuple(data.sample_ids[i] for i in part)))
+            index[bid] = part
+    return batches, index
