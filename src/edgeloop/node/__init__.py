@@ -59,6 +59,7 @@ class EdgeNode:
         self.models.add_listener(lambda event=None: self._update_health())
         self.models.features.snapshot_dir = feature_snapshot_dir(config)  # restored as each state is created
         self._feature_snapshots = None
+        self.handover = None  # mesh.handover.EntityHandover when the mesh is on
         self.mesh = None
         self._token = None
         if config.mesh.enabled or data_path_enabled(config):
@@ -87,7 +88,8 @@ class EdgeNode:
 
         features = self.models.features
         self.mesh.peer_servicer.export_entities = features.export
-        features.fetch_entity = EntityHandover(self.config.node.id, self.mesh.membership, self.mesh.pool).fetch
+        self.handover = EntityHandover(self.config.node.id, self.mesh.membership, self.mesh.pool)
+        features.fetch_entity = self.handover.fetch
 
     def _wire_escalation(self) -> None:
         """Joint inference: hard rows of a model with an escalation policy go through the mesh's channels."""
