@@ -26,7 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 
@@ -46,18 +46,33 @@ MAX_REMEMBERED_REQUESTS = 100_000
 MAX_KEY_BYTES = 256
 
 
-class ServedFeatures(NamedTuple):
-    """What one request's rows were served with (for the recorder)."""
+class ServedFeatures:
+    """What one request's rows were served with (for the recorder); built on the request path, so lean."""
 
-    request: object  # the ModelInferRequest (identity check: the hook reads only its own request's)
-    input_name: str  # the ONNX input
-    vectors: np.ndarray  # float32 [batch, width]
-    cold: bool
-    partial: bool
-    digest: str
-    entity: str
-    t: float
-    remember: Callable[[str], None]  # map a sample id generated after the inference to this request
+    __slots__ = ("request", "front", "vectors", "cold", "partial", "entity", "t")
+
+    def __init__(self, request, front: "FeatureFront", vectors: np.ndarray, cold: bool, partial: bool,
+                 entity: str | None, t: float) -> None:
+        self.request = request  # identity check: the recorder reads only its own request's
+        self.front = front
+        self.vectors = vectors  # float32 [batch, width]: what the graph was fed
+        self.cold = cold
+        self.partial = partial
+        self.entity = entity
+        self.t = t
+
+    @property
+    def input_name(self) -> str:
+        return self.front.input_name
+
+    @property
+    def digest(self) -> str:
+        return self.front.digest
+
+    def remember(self, sample_id: str) -> None:
+        """Map a sample id generated after the inference to this request's entity (labels by id)."""
+        if self.entity is not None:
+            self.front.states.remember(sample_id, self.front.model, self.entity, self.t)
 
 
 _local = threading.local()
@@ -256,50 +271,80 @@ class FeatureFront:
         self._width = definition.width
         self._inputs = definition.inputs
         self._remember = states.remember
+        self._batching = self.signature.max_batch_size > 0
+        self._max_rows = self.signature.max_batch_size if self._batching else 1 << 20
+
+    def _rows(self, request) -> tuple[np.ndarray, int]:
+        """The request's rows ``[n, inputs]`` (float32) and batch size.
+
+        Fast path: every raw input as FP32 ``[n]`` raw contents in the definition's order (what
+        ``feature_request`` and most clients send) is one join of the bytes; anything else goes
+        through the signature's full checks (typed contents, any order, and every error message).
+        """
+        inputs = request.inputs
+        raws = request.raw_input_contents
+        k = len(self._inputs)
+        if len(inputs) == k and len(raws) == k:
+            names = self._inputs
+            n = -1
+            for i in range(k):
+                tensor = inputs[i]
+                shape = tensor.shape
+                if (tensor.name != names[i] or tensor.datatype != "FP32" or len(shape) != 1
+                        or (n >= 0 and shape[0] != n) or tensor.HasField("contents")):
+                    break
+                n = shape[0]
+            else:
+                if 0 < n <= self._max_rows:
+                    joined = b"".join(raws)
+                    if len(joined) == 4 * k * n:
+                        flat = np.frombuffer(joined, dtype="<f4")
+                        return (flat.reshape(1, k) if n == 1 else np.ascontiguousarray(flat.reshape(k, n).T)), n
+        feeds, batch = self.signature.decode(request)
+        rows = np.empty((feeds[self._inputs[0]].shape[0], k), dtype=np.float32)
+        for j, name in enumerate(self._inputs):
+            rows[:, j] = feeds[name]
+        return rows, batch
 
     def enrich(self, request) -> tuple[dict[str, np.ndarray], int]:
         """Decode the raw inputs, serve each row from its entity's state; ``(feeds, batch)`` for the graph."""
-        feeds, batch = self.signature.decode(request)
-        columns = [feeds[name] for name in self._inputs]
-        rows_n = columns[0].shape[0]
+        rows, batch = self._rows(request)
+        rows_n = rows.shape[0]
         if rows_n < 1:
             raise invalid_argument(f"input {quote(self._inputs[0])}: 0 rows; expected at least one row")
-        rows = np.empty((rows_n, len(columns)), dtype=np.float64)
-        for j, column in enumerate(columns):
-            rows[:, j] = column
         entity, t = self._entity_and_time(request.parameters)
-        out = np.empty((rows_n, self._width), dtype=np.float32)
         cold = partial = False
-        state = self.state
         try:
             if entity is None:
                 self.states.no_key += rows_n
                 plan = self.plan
+                out = np.empty((rows_n, self._width), dtype=np.float32)
                 for i in range(rows_n):
                     served = _compute_vector(plan, plan.blank, rows[i], t)
                     out[i] = served.vector
                     partial |= served.partial
                 cold = True
             else:
+                state = self.state
                 if self.states.fetch_entity is not None and entity not in state:
                     self.states.adopt_from_previous_owner(self.model, state, entity)
-                for i in range(rows_n):
-                    served = state.serve(entity, rows[i], t)
-                    out[i] = served.vector
-                    cold |= served.cold
-                    partial |= served.partial
+                if rows_n == 1:
+                    served = state.serve(entity, rows[0], t)
+                    out = served.vector.reshape(1, self._width)
+                    cold, partial = served.cold, served.partial
+                else:
+                    out = np.empty((rows_n, self._width), dtype=np.float32)
+                    for i in range(rows_n):
+                        served = state.serve(entity, rows[i], t)
+                        out[i] = served.vector
+                        cold |= served.cold
+                        partial |= served.partial
         except FeatureError as exc:
             raise invalid_argument(f"model {quote(self.model)}: {exc}") from None
         if entity is not None and request.id:
             self._remember(request.id, self.model, entity, t)
-        _local.served = ServedFeatures(request, self.input_name, out, cold, partial, self.digest, entity or "", t,
-                                       self._remember_generated(entity, t))
-        return {self.input_name: out}, batch if self.signature.max_batch_size > 0 else 1
-
-    def _remember_generated(self, entity: str | None, t: float) -> Callable[[str], None]:
-        if entity is None:
-            return _forget
-        return lambda sample_id: self._remember(sample_id, self.model, entity, t)
+        _local.served = ServedFeatures(request, self, out, cold, partial, entity, t)
+        return {self.input_name: out}, batch if self._batching else 1
 
     @staticmethod
     def _entity_and_time(params) -> tuple[str | None, float]:
@@ -398,10 +443,6 @@ class FeatureCollector:
         for result, n in sorted(self.states.handover.items()):
             handover.add_metric([result], n)
         yield handover
-
-
-def _forget(_sample_id: str) -> None:
-    return None
 
 
 def build_front(model: str, manifest: dict | None, onnx_signature: ModelSignature, config,
