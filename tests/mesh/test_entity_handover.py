@@ -136,6 +136,10 @@ def test_a_dead_previous_owner_means_cold_and_counted(tmp_path, ports):
         restarted = {keys[i] for i in later}
         assert restarted, "the stream must come back to a key a held"
         assert stats.cold == len(restarted) and b.models.features.handover["imported"] == 0
+        from prometheus_client import generate_latest
+
+        scraped = generate_latest(b.metrics.registry).decode()
+        assert f'edgeloop_feature_rows_total{{model="fe",state="cold"}} {float(len(restarted))}' in scraped
         # the first vector of each such key is the cold one (lag defaults to the current value)
         firsts = {}
         for i, vec in zip(later, out):

@@ -44,6 +44,7 @@ MANIFEST_KEY = "features"
 MAX_REMEMBERED_REQUESTS = 100_000
 #: longest routing key kept as an entity (``FeatureState``'s bound, in UTF-8 bytes)
 MAX_KEY_BYTES = 256
+_LE_F32 = np.dtype("<f4")
 
 
 class ServedFeatures:
@@ -273,6 +274,11 @@ class FeatureFront:
         self._remember = states.remember
         self._batching = self.signature.max_batch_size > 0
         self._max_rows = self.signature.max_batch_size if self._batching else 1 << 20
+        self._head_1 = self._head(1)
+
+    def _head(self, n: int) -> list:
+        """(name, datatype, shape) of every raw input of an ``n``-row request in the definition's order."""
+        return [(name, "FP32", [n]) for name in self._inputs]
 
     def _rows(self, request) -> tuple[np.ndarray, int]:
         """The request's rows ``[n, inputs]`` (float32) and batch size.
@@ -285,21 +291,15 @@ class FeatureFront:
         raws = request.raw_input_contents
         k = len(self._inputs)
         if len(inputs) == k and len(raws) == k:
-            names = self._inputs
-            n = -1
-            for i in range(k):
-                tensor = inputs[i]
-                shape = tensor.shape
-                if (tensor.name != names[i] or tensor.datatype != "FP32" or len(shape) != 1
-                        or (n >= 0 and shape[0] != n) or tensor.HasField("contents")):
-                    break
-                n = shape[0]
-            else:
-                if 0 < n <= self._max_rows:
-                    joined = b"".join(raws)
-                    if len(joined) == 4 * k * n:
-                        flat = np.frombuffer(joined, dtype="<f4")
-                        return (flat.reshape(1, k) if n == 1 else np.ascontiguousarray(flat.reshape(k, n).T)), n
+            head = [(t.name, t.datatype, t.shape[:]) for t in inputs]
+            first = head[0][2]
+            n = first[0] if len(first) == 1 else 0
+            if (0 < n <= self._max_rows and head == (self._head_1 if n == 1 else self._head(n))
+                    and not any(t.HasField("contents") for t in inputs)):
+                joined = b"".join(raws)
+                if len(joined) == 4 * k * n:
+                    flat = np.frombuffer(joined, _LE_F32)
+                    return (flat.reshape(1, k) if n == 1 else np.ascontiguousarray(flat.reshape(k, n).T)), n
         feeds, batch = self.signature.decode(request)
         rows = np.empty((feeds[self._inputs[0]].shape[0], k), dtype=np.float32)
         for j, name in enumerate(self._inputs):
