@@ -132,6 +132,7 @@ class FeatureStates:
         self._requests_lock = threading.Lock()
         #: ``fetch_entity(model, digest, key) -> bytes | None``: the previous owner's state (hand-over)
         self.fetch_entity: Callable[[str, str, str], bytes | None] | None = None
+        self._counts = threading.Lock()
         self.no_key = 0  # rows served without a routing key (cold defaults)
         self.handover = {"imported": 0, "missing": 0, "failed": 0, "refused": 0}
         self.labels_applied = 0
@@ -217,6 +218,14 @@ class FeatureStates:
         self.labels_applied += 1
         return True
 
+    def count(self, what: str, n: int = 1) -> None:
+        """Add to a counter (``no_key`` or a hand-over result) under the lock: handler threads race."""
+        with self._counts:
+            if what == "no_key":
+                self.no_key += n
+            else:
+                self.handover[what] += n
+
     # -- hand-over ---------------------------------------------------------------------------------
     def adopt_from_previous_owner(self, model: str, state: FeatureState, entity: str) -> None:
         """Ask the previous owner for ``entity``'s state (the hook is bounded in time); import it if sent."""
@@ -226,19 +235,19 @@ class FeatureStates:
         try:
             data = fetch(model, state.plan.digest, entity)
         except Exception as exc:  # the previous owner is gone or slow: the entity starts cold here
-            self.handover["failed"] += 1
+            self.count("failed")
             log.debug("hand-over of %s (model %s) failed: %s", quote(entity), model, exc)
             return
         if data is None:
-            self.handover["missing"] += 1
+            self.count("missing")
             return
         try:
             state.import_entity(entity, data)
         except StateError as exc:
-            self.handover["refused"] += 1
+            self.count("refused")
             log.warning("hand-over of %s (model %s) refused: %s", quote(entity), model, exc)
             return
-        self.handover["imported"] += 1
+        self.count("imported")
 
     def export(self, model: str, digest: str, keys, remove: bool) -> list[tuple[str, bytes]]:
         """``(key, bytes)`` for each of ``keys`` held under ``model``/``digest`` (the Peer service's answer)."""
@@ -316,7 +325,7 @@ class FeatureFront:
         cold = partial = False
         try:
             if entity is None:
-                self.states.no_key += rows_n
+                self.states.count("no_key", rows_n)
                 plan = self.plan
                 out = np.empty((rows_n, self._width), dtype=np.float32)
                 for i in range(rows_n):
