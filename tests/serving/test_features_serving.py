@@ -249,6 +249,43 @@ def test_metadata_shows_raw_inputs_and_plain_requests_work(tmp_path, echo_repo):
         client.close()
 
 
+def test_any_input_order_and_malformed_raw_inputs_are_checked_like_any_request(tmp_path, echo_repo):
+    client = Client(EdgeNode(config(tmp_path, echo_repo)).start())
+    try:
+        rows = np.array([[1.5, -2.0, 3.0], [4.0, 5.0, -6.5]], np.float32)
+        in_order = [client.serve(r, "ordered", T0_MS + i * 1000)[0] for i, r in enumerate(rows)]
+        shuffled = []
+        for i, r in enumerate(rows):  # the same rows, inputs sent in another order: the slow, checked path
+            request = feature_request(MODEL, definition(), r, "shuffled", T0_MS + i * 1000)
+            order = [2, 0, 1]
+            tensors = [request.inputs[j] for j in order]
+            raws = [request.raw_input_contents[j] for j in order]
+            del request.inputs[:]
+            del request.raw_input_contents[:]
+            request.inputs.extend(tensors)
+            request.raw_input_contents.extend(raws)
+            shuffled.append(infer_response_to_numpy(client.stub.ModelInfer(request, timeout=10))["vector"][0])
+        assert np.array(in_order).tobytes() == np.array(shuffled).tobytes()
+        bad = feature_request(MODEL, definition(), rows[0], "bad", T0_MS)
+        bad.inputs[1].contents.fp32_contents.append(1.0)  # typed contents and raw bytes at once
+        with pytest.raises(grpc.RpcError) as err:
+            client.stub.ModelInfer(bad, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'b'" in err.value.details()
+        short = feature_request(MODEL, definition(), rows[0], "bad", T0_MS)
+        short.raw_input_contents[2] = b"\0\0"
+        with pytest.raises(grpc.RpcError) as err:
+            client.stub.ModelInfer(short, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "price" in err.value.details()
+        wrong_type = feature_request(MODEL, definition(), rows[0], "bad", T0_MS)
+        wrong_type.inputs[0].datatype = "INT32"
+        with pytest.raises(grpc.RpcError) as err:
+            client.stub.ModelInfer(wrong_type, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "FP32" in err.value.details()
+        assert "bad" not in client.node.models.features.of_model(MODEL)[0]  # refused rows never enter the state
+    finally:
+        client.close()
+
+
 def _full_vector_request():
     from edgeloop.protocol.codec import build_infer_request
 
