@@ -14,6 +14,13 @@ As a check that the features are point in time, ``label_lag_1`` alone must score
 
     python benchmarks/features.py [overhead] [--calls 3000] [--blocks 7] [--check]
     python benchmarks/features.py elec2 [--data ../shared/data/elec2.csv] [--check]
+    python benchmarks/features.py serving [--calls 1500] [--blocks 5] [--check]
+
+``serving``: end to end on a real edge node (in-process, loopback gRPC): the same ONNX model (an MLP
+on 26 inputs) loaded twice, once with the 20-feature definition in its manifest (the client sends the
+6 raw inputs + routing key + timestamp; the node computes the rest) and once without (the client sends
+the 26-wide vector).  Per request: the node's own time (ModelStatistics, decode to response) and the
+client's round trip, best of interleaved blocks; ``--check`` holds the node's added time to 20 us.
 """
 from __future__ import annotations
 
@@ -137,6 +144,152 @@ def overhead(args) -> int:
     return 0
 
 
+# -- serving, end to end on a node ----------------------------------------------------------------------------
+SERVING_MODELS = ("without_features", "with_features")
+SERVING_LABELS = {"without_features": "without features (client sends 26 values)",
+                  "with_features": "with features (6 raw + key; node computes 20)"}
+
+
+def serving_client(port: int, calls: int, blocks: int) -> dict:
+    """The load side (run in its own process, so it never competes with the node for the GIL).
+
+    Returns per model and block the node's own time per request (ModelStatistics deltas, decode to
+    response) and the client's round trip per request.
+    """
+    import grpc
+
+    from edgeloop.protocol import inference_pb2, inference_pb2_grpc
+    from edgeloop.protocol.codec import build_infer_request
+    from edgeloop.serving.feature_models import feature_request
+
+    definition = FeatureDefinition.from_dict(TWENTY)
+    rng = np.random.default_rng(0)
+    rows = rng.random((calls, 6)).astype(np.float32)
+    wide = rng.random((calls, definition.width)).astype(np.float32)
+    t_ms = 1_700_000_000_000
+    requests = {"with_features": [feature_request("with_features", definition, rows[i], f"meter-{i % 1000}")
+                                  for i in range(calls)],
+                "without_features": [build_infer_request("without_features", {"INPUT0": wide[i: i + 1]})
+                                     for i in range(calls)]}
+    out = {m: {"node_us": [], "round_trip_us": []} for m in SERVING_MODELS}
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        def node_ns(model):
+            stats = stub.ModelStatistics(inference_pb2.ModelStatisticsRequest(name=model), timeout=10).model_stats[0]
+            return stats.inference_stats.success.ns, stats.inference_stats.success.count
+
+        def run(model, items):
+            nonlocal t_ms
+            for request in items:
+                if model == "with_features":  # each entity's stream moves on in time
+                    t_ms += 1000
+                    request.parameters["timestamp_ms"].int64_param = t_ms
+                stub.ModelInfer(request, timeout=10)
+
+        for _ in range(8):  # steady state: every entity has history; both models warm
+            run("with_features", requests["with_features"][:1000])
+        run("without_features", requests["without_features"][:1000])
+        for _ in range(blocks):  # interleaved, so machine noise hits both alike
+            for model in SERVING_MODELS:
+                ns0, c0 = node_ns(model)
+                t0 = time.perf_counter_ns()
+                run(model, requests[model])
+                out[model]["round_trip_us"].append((time.perf_counter_ns() - t0) / calls / 1000)
+                ns1, c1 = node_ns(model)
+                out[model]["node_us"].append((ns1 - ns0) / max(1, c1 - c0) / 1000)
+    return out
+
+
+def _node_path_in_process(node, calls: int, blocks: int) -> dict[str, list[float]]:
+    """Per request through the node's servicer in this process (no gRPC transport), best of interleaved blocks."""
+    from edgeloop.protocol.codec import build_infer_request
+    from edgeloop.serving.feature_models import feature_request
+
+    definition = FeatureDefinition.from_dict(TWENTY)
+    rng = np.random.default_rng(1)
+    rows = rng.random((calls, 6)).astype(np.float32)
+    wide = rng.random((calls, definition.width)).astype(np.float32)
+    t_ms = 1_800_000_000_000  # after the client's stream: each entity's time moves on
+    with_requests = []
+    for i in range(calls):
+        t_ms += 1000
+        with_requests.append(feature_request("with_features", definition, rows[i], f"meter-{i % 1000}", t_ms))
+    requests = {"with_features": with_requests,
+                "without_features": [build_infer_request("without_features", {"INPUT0": wide[i: i + 1]})
+                                     for i in range(calls)]}
+    infer = node.servicer.ModelInfer
+    out: dict[str, list[float]] = {m: [] for m in SERVING_MODELS}
+    for block in range(blocks):
+        for model in SERVING_MODELS:
+            items = requests[model]
+            if model == "with_features" and block:  # new, later timestamps for every block
+                for request in items:
+                    t_ms += 1000
+                    request.parameters["timestamp_ms"].int64_param = t_ms
+            t0 = time.perf_counter_ns()
+            for request in items:
+                infer(request, None)
+            out[model].append((time.perf_counter_ns() - t0) / calls / 1000)
+    return out
+
+
+def serving(args) -> int:
+    import subprocess
+    import tempfile
+
+    from edgeloop.config import EdgeConfig, MeshConfig, ModelConfig, NodeConfig, ServingConfig
+    from edgeloop.node import EdgeNode
+    from edgeloop.serving.demo_models import build_mlp, write_model
+    from edgeloop.serving.feature_models import write_feature_model
+
+    definition = FeatureDefinition.from_dict(TWENTY)
+    model = build_mlp(in_dim=definition.width, hidden=32, out_dim=2).SerializeToString()
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "models"
+        write_feature_model(repo, "with_features", 1, model, definition)  # the same graph, twice
+        write_model(repo, "without_features", 1, model)
+        models = tuple(ModelConfig(name=n, sample_rate=0.0) for n in SERVING_MODELS)
+        config = EdgeConfig(node=NodeConfig(id="bench", host="127.0.0.1", grpc_port=0, metrics_port=-1),
+                            serving=ServingConfig(model_repository=repo, models=models),
+                            mesh=MeshConfig(enabled=False))
+        node = EdgeNode(config).start()
+        try:
+            child = subprocess.run([sys.executable, __file__, "serving", "--client-of", str(node.grpc_port),
+                                    "--calls", str(args.calls), "--blocks", str(args.blocks)],
+                                   capture_output=True, text=True, timeout=600)
+            if child.returncode != 0:
+                print(child.stderr[-4000:], file=sys.stderr)
+                return 2
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+            in_process = _node_path_in_process(node, args.calls, args.blocks)
+            features = node.models.features.of_model("with_features")[0].stats()
+        finally:
+            node.stop(2.0)
+    best = {m: {k: min(v) for k, v in result[m].items()} for m in SERVING_MODELS}
+    for m in SERVING_MODELS:
+        r = result[m]
+        print(f"{SERVING_LABELS[m]:47s} node best {best[m]['node_us']:7.2f} us (median "
+              f"{statistics.median(r['node_us']):7.2f})   round trip best {best[m]['round_trip_us']:7.2f} us "
+              f"(median {statistics.median(r['round_trip_us']):7.2f})")
+    w, wo = best["with_features"], best["without_features"]
+    added_node = w["node_us"] - wo["node_us"]
+    added_rt = w["round_trip_us"] - wo["round_trip_us"]
+    print(f"added by 20 derived features: node {added_node:.2f} us per request (with/without = "
+          f"{w['node_us'] / wo['node_us']:.2f}x), round trip {added_rt:.2f} us (with/without = "
+          f"{w['round_trip_us'] / wo['round_trip_us']:.2f}x); target <= {OVERHEAD_TARGET_US:.0f} us")
+    ip = {m: min(v) for m, v in in_process.items()}
+    print(f"node path without transport (same process, servicer.ModelInfer): without {ip['without_features']:.2f} us, "
+          f"with {ip['with_features']:.2f} us: added {ip['with_features'] - ip['without_features']:.2f} us "
+          f"(with/without = {ip['with_features'] / ip['without_features']:.2f}x)")
+    print(f"state: {features.entities} entities, {features.served} served, {features.cold} cold, "
+          f"{features.partial} partial")
+    if args.check and added_node > OVERHEAD_TARGET_US:
+        print(f"FAIL: {added_node:.2f} us > {OVERHEAD_TARGET_US:.0f} us", file=sys.stderr)
+        return 1
+    return 0
+
+
 # -- Elec2 --------------------------------------------------------------------------------------------------
 def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 25) -> np.ndarray:
     """Newton/IRLS for an L2-regularised logistic regression (x carries a bias column last), from zero."""
@@ -215,11 +368,12 @@ def elec2(args) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", nargs="?", default="overhead", choices=("overhead", "elec2"))
+    parser.add_argument("mode", nargs="?", default="overhead", choices=("overhead", "elec2", "serving"))
     parser.add_argument("--calls", type=int, default=3000, help="requests per block (overhead)")
     parser.add_argument("--blocks", type=int, default=7, help="interleaved blocks per case (overhead)")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "elec2.csv")
     parser.add_argument("--check", action="store_true", help="exit non-zero when a target is missed")
+    parser.add_argument("--client-of", type=int, default=None, help=argparse.SUPPRESS)  # serving's load process
     parser.add_argument("--print-definition", action="store_true", help="print the Elec2 definition (JSON)")
     args = parser.parse_args()
     if args.calls < 1 or args.blocks < 1:
@@ -227,7 +381,10 @@ def main() -> int:
     if args.print_definition:
         print(json.dumps(ELEC2, indent=2))
         return 0
-    return overhead(args) if args.mode == "overhead" else elec2(args)
+    if args.client_of is not None:
+        print(json.dumps(serving_client(args.client_of, args.calls, args.blocks)))
+        return 0
+    return {"overhead": overhead, "elec2": elec2, "serving": serving}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ from .schema import GRAPH_OPTIMIZATION_LEVELS, ModelConfig, VersionPolicy
 MODEL_KEYS = (
     "version_policy", "max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "intra_op_threads",
     "inter_op_threads", "graph_optimization_level", "execution_providers", "max_queue_size", "sample_rate", "escalation",
+    "feature_max_entities", "feature_max_history",
 )
+MAX_FEATURE_ENTITIES = 100_000_000
+MAX_FEATURE_HISTORY = 1024  # the feature store's longest window (``features.MAX_K``)
 MAX_BATCH_LIMIT = 65536
 MAX_QUEUE_DELAY_US_LIMIT = 10_000_000
 MAX_QUEUE_SIZE_LIMIT = 65536
@@ -76,7 +79,14 @@ def parse_model_table(table: dict[str, Any], source: str, prefix: str, base: Mod
     escalation = base.escalation
     if fields.has("escalation"):
         escalation = parse_escalation(table["escalation"], source, fields.key("escalation"))
-    return replace(base, version_policy=policy, max_batch_size=max_batch, max_queue_delay_us=delay,
+    max_entities = fields.integer("feature_max_entities", base.feature_max_entities, minimum=1,
+                                  maximum=MAX_FEATURE_ENTITIES,
+                                  expected=f"an integer in 1..{MAX_FEATURE_ENTITIES} (entities whose real-time "
+                                           f"feature state is kept in memory)")
+    max_history = fields.integer("feature_max_history", base.feature_max_history, minimum=1,
+                                 maximum=MAX_FEATURE_HISTORY,
+                                 expected=f"an integer in 1..{MAX_FEATURE_HISTORY} (longest feature window, rows)")
+    return replace(base, feature_max_entities=max_entities, feature_max_history=max_history, version_policy=policy, max_batch_size=max_batch, max_queue_delay_us=delay,
                    max_queue_size=queue,
                    preferred_batch_sizes=preferred, intra_op_threads=intra, inter_op_threads=inter,
                    graph_optimization_level=level, execution_providers=providers, sample_rate=sample_rate,

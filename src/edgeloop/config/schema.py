@@ -81,6 +81,10 @@ class ModelConfig:
     execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     sample_rate: float | None = None  # share of requests recorded to the outbox; None = 1.0 with a coordinator, else 0
     escalation: EscalationPolicy | None = None  # joint inference: hard rows go to a bigger model
+    #: real-time features (a model whose manifest declares a feature definition): entities kept in memory
+    feature_max_entities: int = 100_000
+    #: longest window a served feature definition may declare (rows of history kept per entity)
+    feature_max_history: int = 1024
 
     @property
     def batching(self) -> bool:

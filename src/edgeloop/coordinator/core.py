@@ -84,6 +84,10 @@ class CoordinatorCore:
                 v.version(f"samples[{i}].model_version", version)
             check_tensors(f"samples[{i}].inputs", s.inputs)
             check_tensors(f"samples[{i}].outputs", s.outputs)
+            if s.raw_inputs:  # a model with features: what the client sent, beside the vector the model saw
+                check_tensors(f"samples[{i}].raw_inputs", s.raw_inputs)
+            if s.feature_digest:
+                v.sha256(f"samples[{i}].feature_digest", s.feature_digest)
             append((model, s.sample_id, version, key, ts, s.SerializeToString()))
         return rows
 

@@ -35,6 +35,8 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
         self._ready_models = ready_models
         self._queue_depth = queue_depth
         self._epoch = epoch
+        #: ``export(model, digest, keys, remove) -> [(key, bytes)]``: entity feature state (set by the node)
+        self.export_entities = None
 
     def Describe(self, request, context):
         if self._token is not None and not token_matches(context.invocation_metadata(), self._token):
@@ -64,6 +66,18 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
         if nonce and self._token is not None:
             desc.proof = membership_proof(self._token, nonce, desc.node.node_id)
         return desc
+
+    def EntityState(self, request, context):
+        """Some entities' real-time feature state, for their new owner (token-guarded like Describe)."""
+        if self._token is not None and not token_matches(context.invocation_metadata(), self._token):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"Peer.EntityState needs the fleet token in metadata {TOKEN_METADATA_KEY!r} (missing or wrong)")
+        from edgeloop.mesh.handover import answer_entity_state
+
+        answer = answer_entity_state(request, self.export_entities)
+        if isinstance(answer, tuple):
+            context.abort(*answer)
+        return answer
 
     def FetchArtifact(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED,

@@ -25,6 +25,8 @@ log = logging.getLogger("edgeloop.node")
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 #: How long a draining node keeps its gRPC server up for requests already received (see ``stop``).
 DRAIN_SETTLE_S = 0.25
+#: How often the real-time feature state is snapshotted while serving (and always on stop).
+FEATURE_SNAPSHOT_INTERVAL_S = 60.0
 
 
 class EdgeNode:
@@ -55,6 +57,9 @@ class EdgeNode:
         self._started = False
         self._stop_lock = threading.Lock()
         self.models.add_listener(lambda event=None: self._update_health())
+        self.models.features.snapshot_dir = feature_snapshot_dir(config)  # restored as each state is created
+        self._feature_snapshots = None
+        self.handover = None  # mesh.handover.EntityHandover when the mesh is on
         self.mesh = None
         self._token = None
         if config.mesh.enabled or data_path_enabled(config):
@@ -70,11 +75,21 @@ class EdgeNode:
             self.mesh.router.set_max_forwards(forward_limit(config.serving.grpc_workers))  # never every thread
             self.mesh.attach(self.server, self.servicer)
             self.reflection_service_names.append("edgeloop.v1.Peer")
+            self._wire_handover()
         self.outbox = self.edge_stats = self.recorder = self.feedback = None
         self.uploader = self.link = self._coordinator_channel = None
         if data_path_enabled(config):
             self._attach_data_path()
         self._wire_escalation()
+
+    def _wire_handover(self) -> None:
+        """Entity feature state moves with ownership: asked from the previous owner, given to the new one."""
+        from edgeloop.mesh.handover import EntityHandover
+
+        features = self.models.features
+        self.mesh.peer_servicer.export_entities = features.export
+        self.handover = EntityHandover(self.config.node.id, self.mesh.membership, self.mesh.pool)
+        features.fetch_entity = self.handover.fetch
 
     def _wire_escalation(self) -> None:
         """Joint inference: hard rows of a model with an escalation policy go through the mesh's channels."""
@@ -113,6 +128,7 @@ class EdgeNode:
         self.recorder = Recorder(config.node.id, config.sample_rate, self.outbox, self.edge_stats)
         self.servicer.on_served = self.recorder
         self.feedback = FeedbackServicer(self.outbox, self._token)
+        self.feedback.on_label = self.models.features.apply_label  # late labels reach the entity's state
         mesh_pb2_grpc.add_FeedbackServicer_to_server(self.feedback, self.server)
         self.reflection_service_names.append("edgeloop.v1.Feedback")
         self.metrics.registry.register(DataPathCollector(self.outbox, lambda: self.uploader))
@@ -167,6 +183,9 @@ class EdgeNode:
 
             self.outbox.start()  # before the first request is served
             restore_rollback_pins(self.models, self.outbox)  # before load_all, so a pinned model never serves newer
+        from edgeloop.serving.features import FeatureCollector, PeriodicSnapshots
+
+        self.metrics.registry.register(FeatureCollector(self.models.features))
         failed = self.models.load_all()
         for name, reason in failed.items():
             log.error("model %s not loaded: %s", name, reason)
@@ -183,6 +202,7 @@ class EdgeNode:
             self.mesh.start(self._grpc_port, self._metrics_port)
         if self.outbox is not None:
             self._start_data_path()
+        self._feature_snapshots = PeriodicSnapshots(self.models.features, FEATURE_SNAPSHOT_INTERVAL_S).start()
         ready = self.models.ready_models()
         log.info("node %s listening on %s (metrics on port %s); %d model(s) ready: %s", self.config.node.id,
                  self.address, self._metrics_port, len(ready), ready)
@@ -214,6 +234,8 @@ class EdgeNode:
             self._drain_in_flight(deadline)
             self.server.stop(max(0.0, deadline - time.monotonic())).wait()
             self.models.close(drain_timeout_s=grace_s)
+            if self._feature_snapshots is not None:
+                self._feature_snapshots.stop()  # and one last snapshot, after the last request
             if self._escalation_pool is not None:
                 self._escalation_pool.close()
             self._stop_data_path()  # after the server: the outbox commits what the last requests queued
@@ -254,6 +276,17 @@ def data_path_enabled(config) -> bool:
     return bool(config.coordinator_address) or any(r is not None and r > 0 for r in rates)
 
 
+def feature_snapshot_dir(config):
+    """Where the real-time feature state is snapshotted: beside the outbox, else beside the model repository."""
+    from pathlib import Path
+
+    if data_path_enabled(config):
+        return Path(outbox_path(config)).parent / f"features-{config.node.id}"
+    root = config.serving.model_repository
+    base = Path(root).resolve().parent if root is not None else Path.cwd() / ".edgeloop"
+    return base / f"features-{config.node.id}"
+
+
 def outbox_path(config):
     """``[coordinator] outbox_path``, else ``outbox-<node id>.sqlite`` beside the model repository."""
     from pathlib import Path
@@ -265,7 +298,7 @@ def outbox_path(config):
     return base / f"outbox-{config.node.id}.sqlite"
 
 
-__all__ = ["EdgeNode", "data_path_enabled", "outbox_path"]
+__all__ = ["EdgeNode", "data_path_enabled", "feature_snapshot_dir", "outbox_path"]
 
 
 # ---------------------------------------------------------------- operations the CLI reaches through the node

@@ -56,6 +56,9 @@ class FeedbackServicer(mesh_pb2_grpc.FeedbackServicer):
         self.commit_timeout_s = commit_timeout_s
         self.accepted = 0
         self.rejected_unauthenticated = 0
+        #: ``on_label(sample_id, model, routing_key, timestamp_ms, value)`` after a label is stored (the
+        #: node's real-time feature state takes it from here), or None
+        self.on_label = None
 
     def Label(self, request, context):
         if not token_matches(context.invocation_metadata(), self.token):
@@ -85,6 +88,10 @@ class FeedbackServicer(mesh_pb2_grpc.FeedbackServicer):
         except TimeoutError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"labels not stored: {exc}; expected to be retried")
         self.accepted += len(rows)
+        on_label = self.on_label
+        if on_label is not None:
+            for label in labels:
+                on_label(label.sample_id, label.model, label.routing_key, label.timestamp_ms, label.value)
         return mesh_pb2.LabelAck(accepted=len(rows))
 
 

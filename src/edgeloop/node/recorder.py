@@ -17,6 +17,7 @@ from edgeloop.kernels.placement import stable_hash
 from edgeloop.mesh.router import ROUTING_KEY
 from edgeloop.protocol import mesh_pb2
 from edgeloop.protocol.codec import decode_input, to_raw
+from edgeloop.serving.features import take_served
 
 _HASH_RANGE = 1 << 64
 
@@ -36,17 +37,30 @@ def _tensor_data(tensor, raw: bytes | None) -> mesh_pb2.TensorData:
     return mesh_pb2.TensorData(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape, data=raw)
 
 
-def build_sample(request, response, model: str, version: int, sample_id: str, timestamp_ms: int) -> mesh_pb2.Sample:
-    """The Sample of one answered request (inputs from the request, outputs from the response)."""
+def build_sample(request, response, model: str, version: int, sample_id: str, timestamp_ms: int,
+                 features=None) -> mesh_pb2.Sample:
+    """The Sample of one answered request (inputs from the request, outputs from the response).
+
+    With ``features`` (``serving.features.ServedFeatures``) ``inputs`` is the full vector the model saw
+    and the request's tensors go to ``raw_inputs``, with the cold/partial flags and the definition digest.
+    """
     raw_in = request.raw_input_contents
     raw_out = response.raw_output_contents
     routing_key = ""
     if ROUTING_KEY in request.parameters:
         routing_key = request.parameters[ROUTING_KEY].string_param
-    return mesh_pb2.Sample(
-        sample_id=sample_id, model=model, model_version=version, routing_key=routing_key, timestamp_ms=timestamp_ms,
-        inputs=[_tensor_data(t, raw_in[i] if i < len(raw_in) else None) for i, t in enumerate(request.inputs)],
-        outputs=[_tensor_data(t, raw_out[i] if i < len(raw_out) else None) for i, t in enumerate(response.outputs)])
+    sent = [_tensor_data(t, raw_in[i] if i < len(raw_in) else None) for i, t in enumerate(request.inputs)]
+    outputs = [_tensor_data(t, raw_out[i] if i < len(raw_out) else None) for i, t in enumerate(response.outputs)]
+    if features is None:
+        return mesh_pb2.Sample(sample_id=sample_id, model=model, model_version=version, routing_key=routing_key,
+                               timestamp_ms=timestamp_ms, inputs=sent, outputs=outputs)
+    vectors = features.vectors
+    seen = mesh_pb2.TensorData(name=features.input_name, datatype="FP32", shape=vectors.shape,
+                               data=to_raw(vectors, "FP32"))
+    return mesh_pb2.Sample(sample_id=sample_id, model=model, model_version=version, routing_key=routing_key,
+                           timestamp_ms=timestamp_ms, inputs=[seen], outputs=outputs, raw_inputs=sent,
+                           features_cold=features.cold, features_partial=features.partial,
+                           feature_digest=features.digest)
 
 
 class Recorder:
@@ -70,6 +84,7 @@ class Recorder:
 
     def __call__(self, request, response, model: str, version: int) -> None:
         outbox = self.outbox
+        features = take_served(request)  # what a model with features saw (None otherwise)
         if outbox is None:
             return
         rate = self.rate(model)
@@ -78,20 +93,23 @@ class Recorder:
         sample_id = request.id
         if not sample_id:
             sample_id = response.id = f"{self._prefix}{next(self._ids)}"
+            if features is not None:
+                features.remember(sample_id)  # labels may name this sample by the generated id
         record = sampled(sample_id, rate)
         if not record and self.stats is None:
             return
         outbox.offer(model, (self._encode, (request, response, model, version, sample_id, time.time_ns() // 1_000_000,
-                                            record)), count_drop=record)
+                                            record, features)), count_drop=record)
 
-    def _encode(self, request, response, model, version, sample_id, timestamp_ms, record):
+    def _encode(self, request, response, model, version, sample_id, timestamp_ms, record, features=None):
         """Runs on the writer thread: statistics, then the serialized Sample (None when not recorded)."""
         if self.stats is not None:
             self.stats.observe(request, response, model, version)
         if not record:
             return None
         self.recorded += 1
-        return build_sample(request, response, model, version, sample_id, timestamp_ms).SerializeToString()
+        return build_sample(request, response, model, version, sample_id, timestamp_ms,
+                            features).SerializeToString()
 
 
 __all__ = ["Recorder", "build_sample", "sampled"]

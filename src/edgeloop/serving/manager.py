@@ -27,6 +27,7 @@ from edgeloop.protocol.errors import (ProtocolError, failed_precondition, invali
                                       unavailable)
 from edgeloop.serving.batcher import merge_limit_warning
 from edgeloop.serving.escalation import check_escalation
+from edgeloop.serving.features import FeatureStates, build_front
 from edgeloop.serving.metrics import ServingMetrics
 from edgeloop.serving.model_version import ModelVersion
 from edgeloop.serving.repository import (MANIFEST_FILE, MODEL_FILE, MODEL_NAME_EXPECTATION, ModelRepository,
@@ -81,6 +82,8 @@ class ModelManager:
         self._swap = threading.Lock()  # read-modify-write of the ``_served`` snapshot
         self._listeners: list = []
         self._overrides: dict = {}  # model -> ModelConfig set by a load's Triton config (in memory)
+        #: real-time feature state of models whose manifest declares features (per model and definition)
+        self.features = FeatureStates()
 
     # ------------------------------------------------------------------------------ routing
     def acquire(self, name: str, version: str) -> ModelVersion:
@@ -179,12 +182,12 @@ class ModelManager:
 
         return inference_pb2.ModelMetadataResponse(
             name=name, versions=[str(v) for v in served.versions], platform=PLATFORM,
-            inputs=tensors(mv.signature.inputs), outputs=tensors(mv.signature.outputs))
+            inputs=tensors(mv.client_signature.inputs), outputs=tensors(mv.signature.outputs))
 
     def triton_config(self, name: str, version: str):
         """Triton's ModelConfig of ``name`` as served by ``version`` (empty: the latest ready one)."""
         mv = self._peek(name, version)
-        return describe_triton_config(name, mv.config, mv.signature)
+        return describe_triton_config(name, mv.config, mv.client_signature)
 
     def _peek(self, name: str, version: str) -> ModelVersion:
         return self._peek_served(name, version)[1]
@@ -393,10 +396,11 @@ class ModelManager:
             signature = ModelSignature.from_session(session, config.max_batch_size)
             check_declared(signature, manifest)
             check_escalation(config.escalation, signature)
+            front = build_front(name, manifest, signature, config, self.features)
         except (RepositoryError, SessionError, SignatureError) as exc:
             raise LoadError(str(exc)) from None
         mv = ModelVersion(name, version, session, signature, config, fingerprint,
-                          self.metrics.for_version(name, str(version)))
+                          self.metrics.for_version(name, str(version)), features=front)
         too_big = merge_limit_warning(config.max_batch_size, self.config.grpc_workers) if config.batching else None
         if too_big:
             log.warning("%s: %s", what, too_big)

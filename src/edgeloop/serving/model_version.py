@@ -44,8 +44,12 @@ class ModelVersion:
     """A READY-able version of a model. Build it, ``warm_up()``, then route requests to ``infer``."""
 
     def __init__(self, name: str, version: int, session, signature: ModelSignature, config, fingerprint,
-                 metrics) -> None:
+                 metrics, features=None) -> None:
         self.name = name
+        #: ``serving.features.FeatureFront`` for a model with a feature definition (clients send raw inputs)
+        self.features = features
+        #: what clients send and ModelMetadata shows: the raw inputs of a model with features, else the graph's
+        self.client_signature = features.signature if features is not None else signature
         self.version = version
         self.version_str = str(version)
         self.session = session
@@ -123,7 +127,10 @@ class ModelVersion:
         """Answer one ModelInferRequest (the caller holds ``try_enter``); failures are counted and re-raised."""
         try:
             signature = self.signature
-            feeds, batch = signature.decode(request)
+            if self.features is None:
+                feeds, batch = signature.decode(request)
+            else:  # raw inputs + the entity's state -> the full vectors the graph takes
+                feeds, batch = self.features.enrich(request)
             specs = signature.requested_outputs(request)
             t_decoded = perf_counter_ns()
             decode_ns = t_decoded - t_start

@@ -166,7 +166,7 @@ class TensorData(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Sample(_message.Message):
-    __slots__ = ("sample_id", "model", "model_version", "routing_key", "timestamp_ms", "inputs", "outputs")
+    __slots__ = ("sample_id", "model", "model_version", "routing_key", "timestamp_ms", "inputs", "outputs", "raw_inputs", "features_cold", "features_partial", "feature_digest")
     SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,10 @@ class Sample(_message.Message):
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    RAW_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_COLD_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     sample_id: str
     model: str
     model_version: int
@@ -181,7 +185,11 @@ class Sample(_message.Message):
     timestamp_ms: int
     inputs: _containers.RepeatedCompositeFieldContainer[TensorData]
     outputs: _containers.RepeatedCompositeFieldContainer[TensorData]
-    def __init__(self, sample_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., routing_key: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ...) -> None: ...
+    raw_inputs: _containers.RepeatedCompositeFieldContainer[TensorData]
+    features_cold: bool
+    features_partial: bool
+    feature_digest: str
+    def __init__(self, sample_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., routing_key: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., raw_inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., features_cold: _Optional[bool] = ..., features_partial: _Optional[bool] = ..., feature_digest: _Optional[str] = ...) -> None: ...
 
 class SampleBatch(_message.Message):
     __slots__ = ("batch_id", "node_id", "samples")
@@ -440,6 +448,26 @@ class LabelAck(_message.Message):
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
+
+class EntityStateRequest(_message.Message):
+    __slots__ = ("model", "feature_digest", "keys", "remove")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    feature_digest: str
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    remove: bool
+    def __init__(self, model: _Optional[str] = ..., feature_digest: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., remove: _Optional[bool] = ...) -> None: ...
+
+class EntityStateResponse(_message.Message):
+    __slots__ = ("entities", "keys")
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    entities: _containers.RepeatedScalarFieldContainer[bytes]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, entities: _Optional[_Iterable[bytes]] = ..., keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ("nonce",)

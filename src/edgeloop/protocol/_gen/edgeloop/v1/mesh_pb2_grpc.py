@@ -951,6 +951,11 @@ class PeerStub:
                 request_serializer=edgeloop_dot_v1_dot_mesh__pb2.FetchArtifactRequest.SerializeToString,
                 response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.ArtifactChunk.FromString,
                 _registered_method=True)
+        self.EntityState = channel.unary_unary(
+                '/edgeloop.v1.Peer/EntityState',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.EntityStateRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.EntityStateResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -972,6 +977,13 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EntityState(self, request, context):
+        """The real-time feature state of some entities of one model (hand-over to their new owner).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -984,6 +996,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.FetchArtifact,
                     request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.FetchArtifactRequest.FromString,
                     response_serializer=edgeloop_dot_v1_dot_mesh__pb2.ArtifactChunk.SerializeToString,
+            ),
+            'EntityState': grpc.unary_unary_rpc_method_handler(
+                    servicer.EntityState,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.EntityStateRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.EntityStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1042,6 +1059,33 @@ class Peer:
             '/edgeloop.v1.Peer/FetchArtifact',
             edgeloop_dot_v1_dot_mesh__pb2.FetchArtifactRequest.SerializeToString,
             edgeloop_dot_v1_dot_mesh__pb2.ArtifactChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EntityState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Peer/EntityState',
+            edgeloop_dot_v1_dot_mesh__pb2.EntityStateRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.EntityStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

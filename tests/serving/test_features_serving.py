@@ -1,0 +1,382 @@
+"""Real-time features through a real edge node: the vectors the model saw equal ``features.replay``'s.
+
+The model is ``build_feature_echo`` (its output is its input), so each response is the exact vector
+onnxruntime was fed.  Requests carry only the raw inputs, the ``routing_key`` and the event's
+``timestamp_ms``; late labels go through the node's Feedback service by routing key + timestamp.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgeloop.config import CoordinatorConfig, EdgeConfig, MeshConfig, ModelConfig, NodeConfig, ServingConfig
+from edgeloop.config.errors import ConfigError
+from edgeloop.config.models import parse_model_table
+from edgeloop.features import FeatureDefinition, LabelEvent, replay
+from edgeloop.node import EdgeNode
+from edgeloop.protocol import inference_pb2, inference_pb2_grpc, mesh_pb2, mesh_pb2_grpc
+from edgeloop.protocol.codec import infer_response_to_numpy
+from edgeloop.serving.feature_models import (build_feature_echo, build_feature_linear, feature_request, fold_scaling,
+                                             manifest_bytes, write_feature_model)
+
+MODEL = "fe"
+T0_MS = 1_700_000_000_000
+
+
+def definition() -> FeatureDefinition:
+    return FeatureDefinition.from_dict({
+        "version": 1, "entity": "meter", "inputs": ["a", "b", "price"],
+        "features": [{"op": "lag", "col": "a", "k": 1}, {"op": "lag", "col": "a", "k": 3},
+                     {"op": "delta", "col": "b", "k": 2}, {"op": "mean", "col": "a", "k": 4},
+                     {"op": "std", "col": "b", "k": 5}, {"op": "dev", "col": "b", "k": 3},
+                     {"op": "since_last"}, {"op": "label_lag", "k": 1}, {"op": "label_lag", "k": 2},
+                     {"op": "label_mean", "k": 4, "default": 0.5}],
+        "forbidden": ["price"]})
+
+
+def stream(seed: int, n: int, entities: int):
+    """Keys, FP32 rows, integer-ms event times, labels and their arrival times (ms, out of order)."""
+    rng = np.random.default_rng(seed)
+    keys = [f"m-{int(i)}" for i in rng.integers(0, entities, n)]
+    rows = (rng.standard_normal((n, 3)) * 3 + 1).astype(np.float32)
+    ts = T0_MS + np.cumsum(rng.integers(500, 2000, n))
+    labels = (rows[:, 0] > 1).astype(np.float64)
+    arrivals = ts + rng.integers(0, 6000, n)
+    return keys, rows, ts, labels, arrivals
+
+
+def config(tmp: Path, repository: Path, node_id: str = "fe-edge", **model_keys) -> EdgeConfig:
+    models = (ModelConfig(name=MODEL, sample_rate=1.0, **model_keys),)
+    return EdgeConfig(node=NodeConfig(id=node_id, host="127.0.0.1", grpc_port=0, metrics_port=-1),
+                      serving=ServingConfig(model_repository=repository, models=models),
+                      mesh=MeshConfig(enabled=False), coordinator_address=None,
+                      coordinator=CoordinatorConfig(outbox_path=tmp / f"{node_id}-outbox.sqlite"))
+
+
+class Client:
+    def __init__(self, node: EdgeNode) -> None:
+        self.node = node
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{node.grpc_port}")
+        self.stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self.feedback = mesh_pb2_grpc.FeedbackStub(self.channel)
+
+    def serve(self, rows, key=None, ts=None, request_id=""):
+        response = self.stub.ModelInfer(feature_request(MODEL, definition(), rows, key, ts, request_id), timeout=10)
+        return infer_response_to_numpy(response)["vector"]
+
+    def label(self, key: str, ts: int, value: float, sample_id: str = "") -> None:
+        label = mesh_pb2.Label(sample_id=sample_id, model=MODEL if not sample_id else "", routing_key=key,
+                               timestamp_ms=int(ts), value=value)
+        assert self.feedback.Label(mesh_pb2.LabelRequest(labels=[label]), timeout=10).accepted == 1
+
+    def close(self) -> None:
+        self.channel.close()
+        self.node.stop(2.0)
+
+
+@pytest.fixture
+def echo_repo(tmp_path):
+    repo = tmp_path / "models"
+    write_feature_model(repo, MODEL, 1, build_feature_echo(definition().width), definition())
+    return repo
+
+
+def replay_stream(keys, rows, ts, labels, arrivals, upto=None):
+    n = len(keys) if upto is None else upto
+    events = [LabelEvent(k, float(y), t / 1000.0, a / 1000.0) for k, y, t, a in zip(keys, labels, ts, arrivals)]
+    return replay(definition(), rows[:n].astype(np.float64), keys[:n], ts[:n] / 1000.0, events)
+
+
+def drive(client: Client, keys, rows, ts, labels, arrivals, start=0, stop=None, sent=None):
+    """Send requests in order; before each, the labels that have arrived by its time (as the replay does)."""
+    stop = len(keys) if stop is None else stop
+    order = np.argsort(arrivals, kind="stable")
+    sent = set() if sent is None else sent
+    out = []
+    for i in range(start, stop):
+        for j in order:
+            if arrivals[j] > ts[i]:
+                break
+            if j not in sent:
+                client.label(keys[j], ts[j], labels[j])
+                sent.add(j)
+        out.append(client.serve(rows[i], keys[i], ts[i])[0])
+    return np.array(out), sent
+
+
+def test_replayed_stream_through_a_node_matches_replay_bit_for_bit(tmp_path, echo_repo):
+    keys, rows, ts, labels, arrivals = stream(1, 150, 5)
+    client = Client(EdgeNode(config(tmp_path, echo_repo)).start())
+    try:
+        served, _ = drive(client, keys, rows, ts, labels, arrivals)
+        stats = client.node.models.features.of_model(MODEL)[0].stats()
+    finally:
+        client.close()
+    expected = replay_stream(keys, rows, ts, labels, arrivals)
+    assert served.dtype == np.float32 and served.shape == expected.vectors.shape
+    assert served.tobytes() == expected.vectors.tobytes()
+    assert stats.served == 150 and stats.entities == 5 and stats.labels > 0
+
+
+def test_label_features_never_see_the_current_or_a_later_label(tmp_path, echo_repo):
+    d = definition()
+    lag1 = d.output_names.index("label_lag_1")
+    client = Client(EdgeNode(config(tmp_path, echo_repo)).start())
+    try:
+        # the label of the event at T0+2000 and a later one arrive before the request at T0+2000 is served
+        client.serve([1, 2, 3], "k", T0_MS)
+        client.label("k", T0_MS, 7.0)
+        client.label("k", T0_MS + 2000, 99.0)
+        client.label("k", T0_MS + 5000, 55.0)
+        vector = client.serve([1, 2, 3], "k", T0_MS + 2000)[0]
+        assert vector[lag1] == 7.0  # the earlier event's label only: never 99 (its own) nor 55 (later)
+        later = client.serve([1, 2, 3], "k", T0_MS + 6000)[0]
+        assert later[lag1] == 55.0
+    finally:
+        client.close()
+
+
+def test_labels_by_request_id_reach_the_entity(tmp_path, echo_repo):
+    lag1 = definition().output_names.index("label_lag_1")
+    client = Client(EdgeNode(config(tmp_path, echo_repo)).start())
+    try:
+        client.serve([1, 2, 3], "k", T0_MS, request_id="req-1")
+        client.label("", 0, 4.0, sample_id="req-1")
+        assert client.serve([1, 2, 3], "k", T0_MS + 1000)[0][lag1] == 4.0
+    finally:
+        client.close()
+
+
+def test_labels_by_a_generated_request_id_reach_the_entity(tmp_path, echo_repo):
+    lag1 = definition().output_names.index("label_lag_1")
+    client = Client(EdgeNode(config(tmp_path, echo_repo)).start())
+    try:
+        response = client.stub.ModelInfer(feature_request(MODEL, definition(), [1, 2, 3], "g", T0_MS), timeout=10)
+        assert response.id  # generated by the node's recorder
+        client.label("", 0, 3.0, sample_id=response.id)
+        assert client.serve([1, 2, 3], "g", T0_MS + 1000)[0][lag1] == 3.0
+        client.label("", 0, 5.0, sample_id="never-served")  # stored for the coordinator, no state to update
+        assert client.node.models.features.labels_unmatched == 1
+    finally:
+        client.close()
+
+
+def test_batches_get_each_entity_its_own_features_and_samples_record_what_was_seen(tmp_path, echo_repo):
+    keys, rows, ts, labels, arrivals = stream(2, 60, 4)
+    cfg = config(tmp_path, echo_repo, max_batch_size=8, max_queue_delay_us=2000)
+    client = Client(EdgeNode(cfg).start())
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # entities in parallel (each entity's own stream in order): rows of different keys merge into batches
+        by_key: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_key.setdefault(k, []).append(i)
+        served = np.zeros((len(keys), definition().width), np.float32)
+
+        def run(indices):
+            for i in indices:
+                served[i] = client.serve(rows[i], keys[i], ts[i])[0]
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(run, by_key.values()))
+        batches = [s for s in client.stub.ModelStatistics(inference_pb2.ModelStatisticsRequest(name=MODEL),
+                                                          timeout=10).model_stats[0].batch_stats]
+        outbox = client.node.outbox
+    finally:
+        client.close()
+    expected = replay(definition(), rows.astype(np.float64), keys, ts / 1000.0)  # no labels sent here
+    assert served.tobytes() == expected.vectors.tobytes()
+    assert sum(b.batch_size * b.compute_infer.count for b in batches) == 60
+    samples = [mesh_pb2.Sample.FromString(p) for p in _outbox_samples(cfg.coordinator.outbox_path)]
+    assert len(samples) == 60
+    width = definition().width
+    recorded = {}
+    for s in samples:
+        assert s.feature_digest == definition().digest
+        assert [t.name for t in s.inputs] == ["features"] and list(s.inputs[0].shape) == [1, width]
+        assert [t.name for t in s.raw_inputs] == ["a", "b", "price"]
+        raw = np.array([np.frombuffer(t.data, "<f4")[0] for t in s.raw_inputs], np.float32)
+        recorded[np.frombuffer(s.inputs[0].data, "<f4").tobytes()] = (s.routing_key, s.features_cold, raw.tobytes())
+    # every recorded vector is one the model saw, with its raw row, key and cold flag
+    for i in range(60):
+        key, cold, raw = recorded[expected.vectors[i].tobytes()]
+        assert (key, cold, raw) == (keys[i], bool(expected.cold[i]), rows[i].tobytes())
+
+
+def _outbox_samples(path):
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return [row[0] for row in conn.execute("SELECT payload FROM samples")]
+    finally:
+        conn.close()
+
+
+def test_metadata_shows_raw_inputs_and_plain_requests_work(tmp_path, echo_repo):
+    client = Client(EdgeNode(config(tmp_path, echo_repo)).start())
+    try:
+        meta = client.stub.ModelMetadata(inference_pb2.ModelMetadataRequest(name=MODEL), timeout=10)
+        assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == \
+            [("a", "FP32", [-1]), ("b", "FP32", [-1]), ("price", "FP32", [-1])]
+        # a tritonclient-style request: typed contents, no raw bytes, the key in the parameters
+        request = inference_pb2.ModelInferRequest(model_name=MODEL)
+        for name, value in (("a", 1.5), ("b", 2.0), ("price", 9.0)):
+            tensor = request.inputs.add(name=name, datatype="FP32", shape=[1])
+            tensor.contents.fp32_contents.append(value)
+        request.parameters["routing_key"].string_param = "plain"
+        first = infer_response_to_numpy(client.stub.ModelInfer(request, timeout=10))["vector"][0]
+        second = infer_response_to_numpy(client.stub.ModelInfer(request, timeout=10))["vector"][0]
+        names = definition().output_names
+        assert list(first[:3]) == [1.5, 2.0, 9.0]
+        assert second[names.index("lag_a_1")] == 1.5  # the entity's history was kept between plain requests
+        # no key: served with cold defaults, nothing kept, counted
+        del request.parameters["routing_key"]
+        client.stub.ModelInfer(request, timeout=10)
+        assert client.node.models.features.no_key == 1
+        with pytest.raises(grpc.RpcError) as err:  # the graph's full-vector input is not what clients send
+            client.stub.ModelInfer(_full_vector_request(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "features" in err.value.details()
+    finally:
+        client.close()
+
+
+def test_any_input_order_and_malformed_raw_inputs_are_checked_like_any_request(tmp_path, echo_repo):
+    client = Client(EdgeNode(config(tmp_path, echo_repo)).start())
+    try:
+        rows = np.array([[1.5, -2.0, 3.0], [4.0, 5.0, -6.5]], np.float32)
+        in_order = [client.serve(r, "ordered", T0_MS + i * 1000)[0] for i, r in enumerate(rows)]
+        shuffled = []
+        for i, r in enumerate(rows):  # the same rows, inputs sent in another order: the slow, checked path
+            request = feature_request(MODEL, definition(), r, "shuffled", T0_MS + i * 1000)
+            order = [2, 0, 1]
+            tensors = [request.inputs[j] for j in order]
+            raws = [request.raw_input_contents[j] for j in order]
+            del request.inputs[:]
+            del request.raw_input_contents[:]
+            request.inputs.extend(tensors)
+            request.raw_input_contents.extend(raws)
+            shuffled.append(infer_response_to_numpy(client.stub.ModelInfer(request, timeout=10))["vector"][0])
+        assert np.array(in_order).tobytes() == np.array(shuffled).tobytes()
+        bad = feature_request(MODEL, definition(), rows[0], "bad", T0_MS)
+        bad.inputs[1].contents.fp32_contents.append(1.0)  # typed contents and raw bytes at once
+        with pytest.raises(grpc.RpcError) as err:
+            client.stub.ModelInfer(bad, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'b'" in err.value.details()
+        short = feature_request(MODEL, definition(), rows[0], "bad", T0_MS)
+        short.raw_input_contents[2] = b"\0\0"
+        with pytest.raises(grpc.RpcError) as err:
+            client.stub.ModelInfer(short, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "price" in err.value.details()
+        wrong_type = feature_request(MODEL, definition(), rows[0], "bad", T0_MS)
+        wrong_type.inputs[0].datatype = "INT32"
+        with pytest.raises(grpc.RpcError) as err:
+            client.stub.ModelInfer(wrong_type, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "FP32" in err.value.details()
+        assert "bad" not in client.node.models.features.of_model(MODEL)[0]  # refused rows never enter the state
+    finally:
+        client.close()
+
+
+def _full_vector_request():
+    from edgeloop.protocol.codec import build_infer_request
+
+    return build_infer_request(MODEL, {"features": np.zeros((1, definition().width), np.float32)})
+
+
+@pytest.mark.parametrize("features, expected", [
+    ({"version": 1, "entity": "e", "inputs": ["a"], "features": [{"op": "lag", "col": "zz", "k": 1}]}, "col"),
+    ({"version": 1, "entity": "e", "inputs": ["a"], "features": [{"op": "lag", "col": "a", "k": 5000}]}, "k"),
+    ("not an object", "features"),
+])
+def test_bad_definitions_are_refused_at_load(tmp_path, features, expected):
+    repo = tmp_path / "models"
+    write_feature_model(repo, MODEL, 1, build_feature_echo(2), FeatureDefinition.from_dict(
+        {"version": 1, "entity": "e", "inputs": ["a"], "features": [{"op": "lag", "col": "a", "k": 1}]}))
+    manifest_path = repo / MODEL / "1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["features"] = features
+    manifest_path.write_text(json.dumps(manifest))
+    node = EdgeNode(config(tmp_path, repo)).start()
+    try:
+        state, reason = node.models.index()[0][2:]
+        assert state == "UNAVAILABLE" and "manifest.json features" in reason and repr(expected)[1:-1] in reason
+    finally:
+        node.stop(2.0)
+
+
+def test_a_graph_that_does_not_take_the_full_vector_is_refused(tmp_path):
+    repo = tmp_path / "models"
+    write_feature_model(repo, MODEL, 1, build_feature_echo(definition().width + 1), definition())
+    node = EdgeNode(config(tmp_path, repo)).start()
+    try:
+        state, reason = node.models.index()[0][2:]
+        assert state == "UNAVAILABLE" and f"FP32 [batch, {definition().width}]" in reason
+    finally:
+        node.stop(2.0)
+
+
+def test_feature_history_bound_is_enforced_at_load_and_validated_in_toml(tmp_path, echo_repo):
+    node = EdgeNode(config(tmp_path, echo_repo, feature_max_history=3)).start()  # the definition has k=5
+    try:
+        assert "feature_max_history (3)" in node.models.index()[0][3]
+    finally:
+        node.stop(2.0)
+    with pytest.raises(ConfigError, match="feature_max_entities"):
+        parse_model_table({"feature_max_entities": 0}, "edge.toml", "serving.models.fe", ModelConfig(name="fe"))
+    with pytest.raises(ConfigError, match="feature_max_history"):
+        parse_model_table({"feature_max_history": 4096}, "edge.toml", "serving.models.fe", ModelConfig(name="fe"))
+    parsed = parse_model_table({"feature_max_entities": 10, "feature_max_history": 48}, "edge.toml",
+                               "serving.models.fe", ModelConfig(name="fe"))
+    assert (parsed.feature_max_entities, parsed.feature_max_history) == (10, 48)
+
+
+def test_entities_are_bounded_by_the_models_config(tmp_path, echo_repo):
+    client = Client(EdgeNode(config(tmp_path, echo_repo, feature_max_entities=16)).start())
+    try:
+        for i in range(40):
+            client.serve([i, 1, 2], f"k{i}", T0_MS + i)
+        stats = client.node.models.features.of_model(MODEL)[0].stats()
+        assert stats.entities <= 16 and stats.evictions == 40 - stats.entities
+    finally:
+        client.close()
+
+
+def test_a_push_with_a_manifest_loads_features_too(tmp_path):
+    repo = tmp_path / "models"
+    repo.mkdir()
+    node = EdgeNode(config(tmp_path, repo)).start()
+    client = Client(node)
+    try:
+        data = build_feature_echo(definition().width).SerializeToString()
+        request = inference_pb2.RepositoryModelLoadRequest(model_name=MODEL)
+        request.parameters["file:1/model.onnx"].bytes_param = data
+        request.parameters["file:1/manifest.json"].bytes_param = manifest_bytes(data, definition(), MODEL, 1)
+        client.stub.RepositoryModelLoad(request, timeout=30)
+        vector = client.serve([1, 2, 3], "p", T0_MS)[0]
+        assert vector.shape == (definition().width,) and list(vector[:3]) == [1, 2, 3]
+    finally:
+        client.close()
+
+
+def test_scaling_folded_into_the_graph_with_onnx_compose():
+    width = definition().width
+    mean = np.linspace(-1, 1, width).astype(np.float32)
+    scale = np.linspace(0.5, 2, width).astype(np.float32)
+    weights = np.random.default_rng(0).standard_normal((width, 2)).astype(np.float32)
+    folded = fold_scaling(build_feature_linear(width, weights=weights), mean, scale)
+    assert [i.name for i in folded.graph.input] == ["features"]
+    x = np.random.default_rng(1).standard_normal((5, width)).astype(np.float32)
+    got = ort.InferenceSession(folded.SerializeToString()).run(None, {"features": x})[0]
+    plain = ort.InferenceSession(build_feature_linear(width, weights=weights).SerializeToString())
+    want = plain.run(None, {"features": ((x - mean) / scale).astype(np.float32)})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    onnx.checker.check_model(folded)
