@@ -166,7 +166,7 @@ class TensorData(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Sample(_message.Message):
-    __slots__ = ("sample_id", "model", "model_version", "routing_key", "timestamp_ms", "inputs", "outputs", "raw_inputs", "features_cold", "features_partial", "feature_digest")
+    __slots__ = ("sample_id", "model", "model_version", "routing_key", "timestamp_ms", "inputs", "outputs", "raw_inputs", "features_cold", "features_partial", "feature_digest", "hard_example")
     SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +178,7 @@ class Sample(_message.Message):
     FEATURES_COLD_FIELD_NUMBER: _ClassVar[int]
     FEATURES_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    HARD_EXAMPLE_FIELD_NUMBER: _ClassVar[int]
     sample_id: str
     model: str
     model_version: int
@@ -189,7 +190,8 @@ class Sample(_message.Message):
     features_cold: bool
     features_partial: bool
     feature_digest: str
-    def __init__(self, sample_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., routing_key: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., raw_inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., features_cold: _Optional[bool] = ..., features_partial: _Optional[bool] = ..., feature_digest: _Optional[str] = ...) -> None: ...
+    hard_example: bool
+    def __init__(self, sample_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., routing_key: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., raw_inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., features_cold: _Optional[bool] = ..., features_partial: _Optional[bool] = ..., feature_digest: _Optional[str] = ..., hard_example: _Optional[bool] = ...) -> None: ...
 
 class SampleBatch(_message.Message):
     __slots__ = ("batch_id", "node_id", "samples")
