@@ -60,9 +60,11 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
         desired = store.published_models(latest_only=True)
         added = 0
         for p in desired:  # an edge that joins later is directed to load the current models
-            if (p.model, p.version) in serving or store.has_directive(node.node_id, LOAD, p.model, p.version):
-                continue
-            store.add_directive(node.node_id, LOAD, self.core.load_payload(p), stamp, p.model, p.version)
+            if (p.model, p.version) in serving or store.has_directive(node.node_id, LOAD, p.model, p.version) \
+                    or self.core.rollouts.blocked(p.model, p.version):
+                continue  # a version still rolling out reaches a joiner only through its rollout
+            store.add_directive(node.node_id, LOAD, self.core.load_payload(p, node.node_id), stamp, p.model,
+                                p.version)
             added += 1
         if added:
             self.core.hub.notify()

@@ -61,6 +61,10 @@ CREATE INDEX status_reports_by_time ON status_reports (at_ms);
 CREATE INDEX feature_stats_by_time ON feature_stats (bucket_ms);
 CREATE INDEX upload_batches_by_time ON upload_batches (received_ms);
 """),
+    (5, "fleet delivery: signed manifests, rollouts and pins as JSON documents", """
+CREATE TABLE delivery_docs (kind TEXT NOT NULL, key TEXT NOT NULL, doc TEXT NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, key));
+"""),
 )
 
 

@@ -402,6 +402,11 @@ class FleetStub:
                 request_serializer=edgeloop_dot_v1_dot_mesh__pb2.LabelBatch.SerializeToString,
                 response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.UploadAck.FromString,
                 _registered_method=True)
+        self.Rollout = channel.unary_unary(
+                '/edgeloop.v1.Fleet/Rollout',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.RolloutReply.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -428,6 +433,13 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollout(self, request, context):
+        """Staged rollouts (`edgeloop rollout start|status|pause|resume|abort`); replies carry JSON documents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -445,6 +457,11 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.ImportLabels,
                     request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.LabelBatch.FromString,
                     response_serializer=edgeloop_dot_v1_dot_mesh__pb2.UploadAck.SerializeToString,
+            ),
+            'Rollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollout,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.RolloutRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.RolloutReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -529,6 +546,33 @@ class Fleet:
             '/edgeloop.v1.Fleet/ImportLabels',
             edgeloop_dot_v1_dot_mesh__pb2.LabelBatch.SerializeToString,
             edgeloop_dot_v1_dot_mesh__pb2.UploadAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Fleet/Rollout',
+            edgeloop_dot_v1_dot_mesh__pb2.RolloutRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.RolloutReply.FromString,
             options,
             channel_credentials,
             insecure,

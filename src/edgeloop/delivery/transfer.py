@@ -1,0 +1,154 @@
+"""Chunked, resumable, verified artifact transfer from a list of sources (peers first, then the coordinator).
+
+Every chunk is checked against the manifest's per-chunk sha256 whatever its source.  A bad chunk is
+fetched again alone (the stream restarts at that chunk, nothing before it is re-sent) up to a limit.
+The resume point is the count of verified chunks, written to ``<part>.verified`` after each chunk, so
+a killed and restarted edge re-fetches at most the one chunk that was in flight.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from edgeloop.protocol import mesh_pb2
+
+log = logging.getLogger("edgeloop.delivery.transfer")
+
+MAX_BAD_CHUNKS = 3
+FETCH_TIMEOUT_S = 300.0
+_STATE_WIDTH = 12
+
+
+class TransferError(Exception):
+    """The artifact could not be fetched and verified from any source; the message says why."""
+
+
+@dataclass
+class Source:
+    """Somewhere ``FetchArtifact`` can be called: a peer edge's ``Peer`` stub or the coordinator's stub."""
+
+    name: str
+    stub: object
+    kind: str = "peer"   # "peer" or "coordinator"
+
+    def open(self, sha: str, offset: int, chunk_bytes: int, timeout_s: float):
+        return self.stub.FetchArtifact(mesh_pb2.FetchArtifactRequest(sha256=sha, offset=offset,
+                                                                     chunk_size=chunk_bytes), timeout=timeout_s)
+
+
+@dataclass
+class TransferStats:
+    """What one fetch did: chunks received (good or bad) and bytes per source."""
+
+    resumed_at_chunk: int = 0
+    chunks_received: int = 0
+    bad_chunks: int = 0
+    bytes_by_source: dict = field(default_factory=dict)
+    chunks_by_source: dict = field(default_factory=dict)
+
+
+def _read_state(path: Path, sha: str) -> int:
+    try:
+        text = path.read_text()
+    except OSError:
+        return 0
+    got_sha, _, count = text.partition(":")
+    return int(count) if got_sha == sha and count.strip().isdigit() else 0
+
+
+def fetch(manifest: dict, part: Path, sources: list[Source], *, max_bad_chunks: int = MAX_BAD_CHUNKS,
+          timeout_s: float = FETCH_TIMEOUT_S, stats: TransferStats | None = None) -> TransferStats:
+    """Fill ``part`` with the manifest's artifact; returns the stats.  Raises TransferError, or the last
+    ``grpc.RpcError`` from the coordinator when every source failed with a transient error (retry later)."""
+    stats = stats or TransferStats()
+    sha, size, cb, chunks = manifest["sha256"], manifest["size"], manifest["chunk_bytes"], manifest["chunks"]
+    part = Path(part)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    state_path = part.with_name(part.name + ".verified")
+    on_disk = part.stat().st_size if part.exists() else 0
+    done = min(_read_state(state_path, sha), on_disk // cb if on_disk < size else len(chunks), len(chunks))
+    stats.resumed_at_chunk = done
+    state_fd = os.open(state_path, os.O_RDWR | os.O_CREAT, 0o600)
+    errors: list[str] = []
+    last_rpc_error = None
+    try:
+        with open(part, "r+b" if part.exists() else "w+b") as fh:
+            fh.truncate(done * cb)
+            fh.seek(done * cb)
+            i, bad, src_index = done, 0, 0
+            while i < len(chunks):
+                if src_index >= len(sources):
+                    if last_rpc_error is not None:
+                        raise last_rpc_error
+                    raise TransferError(f"artifact {sha}: chunk {i} of {len(chunks)} could not be fetched from any "
+                                        f"source ({'; '.join(errors)[:600]})")
+                source = sources[src_index]
+                call = source.open(sha, i * cb, cb, timeout_s)
+                restart = False
+                try:
+                    for msg in call:
+                        expected_len = min(cb, size - i * cb)
+                        data = msg.data
+                        stats.chunks_received += 1
+                        stats.chunks_by_source[source.name] = stats.chunks_by_source.get(source.name, 0) + 1
+                        stats.bytes_by_source[source.name] = stats.bytes_by_source.get(source.name, 0) + len(data)
+                        if msg.offset != i * cb or len(data) != expected_len \
+                                or hashlib.sha256(data).hexdigest() != chunks[i]:
+                            bad += 1
+                            stats.bad_chunks += 1
+                            log.warning("artifact %s: chunk %d from %s failed verification (%d bytes at offset %d; "
+                                        "bad chunks so far: %d)", sha[:12], i, source.name, len(data), msg.offset, bad)
+                            if bad > max_bad_chunks:
+                                raise TransferError(f"artifact {sha}: {bad} chunks failed their sha256 check (last: "
+                                                    f"chunk {i} from {source.name}); expected at most "
+                                                    f"{max_bad_chunks}")
+                            restart = True  # fetch this chunk again, alone, then go on
+                            break
+                        fh.write(data)
+                        i += 1
+                        fh.flush()
+                        os.pwrite(state_fd, f"{sha}:{i:0{_STATE_WIDTH}d}".encode(), 0)
+                        if i >= len(chunks):
+                            break
+                except grpc.RpcError as exc:
+                    errors.append(f"{source.name}: {exc.code().name}: {(exc.details() or '')[:120]}")
+                    if source.kind == "coordinator":
+                        last_rpc_error = exc
+                    src_index += 1
+                    continue
+                finally:
+                    call.cancel()
+                if not restart and i < len(chunks):  # the source ended early: it has no more
+                    errors.append(f"{source.name}: the stream ended at chunk {i}")
+                    src_index += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        os.close(state_fd)
+    return stats
+
+
+def finish(part: Path, manifest: dict) -> bytes:
+    """The verified bytes of a complete ``part`` (whole-file sha256 checked too); removes the part files."""
+    part = Path(part)
+    data = part.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != manifest["size"] or digest != manifest["sha256"]:
+        discard(part)
+        raise TransferError(f"artifact {manifest['sha256']}: assembled {len(data)} bytes with sha256 {digest}; "
+                            f"expected {manifest['size']} bytes")
+    discard(part)
+    return data
+
+
+def discard(part: Path) -> None:
+    for path in (Path(part), Path(part).with_name(Path(part).name + ".verified")):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
