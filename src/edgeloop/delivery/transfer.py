@@ -107,8 +107,11 @@ def fetch(manifest: dict, part: Path, sources: list[Source], *, max_bad_chunks: 
                                 raise TransferError(f"artifact {sha}: {bad} chunks failed their sha256 check (last: "
                                                     f"chunk {i} from {source.name}); expected at most "
                                                     f"{max_bad_chunks}")
-                            restart = True  # fetch this chunk again, alone, then go on
-                            break
+                            data = _refetch(sources, src_index, bad, sha, i, cb, expected_len, chunks[i],
+                                            timeout_s, stats)
+                            if data is None:
+                                restart = True  # not good from another source either: retry from this one
+                                break
                         fh.write(data)
                         i += 1
                         fh.flush()
@@ -131,6 +134,27 @@ def fetch(manifest: dict, part: Path, sources: list[Source], *, max_bad_chunks: 
     finally:
         os.close(state_fd)
     return stats
+
+
+def _refetch(sources, src_index, attempt, sha, i, cb, expected_len, digest, timeout_s, stats) -> bytes | None:
+    """Chunk ``i`` alone from the next source in turn (one message, then the stream is cancelled)."""
+    source = sources[(src_index + attempt) % len(sources)]
+    call = source.open(sha, i * cb, cb, timeout_s)
+    try:
+        msg = next(iter(call), None)
+    except grpc.RpcError:
+        return None
+    finally:
+        call.cancel()
+    if msg is None:
+        return None
+    stats.chunks_received += 1
+    stats.chunks_by_source[source.name] = stats.chunks_by_source.get(source.name, 0) + 1
+    stats.bytes_by_source[source.name] = stats.bytes_by_source.get(source.name, 0) + len(msg.data)
+    if msg.offset != i * cb or len(msg.data) != expected_len or hashlib.sha256(msg.data).hexdigest() != digest:
+        stats.bad_chunks += 1
+        return None
+    return msg.data
 
 
 def finish(part: Path, manifest: dict) -> bytes:
