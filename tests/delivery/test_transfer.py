@@ -110,8 +110,8 @@ CHILD = textwrap.dedent("""
     doc = json.load(open(sys.argv[2]))
 
     class Slow(transfer.Source):  # a slow receiver, so the kill lands mid-transfer
-        def open(self, *a):
-            for i, msg in enumerate(super().open(*a), start=1):
+        def open(self, *a, **kw):
+            for i, msg in enumerate(super().open(*a, **kw), start=1):
                 with open(sys.argv[3] + ".received", "w") as fh:  # chunks that reached this process
                     fh.write(str(i))
                 time.sleep(0.05)

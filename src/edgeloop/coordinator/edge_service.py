@@ -147,15 +147,17 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
         offset = request.offset
         if offset > total:
             raise v.bad("offset", offset, f"an offset within the artifact (0..{total})")
+        sent = 0
         while True:
             try:
                 data = core.artifacts.read(sha, offset, chunk)
             except ArtifactError as exc:
                 raise not_found(str(exc)) from None
+            self.metrics.artifact_bytes.inc(len(data))  # counted when handed to the stream (egress)
             yield mesh_pb2.ArtifactChunk(sha256=sha, offset=offset, total_size=total, data=data)
-            self.metrics.artifact_bytes.inc(len(data))
             offset += len(data)
-            if offset >= total or not data or not context.is_active():
+            sent += 1
+            if offset >= total or not data or not context.is_active() or sent == request.max_chunks:
                 return
 
     @guard("ReportStatus")

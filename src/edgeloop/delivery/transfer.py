@@ -36,9 +36,9 @@ class Source:
     stub: object
     kind: str = "peer"   # "peer" or "coordinator"
 
-    def open(self, sha: str, offset: int, chunk_bytes: int, timeout_s: float):
-        return self.stub.FetchArtifact(mesh_pb2.FetchArtifactRequest(sha256=sha, offset=offset,
-                                                                     chunk_size=chunk_bytes), timeout=timeout_s)
+    def open(self, sha: str, offset: int, chunk_bytes: int, timeout_s: float, max_chunks: int = 0):
+        return self.stub.FetchArtifact(mesh_pb2.FetchArtifactRequest(sha256=sha, offset=offset, chunk_size=chunk_bytes,
+                                                                     max_chunks=max_chunks), timeout=timeout_s)
 
 
 @dataclass
@@ -139,7 +139,7 @@ def fetch(manifest: dict, part: Path, sources: list[Source], *, max_bad_chunks: 
 def _refetch(sources, src_index, attempt, sha, i, cb, expected_len, digest, timeout_s, stats) -> bytes | None:
     """Chunk ``i`` alone from the next source in turn (one message, then the stream is cancelled)."""
     source = sources[(src_index + attempt) % len(sources)]
-    call = source.open(sha, i * cb, cb, timeout_s)
+    call = source.open(sha, i * cb, cb, timeout_s, 1)
     try:
         msg = next(iter(call), None)
     except grpc.RpcError:

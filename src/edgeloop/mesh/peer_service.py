@@ -103,6 +103,7 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
             if offset > total:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"offset: got {offset}, expected 0..{total}")
             fh.seek(offset)
+            sent = 0
             while offset < total and context.is_active():
                 data = fh.read(chunk)
                 if not data:
@@ -110,6 +111,9 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
                 yield mesh_pb2.ArtifactChunk(sha256=sha, offset=offset, total_size=total, data=data)
                 self.bytes_sent += len(data)
                 offset += len(data)
+                sent += 1
+                if sent == request.max_chunks:
+                    return
 
     bytes_sent = 0
 

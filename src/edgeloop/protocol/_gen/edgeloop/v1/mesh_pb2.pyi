@@ -214,14 +214,16 @@ class UploadAck(_message.Message):
     def __init__(self, accepted_batch_ids: _Optional[_Iterable[str]] = ..., duplicate_batch_ids: _Optional[_Iterable[str]] = ..., rows_stored: _Optional[int] = ...) -> None: ...
 
 class FetchArtifactRequest(_message.Message):
-    __slots__ = ("sha256", "offset", "chunk_size")
+    __slots__ = ("sha256", "offset", "chunk_size", "max_chunks")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     offset: int
     chunk_size: int
-    def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    max_chunks: int
+    def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., chunk_size: _Optional[int] = ..., max_chunks: _Optional[int] = ...) -> None: ...
 
 class ArtifactChunk(_message.Message):
     __slots__ = ("sha256", "offset", "total_size", "data")
