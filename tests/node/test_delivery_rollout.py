@@ -154,3 +154,46 @@ def test_forged_expired_and_downgraded_manifests_are_refused_counted_and_reporte
     with pytest.raises(grpc.RpcError) as err:
         edge.infer_stub.RepositoryModelLoad(request, timeout=10)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "require_signed" in err.value.details()
+
+
+def test_a_version_that_errors_on_real_traffic_fails_the_success_gate_and_is_rolled_back(fleet):
+    cloud, edges, _ = fleet
+    narrow = build_mlp(in_dim=16, seed=7).SerializeToString()  # passes its own self-test, fails real [1, 32] rows
+    sha, size = cloud.artifacts.put(iter([narrow]))
+    session = ort.InferenceSession(narrow)
+    sample = np.ones((1, 16), np.float32)
+    cases = [{"inputs": {"INPUT0": spec_of(sample)}, "outputs": {"OUTPUT0": spec_of(session.run(None, {
+        "INPUT0": sample})[0])}}]
+    cloud.core.publish(MODEL, 2, sha, size, reason="test", bake_s=60, self_test=cases)
+    (doc,) = cloud.core.rollouts.rollouts()
+    canary = doc["waves"][0][0]
+    assert wait_for(lambda: rollout_state(cloud, doc["rollout_id"])["edges"][canary] == "applied", timeout=30)
+    for i in range(30):  # real traffic on the canary: every request fails on version 2
+        with pytest.raises(grpc.RpcError):
+            edges[canary].infer(i)
+    assert wait_for(lambda: rollout_state(cloud, doc["rollout_id"])["state"] == "rolled_back", timeout=30)
+    final = rollout_state(cloud, doc["rollout_id"])
+    assert final["reason"].startswith("gate failed: success")
+    evidence = final["decisions"][-1]["evidence"]
+    assert evidence["new"]["failures"] >= 20 and evidence["rolled_back"] == [canary]
+    assert wait_for(lambda: edges[canary].node.models.ready_models()[MODEL] == [1])
+    assert edges[canary].infer(1).model_version == "1"
+    for node_id in EDGES:
+        if node_id != canary:
+            assert not [r for r in cloud.store.directives_after(node_id, 0) if r.kind == "load"]
+
+
+def test_an_edge_offline_during_its_wave_catches_up_when_it_returns(fleet):
+    cloud, edges, _ = fleet
+    data = build_mlp(seed=7).SerializeToString()
+    sha, size = cloud.artifacts.put(iter([data]))
+    cloud.core.publish(MODEL, 2, sha, size, reason="test", bake_s=1.5, self_test=self_test_cases(data))
+    (doc,) = cloud.core.rollouts.rollouts()
+    away = doc["waves"][-1][0]
+    config = edges[away].node.config
+    edges[away].close()  # goes away while the canary bakes
+    assert wait_for(lambda: rollout_state(cloud, doc["rollout_id"])["state"] == "done", timeout=40)
+    assert rollout_state(cloud, doc["rollout_id"])["edges"][away] == "directed"
+    edges[away] = Edge(config)  # back: the directive stream resumes after its last applied directive
+    assert wait_for(lambda: edges[away].node.models.ready_models().get(MODEL) == [1, 2], timeout=30)
+    assert edges[away].infer(2).model_version == "2"

@@ -76,10 +76,14 @@ class Rollouts:
             pins = {d["target"]: d["version"] for d in self.store.docs(PIN) if d["model"] == published.model}
             older = [p.version for p in self.store.published_models() if p.model == published.model
                      and p.version < published.version]
+            # what each edge served before: its rollback target (a version it holds), and the champion
+            held = {n.node_id: max([m[1] for m in n.models if m[0] == published.model and m[1] < published.version],
+                                   default=0) for n in nodes}
+            previous = max(older) if older else max(held.values(), default=0)
             rollout_id = f"{published.model}-{published.version}-{uuid.uuid4().hex[:8]}"
-            doc = ro.new_rollout(rollout_id, published.model, published.version, published.sha256,
-                                 max(older) if older else 0, weights, zones, pins, self.plan(canary, bake_s),
-                                 now_ms(), reason)
+            doc = ro.new_rollout(rollout_id, published.model, published.version, published.sha256, previous,
+                                 weights, zones, pins, self.plan(canary, bake_s), now_ms(), reason)
+            doc["previous_by_edge"] = held
             self._next_wave(doc)
             self._save(doc)
             return doc
@@ -168,8 +172,9 @@ class Rollouts:
                                 evidence=evidence)
         connected = self.core.hub.connected()
         waiting = [n for n in doc["waves"][doc["wave"]] if doc["edges"][n] == "directed" and n in connected]
-        if not waiting:
-            if not doc["baked_since_ms"]:
+        canary_waits = doc["wave"] == 0 and not any(doc["edges"][n] == "applied" for n in doc["waves"][0])
+        if not waiting and not canary_waits:  # offline edges never block a wave (they catch up), but the
+            if not doc["baked_since_ms"]:     # canary must have at least one edge that took the version
                 doc["baked_since_ms"] = now
                 changed = True
             elif now - doc["baked_since_ms"] >= plan.bake_ms:
@@ -221,12 +226,12 @@ class Rollouts:
         if rollback:
             for n, st in doc["edges"].items():
                 if st in ("directed", "applied", "failed"):
-                    if doc["previous"]:
+                    to = doc.get("previous_by_edge", {}).get(n) or doc["previous"]
+                    if to:
                         payload = mesh_pb2.RollbackModel(
-                            model=doc["model"], to_version=doc["previous"], rollout_id=doc["rollout_id"],
-                            signed_json=self.rollback_statement(doc["model"], doc["previous"], doc["rollout_id"]))
-                        self.store.add_directive(n, "rollback", payload.SerializeToString(), now, doc["model"],
-                                                 doc["previous"])
+                            model=doc["model"], to_version=to, rollout_id=doc["rollout_id"],
+                            signed_json=self.rollback_statement(doc["model"], to, doc["rollout_id"]))
+                        self.store.add_directive(n, "rollback", payload.SerializeToString(), now, doc["model"], to)
                     doc["edges"][n] = "rolled_back"
                     rolled.append(n)
             self.core.hub.notify()
