@@ -194,8 +194,8 @@ class CoordinatorCore:
 
     # ---------------------------------------------------------------- directives
     def load_payload(self, published, node_id: str = "", rollout_id: str = "") -> bytes:
-        """The LoadModel directive: the stored (signed) manifest, and as hints the edges that already hold the
-        artifact, those in ``node_id``'s zone first (peers serve it so the coordinator sends it once per zone)."""
+        """The LoadModel directive: the stored (signed) manifest, and as hints the edges of ``node_id``'s zone
+        that already hold the artifact (peers serve it, so the coordinator sends it once per zone)."""
         doc = self.rollouts.manifest(published.model, published.version)
         if doc is None:  # published before delivery existed: an unsigned manifest
             doc = {"model": published.model, "version": published.version, "sha256": published.sha256,
@@ -206,13 +206,13 @@ class CoordinatorCore:
                                   peer_addresses=self.holders(published, node_id)).SerializeToString()
 
     def holders(self, published, node_id: str) -> list[str]:
-        """Addresses of edges that applied the load of ``published``, in ``node_id``'s zone first."""
+        """Addresses of edges in ``node_id``'s zone that applied the load of ``published`` (crossing zones is
+        what the coordinator's copy is for)."""
         results = self.store.load_results(published.model, published.version)
         nodes = {n.node_id: n for n in self.store.nodes()}
         zone = nodes[node_id].identity.get("zone", "") if node_id in nodes else ""
         held = [n for nid, n in sorted(nodes.items()) if results.get(nid) == "applied" and nid != node_id
-                and n.address]
-        held.sort(key=lambda n: n.identity.get("zone", "") != zone)
+                and n.address and n.identity.get("zone", "") == zone]
         return [n.address for n in held[:8]]
 
     def directive_message(self, record):

@@ -156,6 +156,8 @@ class Rollouts:
         reached = [n for w in doc["waves"][:doc["wave"] + 1] for n in w]
         changed = False
         for n in reached:
+            if doc["edges"].get(n) == "queued":
+                continue
             state = results.get(n)
             new = "applied" if state == "applied" else ("failed" if state and state.startswith("failed") else
                                                         "directed")
@@ -170,8 +172,10 @@ class Rollouts:
         if verdict is False:
             return self._finish(doc, ro.ROLLED_BACK, "gate failed: " + "; ".join(evidence["failed"]), rollback=True,
                                 evidence=evidence)
+        changed = self._release_queued(doc) or changed
         connected = self.core.hub.connected()
-        waiting = [n for n in doc["waves"][doc["wave"]] if doc["edges"][n] == "directed" and n in connected]
+        waiting = [n for n in doc["waves"][doc["wave"]]
+                   if doc["edges"][n] == "queued" or (doc["edges"][n] == "directed" and n in connected)]
         canary_waits = doc["wave"] == 0 and not any(doc["edges"][n] == "applied" for n in doc["waves"][0])
         if not waiting and not canary_waits:  # offline edges never block a wave (they catch up), but the
             if not doc["baked_since_ms"]:     # canary must have at least one edge that took the version
@@ -211,13 +215,49 @@ class Rollouts:
         ro.decide(doc, now_ms(), "wave_started", {"wave": doc["wave"], "edges": wave})
         published = next((p for p in self.store.published_models() if p.model == doc["model"]
                           and p.version == doc["version"]), None)
+        zones = self._zones()
+        seeding: set[str] = set()
+        held = self._zones_holding(doc, zones)
         for n in wave:
-            doc["edges"][n] = "directed"
-            payload = self.core.load_payload(published, n, rollout_id=doc["rollout_id"])
-            self.store.add_directive(n, "load", payload, now_ms(), doc["model"], doc["version"])
+            zone = zones.get(n, "")
+            if zone not in held and zone in seeding:
+                doc["edges"][n] = "queued"  # waits for its zone's first edge, then fetches from that peer
+                continue
+            seeding.add(zone)
+            self._direct(doc, published, n)
         if not wave:
             doc["state"], doc["reason"] = ro.DONE, "no edges to update"
         self.core.hub.notify()
+
+    def _direct(self, doc: dict, published, node_id: str) -> None:
+        doc["edges"][node_id] = "directed"
+        payload = self.core.load_payload(published, node_id, rollout_id=doc["rollout_id"])
+        self.store.add_directive(node_id, "load", payload, now_ms(), doc["model"], doc["version"])
+
+    def _zones_holding(self, doc: dict, zones: dict) -> set[str]:
+        return {zones.get(n, "") for n, st in doc["edges"].items() if st == "applied"}
+
+    def _release_queued(self, doc: dict) -> bool:
+        """Direct queued edges once their zone holds the version (or its seed is offline)."""
+        queued = [n for n in doc["waves"][doc["wave"]] if doc["edges"].get(n) == "queued"]
+        if not queued:
+            return False
+        zones = self._zones()
+        held = self._zones_holding(doc, zones)
+        connected = self.core.hub.connected()
+        seeds = {zones.get(n, "") for n in doc["waves"][doc["wave"]]
+                 if doc["edges"][n] == "directed" and n in connected}
+        published = next(p for p in self.store.published_models() if p.model == doc["model"]
+                         and p.version == doc["version"])
+        released = False
+        for n in queued:
+            zone = zones.get(n, "")
+            if zone in held or zone not in seeds:
+                self._direct(doc, published, n)
+                released = True
+        if released:
+            self.core.hub.notify()
+        return released
 
     def _finish(self, doc: dict, state: str, reason: str, rollback: bool, evidence: dict | None = None) -> None:
         now = now_ms()
@@ -225,7 +265,9 @@ class Rollouts:
         rolled = []
         if rollback:
             for n, st in doc["edges"].items():
-                if st in ("directed", "applied", "failed"):
+                if st == "queued":
+                    doc["edges"][n] = "skipped"
+                elif st in ("directed", "applied", "failed"):
                     to = doc.get("previous_by_edge", {}).get(n) or doc["previous"]
                     if to:
                         payload = mesh_pb2.RollbackModel(

@@ -96,15 +96,20 @@ class Updater:
     def sources(self, load) -> list[transfer.Source]:
         pool = self.node.mesh.pool if self.node.mesh is not None else self._pool()
         own = self.node.address
-        peers = [a for a in load.peer_addresses if a and a != own][:8]
-        if self.node.mesh is not None:  # members whose view says they serve this version, same zone first
+        near = [a for a in load.peer_addresses if a and a != own][:8]
+        far: list[str] = []
+        if self.node.mesh is not None:  # members whose view says they serve this version
             zone = self.node.config.node.zone
-            members = [m for m in self.node.mesh.membership.members()
-                       if load.version in m.models.get(load.model, []) and m.node_id != self.node.config.node.id]
-            members.sort(key=lambda m: m.zone != zone)
-            peers += [f"{m.host}:{m.grpc_port}" for m in members if f"{m.host}:{m.grpc_port}" not in peers][:4]
-        out = [transfer.Source(a, mesh_pb2_grpc.PeerStub(pool.get(a).channel), "peer") for a in peers]
-        return out + [transfer.Source("coordinator", self.coordinator, "coordinator")]
+            for m in self.node.mesh.membership.members():
+                address = f"{m.host}:{m.grpc_port}"
+                if load.version in m.models.get(load.model, []) and address != own and address not in near:
+                    (near if m.zone == zone else far).append(address)
+        # same-zone peers, then the coordinator, then peers across zones (a fallback, never the first choice)
+        def peer(a):
+            return transfer.Source(a, mesh_pb2_grpc.PeerStub(pool.get(a).channel), "peer")
+
+        return ([peer(a) for a in near[:8]] + [transfer.Source("coordinator", self.coordinator, "coordinator")]
+                + [peer(a) for a in far[:4]])
 
     def _pool(self):
         if self._own_pool is None:
