@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,17 @@ def _read_state(path: Path, sha: str) -> int:
     return int(count) if got_sha == sha and count.strip().isdigit() else 0
 
 
+def _verified_prefix(part: Path, chunks: list[str], cb: int, count: int) -> int:
+    """How many of the first ``count`` chunks on disk still match the manifest."""
+    if not count:
+        return 0
+    with open(part, "rb") as fh:
+        for i in range(count):
+            if hashlib.sha256(fh.read(cb)).hexdigest() != chunks[i]:
+                return i
+    return count
+
+
 def fetch(manifest: dict, part: Path, sources: list[Source], *, max_bad_chunks: int = MAX_BAD_CHUNKS,
           timeout_s: float = FETCH_TIMEOUT_S, stats: TransferStats | None = None) -> TransferStats:
     """Fill ``part`` with the manifest's artifact; returns the stats.  Raises TransferError, or the last
@@ -72,14 +84,15 @@ def fetch(manifest: dict, part: Path, sources: list[Source], *, max_bad_chunks: 
     state_path = part.with_name(part.name + ".verified")
     on_disk = part.stat().st_size if part.exists() else 0
     done = min(_read_state(state_path, sha), on_disk // cb if on_disk < size else len(chunks), len(chunks))
+    done = _verified_prefix(part, chunks, cb, done)  # what is on disk is checked again, never trusted
     stats.resumed_at_chunk = done
     state_fd = os.open(state_path, os.O_RDWR | os.O_CREAT, 0o600)
     errors: list[str] = []
     last_rpc_error = None
     try:
-        with open(part, "r+b" if part.exists() else "w+b") as fh:
+        with open(part, "r+b" if part.exists() else "w+b") as fh, ThreadPoolExecutor(1) as writer:
             fh.truncate(done * cb)
-            fh.seek(done * cb)
+            fd = fh.fileno()
             i, bad, src_index = done, 0, 0
             while i < len(chunks):
                 if src_index >= len(sources):
@@ -97,8 +110,14 @@ def fetch(manifest: dict, part: Path, sources: list[Source], *, max_bad_chunks: 
                         stats.chunks_received += 1
                         stats.chunks_by_source[source.name] = stats.chunks_by_source.get(source.name, 0) + 1
                         stats.bytes_by_source[source.name] = stats.bytes_by_source.get(source.name, 0) + len(data)
-                        if msg.offset != i * cb or len(data) != expected_len \
-                                or hashlib.sha256(data).hexdigest() != chunks[i]:
+                        # written while it is hashed (both release the GIL); the resume point moves only
+                        # after the check, and a bad chunk's bytes are overwritten by the good ones
+                        written = writer.submit(os.pwrite, fd, data, i * cb) if len(data) == expected_len else None
+                        good = msg.offset == i * cb and len(data) == expected_len \
+                            and hashlib.sha256(data).hexdigest() == chunks[i]
+                        if written is not None:
+                            written.result()
+                        if not good:
                             bad += 1
                             stats.bad_chunks += 1
                             log.warning("artifact %s: chunk %d from %s failed verification (%d bytes at offset %d; "
@@ -112,9 +131,8 @@ def fetch(manifest: dict, part: Path, sources: list[Source], *, max_bad_chunks: 
                             if data is None:
                                 restart = True  # not good from another source either: retry from this one
                                 break
-                        fh.write(data)
+                            os.pwrite(fd, data, i * cb)
                         i += 1
-                        fh.flush()
                         os.pwrite(state_fd, f"{sha}:{i:0{_STATE_WIDTH}d}".encode(), 0)
                         if i >= len(chunks):
                             break
@@ -129,8 +147,7 @@ def fetch(manifest: dict, part: Path, sources: list[Source], *, max_bad_chunks: 
                 if not restart and i < len(chunks):  # the source ended early: it has no more
                     errors.append(f"{source.name}: the stream ended at chunk {i}")
                     src_index += 1
-            fh.flush()
-            os.fsync(fh.fileno())
+            os.fsync(fd)
     finally:
         os.close(state_fd)
     return stats
@@ -157,16 +174,32 @@ def _refetch(sources, src_index, attempt, sha, i, cb, expected_len, digest, time
     return msg.data
 
 
-def finish(part: Path, manifest: dict) -> bytes:
-    """The verified bytes of a complete ``part`` (whole-file sha256 checked too); removes the part files."""
+def finish_path(part: Path, manifest: dict) -> Path:
+    """Rename a complete ``part`` to ``<name>.bin`` after checking its size.
+
+    Every chunk was checked against the manifest's per-chunk sha256 as it arrived (and again on a resume),
+    so the file is the one the manifest describes; reading it all again for the whole-file sha256 would
+    only halve the throughput."""
     part = Path(part)
-    data = part.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != manifest["size"] or digest != manifest["sha256"]:
+    size = part.stat().st_size
+    if size != manifest["size"]:
         discard(part)
-        raise TransferError(f"artifact {manifest['sha256']}: assembled {len(data)} bytes with sha256 {digest}; "
-                            f"expected {manifest['size']} bytes")
+        raise TransferError(f"artifact {manifest['sha256']}: assembled {size} bytes; expected {manifest['size']}")
+    done = part.with_suffix(".bin")
+    os.replace(part, done)
     discard(part)
+    return done
+
+
+def finish(part: Path, manifest: dict) -> bytes:
+    """The verified bytes of a complete ``part``; removes the files.  The whole-file sha256 is checked
+    here because the bytes are in memory anyway (the model is loaded from them)."""
+    done = finish_path(part, manifest)
+    data = done.read_bytes()
+    done.unlink()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest["sha256"]:
+        raise TransferError(f"artifact {manifest['sha256']}: assembled bytes have sha256 {digest}")
     return data
 
 
