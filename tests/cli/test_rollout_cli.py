@@ -1,5 +1,6 @@
 """`edgeloop keys init` and `edgeloop rollout` against a real coordinator process's config."""
 import json
+import socket
 import stat
 import subprocess
 import sys
@@ -19,12 +20,11 @@ def test_keys_init_then_rollout_start_status_pause_resume_abort(tmp_path):
     assert stat.S_IMODE((tmp_path / "keys" / "signing.key").stat().st_mode) == 0o600
     assert cli("keys", "init", str(tmp_path / "keys")).returncode == 2  # never overwrites a key
     config_file = tmp_path / "cloud.toml"
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    config_file.write_text(f'[node]\ngrpc_port = {port}\nmetrics_port = {port + 1 if port < 65535 else port - 1}\n[storage]\ndatabase = "c/db.sqlite"\n'
+    metrics = port + 1 if port < 65535 else port - 1
+    config_file.write_text(f'[node]\ngrpc_port = {port}\nmetrics_port = {metrics}\n[storage]\ndatabase = "c/db.sqlite"\n'
                            '[delivery]\nsigning_key = "keys/signing.key"\nbake_s = 3600\n')
     config = load_cloud_config(config_file)
     cloud = Coordinator(replace(config, node=replace(config.node, metrics_port=-1))).start()
@@ -55,5 +55,16 @@ def test_keys_init_then_rollout_start_status_pause_resume_abort(tmp_path):
         assert bad.returncode == 2 and "NAME:VERSION" in bad.stderr
         text = cli("rollout", "status", "--config", str(config_file)).stdout
         assert "aborted" in text and "running" in text
+        assert cli("rollout", "pin", "e1", "mlp:1", "--config", str(config_file)).returncode == 0
+        assert cli("rollout", "pin", "zone:z", "mlp:1", "--config", str(config_file)).returncode == 0
+        pinned = cli("rollout", "start", "mlp:1", "--config", str(config_file))
+        assert pinned.returncode == 0 and "no edges to update" in pinned.stdout  # every edge is pinned
+        assert cli("rollout", "unpin", "zone:z", "mlp", "--config", str(config_file)).returncode == 0
+        doc = json.loads(cli("rollout", "status", "--config", str(config_file), "--json").stdout)["rollouts"][-1]
+        assert doc["state"] == "done" and doc["pinned"] == ["e1", "e2", "e3"]
+        last = cli("rollout", "start", "mlp:1", "--config", str(config_file))
+        assert last.returncode == 0
+        doc = json.loads(cli("rollout", "status", "--config", str(config_file), "--json").stdout)["rollouts"][-1]
+        assert doc["pinned"] == ["e1"] and "e1" not in doc["edges"] and len(doc["edges"]) == 2
     finally:
         cloud.stop(1)

@@ -1,4 +1,6 @@
-"""Admission and activation of a delivered model: verify → stage → load → warm up → self-test → swap → report.
+"""Admission and activation of a delivered model.
+
+The order is verify → stage → load → warm up → self-test → swap → report.
 
 ``admit`` decides whether a manifest may be used at all (signature by a trusted key, expiry, no
 downgrade or replay of a version already accepted).  ``activate`` runs the edge's steps in order; a step

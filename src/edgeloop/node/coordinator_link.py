@@ -273,7 +273,8 @@ class CoordinatorLink:
         except ActivationError as exc:
             raise DirectiveFailed(f"model {load.model!r} version {load.version} not activated: {exc}") from None
         except ProtocolError as exc:
-            raise DirectiveFailed(f"load of model {load.model!r} version {load.version} failed: {exc.message}") from None
+            raise DirectiveFailed(f"load of model {load.model!r} version {load.version} failed: "
+                                  f"{exc.message}") from None
         self.outbox.set_meta(PIN_KEY + load.model, "")  # a new version ends an earlier rollback
         if load.version not in models.ready_models().get(load.model, []):
             raise DirectiveFailed(f"model {load.model!r} version {load.version} was stored but is not served: the "

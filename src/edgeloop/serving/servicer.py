@@ -189,8 +189,9 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             files, config = _load_parameters(request.parameters)
             if files and self.refuse_unsigned_loads:
                 raise ProtocolError(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"RepositoryModelLoad of {request.model_name[:200]!r} with file parameters: this node "
-                              f"has delivery.require_signed = true; expected a signed delivery from the coordinator")
+                                    f"RepositoryModelLoad of {request.model_name[:200]!r} with file parameters: "
+                                    f"this node has delivery.require_signed = true; expected a signed delivery "
+                                    f"from the coordinator")
             self.models.load(request.model_name, files, config)
         except ProtocolError as exc:
             context.abort(exc.code, exc.message)
