@@ -14,6 +14,12 @@ def cli(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "edgeloop", *args], capture_output=True, text=True, timeout=timeout)
 
 
+def by_id(config_file, start_stdout: str) -> dict:
+    rollout_id = start_stdout.split()[1].rstrip(":")  # "rollout ID: state (reason)"
+    docs = json.loads(cli("rollout", "status", "--config", str(config_file), "--json").stdout)["rollouts"]
+    return next(d for d in docs if d["rollout_id"] == rollout_id)
+
+
 def test_keys_init_then_rollout_start_status_pause_resume_abort(tmp_path):
     out = cli("keys", "init", str(tmp_path / "keys"))
     assert out.returncode == 0, out.stderr
@@ -60,11 +66,11 @@ def test_keys_init_then_rollout_start_status_pause_resume_abort(tmp_path):
         pinned = cli("rollout", "start", "mlp:1", "--config", str(config_file))
         assert pinned.returncode == 0 and "no edges to update" in pinned.stdout  # every edge is pinned
         assert cli("rollout", "unpin", "zone:z", "mlp", "--config", str(config_file)).returncode == 0
-        doc = json.loads(cli("rollout", "status", "--config", str(config_file), "--json").stdout)["rollouts"][-1]
+        doc = by_id(config_file, pinned.stdout)
         assert doc["state"] == "done" and doc["pinned"] == ["e1", "e2", "e3"]
         last = cli("rollout", "start", "mlp:1", "--config", str(config_file))
         assert last.returncode == 0
-        doc = json.loads(cli("rollout", "status", "--config", str(config_file), "--json").stdout)["rollouts"][-1]
+        doc = by_id(config_file, last.stdout)
         assert doc["pinned"] == ["e1"] and "e1" not in doc["edges"] and len(doc["edges"]) == 2
     finally:
         cloud.stop(1)
