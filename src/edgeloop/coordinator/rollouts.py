@@ -13,7 +13,10 @@ import uuid
 from edgeloop.delivery import manifest as mf
 from edgeloop.delivery import rollout as ro
 from edgeloop.delivery.keys import load_private_key
+import numpy as np
+
 from edgeloop.protocol import mesh_pb2
+from edgeloop.protocol.codec import numpy_dtype_of
 
 from .guards import now_ms
 
@@ -206,7 +209,31 @@ class Rollouts:
                     champion.append(s)
             if n.node_id in applied and n.last_status.get("max_psi") is not None:
                 psis.append(float(n.last_status["max_psi"]))
-        return ro.check_gates(plan, new, champion, psis)
+        accuracy = (self.accuracy(doc["model"], doc["version"], doc["created_ms"], plan.min_requests),
+                    self.accuracy(doc["model"], doc["previous"], doc["created_ms"], plan.min_requests))
+        return ro.check_gates(plan, new, champion, psis, accuracy)
+
+    def accuracy(self, model: str, version: int, since_ms: int, minimum: int) -> float | None:
+        """Share of ``version``'s labelled samples since the rollout began whose prediction matches the label
+        (argmax of the first output for several classes, >= 0.5 for one score); None below ``minimum``."""
+        if not version:
+            return None
+        hits = total = 0
+        for payload, label in self.store.labelled_payloads(model, version, since_ms):
+            sample = mesh_pb2.Sample.FromString(payload)
+            if not sample.outputs:
+                continue
+            out = sample.outputs[0]
+            try:
+                values = np.frombuffer(out.data, numpy_dtype_of(out.datatype)).astype(np.float64)
+            except (ValueError, TypeError):
+                continue
+            if values.size == 0:
+                continue
+            predicted = float(np.argmax(values)) if values.size > 1 else float(values[0] >= 0.5)
+            hits += predicted == label
+            total += 1
+        return hits / total if total >= max(1, minimum) else None
 
     def _next_wave(self, doc: dict) -> None:
         doc["wave"] += 1

@@ -490,6 +490,15 @@ class SqliteStore:
                               "version = ? ORDER BY sequence", (model, version)).fetchall()
         return {r[0]: (r[1] if r[1] != "failed" else f"failed: {r[2] or ''}") for r in rows}
 
+    def labelled_payloads(self, model: str, version: int, since_ms: int,
+                          limit: int = 5000) -> list[tuple[bytes, float]]:
+        """(sample payload, label) of ``model`` ``version``'s labelled samples received since ``since_ms``."""
+        with self._reading() as db:
+            rows = db.execute("SELECT s.payload, l.value FROM samples s JOIN labels l ON l.sample_id = s.sample_id "
+                              "AND l.model = s.model WHERE s.model = ? AND s.model_version = ? AND s.received_ms >= ? "
+                              "ORDER BY s.id DESC LIMIT ?", (model, version, since_ms, limit)).fetchall()
+        return [(bytes(r[0]), float(r[1])) for r in rows]
+
     # ------------------------------------------------------------------ delivery documents
     def put_doc(self, kind: str, key: str, doc: dict, now_ms: int) -> None:
         """Store a delivery document (a manifest, a rollout, a pin) as JSON, replacing the one under ``key``."""
