@@ -30,8 +30,8 @@ def test_keys_init_then_rollout_start_status_pause_resume_abort(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     metrics = port + 1 if port < 65535 else port - 1
-    config_file.write_text(f'[node]\ngrpc_port = {port}\nmetrics_port = {metrics}\n[storage]\ndatabase = "c/db.sqlite"\n'
-                           '[delivery]\nsigning_key = "keys/signing.key"\nbake_s = 3600\n')
+    config_file.write_text(f'[node]\ngrpc_port = {port}\nmetrics_port = {metrics}\n'
+                           '[storage]\ndatabase = "c/db.sqlite"\n[delivery]\nsigning_key = "keys/signing.key"\nbake_s = 3600\n')
     config = load_cloud_config(config_file)
     cloud = Coordinator(replace(config, node=replace(config.node, metrics_port=-1))).start()
     try:
