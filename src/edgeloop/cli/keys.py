@@ -13,7 +13,7 @@ def register(sub) -> None:
 
 
 def run_init(args) -> int:
-    from edgeloop.delivery.keys import KeyFileError, init_keys
+    from edgeloop.coordinator.signing import KeyFileError, init_keys
 
     try:
         private, public = init_keys(args.dir)
