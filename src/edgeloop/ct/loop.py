@@ -493,7 +493,7 @@ class CTLoop:
                                                           "variant": comp.chosen, "trigger": firing.kind},
                                          ms, version, sha)
         self.store.add_execution(model, run_id, "publication", "done",
-                                 {"version": version, "directed_edges": [r.node_id for r in records]}, ms,
+                                 {"version": version, "directed_edges": [getattr(r, "node_id", r) for r in records]}, ms,
                                  inputs=[comp_art, eval_art], outputs=[served])
         self.store.set_alias(model, "challenger", version, ms)
         self.store.set_alias(model, "champion", version, ms)
@@ -522,7 +522,7 @@ class CTLoop:
                                                            "source_version": version}, ms, published.version,
                                           src.sha256)
             self.store.add_execution(model, run_id, "publication", "done",
-                                     {"version": published.version, "directed_edges": [r.node_id for r in records]},
+                                     {"version": published.version, "directed_edges": [getattr(r, "node_id", r) for r in records]},
                                      ms, outputs=[art])
             self.store.finish_execution(run_id, "published", {"outcome": text, "version": published.version})
             self.store.set_alias(model, "champion", published.version, ms)

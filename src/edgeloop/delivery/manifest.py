@@ -62,12 +62,12 @@ def chunk_hashes_of_file(path, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[
 
 def build(model: str, version: int, sha256: str, size: int, chunks: Sequence[str], created_ms: int, *,
           chunk_bytes: int = DEFAULT_CHUNK_BYTES, ttl_ms: int = DEFAULT_TTL_MS, inputs: Iterable = (),
-          outputs: Iterable = (), features: Iterable = (), reference_stats: dict | None = None,
+          outputs: Iterable = (), features: dict | None = None, reference_stats: dict | None = None,
           self_test: Iterable = (), tolerance: float = 1e-4, lineage_id: str = "") -> dict:
     """An unsigned manifest.  ``self_test``: ``[{"inputs": {name: {"datatype","shape","data"}}, "outputs":
     {...}}]`` — reference cases the loaded model must reproduce within ``tolerance``."""
     doc = {"format": FORMAT, "kind": "model", "model": model, "version": int(version), "size": int(size),
-           "sha256": sha256, "chunk_bytes": int(chunk_bytes), "chunks": list(chunks), "features": list(features),
+           "sha256": sha256, "chunk_bytes": int(chunk_bytes), "chunks": list(chunks),
            "reference_stats": dict(reference_stats or {}), "self_test": list(self_test),
            "tolerance": float(tolerance), "lineage_id": lineage_id, "created_ms": int(created_ms),
            "expires_ms": int(created_ms) + int(ttl_ms)}
@@ -77,6 +77,8 @@ def build(model: str, version: int, sha256: str, size: int, chunks: Sequence[str
         doc["inputs"] = list(inputs)
     if outputs:
         doc["outputs"] = list(outputs)
+    if features is not None:  # the model's feature definition (FeatureDefinition JSON), read by the edge at load
+        doc["features"] = dict(features)
     return doc
 
 
