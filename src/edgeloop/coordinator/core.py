@@ -200,6 +200,8 @@ class CoordinatorCore:
             d.unload.ParseFromString(record.payload)
         elif record.kind == "rollback":
             d.rollback.ParseFromString(record.payload)
+        elif record.kind == "federated":
+            d.federated.ParseFromString(record.payload)
         else:
             d.report.SetInParent()
         return d
