@@ -26,7 +26,8 @@ def _cloud(tmp, **training):
         "fleet": {"heartbeat_interval_ms": 200},
         "training": {"enabled": False, "min_slice_samples": 20, "holdout_fraction": 0.25,
                      "models": {MODEL: {"mode": "federated"}}, "federated_timeout_s": 30.0,
-                     "federated_min_edges": 3, **training}}, base_dir=tmp)
+                     "federated_min_edges": 3, "federated_epochs": 10,
+                     "federated_lr": 0.5, **training}}, base_dir=tmp)
     return Coordinator(replace(config, node=replace(config.node, grpc_port=0, metrics_port=-1))).start()
 
 
