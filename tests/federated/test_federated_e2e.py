@@ -86,6 +86,8 @@ def test_a_round_end_to_end_and_raw_features_stay_on_the_edges(tmp_path):
         assert [s for s in fleet.cloud.store.sample_ids() if s[1] == MODEL] == []
         assert all(e.node.uploader.uploaded["samples"] == 0 for e in fleet.edges)
         assert sum(e.node.uploader.uploaded["labels"] for e in fleet.edges) == 4 * ROWS_PER_EDGE
+        # ... while the edges still summarise what they serve as statistics (drift monitoring)
+        assert wait_for(lambda: all(fleet.cloud.store.feature_stats(MODEL, e.id) for e in fleet.edges), timeout=30)
 
         outcome = fleet.cloud.federated.run_round(MODEL, "test")
         assert outcome["state"] == "published", outcome
