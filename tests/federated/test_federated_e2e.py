@@ -8,6 +8,8 @@ and moves FedAvg enough that the gate refuses its candidate.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from loopkit import MODEL, Edge, champion, edge_config, push, stream, wait_for
 
@@ -24,6 +26,7 @@ def _cloud(tmp, **training):
     config = parse_cloud_config({
         "storage": {"database": "cloud/coord.sqlite", "artifact_dir": "cloud/artifacts"},
         "fleet": {"heartbeat_interval_ms": 200},
+        "delivery": {"canary": 4},  # the staged rollout's first wave is the whole (4-edge) fleet
         "training": {"enabled": False, "min_slice_samples": 20, "holdout_fraction": 0.25,
                      "models": {MODEL: {"mode": "federated"}}, "federated_timeout_s": 30.0,
                      "federated_min_edges": 3, "federated_epochs": 10,
@@ -96,7 +99,9 @@ def test_a_round_end_to_end_and_raw_features_stay_on_the_edges(tmp_path):
             {e.id for e in fleet.edges}
         version = outcome["version"]
         assert version == 2
-        assert wait_for(lambda: all(e.ready(version) for e in fleet.edges), timeout=30)
+        assert [r for r in fleet.cloud.core.rollouts.rollouts() if r["model"] == MODEL and r["version"] == version]
+        assert wait_for(lambda: all(e.ready(version) for e in fleet.edges), timeout=30), \
+            json.dumps(fleet.cloud.core.rollouts.rollouts()[-1], default=str)[:3000]
         after = fleet.serve(100, seed=2)
         assert after > before + 0.1, (before, after)
         # lineage: the run's steps are recorded like a central run's, and the published bytes are the champion

@@ -205,7 +205,7 @@ class FederatedRounds:
         served = store.add_artifact(model, "model", {"role": "champion", "run_id": run_id, "variant": "float32",
                                                      "trigger": "federated"}, ms, published.version, sha)
         store.add_execution(model, run_id, "publication", "done", {
-            "version": published.version, "directed_edges": [r.node_id for r in records],
+            "version": published.version, "directed_edges": [getattr(r, "node_id", r) for r in records],
             "compression": "none: the coordinator holds no raw rows to check a compressed variant on"}, ms,
             inputs=[chall], outputs=[served])
         store.set_alias(model, "champion", published.version, ms)

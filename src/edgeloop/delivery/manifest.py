@@ -67,12 +67,15 @@ def build(model: str, version: int, sha256: str, size: int, chunks: Sequence[str
     """An unsigned manifest.  ``self_test``: ``[{"inputs": {name: {"datatype","shape","data"}}, "outputs":
     {...}}]`` — reference cases the loaded model must reproduce within ``tolerance``."""
     doc = {"format": FORMAT, "kind": "model", "model": model, "version": int(version), "size": int(size),
-           "sha256": sha256, "chunk_bytes": int(chunk_bytes), "chunks": list(chunks), "features": list(features),
+           "sha256": sha256, "chunk_bytes": int(chunk_bytes), "chunks": list(chunks),
            "reference_stats": dict(reference_stats or {}), "self_test": list(self_test),
            "tolerance": float(tolerance), "lineage_id": lineage_id, "created_ms": int(created_ms),
            "expires_ms": int(created_ms) + int(ttl_ms)}
     # the serving side checks a declared signature against the model (Triton-style name/datatype/shape):
     # declared only when known, since an empty list would declare "no inputs"
+    # "features" is the serving side's feature definition (a JSON object): written only when there is one
+    if features:
+        doc["features"] = features if isinstance(features, dict) else list(features)
     if inputs:
         doc["inputs"] = list(inputs)
     if outputs:
