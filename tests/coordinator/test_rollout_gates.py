@@ -16,8 +16,8 @@ def upload(running, node, version, prefix, n, label):
 
 def test_a_version_less_accurate_than_the_champion_on_labelled_traffic_is_rolled_back(running):
     core = running.coordinator.core
-    for node in ("edge-a", "edge-b"):
-        join(running.coord, node, models=[("m", 1)])
+    for node, zone in (("edge-a", "zone-1"), ("edge-b", "zone-2")):  # one zone each: both seed their zone
+        join(running.coord, node, models=[("m", 1)], zone=zone)
     data = onnx_bytes(100)
     sha, size = core.artifacts.put(iter([data]))
     core.publish("m", 2, sha, size, reason="test", bake_s=60)  # long bake: only a gate can end it
