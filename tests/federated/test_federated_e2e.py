@@ -86,8 +86,9 @@ def test_a_round_end_to_end_and_raw_features_stay_on_the_edges(tmp_path):
         assert _labelled(fleet, ROWS_PER_EDGE)
         # labels reach the coordinator; raw samples of the federated model never do
         assert wait_for(lambda: all(e.node.outbox.pending_rows == 0 for e in fleet.edges), timeout=30)
-        assert [s for s in fleet.cloud.store.sample_ids() if s[1] == MODEL] == []
+        assert [s for s in fleet.cloud.store.sample_ids() if s[0] == MODEL] == []
         assert all(e.node.uploader.uploaded["samples"] == 0 for e in fleet.edges)
+        assert fleet.cloud.core.federated_samples_dropped == 0  # the edges kept them: nothing to drop
         assert sum(e.node.uploader.uploaded["labels"] for e in fleet.edges) == 4 * ROWS_PER_EDGE
         # ... while the edges still summarise what they serve as statistics (drift monitoring)
         assert wait_for(lambda: all(fleet.cloud.store.feature_stats(MODEL, e.id) for e in fleet.edges), timeout=30)
@@ -108,7 +109,7 @@ def test_a_round_end_to_end_and_raw_features_stay_on_the_edges(tmp_path):
         steps = {x["type"] for x in fleet.cloud.store.executions(MODEL, outcome["run_id"])}
         assert {"training", "evaluation", "publication"} <= steps
         assert fleet.cloud.store.aliases(MODEL)["champion"] == version
-        assert [s for s in fleet.cloud.store.sample_ids() if s[1] == MODEL] == []
+        assert [s for s in fleet.cloud.store.sample_ids() if s[0] == MODEL] == []
 
         # FedProx on a real edge's own rows: the proximal term keeps the local model nearer the global one
         edge = fleet.edges[0].node.federated

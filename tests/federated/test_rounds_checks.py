@@ -97,3 +97,22 @@ def test_the_coordinator_checks_updates_and_rounds(tmp_path):
         channel.close()
     finally:
         cloud.stop(1.0)
+
+
+def test_the_coordinator_never_stores_a_raw_sample_of_a_federated_model(tmp_path):
+    cloud = Coordinator(_cloud_config(tmp_path, models={"m": {"mode": "federated"}})).start()
+    try:
+        channel = grpc.insecure_channel(cloud.address)
+        stub = mesh_pb2_grpc.CoordinatorStub(channel)
+        stub.Join(mesh_pb2.JoinRequest(node=mesh_pb2.NodeIdentity(node_id="edge-a")), timeout=5)
+        tensor = mesh_pb2.TensorData(name="input", datatype="FP32", shape=[1, 2], data=np.zeros(2, "<f4").tobytes())
+        samples = [mesh_pb2.Sample(sample_id=f"s-{model}", model=model, model_version=1,
+                                   timestamp_ms=1_700_000_000_000, inputs=[tensor]) for model in ("m", "central")]
+        ack = stub.UploadSamples(iter([mesh_pb2.SampleBatch(batch_id="b1", node_id="edge-a", samples=samples)]),
+                                 timeout=10)
+        assert list(ack.accepted_batch_ids) == ["b1"]  # acknowledged, so an old edge's outbox drains
+        assert cloud.store.sample_ids() == [("central", "s-central")]
+        assert cloud.core.federated_samples_dropped == 1
+        channel.close()
+    finally:
+        cloud.stop(1.0)
