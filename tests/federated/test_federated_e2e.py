@@ -138,7 +138,7 @@ def _poison(edge, factor: float) -> None:
     edge.node.federated.answer = answer
 
 
-def test_a_poisoned_edge_among_4_does_not_move_the_median_but_moves_fedavg(tmp_path):
+def test_a_poisoned_edge_among_4_does_not_move_the_median_but_moves_fedavg(tmp_path, capsys):
     fleet = FedFleet(tmp_path, federated_clip_norm=0.0, federated_strategy="median")
     try:
         fleet.serve(ROWS_PER_EDGE, seed=3)
@@ -147,7 +147,16 @@ def test_a_poisoned_edge_among_4_does_not_move_the_median_but_moves_fedavg(tmp_p
         moved = fleet.cloud.federated.run_round(MODEL, "poisoned, fedavg", strategy="fedavg")
         assert moved["state"] == "refused", moved  # FedAvg followed the attacker: worse than the champion
         assert moved["evaluation"]["challenger"] < moved["evaluation"]["champion"]
-        robust = fleet.cloud.federated.run_round(MODEL, "poisoned, median", strategy="median")
+        # the configured strategy (median), through the operator's command
+        from edgeloop.cli import main
+
+        config = tmp_path / "cli.toml"
+        config.write_text(f'[node]\ngrpc_port = {fleet.cloud.grpc_port}\nmetrics_port = 9\n'
+                          f'[storage]\ndatabase = "{fleet.cloud.config.database}"\n')
+        capsys.readouterr()
+        assert main(["federated", "round", MODEL, "--reason", "poisoned, median", "--json", "--config",
+                     str(config)]) == 0
+        robust = json.loads(capsys.readouterr().out)
         assert robust["state"] == "published", robust
         assert robust["evaluation"]["challenger"] > robust["evaluation"]["champion"] + 0.05
         # from the new champion, the trimmed mean is not dragged back by the attacker either
