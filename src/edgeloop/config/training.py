@@ -1,6 +1,7 @@
 """The coordinator's ``[training]`` table: the continuous-training loop's windows, triggers and gates."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .fields import TableReader
@@ -9,7 +10,12 @@ TRAINING_KEYS = ("enabled", "interval_ms", "monitor_window", "reference_rows", "
                  "schedule_s", "performance_floor", "performance_margin", "cooldown_s", "train_rows",
                  "holdout_fraction", "min_gain", "max_slice_regression", "min_slice_samples",
                  "compression_tolerance", "latency_ratio", "seed", "trainer", "max_read_rows", "min_clean_rows",
-                 "min_change_rows", "train_half_life")
+                 "min_change_rows", "train_half_life", "models", "federated_strategy", "federated_clip_norm",
+                 "federated_trim", "federated_epochs", "federated_lr", "federated_mu", "federated_min_edges",
+                 "federated_timeout_s")
+MODES = ("central", "federated")
+FEDERATED_STRATEGIES = ("fedavg", "median", "trimmed_mean")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,16 @@ class TrainingConfig:
     max_read_rows: int = 20_000         # labelled rows read per loop step
     min_clean_rows: int = 100           # a run stops when validation leaves fewer
     min_change_rows: int = 400          # a drift/performance run waits for this many labelled rows after the change
+    # federated mode ([training.models.NAME] mode = "federated"): raw features stay on the edges
+    federated_models: tuple[str, ...] = ()
+    federated_strategy: str = "median"  # "fedavg", "median" or "trimmed_mean"
+    federated_clip_norm: float = 5.0    # each edge's update is clipped to this L2 norm (0: off)
+    federated_trim: float = 0.25        # trimmed_mean: share dropped at each end
+    federated_epochs: int = 3           # local epochs per round
+    federated_lr: float = 0.1
+    federated_mu: float = 0.0           # FedProx proximal weight (0: off)
+    federated_min_edges: int = 1        # a round needs updates from at least this many edges
+    federated_timeout_s: float = 30.0   # how long a round phase waits for the edges
 
 
 def parse_training(table: dict, source: str) -> TrainingConfig:
@@ -50,7 +66,34 @@ def parse_training(table: dict, source: str) -> TrainingConfig:
     fraction = t.number("holdout_fraction", d.holdout_fraction, exclusive_minimum=0.0, expected="a number in (0, 0.9]")
     if fraction > 0.9:
         raise t.error("holdout_fraction", fraction, "a number in (0, 0.9]")
+    federated = []
+    for name, table in t.subtable("models").items():
+        if not _MODEL_NAME.match(name) or not isinstance(table, dict):
+            raise t.error(f"models.{name[:100]}", table, "a table [training.models.NAME] with NAME a model name")
+        m = TableReader(table, source, f"training.models.{name}", ("mode",))
+        mode = m.string("mode", "central", expected="'central' or 'federated'")
+        if mode not in MODES:
+            raise m.error("mode", mode, "'central' or 'federated'")
+        if mode == "federated":
+            federated.append(name)
+    strategy = t.string("federated_strategy", d.federated_strategy, expected="'fedavg', 'median' or 'trimmed_mean'")
+    if strategy not in FEDERATED_STRATEGIES:
+        raise t.error("federated_strategy", strategy, "'fedavg', 'median' or 'trimmed_mean'")
+    trim = t.number("federated_trim", d.federated_trim, minimum=0.0, expected="a fraction in [0, 0.5)")
+    if trim >= 0.5:
+        raise t.error("federated_trim", trim, "a fraction in [0, 0.5)")
     return TrainingConfig(
+        federated_models=tuple(sorted(federated)),
+        federated_strategy=strategy,
+        federated_clip_norm=t.number("federated_clip_norm", d.federated_clip_norm, minimum=0.0,
+                                     expected="an L2 norm >= 0 (0: no clipping)"),
+        federated_trim=trim,
+        federated_epochs=t.integer("federated_epochs", d.federated_epochs, minimum=1, maximum=1000),
+        federated_lr=t.number("federated_lr", d.federated_lr, exclusive_minimum=0.0, expected="a number > 0"),
+        federated_mu=t.number("federated_mu", d.federated_mu, minimum=0.0, expected="a number >= 0 (0: off)"),
+        federated_min_edges=t.integer("federated_min_edges", d.federated_min_edges, minimum=1, maximum=100_000),
+        federated_timeout_s=t.number("federated_timeout_s", d.federated_timeout_s, exclusive_minimum=0.0,
+                                     expected="seconds > 0"),
         enabled=t.boolean("enabled", d.enabled),
         interval_ms=t.integer("interval_ms", d.interval_ms, minimum=10, maximum=3_600_000),
         monitor_window=t.integer("monitor_window", d.monitor_window, minimum=20, maximum=1_000_000),

@@ -55,6 +55,9 @@ class CoordinatorCore:
         self.metrics = metrics
         self.stopping = False
         self._tensors = v.TensorChecker()
+        #: models whose raw rows stay on the edges: a sample of one is validated, acknowledged, never stored
+        self._federated = frozenset(config.training.federated_models)
+        self.federated_samples_dropped = 0
         #: the one thread that commits uploads: validation (GIL held) overlaps SQLite work (GIL released)
         self.writer = IngestWriter(store)
         from .rollouts import Rollouts
@@ -91,6 +94,9 @@ class CoordinatorCore:
                 check_tensors(f"samples[{i}].raw_inputs", s.raw_inputs)
             if s.feature_digest:
                 v.sha256(f"samples[{i}].feature_digest", s.feature_digest)
+            if model in self._federated:  # e.g. recorded by an edge before it first joined
+                self.federated_samples_dropped += 1
+                continue
             append((model, s.sample_id, version, key, ts, s.SerializeToString()))
         return rows
 
@@ -227,6 +233,8 @@ class CoordinatorCore:
             d.unload.ParseFromString(record.payload)
         elif record.kind == "rollback":
             d.rollback.ParseFromString(record.payload)
+        elif record.kind == "federated":
+            d.federated.ParseFromString(record.payload)
         else:
             d.report.SetInParent()
         return d

@@ -119,3 +119,17 @@ class CtFleetMethods:
             raise not_found(f"version: {exc.args[0]}") from None
         text = f"{action}: {model} version {published.version} published (the bytes of an earlier version)"
         return _reply(text, {"model": model, "version": published.version, "sha256": published.sha256})
+
+    def _federated_round(self, request):
+        from edgeloop.protocol.errors import failed_precondition
+
+        from .federated import RoundError
+
+        model = _model(request)
+        reason = _reason(request, required=False) or "operator"
+        try:
+            outcome = self.core.federated.run_round(model, reason)
+        except RoundError as exc:
+            raise failed_precondition(f"model: {v.cut(model)}: {exc}") from None
+        text = f"federated round {outcome['round_id']} of {model}: {outcome['state']}: {outcome['reason']}"
+        return _reply(text, outcome)

@@ -72,6 +72,7 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
                  len(models), added)
         return mesh_pb2.JoinResponse(
             fleet_epoch=store.fleet_epoch(), heartbeat_interval_ms=self.core.config.heartbeat_interval_ms,
+            federated_models=sorted(self.core.config.training.federated_models),
             desired=[mesh_pb2.ModelVersion(model=p.model, version=p.version, sha256=p.sha256, state="READY")
                      for p in desired])
 
@@ -132,6 +133,13 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
     @guard("UploadLabels")
     def UploadLabels(self, request_iterator, context):
         return self.core.upload(request_iterator, context, "labels")
+
+    @guard("SubmitUpdate")
+    def SubmitUpdate(self, request, context):
+        rounds = getattr(self.core, "federated", None)
+        if rounds is None:
+            raise failed_precondition("SubmitUpdate: this coordinator runs no federated rounds")
+        return rounds.submit(request)
 
     @stream_guard("FetchArtifact")
     def FetchArtifact(self, request, context):

@@ -138,7 +138,7 @@ def import_labels(channel, labels: list, timeout: float = 300.0, batch_prefix: s
 
 
 CT_METHODS = ("Retrain", "ListTriggers", "ListQuarantine", "ShowModel", "ModelLineage", "PromoteModel",
-              "RollBackModel")
+              "RollBackModel", "FederatedRound")
 
 
 def ct_call(channel, method: str, model: str = "", version: int = 0, reason: str = "", limit: int = 0,

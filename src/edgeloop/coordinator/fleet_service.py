@@ -170,3 +170,7 @@ class FleetServicer(CtFleetMethods, mesh_pb2_grpc.FleetServicer):
     @guard("RollBackModel")
     def RollBackModel(self, request, context):
         return self._republish(request, "rollback")
+
+    @guard("FederatedRound")
+    def FederatedRound(self, request, context):
+        return self._federated_round(request)

@@ -23,6 +23,7 @@ from .metrics import CoordinatorMetrics
 from .core import CoordinatorCore
 from .ct_link import CtGauges, decode_sample
 from .edge_service import CoordinatorServicer
+from .federated import FederatedRounds
 from .fleet_service import FleetServicer
 
 log = logging.getLogger("edgeloop.coordinator")
@@ -49,6 +50,9 @@ class Coordinator:
         self.ct = CTLoop(self.store, self.artifacts, self.core.publish, decode_sample, config.training,
                          on_results=CtGauges(self.metrics.registry).update)
         self.core.ct = self.ct
+        #: federated rounds of the models with [training.models.NAME] mode = "federated"
+        self.federated = FederatedRounds(self.core, config.training)
+        self.core.federated = self.federated
         interceptors = []
         if token is not None:
             interceptors.append(fleet_auth.TokenInterceptor(

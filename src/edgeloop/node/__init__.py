@@ -152,7 +152,19 @@ class EdgeNode:
         self.recorder = Recorder(config.node.id, config.sample_rate, self.outbox, self.edge_stats)
         self.servicer.on_served = self.recorder
         self.feedback = FeedbackServicer(self.outbox, self._token)
-        self.feedback.on_label = self.models.features.apply_label  # late labels reach the entity's state
+        from edgeloop.node.federated import LocalExamples
+
+        self.local_examples = LocalExamples()  # federated models' rows and labels, joined here
+        self.recorder.local = self.local_examples
+        self.federated = None  # FederatedEdge once the coordinator link starts
+        apply_label, local = self.models.features.apply_label, self.local_examples
+
+        def on_label(sample_id, model, routing_key, timestamp_ms, value):
+            apply_label(sample_id, model, routing_key, timestamp_ms, value)  # late labels reach the entity's state
+            if sample_id:
+                local.add_label(sample_id, model, value)
+
+        self.feedback.on_label = on_label
         mesh_pb2_grpc.add_FeedbackServicer_to_server(self.feedback, self.server)
         self.reflection_service_names.append("edgeloop.v1.Feedback")
         self.metrics.registry.register(DataPathCollector(self.outbox, lambda: self.uploader))
@@ -171,6 +183,10 @@ class EdgeNode:
             ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
         self.uploader = Uploader(self.outbox, self._coordinator_channel, self.config.node.id, c.upload_batch_size,
                                  c.upload_backoff_max_ms / 1000).start()
+        from edgeloop.node.federated import FederatedEdge
+
+        self.federated = FederatedEdge(self.config.node.id, self.local_examples, self._coordinator_channel,
+                                       self.outbox)
         self.link = CoordinatorLink(self, self._coordinator_channel, c.upload_backoff_max_ms / 1000).start()
         log.info("node %s: coordinator %s; outbox %s (%d rows pending)", self.config.node.id, address,
                  self.outbox.path, self.outbox.pending_rows)

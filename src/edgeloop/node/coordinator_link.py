@@ -130,6 +130,8 @@ class CoordinatorLink:
         response = self.stub.Join(mesh_pb2.JoinRequest(node=self._identity(), models=self.model_versions()),
                                   timeout=CALL_TIMEOUT_S)
         self.fleet_epoch = response.fleet_epoch
+        if getattr(self.node, "federated", None) is not None:
+            self.node.federated.set_models(response.federated_models)  # their raw rows stay on this edge
         if response.heartbeat_interval_ms:
             self.interval_s = min(60.0, max(0.05, response.heartbeat_interval_ms / 1000))
         self.joined.set()
@@ -218,9 +220,22 @@ class CoordinatorLink:
             self._rollback(directive.rollback)
         elif action == "report":
             self.report_now()
+        elif action == "federated":
+            self._federated(directive.federated)
         else:
-            raise DirectiveFailed(f"directive {directive.sequence} has no action; expected load, unload, rollback "
-                                  f"or report")
+            raise DirectiveFailed(f"directive {directive.sequence} has no action; expected load, unload, rollback, "
+                                  f"report or federated")
+
+    def _federated(self, round_msg) -> None:
+        from edgeloop.node.federated import RoundFailed
+
+        self._check_model(round_msg.model, 1)
+        if getattr(self.node, "federated", None) is None:
+            raise DirectiveFailed("federated round: this edge has no data path for federated training")
+        try:
+            self.node.federated.run_round(round_msg)
+        except RoundFailed as exc:
+            raise DirectiveFailed(f"federated round {round_msg.round_id[:80]!r}: {exc}") from None
 
     @staticmethod
     def _check_model(model: str, version: int, allow_zero: bool = False) -> None:

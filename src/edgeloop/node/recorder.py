@@ -13,6 +13,8 @@ import itertools
 import os
 import time
 
+import numpy as np
+
 from edgeloop.kernels.placement import stable_hash
 from edgeloop.mesh.router import ROUTING_KEY
 from edgeloop.protocol import mesh_pb2
@@ -69,6 +71,16 @@ def build_sample(request, response, model: str, version: int, sample_id: str, ti
                            feature_digest=features.digest, hard_example=hard)
 
 
+def _model_rows(request, features) -> np.ndarray:
+    """The rows the model saw, float32 (n, d): the feature vectors, else the request's first input."""
+    if features is not None:
+        x = np.asarray(features.vectors, np.float32)
+    else:
+        raw = request.raw_input_contents
+        x = np.asarray(decode_input(request.inputs[0], raw[0] if raw else None), np.float32)
+    return x.reshape(x.shape[0] if x.ndim > 1 else 1, -1)
+
+
 class Recorder:
     """The servicer's ``on_served`` hook: samples what this node ran into ``outbox`` (and ``stats``)."""
 
@@ -81,6 +93,8 @@ class Recorder:
         self._prefix = f"{node_id}-{os.urandom(4).hex()}-"
         self._ids = itertools.count(1)
         self.recorded = 0  # samples handed to the outbox queue (approximate under threads: stats only)
+        #: ``node.federated.LocalExamples``: rows of federated models go there instead of the outbox
+        self.local = None
 
     def rate(self, model: str) -> float:
         rate = self._rates.get(model)
@@ -112,6 +126,10 @@ class Recorder:
         if self.stats is not None:
             self.stats.observe(request, response, model, version)
         if not record:
+            return None
+        local = self.local
+        if local is not None and model in local.models:  # federated: the rows stay on this edge
+            local.add_rows(model, sample_id, _model_rows(request, features))
             return None
         self.recorded += 1
         return build_sample(request, response, model, version, sample_id, timestamp_ms,

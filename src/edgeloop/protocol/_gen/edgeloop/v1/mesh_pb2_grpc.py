@@ -74,6 +74,11 @@ class CoordinatorStub:
                 request_serializer=edgeloop_dot_v1_dot_mesh__pb2.StatusReport.SerializeToString,
                 response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.StatusAck.FromString,
                 _registered_method=True)
+        self.SubmitUpdate = channel.unary_unary(
+                '/edgeloop.v1.Coordinator/SubmitUpdate',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.WeightUpdate.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.WeightUpdateAck.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -134,6 +139,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitUpdate(self, request, context):
+        """Federated mode: an edge's answer to a FederatedRound directive (a weight update and sample count
+        for a training round; holdout counts per model for an evaluation round). Idempotent per
+        (round_id, node_id): a re-send replaces nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +185,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ReportStatus,
                     request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.StatusReport.FromString,
                     response_serializer=edgeloop_dot_v1_dot_mesh__pb2.StatusAck.SerializeToString,
+            ),
+            'SubmitUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitUpdate,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.WeightUpdate.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.WeightUpdateAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -376,6 +395,33 @@ class Coordinator:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def SubmitUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Coordinator/SubmitUpdate',
+            edgeloop_dot_v1_dot_mesh__pb2.WeightUpdate.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.WeightUpdateAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class FleetStub:
     """Operator commands (`edgeloop status|models|labels --config CLOUD.toml`); same token rule.
@@ -434,6 +480,11 @@ class FleetStub:
                 _registered_method=True)
         self.RollBackModel = channel.unary_unary(
                 '/edgeloop.v1.Fleet/RollBackModel',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+                _registered_method=True)
+        self.FederatedRound = channel.unary_unary(
+                '/edgeloop.v1.Fleet/FederatedRound',
                 request_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
                 response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
                 _registered_method=True)
@@ -518,6 +569,13 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FederatedRound(self, request, context):
+        """model + reason: one federated round (train, gate, publish)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Rollout(self, request, context):
         """Staged rollouts (`edgeloop rollout start|status|pause|resume|abort`); replies carry JSON documents.
         """
@@ -575,6 +633,11 @@ def add_FleetServicer_to_server(servicer, server):
             ),
             'RollBackModel': grpc.unary_unary_rpc_method_handler(
                     servicer.RollBackModel,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.SerializeToString,
+            ),
+            'FederatedRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.FederatedRound,
                     request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.FromString,
                     response_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.SerializeToString,
             ),
@@ -853,6 +916,33 @@ class Fleet:
             request,
             target,
             '/edgeloop.v1.Fleet/RollBackModel',
+            edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FederatedRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Fleet/FederatedRound',
             edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
             edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
             options,

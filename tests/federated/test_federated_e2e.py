@@ -1,0 +1,167 @@
+"""Federated mode end to end: a real coordinator and 4 real edge nodes on 127.0.0.1.
+
+The stream changes concept after the champion was trained; the edges serve it, labels arrive on
+each edge, and the raw rows never leave the edges.  A round trains on the edges, aggregates,
+evaluates on each edge's own holdout and publishes through ``core.publish``; every edge then serves
+the new version.  A poisoned edge (its update sign-flipped and scaled) does not move the median,
+and moves FedAvg enough that the gate refuses its candidate.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from loopkit import MODEL, Edge, champion, edge_config, push, stream, wait_for
+
+from edgeloop.config import parse_cloud_config
+from edgeloop.coordinator import Coordinator
+from edgeloop.protocol import mesh_pb2
+
+ROWS_PER_EDGE = 160
+
+
+def _cloud(tmp, **training):
+    from dataclasses import replace
+
+    config = parse_cloud_config({
+        "storage": {"database": "cloud/coord.sqlite", "artifact_dir": "cloud/artifacts"},
+        "fleet": {"heartbeat_interval_ms": 200},
+        "delivery": {"canary": 4},  # the staged rollout's first wave is the whole (4-edge) fleet
+        "training": {"enabled": False, "min_slice_samples": 20, "holdout_fraction": 0.25,
+                     "models": {MODEL: {"mode": "federated"}}, "federated_timeout_s": 30.0,
+                     "federated_min_edges": 3, "federated_epochs": 10,
+                     "federated_lr": 0.5, **training}}, base_dir=tmp)
+    return Coordinator(replace(config, node=replace(config.node, grpc_port=0, metrics_port=-1))).start()
+
+
+class FedFleet:
+    def __init__(self, tmp, **training) -> None:
+        self.cloud = _cloud(tmp, **training)
+        self.edges: list[Edge] = []
+        try:
+            first = champion()
+            push(self.cloud, first)
+            for i in range(4):
+                self.edges.append(Edge(edge_config(tmp, f"edge-{chr(97 + i)}", self.cloud.address, first)))
+            assert wait_for(lambda: all(e.node.local_examples.models == {MODEL} for e in self.edges), timeout=30)
+        except BaseException:
+            self.close()
+            raise
+        self.n = 0
+
+    def serve(self, rows: int, seed: int) -> float:
+        """Each edge serves ``rows`` rows of the changed concept and gets their labels; returns accuracy."""
+        right = total = 0
+        for k, edge in enumerate(self.edges):
+            x, y = stream(rows, seed * 10 + k, changed=True)
+            ids = []
+            for i in range(rows):
+                self.n += 1
+                rid = f"r{self.n}"
+                label, _ = edge.predict(x[i], rid)
+                right += label == y[i]
+                total += 1
+                ids.append(rid)
+            edge.label(ids, y)
+        return right / total
+
+    def close(self) -> None:
+        for e in self.edges:
+            try:
+                e.close()
+            except Exception:
+                pass
+        self.cloud.stop(1.0)
+
+
+def _labelled(fleet, rows):
+    return wait_for(lambda: all(e.node.local_examples.counts().get(MODEL, (0, 0))[1] >= rows for e in fleet.edges),
+                    timeout=30)
+
+
+def test_a_round_end_to_end_and_raw_features_stay_on_the_edges(tmp_path):
+    fleet = FedFleet(tmp_path)
+    try:
+        before = fleet.serve(ROWS_PER_EDGE, seed=1)
+        assert _labelled(fleet, ROWS_PER_EDGE)
+        # labels reach the coordinator; raw samples of the federated model never do
+        assert wait_for(lambda: all(e.node.outbox.pending_rows == 0 for e in fleet.edges), timeout=30)
+        assert [s for s in fleet.cloud.store.sample_ids() if s[0] == MODEL] == []
+        assert all(e.node.uploader.uploaded["samples"] == 0 for e in fleet.edges)
+        assert fleet.cloud.core.federated_samples_dropped == 0  # the edges kept them: nothing to drop
+        assert sum(e.node.uploader.uploaded["labels"] for e in fleet.edges) == 4 * ROWS_PER_EDGE
+        # ... while the edges still summarise what they serve as statistics (drift monitoring)
+        assert wait_for(lambda: all(fleet.cloud.store.feature_stats(MODEL, e.id) for e in fleet.edges), timeout=30)
+
+        outcome = fleet.cloud.federated.run_round(MODEL, "test")
+        assert outcome["state"] == "published", outcome
+        ev = outcome["evaluation"]
+        assert ev["challenger"] > ev["champion"] + 0.1 and {s["value"] for s in ev["slices"]} == \
+            {e.id for e in fleet.edges}
+        version = outcome["version"]
+        assert version == 2
+        assert [r for r in fleet.cloud.core.rollouts.rollouts() if r["model"] == MODEL and r["version"] == version]
+        assert wait_for(lambda: all(e.ready(version) for e in fleet.edges), timeout=30), \
+            json.dumps(fleet.cloud.core.rollouts.rollouts()[-1], default=str)[:3000]
+        after = fleet.serve(100, seed=2)
+        assert after > before + 0.1, (before, after)
+        # lineage: the run's steps are recorded like a central run's, and the published bytes are the champion
+        steps = {x["type"] for x in fleet.cloud.store.executions(MODEL, outcome["run_id"])}
+        assert {"training", "evaluation", "publication"} <= steps
+        assert fleet.cloud.store.aliases(MODEL)["champion"] == version
+        assert [s for s in fleet.cloud.store.sample_ids() if s[0] == MODEL] == []
+
+        # FedProx on a real edge's own rows: the proximal term keeps the local model nearer the global one
+        edge = fleet.edges[0].node.federated
+        msg = mesh_pb2.FederatedRound(model=MODEL, round_id="prox", n_features=4, n_classes=2,
+                                      mean=np.zeros(4, "<f4").tobytes(), inv_std=np.ones(4, "<f4").tobytes(),
+                                      classes=[0.0, 1.0], theta=np.zeros(10, "<f4").tobytes(), epochs=5, lr=0.2,
+                                      holdout_fraction=0.25, max_rows=10_000)
+        plain = np.frombuffer(edge.answer(msg).delta, "<f4")
+        msg.mu = 5.0
+        prox = np.frombuffer(edge.answer(msg).delta, "<f4")
+        assert 0 < np.linalg.norm(prox) < 0.5 * np.linalg.norm(plain)
+    finally:
+        fleet.close()
+
+
+def _poison(edge, factor: float) -> None:
+    """This edge turns attacker: its real update, multiplied by ``factor`` (negative: sign-flipped)."""
+    honest = edge.node.federated.answer
+
+    def answer(msg):
+        reply = honest(msg)
+        if msg.phase == mesh_pb2.FederatedRound.TRAIN:
+            reply.delta = (np.frombuffer(reply.delta, "<f4") * factor).astype("<f4").tobytes()
+        return reply
+
+    edge.node.federated.answer = answer
+
+
+def test_a_poisoned_edge_among_4_does_not_move_the_median_but_moves_fedavg(tmp_path, capsys):
+    fleet = FedFleet(tmp_path, federated_clip_norm=0.0, federated_strategy="median")
+    try:
+        fleet.serve(ROWS_PER_EDGE, seed=3)
+        assert _labelled(fleet, ROWS_PER_EDGE)
+        _poison(fleet.edges[3], -30.0)
+        moved = fleet.cloud.federated.run_round(MODEL, "poisoned, fedavg", strategy="fedavg")
+        assert moved["state"] == "refused", moved  # FedAvg followed the attacker: worse than the champion
+        assert moved["evaluation"]["challenger"] < moved["evaluation"]["champion"]
+        # the configured strategy (median), through the operator's command
+        from edgeloop.cli import main
+
+        config = tmp_path / "cli.toml"
+        config.write_text(f'[node]\ngrpc_port = {fleet.cloud.grpc_port}\nmetrics_port = 9\n'
+                          f'[storage]\ndatabase = "{fleet.cloud.config.database}"\n')
+        capsys.readouterr()
+        assert main(["federated", "round", MODEL, "--reason", "poisoned, median", "--json", "--config",
+                     str(config)]) == 0
+        robust = json.loads(capsys.readouterr().out)
+        assert robust["state"] == "published", robust
+        assert robust["evaluation"]["challenger"] > robust["evaluation"]["champion"] + 0.05
+        # from the new champion, the trimmed mean is not dragged back by the attacker either
+        trimmed = fleet.cloud.federated.run_round(MODEL, "poisoned, trimmed mean", strategy="trimmed_mean")
+        ev = trimmed["evaluation"]
+        assert ev["challenger"] >= ev["champion"] - 0.02, trimmed
+    finally:
+        fleet.close()
