@@ -73,9 +73,6 @@ def build(model: str, version: int, sha256: str, size: int, chunks: Sequence[str
            "expires_ms": int(created_ms) + int(ttl_ms)}
     # the serving side checks a declared signature against the model (Triton-style name/datatype/shape):
     # declared only when known, since an empty list would declare "no inputs"
-    # "features" is the serving side's feature definition (a JSON object): written only when there is one
-    if features:
-        doc["features"] = features if isinstance(features, dict) else list(features)
     if inputs:
         doc["inputs"] = list(inputs)
     if outputs:
