@@ -40,9 +40,14 @@ def champion(seed: int = 0) -> bytes:
 def cloud_config(tmp: Path, **training):
     config = parse_cloud_config({"storage": {"database": "cloud/coord.sqlite", "artifact_dir": "cloud/artifacts"},
                                  "fleet": {"heartbeat_interval_ms": 200},
+                                 # a real staged rollout (canary edge first) with a short bake; p99 noise of a loaded 2-core machine is no gate here
+                                 "delivery": {"canary": 1, "bake_s": 0.5, "min_requests": 0, "max_p99_ratio": 1000.0},
                                  "training": {"enabled": False, "monitor_window": 200, "reference_rows": 800,
                                               "drift_windows": 2, "train_rows": 800, "min_slice_samples": 40,
-                                              "cooldown_s": 0.0, **training}}, base_dir=tmp)
+                                              "cooldown_s": 0.0,
+                                              # these tests are about the loop's decisions, not latency: a loaded
+                                              # 2-core machine must not make infra validation refuse on p99 noise
+                                              "latency_ratio": 50.0, **training}}, base_dir=tmp)
     return replace(config, node=replace(config.node, grpc_port=0, metrics_port=-1))
 
 
