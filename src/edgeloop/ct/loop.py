@@ -397,7 +397,8 @@ class CTLoop:
 
         # 1. the window and its validation
         after_change = firing.kind in ("drift", "performance") and st.change_from is not None
-        rows = self.store.labelled_latest(model, c.train_rows, st.change_from - 1 if after_change else 0)
+        limit = c.train_rows if c.window == "samples" else c.max_read_rows
+        rows = self.store.labelled_latest(model, limit, st.change_from - 1 if after_change else 0)
         data = decode_rows(rows, self.decode, st.input_name, st.n_features)
         scope = (f"the newest {len(rows)} labelled rows after the change (from label {st.change_from})"
                  if after_change else f"the newest {len(rows)} labelled rows")
@@ -435,13 +436,15 @@ class CTLoop:
         # 2. training, warm-started from the champion, on everything older than the holdout
         dataset = clean.dataset([f"{st.input_name}:{i}" for i in range(st.n_features)])
         try:
+            window = _training_window(c)
+            dataset = apply_window(dataset, window)
             train_all, holdout = time_split(dataset, c.holdout_fraction)
             fit_train, fit_val = time_split(train_all, 0.2)
             if c.train_half_life:
                 fit_train = apply_window(fit_train, TrainingWindow("all", None, c.train_half_life))
         except TrainingError as exc:
             return end("stopped", f"split: {exc}")
-        trainer = LogisticRegressionTrainer() if c.trainer == "logistic" else MLPTrainer()
+        trainer = _trainer(c)
         result = trainer.fit(fit_train, fit_val, warm_start=st.champion, seed=c.seed)
         challenger = result.model
         chall_art = self.store.add_artifact(model, "model", {"role": "challenger", "report": result.report.to_dict()},
@@ -449,6 +452,8 @@ class CTLoop:
         self.store.add_execution(model, run_id, "training", "done", {
             "trainer": c.trainer, "seed": c.seed, "code_version": __version__, "rows": len(fit_train),
             "half_life_rows": c.train_half_life or None,
+            "window": {"kind": window.kind, "size": window.size, "rows": len(dataset)},
+            "trainer_options": dict(c.trainer_options),
             "validation_rows": len(fit_val), "warm_start": result.report.warm_start_note,
             "validation": result.report.validation}, ms, inputs=[window_art, *champion_ids], outputs=[chall_art])
 
@@ -456,7 +461,8 @@ class CTLoop:
         ev = evaluate(challenger, st.champion, holdout,
                       EvaluationPolicy(metric="accuracy", min_gain=c.min_gain,
                                        max_slice_regression=c.max_slice_regression,
-                                       min_slice_samples=c.min_slice_samples, slice_by=("edge",)), self.settings)
+                                       min_slice_samples=c.min_slice_samples,
+                                       slice_by=("edge", *c.slice_features)), self.settings)
         eval_art = self.store.add_artifact(model, "evaluation", ev.to_dict(), ms)
         self.store.add_evaluation(model, run_id, ev.blessed, ev.reason, ev.metric, ev.challenger, ev.champion,
                                   ev.to_dict(), ms)
@@ -493,7 +499,7 @@ class CTLoop:
                                                           "variant": comp.chosen, "trigger": firing.kind},
                                          ms, version, sha)
         self.store.add_execution(model, run_id, "publication", "done",
-                                 {"version": version, "directed_edges": [r.node_id for r in records]}, ms,
+                                 {"version": version, "directed_edges": [getattr(r, "node_id", r) for r in records]}, ms,
                                  inputs=[comp_art, eval_art], outputs=[served])
         self.store.set_alias(model, "challenger", version, ms)
         self.store.set_alias(model, "champion", version, ms)
@@ -522,7 +528,7 @@ class CTLoop:
                                                            "source_version": version}, ms, published.version,
                                           src.sha256)
             self.store.add_execution(model, run_id, "publication", "done",
-                                     {"version": published.version, "directed_edges": [r.node_id for r in records]},
+                                     {"version": published.version, "directed_edges": [getattr(r, "node_id", r) for r in records]},
                                      ms, outputs=[art])
             self.store.finish_execution(run_id, "published", {"outcome": text, "version": published.version})
             self.store.set_alias(model, "champion", published.version, ms)
@@ -546,6 +552,28 @@ class CTLoop:
         """Per model: the latest monitor values ``{(monitor, subject, slice): (value, threshold, alarm)}``."""
         with self._lock:
             return {m: dict(st.latest) for m, st in self.models.items()}
+
+
+def _trainer(config):
+    """The ``[training] trainer``: the built-in logistic regression or MLP, or ``sklearn:<EstimatorName>``."""
+    if config.trainer.startswith("sklearn:"):
+        from .trainer_sklearn import SklearnTrainer, estimator_by_name  # lazily: scikit-learn is an extra
+
+        try:
+            estimator = estimator_by_name(config.trainer[len("sklearn:"):], dict(config.trainer_options))
+        except ValueError as exc:
+            raise TrainingError(f"trainer {config.trainer!r}: {exc}") from None
+        return SklearnTrainer(estimator)
+    return LogisticRegressionTrainer() if config.trainer == "logistic" else MLPTrainer()
+
+
+def _training_window(config) -> TrainingWindow:
+    """The ``[training] window`` (recency weights are applied to the fitting rows separately)."""
+    if config.window == "days":
+        return TrainingWindow("days", float(config.train_days))
+    if config.window == "samples":
+        return TrainingWindow("samples", int(config.train_rows))
+    return TrainingWindow("all")
 
 
 def _prediction_profile(pred, config) -> ReferenceProfile | None:
