@@ -28,6 +28,7 @@ def clouds():
 
 
 def cloud_with_champion(tmp_path, clouds, **training):
+    training.setdefault("latency_ratio", 50.0)  # infra latency is not what these tests judge (shared CPU)
     cloud = start_cloud(tmp_path, **training)
     clouds.append(cloud)
     push(cloud, champion())
@@ -140,3 +141,33 @@ def test_declared_slice_feature_refuses_a_challenger_that_regresses_on_one_value
     plain, sliced = outcomes[()], outcomes[("input:3",)]
     assert plain.state == "published", plain  # per edge alone it is better everywhere
     assert sliced.state == "refused" and "slice input:3=1" in sliced.reason, sliced
+
+
+def test_published_challenger_carries_its_reference_and_the_loop_uses_it(tmp_path, clouds):
+    from edgeloop.ct.loop import MANIFEST_PROFILE_KEY
+
+    cloud, feeder = cloud_with_champion(tmp_path, clouds)
+    feed(cloud, feeder, 5, changed=True)
+    run, steps = manual_run(cloud)
+    assert run.state == "published", run
+    doc = cloud.core.rollouts.manifest(MODEL, run.version)
+    entry = doc["reference_stats"][MANIFEST_PROFILE_KEY]
+    assert len(entry["profile"]["features"]) == 4 and 0.5 < entry["accuracy"] <= 1.0
+    assert "from" in steps["publication"]["properties"]["reference"]
+    # the new champion is monitored against the manifest's reference at once (no served rows needed)
+    st = cloud.ct.models[MODEL]
+    assert st.champion_version == run.version and st.profile is not None
+    assert st.champion_score == entry["accuracy"]
+    # a fresh loop (a coordinator restart without saved state) reads it from the manifest too
+    from edgeloop.ct.loop import CTLoop
+
+    fresh = CTLoop(cloud.store, cloud.artifacts, cloud.core.publish, lambda p, n: None, cloud.config.training,
+                   manifest=cloud.core.rollouts.manifest)
+    cloud.store.set_ct_state(MODEL, {"champion_version": 0, "champion_sha": "", "cursor": 0, "reference": "",
+                                     "champion_score": None, "triggers": None}, 0)
+    assert fresh._sync(MODEL).profile.to_json() == st.profile.to_json()
+    # without a manifest reader the reference waits for served rows
+    bare = CTLoop(cloud.store, cloud.artifacts, cloud.core.publish, lambda p, n: None, cloud.config.training)
+    cloud.store.set_ct_state(MODEL, {"champion_version": 0, "champion_sha": "", "cursor": 0, "reference": "",
+                                     "champion_score": None, "triggers": None}, 0)
+    assert bare._sync(MODEL).profile is None

@@ -40,6 +40,10 @@ log = logging.getLogger("edgeloop.ct")
 MIN_SLICE_ROWS = 50
 #: rows per validation batch (one edge's consecutive rows)
 BATCH_ROWS = 100
+#: the key of ``reference_stats`` in a manifest under which the loop keeps the model's training reference:
+#: ``{"profile": <ReferenceProfile as JSON object>, "accuracy": <holdout accuracy>}``.  Edges read
+#: only ``reference_stats`` entries named like their tensors, and ':' is in no tensor name the loop serves.
+MANIFEST_PROFILE_KEY = "ct:profile"
 
 
 class UnsupportedModel(ValueError):
@@ -91,12 +95,15 @@ class RunOutcome:
 class CTLoop:
     """The loop for every model the coordinator has published.
 
-    ``publish(model, version, sha256, size, reason)`` is ``CoordinatorCore.publish``; ``decode(payload,
-    input_name)`` turns a stored sample into one feature row; ``clock()`` gives seconds.
+    ``publish(model, version, sha256, size, reason, **manifest_fields)`` is ``CoordinatorCore.publish``;
+    ``decode(payload, input_name)`` turns a stored sample into one feature row; ``clock()`` gives seconds;
+    ``manifest(model, version)`` (optional) gives a published version's manifest dict or None: when it
+    carries the loop's reference (``MANIFEST_PROFILE_KEY``) the champion is monitored against it at once.
     """
 
     def __init__(self, store, artifacts, publish, decode, config, clock=time.time,
-                 settings: SessionSettings = SessionSettings(), on_results=None) -> None:
+                 settings: SessionSettings = SessionSettings(), on_results=None, manifest=None) -> None:
+        self.manifest = manifest
         self.store = store
         self.artifacts = artifacts
         self.publish = publish
@@ -220,6 +227,8 @@ class CTLoop:
                                          {"reason": "push: the first champion of this name, or a manual push"},
                                          int(now * 1000), outputs=[aid])
             self.store.set_alias(st.model, "champion", published.version, int(now * 1000))
+            if self._reference_from_manifest(st, published.version, now):
+                return
             log.info("ct: model %s champion is version %d; its reference is the next %d labelled rows it serves",
                      st.model, published.version, self.config.reference_rows)
         else:
@@ -229,6 +238,36 @@ class CTLoop:
         st.adwin = Adwin()
         st.mem_cursor = st.cursor
         self._save(st, now)
+
+    def _reference_from_manifest(self, st: ModelState, version: int, now: float) -> bool:
+        """Take the champion's reference (and reference accuracy) from its manifest, when it carries one."""
+        doc = self.manifest(st.model, version) if self.manifest is not None else None
+        entry = ((doc or {}).get("reference_stats") or {}).get(MANIFEST_PROFILE_KEY) \
+            if isinstance((doc or {}).get("reference_stats"), dict) else None
+        if not isinstance(entry, dict):
+            return False
+        import json
+
+        try:
+            profile = ReferenceProfile.from_json(json.dumps(entry.get("profile"), allow_nan=False))
+            if len(profile.features) != st.n_features:
+                raise ValueError(f"{len(profile.features)} features; the model has {st.n_features}")
+            accuracy = entry.get("accuracy")
+            if isinstance(accuracy, bool) or not (isinstance(accuracy, (int, float)) and 0.0 <= accuracy <= 1.0):
+                raise ValueError(f"accuracy {str(accuracy)[:80]!r}; expected a number in [0, 1]")
+        except (TypeError, ValueError) as exc:
+            log.warning("ct: model %s version %d: manifest reference_stats[%r] ignored (%s); the reference is "
+                        "built from served rows", st.model, version, MANIFEST_PROFILE_KEY, str(exc)[:200])
+            return False
+        st.profile, st.reference_json = profile, profile.to_json()
+        st.champion_score = float(accuracy)
+        st.adwin = Adwin()
+        st.mem_cursor = st.cursor
+        self._save(st, now)
+        self.store.add_event("ct_reference", "", {"model": st.model, "version": version, "source": "manifest",
+                                                  "accuracy": st.champion_score}, int(now * 1000))
+        log.info("ct: model %s champion is version %d; its reference comes from its manifest", st.model, version)
+        return True
 
     def _save(self, st: ModelState, now: float) -> None:
         self.store.set_ct_state(st.model, st.to_state(), int(now * 1000))
@@ -493,19 +532,38 @@ class CTLoop:
         sha, size = self.artifacts.put_bytes(comp.model)
         version = max([p.version for p in self.store.published_models() if p.model == model] or [0]) + 1
         reason = f"ct run {run_id} ({firing.kind}): {ev.reason}"[:500]
-        published, records = self.publish(model, version, sha, size, reason)
+        fields, reference_note = self._manifest_reference(st, train_all, ev)
+        published, records = self.publish(model, version, sha, size, reason, **fields)
         version = published.version
         served = self.store.add_artifact(model, "model", {"role": "champion", "run_id": run_id,
                                                           "variant": comp.chosen, "trigger": firing.kind},
                                          ms, version, sha)
         self.store.add_execution(model, run_id, "publication", "done",
-                                 {"version": version, "directed_edges": [getattr(r, "node_id", r) for r in records]}, ms,
+                                 {"version": version, "directed_edges": [getattr(r, "node_id", r) for r in records],
+                                  "reference": reference_note}, ms,
                                  inputs=[comp_art, eval_art], outputs=[served])
         self.store.set_alias(model, "challenger", version, ms)
         self.store.set_alias(model, "champion", version, ms)
         outcome = end("published", f"version {version} ({comp.chosen}, {size} bytes): {ev.reason}", version)
         self._sync(model)  # the new champion: its reference is built from the rows it serves
         return outcome
+
+    def _manifest_reference(self, st: ModelState, train, ev) -> tuple[dict, str]:
+        """``reference_stats`` for the challenger's manifest: its training rows' profile and holdout accuracy."""
+        import json
+
+        c = self.config
+        try:
+            profile = build_reference(train.X, [f"{st.input_name}:{i}" for i in range(st.n_features)],
+                                      window=c.monitor_window, seed=c.seed)
+        except ValueError as exc:
+            return {}, f"no reference in the manifest: {str(exc)[:200]}"
+        if ev.metric != "accuracy":
+            return {}, f"no reference in the manifest: the evaluation metric is {ev.metric!r}, not accuracy"
+        accuracy = float(ev.challenger)
+        entry = {"profile": json.loads(profile.to_json()), "accuracy": accuracy}
+        return ({"reference_stats": {MANIFEST_PROFILE_KEY: entry}},
+                f"manifest reference_stats[{MANIFEST_PROFILE_KEY!r}] from {len(train)} training rows")
 
     # ------------------------------------------------------------------ promote / roll back
     def republish(self, model: str, version: int, action: str, reason: str = ""):
