@@ -171,3 +171,14 @@ def test_published_challenger_carries_its_reference_and_the_loop_uses_it(tmp_pat
     cloud.store.set_ct_state(MODEL, {"champion_version": 0, "champion_sha": "", "cursor": 0, "reference": "",
                                      "champion_score": None, "triggers": None}, 0)
     assert bare._sync(MODEL).profile is None
+
+
+def test_a_profile_too_large_for_the_manifest_stays_out(tmp_path, clouds, monkeypatch):
+    monkeypatch.setattr("edgeloop.ct.loop.MAX_MANIFEST_PROFILE_BYTES", 1000)
+    cloud, feeder = cloud_with_champion(tmp_path, clouds)
+    feed(cloud, feeder, 5, changed=True)
+    run, steps = manual_run(cloud)
+    assert run.state == "published", run
+    assert "no reference in the manifest" in steps["publication"]["properties"]["reference"]
+    assert "ct:profile" not in cloud.core.rollouts.manifest(MODEL, run.version)["reference_stats"]
+    assert cloud.ct.models[MODEL].profile is None  # built from the rows the new champion serves

@@ -44,6 +44,9 @@ BATCH_ROWS = 100
 #: ``{"profile": <ReferenceProfile as JSON object>, "accuracy": <holdout accuracy>}``.  Edges read
 #: only ``reference_stats`` entries named like their tensors, and ':' is in no tensor name the loop serves.
 MANIFEST_PROFILE_KEY = "ct:profile"
+#: a larger profile stays out of the manifest (manifests are capped at 1 MiB on both sides); the new
+#: champion's reference is then built from served rows, as for a pushed model
+MAX_MANIFEST_PROFILE_BYTES = 512 << 10
 
 
 class UnsupportedModel(ValueError):
@@ -561,7 +564,11 @@ class CTLoop:
         if ev.metric != "accuracy":
             return {}, f"no reference in the manifest: the evaluation metric is {ev.metric!r}, not accuracy"
         accuracy = float(ev.challenger)
-        entry = {"profile": json.loads(profile.to_json()), "accuracy": accuracy}
+        text = profile.to_json()
+        if len(text) > MAX_MANIFEST_PROFILE_BYTES:
+            return {}, (f"no reference in the manifest: the profile has {len(text)} bytes; at most "
+                        f"{MAX_MANIFEST_PROFILE_BYTES} travel in a manifest")
+        entry = {"profile": json.loads(text), "accuracy": accuracy}
         return ({"reference_stats": {MANIFEST_PROFILE_KEY: entry}},
                 f"manifest reference_stats[{MANIFEST_PROFILE_KEY!r}] from {len(train)} training rows")
 
