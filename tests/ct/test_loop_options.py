@@ -69,26 +69,37 @@ def test_the_loop_trains_publishes_and_serves_a_sklearn_hgb_challenger(tmp_path,
     assert float(predict(model, x).score("accuracy", y)) > 0.8
 
 
+def built(tmp_path, **training):
+    """The CT loop as the coordinator builds it: a sklearn trainer is checked here (config imports nothing)."""
+    from edgeloop.ct.loop import CTLoop
+
+    return CTLoop(None, None, None, None, cloud_config(tmp_path, **training).training)
+
+
 def test_trainer_names_are_checked_with_file_and_key(tmp_path):
     with pytest.raises(ConfigError) as bad:
         cloud_config(tmp_path, trainer="boosted")
     assert "training.trainer" in str(bad.value) and "sklearn:<EstimatorName>" in str(bad.value)
+    with pytest.raises(ConfigError) as form:
+        cloud_config(tmp_path, trainer="sklearn:../x")
+    assert "training.trainer" in str(form.value)
     with pytest.raises(ConfigError) as options:
         cloud_config(tmp_path, trainer="logistic", trainer_options={"max_iter": 3})
     assert "training.trainer_options" in str(options.value)
     if trainer_sklearn.available() is None:
         with pytest.raises(ConfigError) as unknown:
-            cloud_config(tmp_path, trainer="sklearn:NoSuchForest")
+            built(tmp_path, trainer="sklearn:NoSuchForest")
         assert "training.trainer" in str(unknown.value) and "NoSuchForest" in str(unknown.value)
         with pytest.raises(ConfigError) as param:
-            cloud_config(tmp_path, trainer="sklearn:HistGradientBoostingClassifier", trainer_options={"depth": 3})
+            built(tmp_path, trainer="sklearn:HistGradientBoostingClassifier", trainer_options={"depth": 3})
         assert "'depth'" in str(param.value) and "max_depth" in str(param.value)
+        assert built(tmp_path, trainer="sklearn:HistGradientBoostingClassifier", trainer_options={"max_depth": 3})
 
 
 def test_missing_sklearn_extra_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_sklearn, "available", lambda: "the [sklearn] extra is not installed (test)")
     with pytest.raises(ConfigError) as bad:
-        cloud_config(tmp_path, trainer="sklearn:HistGradientBoostingClassifier")
+        built(tmp_path, trainer="sklearn:HistGradientBoostingClassifier")
     assert "training.trainer" in str(bad.value) and "[sklearn] extra is not installed" in str(bad.value)
 
 

@@ -47,6 +47,7 @@ class TrainingConfig:
     max_read_rows: int = 20_000         # labelled rows read per loop step
     min_clean_rows: int = 100           # a run stops when validation leaves fewer
     min_change_rows: int = 400          # a drift/performance run waits for this many labelled rows after the change
+    source: str = ""                    # the file this table came from (for errors raised after parsing)
 
 
 def parse_training(table: dict, source: str) -> TrainingConfig:
@@ -58,12 +59,11 @@ def parse_training(table: dict, source: str) -> TrainingConfig:
         if not isinstance(value, OPTION_TYPES):
             raise t.error(f"trainer_options.{name}", value, "a boolean, number or string")
     if trainer.startswith("sklearn:"):
-        from edgeloop.ct.trainer_sklearn import estimator_by_name  # lazily: scikit-learn is an extra
-
-        try:
-            estimator_by_name(trainer[len("sklearn:"):], options)
-        except ValueError as exc:
-            raise t.error("trainer", trainer, f"{TRAINER_EXPECTED}: {str(exc)[:300]}") from None
+        # only the form here (config imports nothing); the CT loop checks that the estimator exists and
+        # takes these options when the coordinator builds it, with this file and key in its error
+        name = trainer[len("sklearn:"):]
+        if not (0 < len(name) <= 64 and name.isascii() and name.isidentifier()):
+            raise t.error("trainer", trainer, TRAINER_EXPECTED)
     elif trainer not in ("logistic", "mlp"):
         raise t.error("trainer", trainer, TRAINER_EXPECTED)
     elif options:
@@ -110,6 +110,7 @@ def parse_training(table: dict, source: str) -> TrainingConfig:
         seed=t.integer("seed", d.seed, minimum=0, maximum=2**63 - 1),
         trainer=trainer,
         trainer_options=tuple(sorted(options.items())),
+        source=source,
         window=window,
         train_days=days,
         slice_features=tuple(slice_features),

@@ -106,6 +106,7 @@ class CTLoop:
 
     def __init__(self, store, artifacts, publish, decode, config, clock=time.time,
                  settings: SessionSettings = SessionSettings(), on_results=None, manifest=None) -> None:
+        check_trainer(config)
         self.manifest = manifest
         self.store = store
         self.artifacts = artifacts
@@ -617,6 +618,21 @@ class CTLoop:
         """Per model: the latest monitor values ``{(monitor, subject, slice): (value, threshold, alarm)}``."""
         with self._lock:
             return {m: dict(st.latest) for m, st in self.models.items()}
+
+
+def check_trainer(config) -> None:
+    """A ``sklearn:<Name>`` trainer that cannot be built is a config error naming the file and key."""
+    if not config.trainer.startswith("sklearn:"):
+        return
+    from edgeloop.config.errors import ConfigError
+
+    from .trainer_sklearn import estimator_by_name  # lazily: scikit-learn is an extra
+
+    try:
+        estimator_by_name(config.trainer[len("sklearn:"):], dict(config.trainer_options))
+    except ValueError as exc:
+        raise ConfigError.for_value(config.source or "<training config>", "training.trainer", config.trainer,
+                                    f"a scikit-learn estimator with an skl2onnx converter: {str(exc)[:300]}") from None
 
 
 def _trainer(config):

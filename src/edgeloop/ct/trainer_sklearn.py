@@ -196,12 +196,13 @@ def estimator_by_name(name: str, options: dict | None = None):
         raise ValueError(why)
     if not (isinstance(name, str) and 0 < len(name) <= 64 and name[0].isalpha() and set(name) <= _NAME_CHARS):
         raise ValueError(f"estimator name {_cut(name)}; expected a scikit-learn class name")
-    import importlib
-
+    from sklearn import (discriminant_analysis, ensemble, linear_model, naive_bayes, neighbors, neural_network, svm,
+                         tree)
     from sklearn.base import BaseEstimator
 
-    for module in ESTIMATOR_MODULES:
-        cls = getattr(importlib.import_module(module), name, None)
+    modules = (ensemble, linear_model, tree, neighbors, naive_bayes, neural_network, svm, discriminant_analysis)
+    for module in modules:
+        cls = getattr(module, name, None)
         if isinstance(cls, type) and issubclass(cls, BaseEstimator):
             break
     else:
