@@ -127,7 +127,7 @@ def test_a_worse_challenger_is_not_blessed_and_the_champion_stays(tmp_path, clou
 def _published_after_change(tmp_path, clouds, name):
     cloud, feeder = cloud_with_champion(tmp_path / name, clouds)
     runs = feed_rounds(cloud, feeder, 12, changed_from=6)
-    assert [r.state for r in runs] == ["published"]
+    assert [r.state for r in runs] == ["published"], runs
     p = cloud.store.published_models()[-1]
     return cloud.artifacts.read(p.sha256, 0, p.size)
 

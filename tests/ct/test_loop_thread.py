@@ -48,7 +48,7 @@ def test_a_restarted_coordinator_resumes_the_reference_and_cursor(tmp_path):
 
 @pytest.mark.parametrize("key,value,expected", [
     ("monitor_window", 5, "an integer"),
-    ("trainer", "forest", "'logistic' or 'mlp'"),
+    ("trainer", "forest", "'logistic', 'mlp' or 'sklearn:<EstimatorName>'"),
     ("holdout_fraction", 0.95, "a number in (0, 0.9]"),
     ("cooldown_s", -1, "seconds >= 0"),
     ("bogus", 1, "monitor_window"),

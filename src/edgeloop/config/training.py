@@ -12,10 +12,14 @@ TRAINING_KEYS = ("enabled", "interval_ms", "monitor_window", "reference_rows", "
                  "compression_tolerance", "latency_ratio", "seed", "trainer", "max_read_rows", "min_clean_rows",
                  "min_change_rows", "train_half_life", "models", "federated_strategy", "federated_clip_norm",
                  "federated_trim", "federated_epochs", "federated_lr", "federated_mu", "federated_min_edges",
-                 "federated_timeout_s")
+                 "federated_timeout_s", "trainer_options", "window", "train_days",
+                 "slice_features")
 MODES = ("central", "federated")
 FEDERATED_STRATEGIES = ("fedavg", "median", "trimmed_mean")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+TRAINER_EXPECTED = "'logistic', 'mlp' or 'sklearn:<EstimatorName>' (e.g. 'sklearn:HistGradientBoostingClassifier')"
+#: scalar types a trainer option may take (they go to a scikit-learn constructor)
+OPTION_TYPES = (bool, int, float, str)
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,11 @@ class TrainingConfig:
     compression_tolerance: float = 0.01 # metric loss allowed for a compressed candidate
     latency_ratio: float = 3.0          # candidate p99 <= this x champion's (+0.25 ms)
     seed: int = 0
-    trainer: str = "logistic"           # "logistic" or "mlp"
+    trainer: str = "logistic"           # "logistic", "mlp" or "sklearn:<EstimatorName>"
+    trainer_options: tuple = ()         # (name, value) pairs for a sklearn estimator's constructor
+    window: str = "samples"             # "samples" (newest train_rows), "days" (train_days) or "all" (max_read_rows)
+    train_days: float = 0.0             # the days window's length (required > 0 when window = "days")
+    slice_features: tuple[str, ...] = ()  # model input columns ("input:3") whose values are evaluation slices
     max_read_rows: int = 20_000         # labelled rows read per loop step
     min_clean_rows: int = 100           # a run stops when validation leaves fewer
     min_change_rows: int = 400          # a drift/performance run waits for this many labelled rows after the change
@@ -55,14 +63,40 @@ class TrainingConfig:
     federated_mu: float = 0.0           # FedProx proximal weight (0: off)
     federated_min_edges: int = 1        # a round needs updates from at least this many edges
     federated_timeout_s: float = 30.0   # how long a round phase waits for the edges
+    source: str = ""                    # the file this table came from (for errors raised after parsing)
 
 
 def parse_training(table: dict, source: str) -> TrainingConfig:
     t = TableReader(table, source, "training", TRAINING_KEYS)
     d = TrainingConfig
-    trainer = t.string("trainer", d.trainer, expected="'logistic' or 'mlp'")
-    if trainer not in ("logistic", "mlp"):
-        raise t.error("trainer", trainer, "'logistic' or 'mlp'")
+    trainer = t.string("trainer", d.trainer, expected=TRAINER_EXPECTED)
+    options = t.subtable("trainer_options")
+    for name, value in options.items():
+        if not isinstance(value, OPTION_TYPES):
+            raise t.error(f"trainer_options.{name}", value, "a boolean, number or string")
+    if trainer.startswith("sklearn:"):
+        # only the form here (config imports nothing); the CT loop checks that the estimator exists and
+        # takes these options when the coordinator builds it, with this file and key in its error
+        name = trainer[len("sklearn:"):]
+        if not (0 < len(name) <= 64 and name.isascii() and name.isidentifier()):
+            raise t.error("trainer", trainer, TRAINER_EXPECTED)
+    elif trainer not in ("logistic", "mlp"):
+        raise t.error("trainer", trainer, TRAINER_EXPECTED)
+    elif options:
+        raise t.error("trainer_options", options, "no options (they are for a 'sklearn:' trainer)")
+    window = t.string("window", d.window, expected="'samples', 'days' or 'all'")
+    if window not in ("samples", "days", "all"):
+        raise t.error("window", window, "'samples', 'days' or 'all'")
+    days = t.number("train_days", d.train_days, minimum=0.0, expected="days > 0")
+    if window == "days" and not days > 0:
+        raise t.error("train_days", days, "days > 0 (window = 'days' needs it)")
+    slice_features = t.array("slice_features", [], expected="an array of model input columns, e.g. [\"input:3\"]")
+    if len(slice_features) > 32:
+        raise t.error("slice_features", slice_features, "at most 32 names")
+    for name in slice_features:
+        if not (isinstance(name, str) and 0 < len(name) <= 128 and name.isprintable()):
+            raise t.error("slice_features", name, "names of model input columns (strings of 1..128 printable "
+                                                  "characters)")
     fraction = t.number("holdout_fraction", d.holdout_fraction, exclusive_minimum=0.0, expected="a number in (0, 0.9]")
     if fraction > 0.9:
         raise t.error("holdout_fraction", fraction, "a number in (0, 0.9]")
@@ -118,6 +152,11 @@ def parse_training(table: dict, source: str) -> TrainingConfig:
         latency_ratio=t.number("latency_ratio", d.latency_ratio, exclusive_minimum=0.0, expected="a number > 0"),
         seed=t.integer("seed", d.seed, minimum=0, maximum=2**63 - 1),
         trainer=trainer,
+        trainer_options=tuple(sorted(options.items())),
+        source=source,
+        window=window,
+        train_days=days,
+        slice_features=tuple(slice_features),
         max_read_rows=t.integer("max_read_rows", d.max_read_rows, minimum=100, maximum=10_000_000),
         min_clean_rows=t.integer("min_clean_rows", d.min_clean_rows, minimum=1, maximum=1 << 40),
         min_change_rows=t.integer("min_change_rows", d.min_change_rows, minimum=40, maximum=1 << 40),

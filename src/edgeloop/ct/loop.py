@@ -40,6 +40,13 @@ log = logging.getLogger("edgeloop.ct")
 MIN_SLICE_ROWS = 50
 #: rows per validation batch (one edge's consecutive rows)
 BATCH_ROWS = 100
+#: the key of ``reference_stats`` in a manifest under which the loop keeps the model's training reference:
+#: ``{"profile": <ReferenceProfile as JSON object>, "accuracy": <holdout accuracy>}``.  Edges read
+#: only ``reference_stats`` entries named like their tensors, and ':' is in no tensor name the loop serves.
+MANIFEST_PROFILE_KEY = "ct:profile"
+#: a larger profile stays out of the manifest (manifests are capped at 1 MiB on both sides); the new
+#: champion's reference is then built from served rows, as for a pushed model
+MAX_MANIFEST_PROFILE_BYTES = 512 << 10
 
 
 class UnsupportedModel(ValueError):
@@ -91,12 +98,16 @@ class RunOutcome:
 class CTLoop:
     """The loop for every model the coordinator has published.
 
-    ``publish(model, version, sha256, size, reason)`` is ``CoordinatorCore.publish``; ``decode(payload,
-    input_name)`` turns a stored sample into one feature row; ``clock()`` gives seconds.
+    ``publish(model, version, sha256, size, reason, **manifest_fields)`` is ``CoordinatorCore.publish``;
+    ``decode(payload, input_name)`` turns a stored sample into one feature row; ``clock()`` gives seconds;
+    ``manifest(model, version)`` (optional) gives a published version's manifest dict or None: when it
+    carries the loop's reference (``MANIFEST_PROFILE_KEY``) the champion is monitored against it at once.
     """
 
     def __init__(self, store, artifacts, publish, decode, config, clock=time.time,
-                 settings: SessionSettings = SessionSettings(), on_results=None) -> None:
+                 settings: SessionSettings = SessionSettings(), on_results=None, manifest=None) -> None:
+        check_trainer(config)
+        self.manifest = manifest
         self.store = store
         self.artifacts = artifacts
         self.publish = publish
@@ -220,6 +231,8 @@ class CTLoop:
                                          {"reason": "push: the first champion of this name, or a manual push"},
                                          int(now * 1000), outputs=[aid])
             self.store.set_alias(st.model, "champion", published.version, int(now * 1000))
+            if self._reference_from_manifest(st, published.version, now):
+                return
             log.info("ct: model %s champion is version %d; its reference is the next %d labelled rows it serves",
                      st.model, published.version, self.config.reference_rows)
         else:
@@ -229,6 +242,36 @@ class CTLoop:
         st.adwin = Adwin()
         st.mem_cursor = st.cursor
         self._save(st, now)
+
+    def _reference_from_manifest(self, st: ModelState, version: int, now: float) -> bool:
+        """Take the champion's reference (and reference accuracy) from its manifest, when it carries one."""
+        doc = self.manifest(st.model, version) if self.manifest is not None else None
+        entry = ((doc or {}).get("reference_stats") or {}).get(MANIFEST_PROFILE_KEY) \
+            if isinstance((doc or {}).get("reference_stats"), dict) else None
+        if not isinstance(entry, dict):
+            return False
+        import json
+
+        try:
+            profile = ReferenceProfile.from_json(json.dumps(entry.get("profile"), allow_nan=False))
+            if len(profile.features) != st.n_features:
+                raise ValueError(f"{len(profile.features)} features; the model has {st.n_features}")
+            accuracy = entry.get("accuracy")
+            if isinstance(accuracy, bool) or not (isinstance(accuracy, (int, float)) and 0.0 <= accuracy <= 1.0):
+                raise ValueError(f"accuracy {str(accuracy)[:80]!r}; expected a number in [0, 1]")
+        except (TypeError, ValueError) as exc:
+            log.warning("ct: model %s version %d: manifest reference_stats[%r] ignored (%s); the reference is "
+                        "built from served rows", st.model, version, MANIFEST_PROFILE_KEY, str(exc)[:200])
+            return False
+        st.profile, st.reference_json = profile, profile.to_json()
+        st.champion_score = float(accuracy)
+        st.adwin = Adwin()
+        st.mem_cursor = st.cursor
+        self._save(st, now)
+        self.store.add_event("ct_reference", "", {"model": st.model, "version": version, "source": "manifest",
+                                                  "accuracy": st.champion_score}, int(now * 1000))
+        log.info("ct: model %s champion is version %d; its reference comes from its manifest", st.model, version)
+        return True
 
     def _save(self, st: ModelState, now: float) -> None:
         self.store.set_ct_state(st.model, st.to_state(), int(now * 1000))
@@ -397,7 +440,8 @@ class CTLoop:
 
         # 1. the window and its validation
         after_change = firing.kind in ("drift", "performance") and st.change_from is not None
-        rows = self.store.labelled_latest(model, c.train_rows, st.change_from - 1 if after_change else 0)
+        limit = c.train_rows if c.window == "samples" else c.max_read_rows
+        rows = self.store.labelled_latest(model, limit, st.change_from - 1 if after_change else 0)
         data = decode_rows(rows, self.decode, st.input_name, st.n_features)
         scope = (f"the newest {len(rows)} labelled rows after the change (from label {st.change_from})"
                  if after_change else f"the newest {len(rows)} labelled rows")
@@ -435,13 +479,15 @@ class CTLoop:
         # 2. training, warm-started from the champion, on everything older than the holdout
         dataset = clean.dataset([f"{st.input_name}:{i}" for i in range(st.n_features)])
         try:
+            window = _training_window(c)
+            dataset = apply_window(dataset, window)
             train_all, holdout = time_split(dataset, c.holdout_fraction)
             fit_train, fit_val = time_split(train_all, 0.2)
             if c.train_half_life:
                 fit_train = apply_window(fit_train, TrainingWindow("all", None, c.train_half_life))
         except TrainingError as exc:
             return end("stopped", f"split: {exc}")
-        trainer = LogisticRegressionTrainer() if c.trainer == "logistic" else MLPTrainer()
+        trainer = _trainer(c)
         result = trainer.fit(fit_train, fit_val, warm_start=st.champion, seed=c.seed)
         challenger = result.model
         chall_art = self.store.add_artifact(model, "model", {"role": "challenger", "report": result.report.to_dict()},
@@ -449,6 +495,8 @@ class CTLoop:
         self.store.add_execution(model, run_id, "training", "done", {
             "trainer": c.trainer, "seed": c.seed, "code_version": __version__, "rows": len(fit_train),
             "half_life_rows": c.train_half_life or None,
+            "window": {"kind": window.kind, "size": window.size, "rows": len(dataset)},
+            "trainer_options": dict(c.trainer_options),
             "validation_rows": len(fit_val), "warm_start": result.report.warm_start_note,
             "validation": result.report.validation}, ms, inputs=[window_art, *champion_ids], outputs=[chall_art])
 
@@ -456,7 +504,8 @@ class CTLoop:
         ev = evaluate(challenger, st.champion, holdout,
                       EvaluationPolicy(metric="accuracy", min_gain=c.min_gain,
                                        max_slice_regression=c.max_slice_regression,
-                                       min_slice_samples=c.min_slice_samples, slice_by=("edge",)), self.settings)
+                                       min_slice_samples=c.min_slice_samples,
+                                       slice_by=("edge", *c.slice_features)), self.settings)
         eval_art = self.store.add_artifact(model, "evaluation", ev.to_dict(), ms)
         self.store.add_evaluation(model, run_id, ev.blessed, ev.reason, ev.metric, ev.challenger, ev.champion,
                                   ev.to_dict(), ms)
@@ -487,19 +536,42 @@ class CTLoop:
         sha, size = self.artifacts.put_bytes(comp.model)
         version = max([p.version for p in self.store.published_models() if p.model == model] or [0]) + 1
         reason = f"ct run {run_id} ({firing.kind}): {ev.reason}"[:500]
-        published, records = self.publish(model, version, sha, size, reason)
+        fields, reference_note = self._manifest_reference(st, train_all, ev)
+        published, records = self.publish(model, version, sha, size, reason, **fields)
         version = published.version
         served = self.store.add_artifact(model, "model", {"role": "champion", "run_id": run_id,
                                                           "variant": comp.chosen, "trigger": firing.kind},
                                          ms, version, sha)
         self.store.add_execution(model, run_id, "publication", "done",
-                                 {"version": version, "directed_edges": [getattr(r, "node_id", r) for r in records]}, ms,
+                                 {"version": version, "directed_edges": [getattr(r, "node_id", r) for r in records],
+                                  "reference": reference_note}, ms,
                                  inputs=[comp_art, eval_art], outputs=[served])
         self.store.set_alias(model, "challenger", version, ms)
         self.store.set_alias(model, "champion", version, ms)
         outcome = end("published", f"version {version} ({comp.chosen}, {size} bytes): {ev.reason}", version)
         self._sync(model)  # the new champion: its reference is built from the rows it serves
         return outcome
+
+    def _manifest_reference(self, st: ModelState, train, ev) -> tuple[dict, str]:
+        """``reference_stats`` for the challenger's manifest: its training rows' profile and holdout accuracy."""
+        import json
+
+        c = self.config
+        try:
+            profile = build_reference(train.X, [f"{st.input_name}:{i}" for i in range(st.n_features)],
+                                      window=c.monitor_window, seed=c.seed)
+        except ValueError as exc:
+            return {}, f"no reference in the manifest: {str(exc)[:200]}"
+        if ev.metric != "accuracy":
+            return {}, f"no reference in the manifest: the evaluation metric is {ev.metric!r}, not accuracy"
+        accuracy = float(ev.challenger)
+        text = profile.to_json()
+        if len(text) > MAX_MANIFEST_PROFILE_BYTES:
+            return {}, (f"no reference in the manifest: the profile has {len(text)} bytes; at most "
+                        f"{MAX_MANIFEST_PROFILE_BYTES} travel in a manifest")
+        entry = {"profile": json.loads(text), "accuracy": accuracy}
+        return ({"reference_stats": {MANIFEST_PROFILE_KEY: entry}},
+                f"manifest reference_stats[{MANIFEST_PROFILE_KEY!r}] from {len(train)} training rows")
 
     # ------------------------------------------------------------------ promote / roll back
     def republish(self, model: str, version: int, action: str, reason: str = ""):
@@ -546,6 +618,43 @@ class CTLoop:
         """Per model: the latest monitor values ``{(monitor, subject, slice): (value, threshold, alarm)}``."""
         with self._lock:
             return {m: dict(st.latest) for m, st in self.models.items()}
+
+
+def check_trainer(config) -> None:
+    """A ``sklearn:<Name>`` trainer that cannot be built is a config error naming the file and key."""
+    if not config.trainer.startswith("sklearn:"):
+        return
+    from edgeloop.config.errors import ConfigError
+
+    from .trainer_sklearn import estimator_by_name  # lazily: scikit-learn is an extra
+
+    try:
+        estimator_by_name(config.trainer[len("sklearn:"):], dict(config.trainer_options))
+    except ValueError as exc:
+        raise ConfigError.for_value(config.source or "<training config>", "training.trainer", config.trainer,
+                                    f"a scikit-learn estimator with an skl2onnx converter: {str(exc)[:300]}") from None
+
+
+def _trainer(config):
+    """The ``[training] trainer``: the built-in logistic regression or MLP, or ``sklearn:<EstimatorName>``."""
+    if config.trainer.startswith("sklearn:"):
+        from .trainer_sklearn import SklearnTrainer, estimator_by_name  # lazily: scikit-learn is an extra
+
+        try:
+            estimator = estimator_by_name(config.trainer[len("sklearn:"):], dict(config.trainer_options))
+        except ValueError as exc:
+            raise TrainingError(f"trainer {config.trainer!r}: {exc}") from None
+        return SklearnTrainer(estimator)
+    return LogisticRegressionTrainer() if config.trainer == "logistic" else MLPTrainer()
+
+
+def _training_window(config) -> TrainingWindow:
+    """The ``[training] window`` (recency weights are applied to the fitting rows separately)."""
+    if config.window == "days":
+        return TrainingWindow("days", float(config.train_days))
+    if config.window == "samples":
+        return TrainingWindow("samples", int(config.train_rows))
+    return TrainingWindow("all")
 
 
 def _prediction_profile(pred, config) -> ReferenceProfile | None:

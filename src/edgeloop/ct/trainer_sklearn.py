@@ -176,3 +176,43 @@ class SklearnTrainer:
 
 
 __all__ = ["ML_OPSET", "SklearnTrainer", "VARIABLE", "available", "convert"]
+
+
+#: where ``sklearn:<EstimatorName>`` is looked up (the estimators skl2onnx converts for tabular data)
+ESTIMATOR_MODULES = ("sklearn.ensemble", "sklearn.linear_model", "sklearn.tree", "sklearn.neighbors",
+                     "sklearn.naive_bayes", "sklearn.neural_network", "sklearn.svm",
+                     "sklearn.discriminant_analysis")
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def estimator_by_name(name: str, options: dict | None = None):
+    """An unfitted estimator ``name`` (e.g. ``HistGradientBoostingClassifier``) built with ``options``.
+
+    Raises ``ValueError`` saying why when the extra is missing, the name is unknown or an option is not
+    one of the estimator's parameters (the config layer turns it into an error naming file and key).
+    """
+    why = available()
+    if why:
+        raise ValueError(why)
+    if not (isinstance(name, str) and 0 < len(name) <= 64 and name[0].isalpha() and set(name) <= _NAME_CHARS):
+        raise ValueError(f"estimator name {_cut(name)}; expected a scikit-learn class name")
+    from sklearn import (discriminant_analysis, ensemble, linear_model, naive_bayes, neighbors, neural_network, svm,
+                         tree)
+    from sklearn.base import BaseEstimator
+
+    modules = (ensemble, linear_model, tree, neighbors, naive_bayes, neural_network, svm, discriminant_analysis)
+    for module in modules:
+        cls = getattr(module, name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseEstimator):
+            break
+    else:
+        raise ValueError(f"estimator {_cut(name)} is not a scikit-learn estimator in {', '.join(ESTIMATOR_MODULES)}")
+    options = dict(options or {})
+    known = set(cls().get_params())
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"options {_cut(unknown)} are not parameters of {name}; known: {_cut(sorted(known))}")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}({_cut(options)}): {_cut(str(exc))}") from None
