@@ -1,0 +1,150 @@
+"""The demo's engine: publish the first model, replay the stream through ``MeshClient``, label it late.
+
+Rows are replayed in file order within each entity (one worker thread per group of entities, so the
+mesh's edges work in parallel); each row is sent to its entity's owner with ``routing_key`` and a
+``request_id`` of ``r<row>``; its label follows ``label_delay`` rows later through ``MeshClient.label``
+(the feedback path the CT loop learns from).  The CT loop retrains on its own triggers; what the demo
+sees of it is read from the coordinator's database, read-only (``Progress.poll_cloud``).
+"""
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeloop.client import MeshClient
+from edgeloop.protocol.codec import build_infer_request, infer_response_to_numpy
+
+from . import model as initial_model
+from .fleet import Fleet
+from .stream import Stream
+
+MODEL = "demo"
+ROLLING = 500
+
+
+@dataclass
+class Progress:
+    """Shared between the workers, the live view and the report (one lock)."""
+
+    rows: int
+    pred: np.ndarray = None  # predicted class per row (-1: not yet)
+    version: np.ndarray = None
+    edge: list = None
+    latency_ms: dict = field(default_factory=dict)  # edge -> list of ms
+    done: int = 0
+    labels_sent: int = 0
+    errors: list = field(default_factory=list)
+    edge_version: dict = field(default_factory=dict)
+    first_seen: dict = field(default_factory=dict)  # version -> (row, time)
+    triggers: list = field(default_factory=list)
+    published: list = field(default_factory=list)
+    received: int = 0
+    started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        self.pred = np.full(self.rows, -1, np.int64)
+        self.version = np.zeros(self.rows, np.int64)
+        self.edge = [""] * self.rows
+
+    def poll_cloud(self, database: Path) -> None:
+        """Triggers, publications and stored samples, from the coordinator's SQLite file (read-only)."""
+        if not database.exists():
+            return
+        try:
+            conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=2.0)
+            try:
+                triggers = conn.execute("SELECT kind, at_ms, evidence, outcome FROM ct_triggers WHERE model = ? "
+                                        "ORDER BY id", (MODEL,)).fetchall()
+                published = conn.execute("SELECT version, created_ms FROM published_models WHERE model = ? "
+                                         "ORDER BY version", (MODEL,)).fetchall()
+                received = conn.execute("SELECT count(*) FROM samples WHERE model = ?", (MODEL,)).fetchone()[0]
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return  # the coordinator is migrating or busy: the next poll reads it
+        with self.lock:
+            self.triggers, self.published, self.received = triggers, published, received
+
+
+def publish(fleet: Fleet, stream: Stream, train_rows: int, workdir: Path):
+    """Fit the first model on rows [0, train_rows) and publish it with ``edgeloop models push`` (a process)."""
+    params = initial_model.fit_softmax(stream.x[:train_rows], stream.y[:train_rows], len(stream.classes))
+    path = workdir / "initial.onnx"
+    path.write_bytes(initial_model.to_onnx(params, len(stream.classes)))
+    done = subprocess.run([sys.executable, "-m", "edgeloop", "models", "push", str(path), "--model", MODEL,
+                           "--config", str(fleet.cloud_config)], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"edgeloop models push failed: {done.stderr.strip()[:500]}")
+    return params
+
+
+def replay(client: MeshClient, stream: Stream, progress: Progress, label_delay: int, speed: float,
+           stop: threading.Event, workers: int = 4) -> None:
+    """Replay every row; returns when all rows are served and labelled (or ``stop`` is set)."""
+    keys = sorted(set(stream.keys))
+    group = {k: i % workers for i, k in enumerate(keys)}
+    rows_of = [[] for _ in range(workers)]
+    for i, k in enumerate(stream.keys):
+        rows_of[group[k]].append(i)
+    t0 = time.monotonic()
+
+    def work(rows: list[int]) -> None:
+        pending: deque = deque()
+        for i in rows:
+            if stop.is_set():
+                return
+            if speed > 0:
+                wait = t0 + i / speed - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            key = stream.keys[i]
+            request = build_infer_request(MODEL, {"input": stream.x[i:i + 1]}, request_id=f"r{i}")
+            owner = client.owner(key, MODEL) or "?"
+            t = time.perf_counter()
+            try:
+                response = client.infer_request(request, routing_key=key)
+            except Exception as exc:  # a refused or lost request is counted and shown, the replay goes on
+                with progress.lock:
+                    progress.errors.append(f"row {i}: {str(exc)[:200]}")
+                continue
+            ms = (time.perf_counter() - t) * 1000
+            label = int(np.asarray(infer_response_to_numpy(response)["label"]).reshape(-1)[0])
+            version = int(response.model_version or 0)
+            with progress.lock:
+                progress.pred[i], progress.version[i], progress.edge[i] = label, version, owner
+                progress.latency_ms.setdefault(owner, []).append(ms)
+                progress.edge_version[owner] = version
+                progress.first_seen.setdefault(version, (i, time.time()))
+                progress.done += 1
+            pending.append((i, key))
+            while pending and pending[0][0] <= i - label_delay:
+                _label(client, stream, progress, *pending.popleft())
+        while pending and not stop.is_set():
+            _label(client, stream, progress, *pending.popleft())
+
+    threads = [threading.Thread(target=work, args=(r,), daemon=True, name=f"demo-replay-{n}")
+               for n, r in enumerate(rows_of) if r]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive() and not stop.is_set():
+            t.join(0.2)
+
+
+def _label(client: MeshClient, stream: Stream, progress: Progress, i: int, key: str) -> None:
+    try:
+        client.label(MODEL, float(stream.y[i]), request_id=f"r{i}", routing_key=key)
+        with progress.lock:
+            progress.labels_sent += 1
+    except Exception as exc:
+        with progress.lock:
+            progress.errors.append(f"label of row {i}: {str(exc)[:200]}")
