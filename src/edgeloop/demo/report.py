@@ -90,22 +90,22 @@ def draw(path: Path, stream: Stream, progress: Progress, static, base, eval_star
     rows = np.arange(stream.rows)
     fig, (ax, lx) = plt.subplots(2, 1, figsize=(10, 6.5), gridspec_kw={"height_ratios": [3, 1.3]})
     acc = summary["prequential_accuracy"]
-    for name, pred, colour in (("edgeloop (mesh + CT loop)", progress.pred, "tab:blue"),
+    for name, pred, colour in (("no change (last label)", base, "tab:orange"),
                                ("static (first model)", static, "tab:grey"),
-                               ("no change (last label)", base, "tab:orange")):
+                               ("edgeloop (mesh + CT loop)", progress.pred, "tab:blue")):
         key = "edgeloop" if name.startswith("edgeloop") else ("static" if name.startswith("static") else "no_change")
         ax.plot(rows, _rolling(pred == y, window), label=f"{name}: {acc[key]:.3f}", color=colour, lw=1.2)
     ax.axvspan(0, eval_start, color="0.92", lw=0)
     for r in summary["retrains"]:
         if r["row"] is not None:
             ax.axvline(r["row"], color="tab:green", lw=1, ls="--")
-            ax.text(r["row"], 0.02, f" v{r['version']} ({r['trigger']})", rotation=90, fontsize=7, color="tab:green",
-                    va="bottom", transform=ax.get_xaxis_transform())
+            ax.text(r["row"], 0.98, f"v{r['version']} ({r['trigger']}) ", rotation=90, fontsize=7, color="tab:green",
+                    va="top", ha="right", transform=ax.get_xaxis_transform())
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"accuracy (rolling {window} rows)")
     ax.set_title(f"edgeloop demo: {stream.name}, {stream.rows} rows, labels {summary['label_delay']} row(s) late "
                  f"(prequential accuracy from row {eval_start})", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     names = sorted(progress.latency_ms)
     p = [[np.percentile(progress.latency_ms[e], q) for e in names] for q in (50, 90, 99)]
     xs = np.arange(len(names))
