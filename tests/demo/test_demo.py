@@ -100,3 +100,27 @@ def test_shipped_elec2_is_the_real_stream():
     stream = elec2()
     assert stream.rows == 45_312 and stream.columns[:2] == ("period", "nswprice")
     assert len(set(stream.keys)) == 8  # eight entities, by 3-hour part of the day
+
+
+@pytest.mark.slow
+def test_interrupt_stops_everything(tmp_path):
+    """Ctrl-C (SIGINT) in the middle of the replay: exit 130 and no process of the demo left."""
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "edgeloop", "demo", "--fast", "--no-live", "--workdir", str(workdir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:  # the first progress line: processes up, replay under way
+            if "rows," in line or time.monotonic() > deadline:
+                break
+        assert len(_processes_naming(str(workdir))) >= 4  # cloud + 3 edges were running
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert _processes_naming(str(workdir)) == []

@@ -1,7 +1,7 @@
 """The demo's engine: publish the first model, replay the stream through ``MeshClient``, label it late.
 
-Rows are replayed in file order within each entity (one worker thread per group of entities, so the
-mesh's edges work in parallel); each row is sent to its entity's owner with ``routing_key`` and a
+Rows are replayed in file order, a chunk of 32 at a time (within a chunk one worker thread per group of
+entities, so the mesh's edges work in parallel, each entity's rows in order); each row is sent to its entity's owner with ``routing_key`` and a
 ``request_id`` of ``r<row>``; its label follows ``label_delay`` rows later through ``MeshClient.label``
 (the feedback path the CT loop learns from).  The CT loop retrains on its own triggers; what the demo
 sees of it is read from the coordinator's database, read-only (``Progress.poll_cloud``).
@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,17 +89,15 @@ def publish(fleet: Fleet, stream: Stream, train_rows: int, workdir: Path):
 
 
 def replay(client: MeshClient, stream: Stream, progress: Progress, label_delay: int, speed: float,
-           stop: threading.Event, workers: int = 4) -> None:
-    """Replay every row; returns when all rows are served and labelled (or ``stop`` is set)."""
+           stop: threading.Event, workers: int = 4, chunk: int = 32) -> None:
+    """Replay every row in file order, ``chunk`` rows at a time (a chunk's rows go out in parallel, one worker
+    per group of entities, each entity's rows in order); returns when all are served and labelled."""
     keys = sorted(set(stream.keys))
     group = {k: i % workers for i, k in enumerate(keys)}
-    rows_of = [[] for _ in range(workers)]
-    for i, k in enumerate(stream.keys):
-        rows_of[group[k]].append(i)
+    pending = [deque() for _ in range(workers)]  # (row, key) served, label not yet sent, per worker
     t0 = time.monotonic()
 
-    def work(rows: list[int]) -> None:
-        pending: deque = deque()
+    def serve(w: int, rows: list[int]) -> None:
         for i in rows:
             if stop.is_set():
                 return
@@ -106,38 +105,45 @@ def replay(client: MeshClient, stream: Stream, progress: Progress, label_delay: 
                 wait = t0 + i / speed - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-            key = stream.keys[i]
-            request = build_infer_request(MODEL, {"input": stream.x[i:i + 1]}, request_id=f"r{i}")
-            owner = client.owner(key, MODEL) or "?"
-            t = time.perf_counter()
-            try:
-                response = client.infer_request(request, routing_key=key)
-            except Exception as exc:  # a refused or lost request is counted and shown, the replay goes on
-                with progress.lock:
-                    progress.errors.append(f"row {i}: {str(exc)[:200]}")
-                continue
-            ms = (time.perf_counter() - t) * 1000
-            label = int(np.asarray(infer_response_to_numpy(response)["label"]).reshape(-1)[0])
-            version = int(response.model_version or 0)
-            with progress.lock:
-                progress.pred[i], progress.version[i], progress.edge[i] = label, version, owner
-                progress.latency_ms.setdefault(owner, []).append(ms)
-                progress.edge_version[owner] = version
-                progress.first_seen.setdefault(version, (i, time.time()))
-                progress.done += 1
-            pending.append((i, key))
-            while pending and pending[0][0] <= i - label_delay:
-                _label(client, stream, progress, *pending.popleft())
-        while pending and not stop.is_set():
-            _label(client, stream, progress, *pending.popleft())
+            _serve(client, stream, progress, i)
+            pending[w].append((i, stream.keys[i]))
+            while pending[w] and pending[w][0][0] <= i - label_delay:
+                _label(client, stream, progress, *pending[w].popleft())
 
-    threads = [threading.Thread(target=work, args=(r,), daemon=True, name=f"demo-replay-{n}")
-               for n, r in enumerate(rows_of) if r]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive() and not stop.is_set():
-            t.join(0.2)
+    with ThreadPoolExecutor(workers, thread_name_prefix="demo-replay") as pool:
+        for lo in range(0, stream.rows, chunk):
+            if stop.is_set():
+                return
+            rows_of: list[list[int]] = [[] for _ in range(workers)]
+            for i in range(lo, min(stream.rows, lo + chunk)):
+                rows_of[group[stream.keys[i]]].append(i)
+            for f in [pool.submit(serve, w, r) for w, r in enumerate(rows_of) if r]:
+                f.result()
+    for w in range(workers):  # the last labels
+        while pending[w] and not stop.is_set():
+            _label(client, stream, progress, *pending[w].popleft())
+
+
+def _serve(client: MeshClient, stream: Stream, progress: Progress, i: int) -> None:
+    key = stream.keys[i]
+    request = build_infer_request(MODEL, {"input": stream.x[i:i + 1]}, request_id=f"r{i}")
+    owner = client.owner(key, MODEL) or "?"
+    t = time.perf_counter()
+    try:
+        response = client.infer_request(request, routing_key=key)
+    except Exception as exc:  # a refused or lost request is counted and shown, the replay goes on
+        with progress.lock:
+            progress.errors.append(f"row {i}: {str(exc)[:200]}")
+        return
+    ms = (time.perf_counter() - t) * 1000
+    label = int(np.asarray(infer_response_to_numpy(response)["label"]).reshape(-1)[0])
+    version = int(response.model_version or 0)
+    with progress.lock:
+        progress.pred[i], progress.version[i], progress.edge[i] = label, version, owner
+        progress.latency_ms.setdefault(owner, []).append(ms)
+        progress.edge_version[owner] = version
+        progress.first_seen.setdefault(version, (i, time.time()))
+        progress.done += 1
 
 
 def _label(client: MeshClient, stream: Stream, progress: Progress, i: int, key: str) -> None:

@@ -17,8 +17,11 @@ from .fleet import Fleet
 from .stream import Stream
 
 #: the CT loop's settings for the demo (the cloud config's [training] table): windows sized to the stream
+#: besides drift and performance, a volume trigger: a run per 960 new labelled rows (20 days of Elec2), as a
+#: daily/weekly retrain would do in production; --fast leaves it off, so its retrains are drift/performance
 TRAINING = {"enabled": True, "interval_ms": 500, "monitor_window": 200, "reference_rows": 600, "drift_windows": 2,
-            "cooldown_s": 20.0, "min_change_rows": 300, "train_rows": 2000, "holdout_fraction": 0.25}
+            "cooldown_s": 20.0, "min_change_rows": 300, "train_rows": 1440, "holdout_fraction": 0.25,
+            "volume": 960}
 
 
 @dataclass
@@ -36,7 +39,7 @@ class Options:
 def training_settings(fast: bool) -> dict:
     if not fast:
         return dict(TRAINING)
-    return dict(TRAINING, monitor_window=100, reference_rows=300, min_change_rows=200, cooldown_s=5.0)
+    return dict(TRAINING, monitor_window=100, reference_rows=300, min_change_rows=200, cooldown_s=5.0, volume=0)
 
 
 def run(opts: Options) -> dict:
@@ -51,7 +54,7 @@ def run(opts: Options) -> dict:
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGTERM, _interrupt)
     progress = Progress(stream.rows)
     started = time.monotonic()
     try:
@@ -92,6 +95,11 @@ def run(opts: Options) -> dict:
     for name in ("report.png", "summary.json", "predictions.csv"):
         print(workdir / name)
     return summary
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM ends the demo as Ctrl-C does: the ``finally`` in ``run`` stops every process it started."""
+    raise KeyboardInterrupt
 
 
 def _watch(worker, fleet: Fleet, stream: Stream, progress: Progress, started: float, live: bool) -> None:
