@@ -124,3 +124,25 @@ def test_interrupt_stops_everything(tmp_path):
             proc.kill()
             proc.wait(10)
     assert _processes_naming(str(workdir)) == []
+
+
+def test_live_view_shows_edges_versions_trigger_and_rollout():
+    import time
+
+    from rich.console import Console
+
+    from edgeloop.demo.engine import Progress
+    from edgeloop.demo.view import render
+
+    stream = elec2().slice(0, 1000)
+    p = Progress(1000)
+    p.pred[:300], p.done = stream.y[:300], 300
+    p.latency_ms = {"edge-a": [1.0, 2.0, 4.0], "edge-b": [3.0]}
+    p.edge_version = {"edge-a": 2, "edge-b": 1}
+    p.triggers = [("drift", 0, "drift: feature 'input:3' KS statistic 0.9", "published: version 2")]
+    p.published = [(1, 0), (2, 1)]
+    console = Console(width=160, record=True, file=open(os.devnull, "w"))
+    console.print(render(stream, p, time.monotonic() - 3))
+    text = console.export_text()
+    assert "300/1000 rows" in text and "30.0%" in text and "edge-a" in text and "v2" in text
+    assert "KS statistic 0.9" in text and "1/2 edges serving it" in text and "accuracy (last 500 rows): 1.000" in text

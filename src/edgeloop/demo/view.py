@@ -11,7 +11,6 @@ from .stream import Stream
 
 def render(stream: Stream, progress: Progress, started: float):
     from rich.console import Group
-    from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
 
@@ -38,4 +37,6 @@ def render(stream: Stream, progress: Progress, started: float):
     last = (f"{triggers[-1][0]} ({triggers[-1][3] or 'running'}): {str(triggers[-1][2])[:160]}" if triggers
             else "none yet")
     loop = Text(f"rolling accuracy (last {ROLLING} rows): {acc}\nlast trigger: {last}\nrollout: {rollout}")
-    return Group(head, ProgressBar(total=stream.rows, completed=done, width=60), table, loop)
+    filled = int(50 * done / max(1, stream.rows))
+    bar = Text(f"[{'#' * filled}{'.' * (50 - filled)}] {100 * done / max(1, stream.rows):5.1f}%")
+    return Group(head, bar, table, loop)
