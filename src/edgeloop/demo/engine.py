@@ -1,6 +1,6 @@
 """The demo's engine: publish the first model, replay the stream through ``MeshClient``, label it late.
 
-Rows are replayed in file order, a chunk of 32 at a time (within a chunk one worker thread per group of
+Rows are replayed in file order, a chunk of 96 at a time (two days of Elec2) (within a chunk one worker thread per group of
 entities, so the mesh's edges work in parallel, each entity's rows in order); each row is sent to its entity's owner with ``routing_key`` and a
 ``request_id`` of ``r<row>``; its label follows ``label_delay`` rows later through ``MeshClient.label``
 (the feedback path the CT loop learns from).  The CT loop retrains on its own triggers; what the demo
@@ -89,7 +89,7 @@ def publish(fleet: Fleet, stream: Stream, train_rows: int, workdir: Path):
 
 
 def replay(client: MeshClient, stream: Stream, progress: Progress, label_delay: int, speed: float,
-           stop: threading.Event, workers: int = 4, chunk: int = 32) -> None:
+           stop: threading.Event, workers: int = 8, chunk: int = 96) -> None:
     """Replay every row in file order, ``chunk`` rows at a time (a chunk's rows go out in parallel, one worker
     per group of entities, each entity's rows in order); returns when all are served and labelled."""
     keys = sorted(set(stream.keys))

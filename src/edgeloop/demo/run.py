@@ -33,7 +33,7 @@ class Options:
     speed: float = 0.0
     fast: bool = False
     live: bool = True
-    workers: int = 4
+    workers: int = 8
 
 
 def training_settings(fast: bool) -> dict:
