@@ -16,7 +16,9 @@ FEATURES = 32
 
 def cloud_config(tmp: Path, **storage):
     config = parse_cloud_config({"node": {"grpc_port": 7001, "metrics_port": 7002},
-                                 "storage": {"database": "db/coord.sqlite", **storage}}, base_dir=tmp)
+                                 "storage": {"database": "db/coord.sqlite", **storage},
+                                 # every known edge in the first wave, no bake: these tests are not about rollouts
+                                 "delivery": {"canary": 1000, "bake_s": 0}}, base_dir=tmp)
     return replace(config, node=replace(config.node, grpc_port=0, metrics_port=0))
 
 
@@ -72,9 +74,9 @@ def sample_batch(batch_id: str, ids, node: str = "edge-a", **kw):
     return mesh_pb2.SampleBatch(batch_id=batch_id, node_id=node, samples=[sample(i, **kw) for i in ids])
 
 
-def join(stub, node: str = "edge-a", models=()):
+def join(stub, node: str = "edge-a", models=(), zone: str = ""):
     return stub.Join(mesh_pb2.JoinRequest(
-        node=mesh_pb2.NodeIdentity(node_id=node, host="127.0.0.1", grpc_port=9000, weight=1.0),
+        node=mesh_pb2.NodeIdentity(node_id=node, host="127.0.0.1", grpc_port=9000, weight=1.0, zone=zone),
         models=[mesh_pb2.ModelVersion(model=m, version=v, state="READY") for m, v in models]), timeout=10)
 
 

@@ -102,6 +102,7 @@ class Coordinator:
 
         reflection.enable_server_reflection([*self._service_names, reflection.SERVICE_NAME], self.server)
         self.server.start()
+        self.core.rollouts.start()
         for service in ("", COORDINATOR_SERVICE, FLEET_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         port = self.config.node.metrics_port
@@ -124,6 +125,7 @@ class Coordinator:
             log.info("coordinator stopping (grace %.1f s)", grace_s)
             self.health.enter_graceful_shutdown()
             self.core.stopping = True
+            self.core.rollouts.stop()
             self.ct.stop()  # a run in progress finishes its step first
             self.hub.close()  # directive streams end; edges reconnect and resume after their last sequence
             self.server.stop(grace_s).wait()

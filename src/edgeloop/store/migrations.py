@@ -91,6 +91,10 @@ CREATE TABLE ct_evaluations (
     detail TEXT NOT NULL, at_ms INTEGER NOT NULL);
 CREATE TABLE ct_state (model TEXT PRIMARY KEY, state TEXT NOT NULL, updated_ms INTEGER NOT NULL);
 """),
+    (6, "fleet delivery: signed manifests, rollouts and pins as JSON documents", """
+CREATE TABLE delivery_docs (kind TEXT NOT NULL, key TEXT NOT NULL, doc TEXT NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, key));
+"""),
 )
 
 
