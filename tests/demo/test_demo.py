@@ -141,8 +141,10 @@ def test_live_view_shows_edges_versions_trigger_and_rollout():
     p.edge_version = {"edge-a": 2, "edge-b": 1}
     p.triggers = [("drift", 0, "drift: feature 'input:3' KS statistic 0.9", "published: version 2")]
     p.published = [(1, 0), (2, 1)]
+    p.rollout = {"version": 2, "state": "running", "waves": [["edge-a"], ["edge-b"]], "wave": 0,
+                 "edges": {"edge-a": "serving", "edge-b": "waiting"}}
     console = Console(width=160, record=True, file=open(os.devnull, "w"))
     console.print(render(stream, p, time.monotonic() - 3))
     text = console.export_text()
     assert "300/1000 rows" in text and "30.0%" in text and "edge-a" in text and "v2" in text
-    assert "KS statistic 0.9" in text and "1/2 edges serving it" in text and "accuracy (last 500 rows): 1.000" in text
+    assert "KS statistic 0.9" in text and "1/2 edges serving it" in text and "wave 1/2" in text and "accuracy (last 500 rows): 1.000" in text

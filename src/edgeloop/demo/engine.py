@@ -8,6 +8,7 @@ sees of it is read from the coordinator's database, read-only (``Progress.poll_c
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -48,6 +49,8 @@ class Progress:
     triggers: list = field(default_factory=list)
     published: list = field(default_factory=list)
     received: int = 0
+    rollout: dict = field(default_factory=dict)  # the latest staged rollout (delivery's document), if any
+    served_at: np.ndarray = None  # wall time each row was answered (places triggers on the row axis)
     started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,6 +58,12 @@ class Progress:
         self.pred = np.full(self.rows, -1, np.int64)
         self.version = np.zeros(self.rows, np.int64)
         self.edge = [""] * self.rows
+        self.served_at = np.zeros(self.rows)
+
+    def row_at(self, t: float) -> int | None:
+        """The first row answered at or after wall time ``t`` (None: after the replay)."""
+        served = np.flatnonzero(self.served_at >= t)
+        return int(served.min()) if len(served) else None
 
     def poll_cloud(self, database: Path) -> None:
         """Triggers, publications and stored samples, from the coordinator's SQLite file (read-only)."""
@@ -72,8 +81,19 @@ class Progress:
                 conn.close()
         except sqlite3.Error:
             return  # the coordinator is migrating or busy: the next poll reads it
+        rollout = self.rollout
+        try:  # staged rollouts (delivery): the newest rollout document, when this coordinator keeps them
+            conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=2.0)
+            try:
+                row = conn.execute("SELECT doc FROM delivery_docs WHERE kind = 'rollout' "
+                                   "ORDER BY updated_ms DESC LIMIT 1").fetchone()
+            finally:
+                conn.close()
+            rollout = json.loads(row[0]) if row else {}
+        except (sqlite3.Error, ValueError):
+            pass
         with self.lock:
-            self.triggers, self.published, self.received = triggers, published, received
+            self.triggers, self.published, self.received, self.rollout = triggers, published, received, rollout
 
 
 def publish(fleet: Fleet, stream: Stream, train_rows: int, workdir: Path):
@@ -140,6 +160,7 @@ def _serve(client: MeshClient, stream: Stream, progress: Progress, i: int) -> No
     version = int(response.model_version or 0)
     with progress.lock:
         progress.pred[i], progress.version[i], progress.edge[i] = label, version, owner
+        progress.served_at[i] = time.time()
         progress.latency_ms.setdefault(owner, []).append(ms)
         progress.edge_version[owner] = version
         progress.first_seen.setdefault(version, (i, time.time()))

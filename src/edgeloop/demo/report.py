@@ -31,7 +31,7 @@ def retrains(progress: Progress) -> list[dict]:
         fired = [t for t in progress.triggers if t[1] <= created_ms]
         kind, at_ms, evidence, _ = fired[-1] if fired else ("?", created_ms, "", "")
         seen = progress.first_seen.get(version)
-        out.append({"row": seen[0] if seen else None, "trigger": kind, "reason": str(evidence)[:300],
+        out.append({"row": seen[0] if seen else None, "trigger_row": progress.row_at(at_ms / 1000), "trigger": kind, "reason": str(evidence)[:300],
                     "version": int(version), "published_ms": int(created_ms),
                     "seconds_to_serving": round(seen[1] - at_ms / 1000, 3) if seen else None})
     return out
@@ -96,6 +96,12 @@ def draw(path: Path, stream: Stream, progress: Progress, static, base, eval_star
         key = "edgeloop" if name.startswith("edgeloop") else ("static" if name.startswith("static") else "no_change")
         ax.plot(rows, _rolling(pred == y, window), label=f"{name}: {acc[key]:.3f}", color=colour, lw=1.2)
     ax.axvspan(0, eval_start, color="0.92", lw=0)
+    for t in summary["triggers"]:
+        row = progress.row_at(t["at_ms"] / 1000)
+        if row is not None:
+            ax.axvline(row, color="tab:red", lw=0.8, ls=":")
+            ax.text(row, 0.02, f"{t['kind']} ", rotation=90, fontsize=6, color="tab:red", va="bottom", ha="right",
+                    transform=ax.get_xaxis_transform())
     for r in summary["retrains"]:
         if r["row"] is not None:
             ax.axvline(r["row"], color="tab:green", lw=1, ls="--")

@@ -20,6 +20,7 @@ def render(stream: Stream, progress: Progress, started: float):
         counts = {e: len(v) for e, v in progress.latency_ms.items()}
         versions = dict(progress.edge_version)
         triggers, published, received = list(progress.triggers), list(progress.published), progress.received
+        doc = dict(progress.rollout)
         served = np.flatnonzero(progress.pred >= 0)[-ROLLING:]
         hits = progress.pred[served] == stream.y[served]
     elapsed = max(1e-6, time.monotonic() - started)
@@ -34,6 +35,11 @@ def render(stream: Stream, progress: Progress, started: float):
     latest = published[-1][0] if published else None
     on_latest = sum(1 for v in versions.values() if v == latest)
     rollout = f"v{latest} published; {on_latest}/{len(versions) or 3} edges serving it" if latest else "nothing published"
+    if doc:
+        waves = doc.get("waves") or []
+        edges = ", ".join(f"{e} {s}" for e, s in sorted((doc.get("edges") or {}).items()))
+        rollout += (f"; staged rollout of v{doc.get('version')}: {doc.get('state')}, wave "
+                    f"{int(doc.get('wave', -1)) + 1}/{len(waves)} ({edges})")
     last = (f"{triggers[-1][0]} ({triggers[-1][3] or 'running'}): {str(triggers[-1][2])[:160]}" if triggers
             else "none yet")
     loop = Text(f"rolling accuracy (last {ROLLING} rows): {acc}\nlast trigger: {last}\nrollout: {rollout}")
