@@ -492,8 +492,9 @@ class CTLoop:
         served = self.store.add_artifact(model, "model", {"role": "champion", "run_id": run_id,
                                                           "variant": comp.chosen, "trigger": firing.kind},
                                          ms, version, sha)
+        directed = [getattr(r, "node_id", r) for r in records]  # node ids since staged rollouts (delivery)
         self.store.add_execution(model, run_id, "publication", "done",
-                                 {"version": version, "directed_edges": [r.node_id for r in records]}, ms,
+                                 {"version": version, "directed_edges": directed}, ms,
                                  inputs=[comp_art, eval_art], outputs=[served])
         self.store.set_alias(model, "challenger", version, ms)
         self.store.set_alias(model, "champion", version, ms)

@@ -43,6 +43,7 @@ def _toml(tables: dict[str, dict]) -> str:
 class Fleet:
     workdir: Path
     training: dict
+    delivery: dict = field(default_factory=dict)  # the cloud's [delivery] table: staged rollout pace
     mesh_name: str = field(default_factory=lambda: "demo-" + secrets.token_hex(4))
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     cloud_port: int = 0
@@ -63,7 +64,8 @@ class Fleet:
             "node": {"id": "cloud", "host": "127.0.0.1", "grpc_port": self.cloud_port, "metrics_port": free_port()},
             "storage": {"database": str(self.database), "artifact_dir": str(self.workdir / "cloud" / "artifacts")},
             "fleet": {"heartbeat_interval_ms": 500},
-            "training": dict(self.training)}))
+            "training": dict(self.training),
+            "delivery": dict(self.delivery)}))
         for edge in EDGES:
             (self.workdir / "configs" / f"{edge}.toml").write_text(_toml({
                 "node": {"id": edge, "host": "127.0.0.1", "grpc_port": free_port(), "metrics_port": free_port()},

@@ -24,6 +24,10 @@ TRAINING = {"enabled": True, "interval_ms": 500, "monitor_window": 200, "referen
             "volume": 960}
 
 
+#: staged rollouts at the demo's pace: canary, then waves, each baking a few seconds (production: minutes)
+DELIVERY = {"canary": 1, "wave_factor": 2.0, "bake_s": 3.0, "min_requests": 20}
+
+
 @dataclass
 class Options:
     stream: Stream
@@ -50,7 +54,7 @@ def run(opts: Options) -> dict:
     if not 10 <= eval_start < stream.rows:
         raise ValueError(f"--eval-start {eval_start}: expected 10..{stream.rows - 1} (rows in the stream)")
     print(f"edgeloop demo: working directory {workdir}", flush=True)
-    fleet = Fleet(workdir, training_settings(opts.fast))
+    fleet = Fleet(workdir, training_settings(opts.fast), dict(DELIVERY, bake_s=2.0) if opts.fast else dict(DELIVERY))
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGTERM)
     if threading.current_thread() is threading.main_thread():
