@@ -20,7 +20,7 @@ from .stream import Stream
 #: besides drift and performance, a volume trigger: a run per 960 new labelled rows (20 days of Elec2), as a
 #: daily/weekly retrain would do in production; --fast leaves it off, so its retrains are drift/performance
 TRAINING = {"enabled": True, "interval_ms": 500, "monitor_window": 200, "reference_rows": 600, "drift_windows": 2,
-            "cooldown_s": 20.0, "min_change_rows": 300, "train_rows": 1440, "holdout_fraction": 0.25,
+            "cooldown_s": 5.0, "min_change_rows": 300, "train_rows": 1440, "holdout_fraction": 0.25,
             "volume": 960}
 
 
