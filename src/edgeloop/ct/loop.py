@@ -542,8 +542,9 @@ class CTLoop:
         served = self.store.add_artifact(model, "model", {"role": "champion", "run_id": run_id,
                                                           "variant": comp.chosen, "trigger": firing.kind},
                                          ms, version, sha)
+        directed = [getattr(r, "node_id", r) for r in records]  # node ids since staged rollouts (delivery)
         self.store.add_execution(model, run_id, "publication", "done",
-                                 {"version": version, "directed_edges": [getattr(r, "node_id", r) for r in records],
+                                 {"version": version, "directed_edges": directed,
                                   "reference": reference_note}, ms,
                                  inputs=[comp_art, eval_art], outputs=[served])
         self.store.set_alias(model, "challenger", version, ms)

@@ -97,6 +97,8 @@ def parse_manifest_definition(manifest: dict | None) -> FeatureDefinition | None
     if not manifest or MANIFEST_KEY not in manifest:
         return None
     doc = manifest[MANIFEST_KEY]
+    if isinstance(doc, list) and not doc:
+        return None  # manifests signed before delivery wrote "features" only for a definition carried []
     if not isinstance(doc, dict):
         raise DefinitionError("features", type(doc).__name__, "a JSON object: the model's feature definition")
     return FeatureDefinition.from_dict(doc)

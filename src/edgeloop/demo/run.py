@@ -1,0 +1,133 @@
+"""``edgeloop demo`` from start to report: processes up, first model published, replay, report, all stopped."""
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeloop.client import MeshClient
+
+from . import model as initial_model
+from .engine import MODEL, Progress, publish, replay
+from .fleet import Fleet
+from .stream import Stream
+
+#: the CT loop's settings for the demo (the cloud config's [training] table): windows sized to the stream
+#: besides drift and performance, a volume trigger: a run per 960 new labelled rows (20 days of Elec2), as a
+#: daily/weekly retrain would do in production; --fast leaves it off, so its retrains are drift/performance
+TRAINING = {"enabled": True, "interval_ms": 500, "monitor_window": 200, "reference_rows": 600, "drift_windows": 2,
+            "cooldown_s": 5.0, "min_change_rows": 300, "train_rows": 1440, "holdout_fraction": 0.25,
+            "volume": 960}
+
+
+#: staged rollouts at the demo's pace: canary, then waves, each baking a few seconds (production: minutes)
+DELIVERY = {"canary": 1, "wave_factor": 2.0, "bake_s": 3.0, "min_requests": 20}
+
+
+@dataclass
+class Options:
+    stream: Stream
+    workdir: Path | None = None
+    label_delay: int = 1
+    eval_start: int | None = None
+    speed: float = 0.0
+    fast: bool = False
+    live: bool = True
+    workers: int = 8
+
+
+def training_settings(fast: bool) -> dict:
+    if not fast:
+        return dict(TRAINING)
+    return dict(TRAINING, monitor_window=100, reference_rows=300, min_change_rows=200, cooldown_s=5.0, volume=0)
+
+
+def run(opts: Options) -> dict:
+    stream = opts.stream
+    workdir = Path(opts.workdir) if opts.workdir else Path(tempfile.mkdtemp(prefix="edgeloop-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    eval_start = opts.eval_start if opts.eval_start is not None else max(10, stream.rows // 10)
+    if not 10 <= eval_start < stream.rows:
+        raise ValueError(f"--eval-start {eval_start}: expected 10..{stream.rows - 1} (rows in the stream)")
+    print(f"edgeloop demo: working directory {workdir}", flush=True)
+    fleet = Fleet(workdir, training_settings(opts.fast), dict(DELIVERY, bake_s=2.0) if opts.fast else dict(DELIVERY))
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    progress = Progress(stream.rows)
+    started = time.monotonic()
+    try:
+        fleet.start()
+        params = publish(fleet, stream, eval_start, workdir)
+        static = initial_model.predict(params, stream.x)
+        with MeshClient(interfaces=["127.0.0.1"], mesh_name=fleet.mesh_name) as client:
+            if not client.wait_ready(nodes=3, model=MODEL, timeout=90):
+                fleet.check_alive()
+                raise RuntimeError(f"the three edges did not serve {MODEL!r} within 90 s (logs: {workdir / 'logs'})")
+            client.wait_settled(timeout=5)
+            worker = threading.Thread(target=replay, args=(client, stream, progress, opts.label_delay, opts.speed,
+                                                           stop, opts.workers), daemon=True)
+            worker.start()
+            _watch(worker, fleet, stream, progress, started, opts.live)
+            # every served sample reaches the cloud (the edges' outboxes drain): wait, bounded
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and progress.received < progress.done:
+                time.sleep(0.5)
+                progress.poll_cloud(fleet.database)
+        from .report import write
+
+        features = [{"op": "raw", "col": c} for c in stream.columns]
+        summary = write(workdir, stream, progress, static, eval_start, opts.label_delay, features,
+                        time.monotonic() - started)
+    except KeyboardInterrupt:
+        stop.set()
+        print("edgeloop demo: interrupted; stopping everything it started", file=sys.stderr)
+        raise
+    finally:
+        stop.set()
+        fleet.stop()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+    acc = summary["prequential_accuracy"]
+    print(f"prequential accuracy from row {eval_start}: edgeloop {acc['edgeloop']:.4f}, static {acc['static']:.4f}, "
+          f"no change {acc['no_change']:.4f}; {len(summary['retrains'])} retrain(s); samples {summary['samples']}")
+    for name in ("report.png", "summary.json", "predictions.csv"):
+        print(workdir / name)
+    return summary
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM ends the demo as Ctrl-C does: the ``finally`` in ``run`` stops every process it started."""
+    raise KeyboardInterrupt
+
+
+def _watch(worker, fleet: Fleet, stream: Stream, progress: Progress, started: float, live: bool) -> None:
+    """Poll the cloud and redraw until the replay ends (a dead process ends it with an error)."""
+    from .view import render
+
+    def tick():
+        progress.poll_cloud(fleet.database)
+        fleet.check_alive()
+
+    if live:
+        from rich.live import Live
+
+        with Live(render(stream, progress, started), refresh_per_second=4, transient=False) as view:
+            while worker.is_alive():
+                worker.join(0.5)
+                tick()
+                view.update(render(stream, progress, started))
+    else:
+        last = 0.0
+        while worker.is_alive():
+            worker.join(0.5)
+            tick()
+            if time.monotonic() - last > 5:
+                last = time.monotonic()
+                print(f"  {progress.done}/{stream.rows} rows, {len(progress.published)} version(s) published, "
+                      f"{len(progress.triggers)} trigger(s)", flush=True)

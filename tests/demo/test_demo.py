@@ -1,0 +1,150 @@
+"""``edgeloop demo`` end to end (real processes on loopback) and its CSV input checks."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeloop.demo import model as demo_model
+from edgeloop.demo.stream import StreamError, elec2, load_csv
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (the demo's working directory)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd and int(pid) != os.getpid():
+            found.append(f"{pid}: {cmd[:200]}")
+    return found
+
+
+@pytest.mark.slow
+def test_fast_demo_end_to_end(tmp_path):
+    workdir = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "edgeloop", "demo", "--fast", "--no-live", "--workdir", str(workdir)],
+                          capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert _processes_naming(str(workdir)) == []  # cloud and edges all stopped
+    last = done.stdout.strip().splitlines()[-3:]
+    assert last == [str(workdir / n) for n in ("report.png", "summary.json", "predictions.csv")]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["samples"]["lost"] == 0 and summary["samples"]["served"] == summary["rows"] == 4500
+    assert len(summary["retrains"]) >= 1, summary["triggers"]
+    assert all(r["trigger"] in ("drift", "performance", "volume", "schedule") for r in summary["retrains"])
+    assert set(summary["prequential_accuracy"]) == {"edgeloop", "static", "no_change"}
+    assert len(summary["latency_ms"]["per_edge"]) == 3  # every edge carried traffic
+    with open(workdir / "predictions.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["row", "label", "edgeloop", "static", "no_change", "model_version", "edge"]
+    assert len(rows) == 4501 and {r[6] for r in rows[1:]} == {"edge-a", "edge-b", "edge-c"}
+    versions = {int(r[5]) for r in rows[1:]}
+    assert 1 in versions and max(versions) >= 2  # the loop's model served within the replay
+    assert (workdir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _write(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_data_refuses_a_non_numeric_column_by_name(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [[f"{rng.random():.4f}", ["red", "blue"][i % 2], f"{rng.random():.4f}", i % 3] for i in range(50)]
+    path = _write(tmp_path / "s.csv", ["a", "colour", "b", "y"], rows)
+    with pytest.raises(StreamError, match="colour"):
+        load_csv(path, "y")
+    done = subprocess.run([sys.executable, "-m", "edgeloop", "demo", "--data", str(path), "--label", "y",
+                           "--workdir", str(tmp_path / "w")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "colour" in done.stderr and "non-numeric" in done.stderr
+    assert not (tmp_path / "w").exists()  # refused before anything started
+    # leaving it out works, and a three-class label is read as three classes
+    stream = load_csv(path, "y", features=["a", "b"])
+    assert stream.columns == ("a", "b") and stream.classes == ("0", "1", "2") and stream.rows == 50
+    with pytest.raises(StreamError, match="--label 'nope'"):
+        load_csv(path, "nope")
+
+
+def test_key_column_and_multiclass_model(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((600, 2))
+    y = np.argmax(np.stack([x[:, 0], x[:, 1], -x[:, 0] - x[:, 1]], axis=1), axis=1)
+    path = _write(tmp_path / "m.csv", ["site", "u", "v", "kind"],
+                  [[f"s{i % 5}", f"{a:.5f}", f"{b:.5f}", ["x", "y", "z"][c]] for i, ((a, b), c) in enumerate(zip(x, y))])
+    stream = load_csv(path, "kind", key="site")
+    assert stream.classes == ("x", "y", "z") and set(stream.keys) == {f"site=s{i}" for i in range(5)}
+    params = demo_model.fit_softmax(stream.x, stream.y, 3)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(demo_model.to_onnx(params, 3), providers=["CPUExecutionProvider"])
+    label, proba = session.run(["label", "probabilities"], {"input": stream.x})
+    assert proba.shape == (600, 3) and (label == demo_model.predict(params, stream.x)).mean() > 0.99
+    assert (label == stream.y).mean() > 0.9
+
+
+def test_shipped_elec2_is_the_real_stream():
+    stream = elec2()
+    assert stream.rows == 45_312 and stream.columns[:2] == ("period", "nswprice")
+    assert len(set(stream.keys)) == 8  # eight entities, by 3-hour part of the day
+
+
+@pytest.mark.slow
+def test_interrupt_stops_everything(tmp_path):
+    """Ctrl-C (SIGINT) in the middle of the replay: exit 130 and no process of the demo left."""
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "edgeloop", "demo", "--fast", "--no-live", "--workdir", str(workdir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:  # the first progress line: processes up, replay under way
+            if "rows," in line or time.monotonic() > deadline:
+                break
+        assert len(_processes_naming(str(workdir))) >= 4  # cloud + 3 edges were running
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert _processes_naming(str(workdir)) == []
+
+
+def test_live_view_shows_edges_versions_trigger_and_rollout():
+    import time
+
+    from rich.console import Console
+
+    from edgeloop.demo.engine import Progress
+    from edgeloop.demo.view import render
+
+    stream = elec2().slice(0, 1000)
+    p = Progress(1000)
+    p.pred[:300], p.done = stream.y[:300], 300
+    p.latency_ms = {"edge-a": [1.0, 2.0, 4.0], "edge-b": [3.0]}
+    p.edge_version = {"edge-a": 2, "edge-b": 1}
+    p.triggers = [("drift", 0, "drift: feature 'input:3' KS statistic 0.9", "published: version 2")]
+    p.published = [(1, 0), (2, 1)]
+    p.rollout = {"version": 2, "state": "running", "waves": [["edge-a"], ["edge-b"]], "wave": 0,
+                 "edges": {"edge-a": "serving", "edge-b": "waiting"}}
+    console = Console(width=160, record=True, file=open(os.devnull, "w"))
+    console.print(render(stream, p, time.monotonic() - 3))
+    text = console.export_text()
+    assert "300/1000 rows" in text and "30.0%" in text and "edge-a" in text and "v2" in text
+    assert "KS statistic 0.9" in text and "1/2 edges serving it" in text and "wave 1/2" in text and "accuracy (last 500 rows): 1.000" in text
