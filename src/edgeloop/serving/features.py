@@ -138,7 +138,9 @@ class FeatureStates:
         self.fetch_entity: Callable[[str, str, str], bytes | None] | None = None
         self._counts = threading.Lock()
         self.no_key = 0  # rows served without a routing key (cold defaults)
-        self.handover = {"imported": 0, "missing": 0, "failed": 0, "refused": 0}
+        #: lazy hand-over results (imported, missing, failed, refused) and eager ones (pulled: adopted
+        #: after an epoch change; late: arrived after the entity had started here, dropped)
+        self.handover = {"imported": 0, "missing": 0, "failed": 0, "refused": 0, "pulled": 0, "late": 0}
         self.labels_applied = 0
         self.labels_unmatched = 0
 
@@ -252,6 +254,32 @@ class FeatureStates:
             log.warning("hand-over of %s (model %s) refused: %s", quote(entity), model, exc)
             return
         self.count("imported")
+
+    def adopt_pulled(self, model: str, digest: str, entity: str, data: bytes) -> None:
+        """An entity pulled eagerly from a peer after an epoch change (kept unless it already started here)."""
+        state = self.find(model, digest)
+        if state is None:
+            self.count("refused")
+            return
+        try:
+            if entity in state:
+                self.count("late")  # a request got here first; its history continues from there
+                return
+            state.import_entity(entity, data)
+        except (StateError, FeatureError) as exc:
+            self.count("refused")
+            log.warning("eager hand-over of %s (model %s) refused: %s", quote(entity), model, exc)
+            return
+        self.count("pulled")
+
+    def held(self) -> list[tuple[str, str]]:
+        """``(model, digest)`` of every state this node keeps (what eager hand-over pulls for)."""
+        with self._lock:
+            return list(self._states)
+
+    def keys(self, model: str, digest: str) -> list[str]:
+        state = self.find(model, digest)
+        return state.keys() if state is not None else []
 
     def export(self, model: str, digest: str, keys, remove: bool) -> list[tuple[str, bytes]]:
         """``(key, bytes)`` for each of ``keys`` held under ``model``/``digest`` (the Peer service's answer)."""
