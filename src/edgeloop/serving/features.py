@@ -14,8 +14,9 @@ parameter) with the one implementation in ``edgeloop.features``, then pushes the
 * State: one ``FeatureState`` per model and definition digest (``FeatureStates``), bounded by
   ``feature_max_entities``; it survives version swaps that keep the definition, is snapshotted to
   ``snapshot_dir`` (on stop and periodically) and restored when the state is created.
-* Hand-over: an entity this node does not hold may be fetched once from its previous owner through
-  ``fetch_entity`` (set by the node when the mesh is on; bounded in time, else the entity starts cold).
+* Hand-over: after a membership change the mesh pulls the entities this node now owns in the background
+  (``adopt_pulled``); one this node still does not hold may be fetched once from its previous owner
+  through ``fetch_entity`` (set by the node when the mesh is on; bounded in time, else it starts cold).
 * What the model saw is left for the recorder in ``take_served(request)`` (same thread, right after
   the inference), so the recorded sample carries the full vector and the cold/partial flags.
 """
