@@ -15,6 +15,7 @@ As a check that the features are point in time, ``label_lag_1`` alone must score
     python benchmarks/features.py [overhead] [--calls 3000] [--blocks 7] [--check]
     python benchmarks/features.py elec2 [--data ../shared/data/elec2.csv] [--check]
     python benchmarks/features.py serving [--calls 1500] [--blocks 5] [--check]
+    python benchmarks/features.py decode [--calls 3000] [--blocks 7] [--check]
 
 ``serving``: end to end on a real edge node (in-process, loopback gRPC): the same ONNX model (an MLP
 on 26 inputs) loaded twice, once with the 20-feature definition in its manifest (the client sends the
@@ -290,6 +291,46 @@ def serving(args) -> int:
     return 0
 
 
+def decode(args) -> int:
+    """``FeatureFront.enrich`` of one-row requests: the wire-form read vs the tensor-by-tensor read (baseline).
+
+    The same front, requests and state in one process; the baseline bypasses ``_one_row`` so the
+    request goes through the per-tensor read that was the fast path before.  ``--check``: the wire
+    read must not be slower than the baseline.
+    """
+    from edgeloop.serving.feature_models import feature_request
+    from edgeloop.serving.features import FeatureFront, FeatureStates
+    from edgeloop.serving.signature import ModelSignature, TensorSpec
+
+    definition = FeatureDefinition.from_dict(TWENTY)
+    graph = ModelSignature([TensorSpec("INPUT0", "FP32", (-1, definition.width), "input", ("batch", None))], [], 8)
+    states = FeatureStates()
+    front = FeatureFront("m", definition, graph, 8, states.state_for("m", definition, 100_000), states)
+    baseline = FeatureFront("m", definition, graph, 8, front.state, states)
+    baseline._one_row = lambda request: None
+    rows = np.random.default_rng(1).random((args.calls, 6)).astype(np.float32)
+    requests = [feature_request("m", definition, rows[i], f"meter-{i % 1000}", 1_800_000_000_000 + i)
+                for i in range(args.calls)]
+    t_ms = 1_900_000_000_000
+    out: dict[str, list[float]] = {"tensor by tensor": [], "wire form": []}
+    for _block in range(args.blocks):
+        for name, f in (("tensor by tensor", baseline), ("wire form", front)):
+            for request in requests:  # later timestamps each block (not timed)
+                t_ms += 1000
+                request.parameters["timestamp_ms"].int64_param = t_ms
+            t0 = time.perf_counter_ns()
+            for request in requests:
+                f.enrich(request)
+            out[name].append((time.perf_counter_ns() - t0) / args.calls / 1000)
+    old, new = min(out["tensor by tensor"]), min(out["wire form"])
+    print(f"enrich per one-row request (20 derived features): tensor by tensor {old:.2f} us, wire form {new:.2f} us "
+          f"(new/old = {new / old:.2f}x, saved {old - new:.2f} us)")
+    if args.check and new > old:
+        print(f"FAIL: the wire read ({new:.2f} us) is slower than the baseline ({old:.2f} us)", file=sys.stderr)
+        return 1
+    return 0
+
+
 # -- Elec2 --------------------------------------------------------------------------------------------------
 def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 25) -> np.ndarray:
     """Newton/IRLS for an L2-regularised logistic regression (x carries a bias column last), from zero."""
@@ -368,7 +409,7 @@ def elec2(args) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", nargs="?", default="overhead", choices=("overhead", "elec2", "serving"))
+    parser.add_argument("mode", nargs="?", default="overhead", choices=("overhead", "elec2", "serving", "decode"))
     parser.add_argument("--calls", type=int, default=3000, help="requests per block (overhead)")
     parser.add_argument("--blocks", type=int, default=7, help="interleaved blocks per case (overhead)")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "elec2.csv")
@@ -384,7 +425,7 @@ def main() -> int:
     if args.client_of is not None:
         print(json.dumps(serving_client(args.client_of, args.calls, args.blocks)))
         return 0
-    return {"overhead": overhead, "elec2": elec2, "serving": serving}[args.mode](args)
+    return {"overhead": overhead, "elec2": elec2, "serving": serving, "decode": decode}[args.mode](args)
 
 
 if __name__ == "__main__":

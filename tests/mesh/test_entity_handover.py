@@ -85,7 +85,9 @@ def test_a_live_previous_owner_hands_the_state_over(tmp_path, ports):
     b = None
     try:
         first = send(a, keys, rows, ts, 0, 60)  # a alone owns every key
-        b = node(tmp_path, "b", ports).start()
+        b = node(tmp_path, "b", ports)
+        b.eager_pull = None  # the lazy path alone (the fallback when the eager pull has not run or failed)
+        b.start()
         assert wait_for(lambda: both_up(a, b), 10) is not None
         moved = moved_keys(a)
         assert moved and moved != set(KEYS)  # some keys change owner, some stay
@@ -106,10 +108,65 @@ def test_a_live_previous_owner_hands_the_state_over(tmp_path, ports):
     assert np.array(first + second).tobytes() == expected.tobytes()
 
 
+def test_after_a_join_moved_entities_are_pulled_before_their_next_request(tmp_path, ports):
+    keys, rows, ts = stream(120)
+    a = node(tmp_path, "a", ports).start()
+    b = None
+    try:
+        first = send(a, keys, rows, ts, 0, 60)  # a alone owns every key
+        b = node(tmp_path, "b", ports).start()
+        assert wait_for(lambda: both_up(a, b), 10) is not None
+        moved_with_history = moved_keys(a) & set(keys[:60])
+        assert moved_with_history and moved_keys(a) != set(KEYS)
+        b_state = b.models.features.of_model(MODEL)[0]
+        a_state = a.models.features.of_model(MODEL)[0]
+        # no request has reached b yet: the state came over in the background, after the epoch change
+        assert wait_for(lambda: all(k in b_state for k in moved_with_history), 10) is not None, \
+            f"pulled {b.eager_pull.pulled}, counters {b.models.features.handover}"
+        assert b_state.stats().served == 0
+        assert all(k not in a_state for k in moved_with_history)  # moved, not copied
+        assert b.models.features.handover["pulled"] == len(moved_with_history)
+        second = send(a, keys, rows, ts, 60, 120)
+        moved_seen = {k for k in keys[60:] if k in moved_keys(a)}
+        assert b.models.features.handover["imported"] == 0  # the lazy fallback was never needed
+        assert b_state.stats().cold == len(moved_seen - set(keys[:60]))  # only keys never seen start cold
+        from prometheus_client import generate_latest
+
+        scraped = generate_latest(b.metrics.registry).decode()
+        assert f'edgeloop_feature_handover_total{{result="pulled"}} {float(len(moved_with_history))}' in scraped
+    finally:
+        if b is not None:
+            b.stop(1.0)
+        a.stop(1.0)
+    expected = replay(DEFINITION, rows.astype(np.float64), keys, ts / 1000.0).vectors
+    assert np.array(first + second).tobytes() == expected.tobytes()
+
+
+def test_eager_requests_are_checked():
+    from edgeloop.mesh.handover import answer_entity_state
+
+    def export(model, digest, keys, remove):
+        return [(k, b"x") for k in keys]
+
+    base = dict(model=MODEL, feature_digest=DEFINITION.digest)
+    code, message = answer_entity_state(mesh_pb2.EntityStateRequest(keys=["k"], for_node="b", **base), export,
+                                        lambda *a: [])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "for_node" in message
+    code, message = answer_entity_state(mesh_pb2.EntityStateRequest(for_node="b" * 129, **base), export, lambda *a: [])
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "for_node" in message
+    asked = []
+    reply = answer_entity_state(mesh_pb2.EntityStateRequest(for_node="b", **base), export,
+                                lambda *a: asked.append(a) or ["k1", "k2"])
+    assert list(reply.keys) == ["k1", "k2"] and asked == [(MODEL, DEFINITION.digest, "b", 256)]
+
+
 def test_a_dead_previous_owner_means_cold_and_counted(tmp_path, ports):
     keys, rows, ts = stream(80)
     a = node(tmp_path, "a", ports).start()
     b = node(tmp_path, "b", ports)
+    # a leaving gracefully within an eager pass's window would hand its keys over (a's own placement gives
+    # them to b as it says goodbye); a dead owner answers nothing: model that with the lazy path alone
+    b.eager_pull = None
     b_started = False
     try:
         b.start()

@@ -380,3 +380,41 @@ def test_scaling_folded_into_the_graph_with_onnx_compose():
     want = plain.run(None, {"features": ((x - mean) / scale).astype(np.float32)})[0]
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     onnx.checker.check_model(folded)
+
+
+def test_the_one_row_wire_read_takes_only_the_exact_form_and_reads_it_right():
+    from edgeloop.serving.features import FeatureFront, FeatureStates
+    from edgeloop.serving.signature import ModelSignature, TensorSpec
+
+    d = definition()
+    graph = ModelSignature([TensorSpec("features", "FP32", (-1, d.width), "input", ("batch", None))], [], 8)
+    states = FeatureStates()
+    front = FeatureFront(MODEL, d, graph, 8, states.state_for(MODEL, d, 100), states)
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((50, 3)).astype(np.float32)
+    rows[0] = np.frombuffer(b"\x3a\x04\x3a\x04" * 3, np.float32)  # values that look like the tags
+    for i, row in enumerate(rows):
+        got = front._one_row(feature_request(MODEL, d, row, f"k{i}", T0_MS + i))
+        assert got is not None and got.tobytes() == row.reshape(1, 3).tobytes()
+
+    def variant(change):
+        request = feature_request(MODEL, d, rows[1], "k", T0_MS)
+        change(request)
+        return request
+    others = {
+        "an output asked for": lambda r: r.outputs.add(name="vector"),
+        "a tensor parameter": lambda r: r.inputs[0].parameters["x"].CopyFrom(
+            inference_pb2.InferParameter(bool_param=True)),
+        "another datatype": lambda r: setattr(r.inputs[1], "datatype", "INT32"),
+        "another name": lambda r: setattr(r.inputs[2], "name", "prices"),
+        "two rows in the shape": lambda r: r.inputs[0].shape.__setitem__(0, 2),
+        "a short raw": lambda r: r.raw_input_contents.__setitem__(2, b"\0\0"),
+        "typed contents too": lambda r: r.inputs[1].contents.fp32_contents.append(1.0),
+        "an extra raw": lambda r: r.raw_input_contents.append(b"\0\0\0\0"),
+        "inputs reordered": lambda r: (setattr(r.inputs[0], "name", "b"), setattr(r.inputs[1], "name", "a")),
+    }
+    for what, change in others.items():
+        assert front._one_row(variant(change)) is None, what
+    # what falls back is still served by the checked path: the reordered request reads the same values
+    swapped = variant(others["inputs reordered"])
+    assert front._rows(swapped)[0].tolist() == [[rows[1][1], rows[1][0], rows[1][2]]]

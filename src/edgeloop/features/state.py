@@ -106,6 +106,14 @@ class FeatureState:
     def __len__(self) -> int:
         return sum(len(s.records) for s in self._stripes)
 
+    def keys(self) -> list[str]:
+        """The entities held now (a copy, stripe by stripe)."""
+        out: list[str] = []
+        for s in self._stripes:
+            with s.lock:
+                out.extend(s.records)
+        return out
+
     def __contains__(self, entity) -> bool:
         stripe = self._stripe(entity)
         with stripe.lock:

@@ -42,6 +42,8 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
         self._epoch = epoch
         #: ``export(model, digest, keys, remove) -> [(key, bytes)]``: entity feature state (set by the node)
         self.export_entities = None
+        #: ``owned_by(model, digest, node, limit) -> [key]``: held keys another node now owns (eager hand-over)
+        self.entities_owned_by = None
 
     def Describe(self, request, context):
         if self._token is not None and not token_matches(context.invocation_metadata(), self._token):
@@ -82,7 +84,7 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
                           f"Peer.EntityState needs the fleet token in metadata {TOKEN_METADATA_KEY!r} (missing or wrong)")
         from edgeloop.mesh.handover import answer_entity_state
 
-        answer = answer_entity_state(request, self.export_entities)
+        answer = answer_entity_state(request, self.export_entities, self.entities_owned_by)
         if isinstance(answer, tuple):
             context.abort(*answer)
         return answer

@@ -60,6 +60,7 @@ class EdgeNode:
         self.models.features.snapshot_dir = feature_snapshot_dir(config)  # restored as each state is created
         self._feature_snapshots = None
         self.handover = None  # mesh.handover.EntityHandover when the mesh is on
+        self.eager_pull = None  # mesh.handover.EagerPull when the mesh is on
         self.mesh = None
         self._token = None
         self.servicer.refuse_unsigned_loads = config.delivery.require_signed
@@ -96,12 +97,17 @@ class EdgeNode:
 
     def _wire_handover(self) -> None:
         """Entity feature state moves with ownership: asked from the previous owner, given to the new one."""
-        from edgeloop.mesh.handover import EntityHandover
+        from edgeloop.mesh.handover import EagerPull, EntityHandover, keys_owned_by
 
         features = self.models.features
+        membership = self.mesh.membership
         self.mesh.peer_servicer.export_entities = features.export
-        self.handover = EntityHandover(self.config.node.id, self.mesh.membership, self.mesh.pool)
+        self.mesh.peer_servicer.entities_owned_by = (
+            lambda model, digest, node, limit: keys_owned_by(membership, features.keys(model, digest), model, node,
+                                                             limit))
+        self.handover = EntityHandover(self.config.node.id, membership, self.mesh.pool)
         features.fetch_entity = self.handover.fetch
+        self.eager_pull = EagerPull(self.handover, features.held, features.adopt_pulled)  # started with the mesh
 
     def held_artifact(self, sha: str):
         """The model file of a version on disk whose manifest names ``sha`` (what Peer.FetchArtifact serves)."""
@@ -239,6 +245,8 @@ class EdgeNode:
             self._metrics_httpd = httpd
             self._metrics_port = httpd.server_port
         if self.mesh is not None:
+            if self.eager_pull is not None:
+                self.eager_pull.start()  # before the mesh: its first epoch bumps already pull
             self.mesh.start(self._grpc_port, self._metrics_port)
         if self.outbox is not None:
             self._start_data_path()
@@ -266,6 +274,8 @@ class EdgeNode:
             log.info("node %s draining (grace %.1f s)", self.config.node.id, grace_s)
             if self.link is not None:
                 self.link.stop()  # no directive may load a model while the node drains
+            if self.eager_pull is not None:
+                self.eager_pull.stop()
             if self.mesh is not None:
                 self.mesh.stop()  # goodbye first: peers stop routing here before we drain
             deadline = time.monotonic() + grace_s

@@ -14,14 +14,16 @@ parameter) with the one implementation in ``edgeloop.features``, then pushes the
 * State: one ``FeatureState`` per model and definition digest (``FeatureStates``), bounded by
   ``feature_max_entities``; it survives version swaps that keep the definition, is snapshotted to
   ``snapshot_dir`` (on stop and periodically) and restored when the state is created.
-* Hand-over: an entity this node does not hold may be fetched once from its previous owner through
-  ``fetch_entity`` (set by the node when the mesh is on; bounded in time, else the entity starts cold).
+* Hand-over: after a membership change the mesh pulls the entities this node now owns in the background
+  (``adopt_pulled``); one this node still does not hold may be fetched once from its previous owner
+  through ``fetch_entity`` (set by the node when the mesh is on; bounded in time, else it starts cold).
 * What the model saw is left for the recorder in ``take_served(request)`` (same thread, right after
   the inference), so the recorded sample carries the full vector and the cold/partial flags.
 """
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -49,6 +51,15 @@ MAX_KEY_BYTES = 256
 _LE_F32 = np.dtype("<f4")
 _InputTensor = inference_pb2.ModelInferRequest.InferInputTensor
 _WIRE = methodcaller("SerializeToString")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 class ServedFeatures:
@@ -140,7 +151,9 @@ class FeatureStates:
         self.fetch_entity: Callable[[str, str, str], bytes | None] | None = None
         self._counts = threading.Lock()
         self.no_key = 0  # rows served without a routing key (cold defaults)
-        self.handover = {"imported": 0, "missing": 0, "failed": 0, "refused": 0}
+        #: lazy hand-over results (imported, missing, failed, refused) and eager ones (pulled: adopted
+        #: after an epoch change; late: arrived after the entity had started here, dropped)
+        self.handover = {"imported": 0, "missing": 0, "failed": 0, "refused": 0, "pulled": 0, "late": 0}
         self.labels_applied = 0
         self.labels_unmatched = 0
 
@@ -255,6 +268,32 @@ class FeatureStates:
             return
         self.count("imported")
 
+    def adopt_pulled(self, model: str, digest: str, entity: str, data: bytes) -> None:
+        """An entity pulled eagerly from a peer after an epoch change (kept unless it already started here)."""
+        state = self.find(model, digest)
+        if state is None:
+            self.count("refused")
+            return
+        try:
+            if entity in state:
+                self.count("late")  # a request got here first; its history continues from there
+                return
+            state.import_entity(entity, data)
+        except (StateError, FeatureError) as exc:
+            self.count("refused")
+            log.warning("eager hand-over of %s (model %s) refused: %s", quote(entity), model, exc)
+            return
+        self.count("pulled")
+
+    def held(self) -> list[tuple[str, str]]:
+        """``(model, digest)`` of every state this node keeps (what eager hand-over pulls for)."""
+        with self._lock:
+            return list(self._states)
+
+    def keys(self, model: str, digest: str) -> list[str]:
+        state = self.find(model, digest)
+        return state.keys() if state is not None else []
+
     def export(self, model: str, digest: str, keys, remove: bool) -> list[tuple[str, bytes]]:
         """``(key, bytes)`` for each of ``keys`` held under ``model``/``digest`` (the Peer service's answer)."""
         state = self.find(model, digest)
@@ -290,10 +329,39 @@ class FeatureFront:
         self._batching = self.signature.max_batch_size > 0
         self._max_rows = self.signature.max_batch_size if self._batching else 1 << 20
         self._wire_1 = self._wire(1)
+        k = len(self._inputs)
+        # one-row fast path on the request's own wire form (see ``_one_row``): the k input tensors as
+        # serialized fields 5 of ModelInferRequest, then k raw contents (field 7) of 4 bytes each
+        self._inputs_field_1 = b"".join(b"\x2a" + _varint(len(w)) + w for w in self._wire_1)
+        self._raw_tail = 6 * k
+        self._raw_tags = b"\x3a\x04" * k
+        self._raw_unpack = struct.Struct("<" + "2xf" * k).unpack_from
 
     def _wire(self, n: int) -> list[bytes]:
         """The serialized tensor headers of an ``n``-row request's raw inputs, in the definition's order."""
         return [_InputTensor(name=name, datatype="FP32", shape=[n]).SerializeToString() for name in self._inputs]
+
+    def _one_row(self, request) -> np.ndarray | None:
+        """The one-row request's raw inputs (float32 ``[1, k]``) read from its wire form, or None.
+
+        Reading six tensors through protobuf costs more than the 20 features; serializing the request is
+        one C call.  Fields are written in field-number order (5 inputs, 6 outputs, 7 raw contents, then
+        unknown fields), so with exactly k inputs and k raw contents, the wire form ending in the expected
+        k tensors immediately followed by k 4-byte raw contents means: no outputs, no unknown fields, every
+        tensor exactly ``{name, "FP32", [1]}`` in the definition's order.  Anything else returns None.
+        """
+        k = len(self._inputs)
+        if len(request.inputs) != k or len(request.raw_input_contents) != k:
+            return None
+        wire = request.SerializeToString()
+        tail = self._raw_tail
+        end = len(wire) - tail
+        head = self._inputs_field_1
+        if end < len(head) or wire[end - len(head): end] != head:
+            return None
+        if wire[end::6] + wire[end + 1::6] != self._raw_tags[0::2] + self._raw_tags[1::2]:
+            return None
+        return np.array(self._raw_unpack(wire, end), dtype=np.float32).reshape(1, k)
 
     def _rows(self, request) -> tuple[np.ndarray, int]:
         """The request's rows ``[n, inputs]`` (float32) and batch size.
@@ -303,6 +371,9 @@ class FeatureFront:
         tensor's wire form with the expected one; anything else goes through the signature's full
         checks (typed contents, any order, and every error message).
         """
+        one = self._one_row(request)
+        if one is not None:
+            return one, 1
         inputs = request.inputs
         raws = request.raw_input_contents
         k = len(self._inputs)

@@ -561,16 +561,18 @@ class LabelAck(_message.Message):
     def __init__(self, accepted: _Optional[int] = ...) -> None: ...
 
 class EntityStateRequest(_message.Message):
-    __slots__ = ("model", "feature_digest", "keys", "remove")
+    __slots__ = ("model", "feature_digest", "keys", "remove", "for_node")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     REMOVE_FIELD_NUMBER: _ClassVar[int]
+    FOR_NODE_FIELD_NUMBER: _ClassVar[int]
     model: str
     feature_digest: str
     keys: _containers.RepeatedScalarFieldContainer[str]
     remove: bool
-    def __init__(self, model: _Optional[str] = ..., feature_digest: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., remove: _Optional[bool] = ...) -> None: ...
+    for_node: str
+    def __init__(self, model: _Optional[str] = ..., feature_digest: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., remove: _Optional[bool] = ..., for_node: _Optional[str] = ...) -> None: ...
 
 class EntityStateResponse(_message.Message):
     __slots__ = ("entities", "keys")
