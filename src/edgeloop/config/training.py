@@ -1,15 +1,19 @@
 """The coordinator's ``[training]`` table: the continuous-training loop's windows, triggers and gates."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .fields import TableReader
+
+#: an existing dask scheduler's address (host name or IPv4, port)
+_SCHEDULER = re.compile(r"^tcp://[A-Za-z0-9.\-]{1,253}:([0-9]{1,5})$")
 
 TRAINING_KEYS = ("enabled", "interval_ms", "monitor_window", "reference_rows", "drift_windows", "volume",
                  "schedule_s", "performance_floor", "performance_margin", "cooldown_s", "train_rows",
                  "holdout_fraction", "min_gain", "max_slice_regression", "min_slice_samples",
                  "compression_tolerance", "latency_ratio", "seed", "trainer", "max_read_rows", "min_clean_rows",
-                 "min_change_rows", "train_half_life")
+                 "min_change_rows", "train_half_life", "backend", "scheduler", "n_workers", "chunk_rows")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,10 @@ class TrainingConfig:
     max_read_rows: int = 20_000         # labelled rows read per loop step
     min_clean_rows: int = 100           # a run stops when validation leaves fewer
     min_change_rows: int = 400          # a drift/performance run waits for this many labelled rows after the change
+    backend: str = "inprocess"          # "inprocess" or "dask" (the [dask] extra: edgeloop.ct.trainer_dask)
+    scheduler: str = "local"            # dask: "tcp://host:port" of a running scheduler, or "local" (a LocalCluster)
+    n_workers: int = 2                  # dask "local": worker processes on 127.0.0.1
+    chunk_rows: int = 50_000            # dask: rows per chunk (one task's share of the window)
 
 
 def parse_training(table: dict, source: str) -> TrainingConfig:
@@ -50,7 +58,19 @@ def parse_training(table: dict, source: str) -> TrainingConfig:
     fraction = t.number("holdout_fraction", d.holdout_fraction, exclusive_minimum=0.0, expected="a number in (0, 0.9]")
     if fraction > 0.9:
         raise t.error("holdout_fraction", fraction, "a number in (0, 0.9]")
+    backend = t.string("backend", d.backend, expected="'inprocess' or 'dask'")
+    if backend not in ("inprocess", "dask"):
+        raise t.error("backend", backend, "'inprocess' or 'dask'")
+    expected = "'local' or 'tcp://host:port' (port 1..65535)"
+    scheduler = t.string("scheduler", d.scheduler, expected=expected)
+    match = _SCHEDULER.match(scheduler)
+    if scheduler != "local" and (match is None or not 1 <= int(match.group(1)) <= 65535):
+        raise t.error("scheduler", scheduler, expected)
     return TrainingConfig(
+        backend=backend,
+        scheduler=scheduler,
+        n_workers=t.integer("n_workers", d.n_workers, minimum=1, maximum=256),
+        chunk_rows=t.integer("chunk_rows", d.chunk_rows, minimum=100, maximum=5_000_000),
         enabled=t.boolean("enabled", d.enabled),
         interval_ms=t.integer("interval_ms", d.interval_ms, minimum=10, maximum=3_600_000),
         monitor_window=t.integer("monitor_window", d.monitor_window, minimum=20, maximum=1_000_000),
