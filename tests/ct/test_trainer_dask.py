@@ -135,6 +135,14 @@ def test_workers_read_the_window_from_the_store(tmp_path, data, two_workers):
         store.close()
 
 
+def test_the_local_cluster_listens_on_loopback_only(two_workers):
+    import psutil
+
+    procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    listening = {c.laddr.ip for p in procs for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    assert len(procs) >= 3 and listening == {"127.0.0.1"}  # scheduler, http, 2 workers (and nannies)
+
+
 def test_bad_settings_are_refused(data, two_workers):
     train, val, _ = data
     with pytest.raises(TrainingError, match="chunk_rows"):

@@ -89,7 +89,7 @@ class DaskBackend:
                 if self.scheduler == "local":
                     self._cluster = LocalCluster(host="127.0.0.1", n_workers=self.n_workers,
                                                  threads_per_worker=self.threads, processes=True,
-                                                 dashboard_address=None, silence_logs=logging.WARNING)
+                                                 dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING)
                     self._client = Client(self._cluster, timeout=self.timeout_s)
                 else:
                     self._client = Client(self.scheduler, timeout=self.timeout_s)
