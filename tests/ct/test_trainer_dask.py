@@ -204,3 +204,36 @@ def test_the_loop_trains_with_the_configured_backend(tmp_path):
     loop.stop()
     plain = CTLoop(None, None, None, None, replace(config, backend="inprocess", trainer="mlp"))
     assert isinstance(plain._trainer(), MLPTrainer)
+
+
+def _loop_training_step(tmp_path, **training):
+    from loopkit import MODEL, Feeder, champion, push, start_cloud, stream
+
+    cloud = start_cloud(tmp_path, **training)
+    try:
+        push(cloud, champion())
+        feeder = Feeder(cloud.store)
+        for k in range(3):
+            for j, edge in enumerate(("edge-a", "edge-b")):
+                x, y = stream(100, 1000 * k + j)
+                feeder.feed(edge, x, y)
+        cloud.ct.step(1000.0)
+        cloud.ct.request_retrain(MODEL, "test: backend")
+        (run,) = cloud.ct.step(5000.0)
+        step = [s for s in cloud.store.executions(MODEL, run.run_id) if s["type"] == "training"][0]
+        backend = cloud.ct._dask
+        started = backend is not None and backend._client is not None
+    finally:
+        cloud.stop(1.0)
+    return run, step, backend, started
+
+
+def test_a_loop_run_trains_on_the_configured_dask_cluster_and_stops_it(tmp_path):
+    run, step, backend, started = _loop_training_step(tmp_path / "dask", backend="dask", n_workers=1, chunk_rows=100)
+    plain, plain_step, none, _ = _loop_training_step(tmp_path / "plain")
+    assert started and backend._client is None and none is None  # started for the run, stopped with the loop
+    assert run.state == plain.state and step["properties"]["rows"] == plain_step["properties"]["rows"]
+    assert step["properties"]["validation"]["accuracy"] == pytest.approx(
+        plain_step["properties"]["validation"]["accuracy"], abs=1e-9)
+    assert step["properties"]["validation"]["log_loss"] == pytest.approx(
+        plain_step["properties"]["validation"]["log_loss"], rel=1e-5)
