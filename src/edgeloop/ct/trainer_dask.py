@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgeloop.ct.onnx_export import DenseModel, softmax
-from edgeloop.ct.trainers import (MAX_CLASSES, MAX_FEATURES, NEWTON_MAX_PARAMS, Dataset, LogisticRegressionTrainer,
+from edgeloop.ct.trainers import (MAX_CLASSES, MAX_FEATURES, MAX_ROWS, NEWTON_MAX_PARAMS, Dataset, LogisticRegressionTrainer,
                                   MLPTrainer, TrainingError, TrainResult, _check_seed, _cut, _finish, _SoftmaxLoss,
                                   _warm_model, class_labels, rebase, standardise)
 
@@ -186,11 +186,8 @@ class _Chunks:
     def n(self) -> int:
         return int(self.starts[-1])
 
-    def map(self, fn, *args, only: Sequence[int] | None = None, per_chunk: Sequence | None = None) -> list:
-        which = range(len(self.futures)) if only is None else only
-        futs = [self.client.submit(fn, self.futures[i], *((per_chunk[i],) if per_chunk is not None else ()), *args,
-                                   pure=False) for i in which]
-        return self.client.gather(futs)
+    def map(self, fn, *args) -> list:
+        return self.client.gather([self.client.submit(fn, f, *args, pure=False) for f in self.futures])
 
     def release(self) -> None:
         for f in self.futures:
@@ -310,13 +307,13 @@ def _store_chunks(client, window: StoreWindow, chunk_rows: int) -> _Chunks:
     return _Chunks(client, futures, sizes)
 
 
-def _window_stats(chunks: _Chunks, warm) -> tuple:
+def _window_stats(chunks: _Chunks) -> tuple:
     """(n, total weight, mean, inv_std, classes, d) of the whole window from per-chunk sums (two passes)."""
     stats = chunks.map(_chunk_stats)
     stats = [s for s in stats if s[0]]
     n = sum(s[0] for s in stats)
-    if n < 2:
-        raise TrainingError(f"train: {n} rows; expected at least 2")
+    if not 2 <= n <= MAX_ROWS:
+        raise TrainingError(f"train: {n} rows; expected 2..{MAX_ROWS}")
     d = stats[0][4]
     if not 1 <= d <= MAX_FEATURES or any(s[4] != d for s in stats):
         raise TrainingError(f"X: chunks with {sorted({s[4] for s in stats})} features; expected one width in "
@@ -385,6 +382,10 @@ class DaskTrainer:
                   seed: int = 0) -> TrainResult:
         if not isinstance(window, StoreWindow) or not isinstance(validation, Dataset):
             raise TrainingError("window/validation: expected a StoreWindow and a Dataset")
+        if isinstance(window.rows, bool) or not isinstance(window.rows, int) or not 2 <= window.rows <= MAX_ROWS:
+            raise TrainingError(f"window.rows: {_cut(window.rows)}; expected an int in 2..{MAX_ROWS}")
+        if not isinstance(window.n_features, int) or not 1 <= window.n_features <= MAX_FEATURES:
+            raise TrainingError(f"window.n_features: {_cut(window.n_features)}; expected an int in 1..{MAX_FEATURES}")
         self._check_chunks(math.ceil(int(window.rows) / max(1, int(self.chunk_rows))))
         client = self.backend.client()
         chunks = _store_chunks(client, window, int(self.chunk_rows))
@@ -408,7 +409,7 @@ def _fit_logistic(cfg: LogisticRegressionTrainer, chunks: _Chunks, validation: D
     seed = _check_seed(seed)
     if not (cfg.l2 >= 0) or cfg.max_iter < 1:
         raise TrainingError(f"l2={cfg.l2!r}, max_iter={cfg.max_iter!r}; expected l2 >= 0 and max_iter >= 1")
-    n, total_w, mean, inv_std, classes, d = _window_stats(chunks, None)
+    n, total_w, mean, inv_std, classes, d = _window_stats(chunks)
     if len(validation) and validation.n_features != d:
         raise TrainingError(f"validation.X: {validation.n_features} features; expected {d} as in train")
     warm, note = _warm_model(warm_start, "logistic", d, ())
@@ -501,7 +502,7 @@ def _fit_mlp(cfg: MLPTrainer, chunks: _Chunks, validation: Dataset, warm_start, 
     seed = _check_seed(seed)
     cfg._check()
     hidden = tuple(int(h) for h in cfg.hidden)
-    n, total_w, mean, inv_std, classes, d = _window_stats(chunks, None)
+    n, total_w, mean, inv_std, classes, d = _window_stats(chunks)
     if len(validation) and validation.n_features != d:
         raise TrainingError(f"validation.X: {validation.n_features} features; expected {d} as in train")
     warm, note = _warm_model(warm_start, "mlp", d, hidden)
