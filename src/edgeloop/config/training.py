@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from .fields import TableReader
 
+#: an existing dask scheduler's address (host name or IPv4, port)
+_SCHEDULER = re.compile(r"^tcp://[A-Za-z0-9.\-]{1,253}:([0-9]{1,5})$")
+
 TRAINING_KEYS = ("enabled", "interval_ms", "monitor_window", "reference_rows", "drift_windows", "volume",
                  "schedule_s", "performance_floor", "performance_margin", "cooldown_s", "train_rows",
                  "holdout_fraction", "min_gain", "max_slice_regression", "min_slice_samples",
@@ -13,7 +16,7 @@ TRAINING_KEYS = ("enabled", "interval_ms", "monitor_window", "reference_rows", "
                  "min_change_rows", "train_half_life", "models", "federated_strategy", "federated_clip_norm",
                  "federated_trim", "federated_epochs", "federated_lr", "federated_mu", "federated_min_edges",
                  "federated_timeout_s", "trainer_options", "window", "train_days",
-                 "slice_features")
+                 "slice_features", "backend", "scheduler", "n_workers", "chunk_rows")
 MODES = ("central", "federated")
 FEDERATED_STRATEGIES = ("fedavg", "median", "trimmed_mean")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -64,6 +67,10 @@ class TrainingConfig:
     federated_min_edges: int = 1        # a round needs updates from at least this many edges
     federated_timeout_s: float = 30.0   # how long a round phase waits for the edges
     source: str = ""                    # the file this table came from (for errors raised after parsing)
+    backend: str = "inprocess"          # "inprocess" or "dask" (the [dask] extra: edgeloop.ct.trainer_dask)
+    scheduler: str = "local"            # dask: "tcp://host:port" of a running scheduler, or "local" (a LocalCluster)
+    n_workers: int = 2                  # dask "local": worker processes on 127.0.0.1
+    chunk_rows: int = 50_000            # dask: rows per chunk (one task's share of the window)
 
 
 def parse_training(table: dict, source: str) -> TrainingConfig:
@@ -116,6 +123,14 @@ def parse_training(table: dict, source: str) -> TrainingConfig:
     trim = t.number("federated_trim", d.federated_trim, minimum=0.0, expected="a fraction in [0, 0.5)")
     if trim >= 0.5:
         raise t.error("federated_trim", trim, "a fraction in [0, 0.5)")
+    backend = t.string("backend", d.backend, expected="'inprocess' or 'dask'")
+    if backend not in ("inprocess", "dask"):
+        raise t.error("backend", backend, "'inprocess' or 'dask'")
+    expected = "'local' or 'tcp://host:port' (port 1..65535)"
+    scheduler = t.string("scheduler", d.scheduler, expected=expected)
+    match = _SCHEDULER.match(scheduler)
+    if scheduler != "local" and (match is None or not 1 <= int(match.group(1)) <= 65535):
+        raise t.error("scheduler", scheduler, expected)
     return TrainingConfig(
         federated_models=tuple(sorted(federated)),
         federated_strategy=strategy,
@@ -128,6 +143,10 @@ def parse_training(table: dict, source: str) -> TrainingConfig:
         federated_min_edges=t.integer("federated_min_edges", d.federated_min_edges, minimum=1, maximum=100_000),
         federated_timeout_s=t.number("federated_timeout_s", d.federated_timeout_s, exclusive_minimum=0.0,
                                      expected="seconds > 0"),
+        backend=backend,
+        scheduler=scheduler,
+        n_workers=t.integer("n_workers", d.n_workers, minimum=1, maximum=256),
+        chunk_rows=t.integer("chunk_rows", d.chunk_rows, minimum=100, maximum=5_000_000),
         enabled=t.boolean("enabled", d.enabled),
         interval_ms=t.integer("interval_ms", d.interval_ms, minimum=10, maximum=3_600_000),
         monitor_window=t.integer("monitor_window", d.monitor_window, minimum=20, maximum=1_000_000),

@@ -122,6 +122,7 @@ class CTLoop:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._dask = None  # a DaskBackend when [training] backend = "dask"
         self.runs = 0
 
     # ------------------------------------------------------------------ thread
@@ -134,6 +135,19 @@ class CTLoop:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._dask is not None:  # the LocalCluster this loop started, if any
+            self._dask.close()
+
+    def _trainer(self):
+        """The configured trainer: built-in in this process, or data-parallel on Dask (``[training] backend``)."""
+        c = self.config
+        if c.backend != "dask":
+            return _trainer(c)
+        from .trainer_dask import backend_for, trainer_for
+
+        if self._dask is None:
+            self._dask = backend_for(c)  # started on the first run, stopped with the loop
+        return trainer_for(c, self._dask)
 
     def _run(self) -> None:
         period = self.config.interval_ms / 1000.0
@@ -487,7 +501,7 @@ class CTLoop:
                 fit_train = apply_window(fit_train, TrainingWindow("all", None, c.train_half_life))
         except TrainingError as exc:
             return end("stopped", f"split: {exc}")
-        trainer = _trainer(c)
+        trainer = self._trainer()
         result = trainer.fit(fit_train, fit_val, warm_start=st.champion, seed=c.seed)
         challenger = result.model
         chall_art = self.store.add_artifact(model, "model", {"role": "challenger", "report": result.report.to_dict()},
