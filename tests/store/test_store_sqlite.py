@@ -1,21 +1,32 @@
-"""The SQLite store on a real database file: migrations, idempotent ingest, label joins, directives, statistics."""
+"""The store on both backends (a real SQLite file; a real PostgreSQL database when one can be had):
+migrations, idempotent ingest, label joins, directives, statistics."""
 import math
 import sqlite3
 
 import pytest
 
-from edgeloop.store import FeatureStatRow, LabelRow, SampleRow, SqliteStore, StoreError
+from edgeloop.store import FeatureStatRow, LabelRow, PostgresStore, SampleRow, SqliteStore, StoreError
 from edgeloop.store.migrations import MIGRATIONS
 from edgeloop.store.sqlite import BUCKET_MS, merge_moments
+
+try:
+    import psycopg
+
+    DB_ERRORS: tuple = (sqlite3.Error, psycopg.Error)
+except ImportError:  # the PostgreSQL cases skip then
+    DB_ERRORS = (sqlite3.Error,)
 
 
 def rows(*ids, model="m", key="k", ts=1000):
     return [SampleRow(model, i, 1, key, ts, b"payload-" + i.encode()) for i in ids]
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = SqliteStore(tmp_path / "db" / "c.sqlite")
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "db" / "c.sqlite")
+    else:
+        s = PostgresStore(request.getfixturevalue("postgres_url"))
     yield s
     s.close()
 
@@ -62,7 +73,7 @@ def test_batches_are_idempotent_per_node_and_samples_distinct(store):
 
 def test_a_failing_batch_leaves_nothing_behind(store):
     bad = rows("x") + [SampleRow("m", "y", 1, "k", 1, object())]  # cannot be bound: fails mid-batch
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(DB_ERRORS):
         store.ingest_samples("e1", "b1", bad, 5)
     assert store.sample_ids() == [] and store.ingest_samples("e1", "b1", rows("x"), 5) == 1
 
@@ -135,7 +146,7 @@ def test_a_failed_batch_leaves_pending_labels_to_join_later(store):
     store.ingest_labels("", "l1", [LabelRow("a", "m", "", 0, 1.0, 5)], 5)
     store.ingest_labels("", "l2", [LabelRow("b", "", "", 0, 1.0, 5)], 5)  # pending (no model)
     bad = rows("b") + [SampleRow("m", "c", 1, "k", 1, object())]
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(DB_ERRORS):
         store.ingest_samples("e1", "b1", bad, 6)
     store.ingest_samples("e1", "b1", rows("b"), 6)
     assert store.label_of("b", "m") == (1.0, 1)

@@ -212,7 +212,7 @@ class CloudConfig:
 
     source: str
     node: NodeConfig
-    database: Path
+    database: Path | str                     # a SQLite file, or a postgresql:// URL (str)
     artifact_dir: Path
     heartbeat_interval_ms: int = 1000
     auth: AuthConfig = AuthConfig()
@@ -224,6 +224,8 @@ class CloudConfig:
     grpc_workers: int = 64                   # handler threads: one per directive stream and per upload
     history_days: int = 14                   # status reports and statistics windows kept this long
     training: TrainingConfig = TrainingConfig()  # the continuous-training loop ([training])
+    lease_s: float = 10.0                    # PostgreSQL: another coordinator takes the CT loop this long after
+                                             # its leader stopped renewing the lease
 
 
 def join_host_port(host: str, port: int) -> str:

@@ -115,6 +115,8 @@ class CTLoop:
 
     # ------------------------------------------------------------------ thread
     def start(self) -> "CTLoop":
+        """Start the loop thread (again after ``stop``: a coordinator that regains the lease restarts it)."""
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="edgeloop-ct-loop", daemon=True)
         self._thread.start()
         return self
@@ -123,6 +125,7 @@ class CTLoop:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            self._thread = None
 
     def _run(self) -> None:
         period = self.config.interval_ms / 1000.0
