@@ -56,9 +56,13 @@ class LeaderLease:
             if held:
                 self._deadline = asked + self.ttl_ms / 1000.0 - self.period_s
         if held and not self._leading:
+            try:
+                self._on_gain()
+            except Exception as exc:  # e.g. the previous loop thread has not finished yet: next period
+                log.warning("lease %s: cannot start the loop yet (%s)", LEASE, str(exc)[:200])
+                return False
             self._leading = True
             log.info("lease %s taken by %s: running the continuous-training loop", LEASE, self.holder)
-            self._on_gain()
         elif not held and self._leading:
             self._leading = False
             log.warning("lease %s lost by %s: stopping the continuous-training loop", LEASE, self.holder)

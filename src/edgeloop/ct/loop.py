@@ -116,6 +116,8 @@ class CTLoop:
     # ------------------------------------------------------------------ thread
     def start(self) -> "CTLoop":
         """Start the loop thread (again after ``stop``: a coordinator that regains the lease restarts it)."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the continuous-training loop is already running")
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="edgeloop-ct-loop", daemon=True)
         self._thread.start()
@@ -125,7 +127,6 @@ class CTLoop:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-            self._thread = None
 
     def _run(self) -> None:
         period = self.config.interval_ms / 1000.0
