@@ -95,7 +95,8 @@ class Fleet:
         self.cloud_config.write_text(
             f'[node]\nid = "cloud"\nhost = "127.0.0.1"\ngrpc_port = {self.cloud_port}\nmetrics_port = 7002\n'
             f'[storage]\ndatabase = "cloud/coordinator.sqlite"\nartifact_dir = "cloud/artifacts"\n'
-            f'[fleet]\nheartbeat_interval_ms = 500\n')
+            f'[fleet]\nheartbeat_interval_ms = 500\n'
+            f'[delivery]\ncanary = 1000\nbake_s = 0\n')  # pushes reach every edge at once (not a rollout test)
         self.database = self.root / "cloud" / "coordinator.sqlite"
 
     def start_cloud(self) -> Process:

@@ -16,7 +16,9 @@ FEATURES = 32
 
 def cloud_config(tmp: Path, **storage):
     config = parse_cloud_config({"node": {"grpc_port": 7001, "metrics_port": 7002},
-                                 "storage": {"database": "db/coord.sqlite", **storage}}, base_dir=tmp)
+                                 "storage": {"database": "db/coord.sqlite", **storage},
+                                 # every known edge in the first wave, no bake: these tests are not about rollouts
+                                 "delivery": {"canary": 1000, "bake_s": 0}}, base_dir=tmp)
     return replace(config, node=replace(config.node, grpc_port=0, metrics_port=0))
 
 

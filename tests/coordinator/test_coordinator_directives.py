@@ -72,6 +72,12 @@ def test_push_directs_every_known_edge_and_later_joiners(running, monkeypatch):
         assert {n.node_id: n.connected for n in status.nodes} == {"edge-a": True, "edge-b": False}
     finally:
         reader.close()
+    # version 2 reaches a later joiner once its rollout is done (edge-a applied it; edge-b is offline)
+    running.coord.ReportDirective(mesh_pb2.DirectiveResult(node_id="edge-a", sequence=2, ok=True), timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+            r["version"] == 2 and r["state"] == "done" for r in running.coordinator.core.rollouts.rollouts()):
+        time.sleep(0.05)
     response = join(running.coord, "edge-c")
     assert [(m.model, m.version) for m in response.desired] == [("m", 2)]
     late = StreamReader(running.coord, "edge-c")
@@ -94,9 +100,14 @@ def test_directive_results_and_unknown_sequences(running):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and "sequence" in err.value.details()
     (record,) = running.store.directives_after("edge-a", 0)
     assert record.result == "failed" and record.error == "onnx: bad model"
-    # a failed load is directed again when the edge re-joins
+    # a failed load rolls its rollout back: the version is not directed again when the edge re-joins
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and running.coordinator.core.rollouts.rollouts()[0]["state"] == "running":
+        time.sleep(0.05)
+    (rollout,) = running.coordinator.core.rollouts.rollouts()
+    assert rollout["state"] == "rolled_back" and "activation failed" in rollout["reason"]
     join(running.coord, "edge-a")
-    assert [r.sequence for r in running.store.directives_after("edge-a", 0)] == [1, 2]
+    assert [r.sequence for r in running.store.directives_after("edge-a", 0)] == [1]
     with pytest.raises(grpc.RpcError) as err:
         StreamReader(running.coord, "never-joined").next()
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION

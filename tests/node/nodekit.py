@@ -24,7 +24,9 @@ def cloud_config(tmp: Path, port: int = 0, **storage):
     config = parse_cloud_config({"node": {"grpc_port": 7001, "metrics_port": 7002},
                                  "storage": {"database": "cloud/coord.sqlite", "artifact_dir": "cloud/artifacts",
                                              **storage},
-                                 "fleet": {"heartbeat_interval_ms": 200}}, base_dir=tmp)
+                                 "fleet": {"heartbeat_interval_ms": 200},
+                                 # every known edge in the first wave, no bake: these tests are not about rollouts
+                                 "delivery": {"canary": 1000, "bake_s": 0}}, base_dir=tmp)
     return replace(config, node=replace(config.node, grpc_port=port, metrics_port=-1))
 
 

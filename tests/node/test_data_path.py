@@ -172,7 +172,7 @@ def test_pushed_model_reaches_the_edge_through_a_directive(tmp_path, closing):
     closing(channel)
     pushed = push_model(channel, model_file, MODEL, version=2)
     assert pushed.version == 2 and pushed.sha256 == hashlib.sha256(data).hexdigest()
-    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [2])
+    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [1, 2])  # v1 kept loaded for rollback
     assert wait_for(lambda: edge.node.link.applied and edge.node.link.applied[-1][1])
     assert (tmp_path / "edge-a-models" / MODEL / "2" / "model.onnx").read_bytes() == data
     assert edge.infer(5).model_version == "2"
@@ -203,7 +203,7 @@ def test_coordinator_restart_in_the_middle_of_a_directive_resumes_the_fetch(tmp_
     time.sleep(0.5)
     cloud = start_cloud(tmp_path, port=port, fetch_chunk_bytes=chunk)  # same files, same port
     closing(cloud)
-    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [2], timeout=60)
+    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [1, 2], timeout=60)  # v1 kept loaded
     assert wait_for(lambda: cloud.store.directive_sequence("edge-a") >= 1 and any(
         e for e in edge.node.link.applied if e[1]))
     # resumed: the restarted coordinator sent only what was missing
@@ -275,7 +275,7 @@ def test_rollback_report_now_unload_and_a_failing_directive_are_applied_and_repo
     channel = grpc.insecure_channel(cloud.address)
     closing(channel)
     push_model(channel, model_file, MODEL, version=2)
-    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [2])
+    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [1, 2])  # v1 kept loaded for rollback
 
     def issue(kind, message, model=MODEL, version=0):
         record = cloud.store.add_directive("edge-a", kind, message.SerializeToString(), int(time.time() * 1000),
@@ -317,7 +317,7 @@ def test_a_rollback_survives_an_edge_restart(tmp_path, closing):
     channel = grpc.insecure_channel(cloud.address)
     closing(channel)
     push_model(channel, model_file, MODEL, version=2)
-    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [2])
+    assert wait_for(lambda: edge.node.models.ready_models().get(MODEL) == [1, 2])  # v1 kept loaded for rollback
     cloud.store.add_directive("edge-a", "rollback", mesh_pb2.RollbackModel(model=MODEL, to_version=1)
                               .SerializeToString(), int(time.time() * 1000), MODEL, 1)
     cloud.hub.notify()

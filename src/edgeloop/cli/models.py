@@ -13,7 +13,8 @@ import sys
 def register(sub) -> None:
     parser = sub.add_parser("models", help="publish models to the fleet through the coordinator, list them")
     actions = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    push = actions.add_parser("push", help="store FILE.onnx as a new model version and direct every edge to load it")
+    push = actions.add_parser("push", help="store FILE.onnx as a new model version (printed) and start its "
+                                           "staged rollout")
     push.add_argument("file", metavar="FILE.onnx")
     push.add_argument("--model", required=True, metavar="NAME", help="model name")
     push.add_argument("--version", type=int, default=0, metavar="N", help="version (default: one above the highest)")
@@ -89,7 +90,7 @@ def run_push(args) -> int:
     finally:
         channel.close()
     print(f"published {reply.model} version {reply.version} (sha256 {reply.sha256}, {reply.size} bytes); "
-          f"{reply.edges_directed} edge(s) directed to load it")
+          f"{reply.edges_directed} edge(s) directed to load it (the rollout's first wave)")
     return 0
 
 

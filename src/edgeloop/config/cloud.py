@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .auth import parse_auth
+from .delivery import parse_cloud_delivery
 from .errors import ConfigError
 from .fields import REQUIRED, TableReader, top_level_table, unknown_key_error
 from .node import CLOUD_NODE_KEYS, parse_node
@@ -14,7 +15,7 @@ from .schema import CloudConfig, NodeConfig
 from .toml_source import read_toml
 from .training import parse_training
 
-CLOUD_TABLES = ("node", "storage", "fleet", "auth", "training")
+CLOUD_TABLES = ("node", "storage", "fleet", "auth", "training", "delivery")
 STORAGE_KEYS = ("database", "artifact_dir", "synchronous", "max_message_bytes", "max_batch_rows",
                 "max_artifact_bytes", "fetch_chunk_bytes", "history_days", "lease_s")
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -80,9 +81,10 @@ def parse_cloud_config(data: dict[str, Any], source: str = "<string>", base_dir:
     workers = fleet.integer("grpc_workers", CloudConfig.grpc_workers, minimum=4, maximum=1024)
     auth = parse_auth(top_level_table(data, source, "auth"), source, base)
     training = parse_training(top_level_table(data, source, "training"), source)
+    delivery = parse_cloud_delivery(top_level_table(data, source, "delivery"), source, base)
     return CloudConfig(source=source, node=node, database=database, artifact_dir=artifact_dir,
                        heartbeat_interval_ms=heartbeat, auth=auth, synchronous=synchronous, grpc_workers=workers,
-                       training=training, lease_s=lease_s, **limits)
+                       training=training, delivery=delivery, lease_s=lease_s, **limits)
 
 
 def redact_url(url: str) -> str:

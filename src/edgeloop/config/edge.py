@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .delivery import parse_edge_delivery
 from .errors import ConfigError
 from .fields import TableReader, top_level_table, unknown_key_error
 from .mesh import parse_mesh
@@ -16,7 +17,7 @@ from .paths import directory_problem, resolve
 from .schema import CoordinatorConfig, EdgeConfig, ModelConfig, NodeConfig, ServingConfig
 from .toml_source import read_toml
 
-EDGE_TABLES = ("node", "serving", "mesh", "coordinator", "auth")
+EDGE_TABLES = ("node", "serving", "mesh", "coordinator", "auth", "delivery")
 SERVING_KEYS = ("model_repository", "max_receive_message_bytes", "max_send_message_bytes", "grpc_workers",
                 "model_defaults", "models")
 COORDINATOR_KEYS = ("address", "outbox_path", "outbox_max_rows", "outbox_max_bytes", "outbox_queue_size",
@@ -50,8 +51,9 @@ def parse_edge_config(data: dict[str, Any], source: str = "<string>", base_dir: 
     coordinator = parse_coordinator(coordinator_table, source)
     data_path = parse_data_path(coordinator_table, source, base)
     auth = parse_auth(top_level_table(data, source, "auth"), source, base)
+    delivery = parse_edge_delivery(top_level_table(data, source, "delivery"), source, base)
     return EdgeConfig(source=source, node=node, serving=serving, mesh=mesh, coordinator_address=coordinator,
-                      auth=auth, coordinator=data_path)
+                      auth=auth, coordinator=data_path, delivery=delivery)
 
 
 def parse_serving(table: dict[str, Any], source: str, base_dir: Path) -> ServingConfig:

@@ -6,6 +6,7 @@ Values are validated by the parsers (``edge``, ``cloud``); building these direct
 
 from __future__ import annotations
 
+from .delivery import CloudDeliveryConfig, EdgeDeliveryConfig
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -186,6 +187,7 @@ class EdgeConfig:
     coordinator_address: str | None = None
     auth: AuthConfig = AuthConfig()
     coordinator: CoordinatorConfig = CoordinatorConfig()
+    delivery: "EdgeDeliveryConfig" = EdgeDeliveryConfig()
 
     def sample_rate(self, model: str) -> float:
         """The share of ``model``'s requests recorded: its own or the defaults' ``sample_rate``, else
@@ -224,6 +226,7 @@ class CloudConfig:
     grpc_workers: int = 64                   # handler threads: one per directive stream and per upload
     history_days: int = 14                   # status reports and statistics windows kept this long
     training: TrainingConfig = TrainingConfig()  # the continuous-training loop ([training])
+    delivery: CloudDeliveryConfig = CloudDeliveryConfig()  # signing key and rollout defaults
     lease_s: float = 10.0                    # PostgreSQL: another coordinator takes the CT loop this long after
                                              # its leader stopped renewing the lease
 

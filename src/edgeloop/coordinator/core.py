@@ -57,6 +57,9 @@ class CoordinatorCore:
         self._tensors = v.TensorChecker()
         #: the one thread that commits uploads: validation (GIL held) overlaps SQLite work (GIL released)
         self.writer = IngestWriter(store)
+        from .rollouts import Rollouts
+
+        self.rollouts = Rollouts(self)
 
     # ---------------------------------------------------------------- uploads
     def sample_rows(self, batch) -> list[SampleRow]:
@@ -171,26 +174,50 @@ class CoordinatorCore:
         return mesh_pb2.UploadAck(accepted_batch_ids=accepted, duplicate_batch_ids=duplicates, rows_stored=stored)
 
     # ---------------------------------------------------------------- publication
-    def publish(self, model: str, version: int, sha256: str, size: int, reason: str = "push"):
-        """Register an artifact already in the store as ``model`` ``version`` (0: next) and direct the edges to load it.
+    def publish(self, model: str, version: int, sha256: str, size: int, reason: str = "push", *,
+                canary: int = 0, bake_s: float = 0.0, **manifest_fields):
+        """Register an artifact already in the store as ``model`` ``version`` (0: next), write its signed
+        manifest and start a staged rollout (the canary edges are directed now, the rest wave by wave).
 
         The one way a model reaches the fleet: ``edgeloop models push`` and the CT loop both come here,
         so the delivery rules (signed manifests, staged rollouts) apply to every model in one place.
-        Returns ``(PublishedModel, directive records)``; raises ``StoreError`` when that version is taken.
+        ``manifest_fields``: extra manifest fields (inputs, outputs, features, reference_stats, self_test,
+        tolerance, lineage_id).  Returns ``(PublishedModel, directive records of the first wave)``; raises
+        ``StoreError`` when that version is taken.
         """
-        published, records = self.store.publish_model(model, version, sha256, size, now_ms(), LOAD,
-                                                      self.load_payload)
-        self.hub.notify()
-        log.info("model %s version %d published (%s, %d bytes, %s); %d edge(s) directed", model,
-                 published.version, sha256[:12], size, reason, len(records))
-        return published, records
+        published, _ = self.store.publish_model(model, version, sha256, size, now_ms(), LOAD)
+        if self.rollouts.manifest(model, published.version) is not None and any(
+                r["model"] == model and r["version"] == published.version for r in self.rollouts.rollouts()):
+            return published, []  # the same bytes again: idempotent
+        self.rollouts.make_manifest(published, **manifest_fields)
+        doc = self.rollouts.start_rollout(published, reason, canary, bake_s)
+        first = doc["waves"][0] if doc["waves"] else []
+        log.info("model %s version %d published (%s, %d bytes, %s); rollout %s: canary %s", model,
+                 published.version, sha256[:12], size, reason, doc["rollout_id"], first)
+        return published, first
 
     # ---------------------------------------------------------------- directives
-    def load_payload(self, published) -> bytes:
-        manifest = json.dumps({"model": published.model, "version": published.version, "sha256": published.sha256,
-                               "size": published.size, "created_ms": published.created_ms}, sort_keys=True)
+    def load_payload(self, published, node_id: str = "", rollout_id: str = "") -> bytes:
+        """The LoadModel directive: the stored (signed) manifest, and as hints the edges of ``node_id``'s zone
+        that already hold the artifact (peers serve it, so the coordinator sends it once per zone)."""
+        doc = self.rollouts.manifest(published.model, published.version)
+        if doc is None:  # published before delivery existed: an unsigned manifest
+            doc = {"model": published.model, "version": published.version, "sha256": published.sha256,
+                   "size": published.size, "created_ms": published.created_ms}
+        manifest = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         return mesh_pb2.LoadModel(model=published.model, version=published.version, artifact_sha256=published.sha256,
-                                  size=published.size, manifest_json=manifest.encode()).SerializeToString()
+                                  size=published.size, manifest_json=manifest.encode(), rollout_id=rollout_id,
+                                  peer_addresses=self.holders(published, node_id)).SerializeToString()
+
+    def holders(self, published, node_id: str) -> list[str]:
+        """Addresses of edges in ``node_id``'s zone that applied the load of ``published`` (crossing zones is
+        what the coordinator's copy is for)."""
+        results = self.store.load_results(published.model, published.version)
+        nodes = {n.node_id: n for n in self.store.nodes()}
+        zone = nodes[node_id].identity.get("zone", "") if node_id in nodes else ""
+        held = [n for nid, n in sorted(nodes.items()) if results.get(nid) == "applied" and nid != node_id
+                and n.address and n.identity.get("zone", "") == zone]
+        return [n.address for n in held[:8]]
 
     def directive_message(self, record):
         d = mesh_pb2.Directive(sequence=record.sequence)

@@ -60,9 +60,11 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
         desired = store.published_models(latest_only=True)
         added = 0
         for p in desired:  # an edge that joins later is directed to load the current models
-            if (p.model, p.version) in serving or store.has_directive(node.node_id, LOAD, p.model, p.version):
-                continue
-            store.add_directive(node.node_id, LOAD, self.core.load_payload(p), stamp, p.model, p.version)
+            if (p.model, p.version) in serving or store.has_directive(node.node_id, LOAD, p.model, p.version) \
+                    or self.core.rollouts.blocked(p.model, p.version):
+                continue  # a version still rolling out reaches a joiner only through its rollout
+            store.add_directive(node.node_id, LOAD, self.core.load_payload(p, node.node_id), stamp, p.model,
+                                p.version)
             added += 1
         if added:
             self.core.hub.notify()
@@ -145,15 +147,17 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
         offset = request.offset
         if offset > total:
             raise v.bad("offset", offset, f"an offset within the artifact (0..{total})")
+        sent = 0
         while True:
             try:
                 data = core.artifacts.read(sha, offset, chunk)
             except ArtifactError as exc:
                 raise not_found(str(exc)) from None
+            self.metrics.artifact_bytes.inc(len(data))  # counted when handed to the stream (egress)
             yield mesh_pb2.ArtifactChunk(sha256=sha, offset=offset, total_size=total, data=data)
-            self.metrics.artifact_bytes.inc(len(data))
             offset += len(data)
-            if offset >= total or not data or not context.is_active():
+            sent += 1
+            if offset >= total or not data or not context.is_active() or sent == request.max_chunks:
                 return
 
     @guard("ReportStatus")

@@ -1,13 +1,14 @@
 """``edgeloop.v1.Fleet``: what the operator's CLI calls (fleet status, model pushes, label imports)."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 
 import grpc
 
 from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
-from edgeloop.protocol.errors import ProtocolError, invalid_argument, unavailable
+from edgeloop.protocol.errors import ProtocolError, invalid_argument, not_found, unavailable
 from edgeloop.store import ArtifactError, StoreError
 
 from . import validate as v
@@ -88,6 +89,54 @@ class FleetServicer(CtFleetMethods, mesh_pb2_grpc.FleetServicer):
             raise ProtocolError(grpc.StatusCode.ALREADY_EXISTS, f"version: {exc}") from None
         return mesh_pb2.PushModelResponse(model=model, version=published.version, sha256=sha, size=size,
                                           edges_directed=len(records))
+
+    @guard("Rollout")
+    def Rollout(self, request, context):
+        """start | status | pause | resume | abort | pin | unpin (``edgeloop rollout ...``)."""
+        rollouts = self.core.rollouts
+        action = request.action
+        if action == "status":
+            docs = rollouts.rollouts()
+            if request.rollout_id:
+                docs = [d for d in docs if d["rollout_id"] == request.rollout_id]
+            return mesh_pb2.RolloutReply(json=json.dumps({"rollouts": docs}).encode())
+        if action == "start":
+            model = v.name("model", request.model)
+            v.version("version", request.version)
+            published = next((p for p in self.core.store.published_models() if p.model == model
+                              and p.version == request.version), None)
+            if published is None:
+                raise not_found(f"model: got {model!r} version {request.version}, expected a published version "
+                                f"(push it first with `edgeloop models push`)")
+            if request.canary > 100_000:
+                raise v.bad("canary", request.canary, "0 (the configured default) .. 100000 edges")
+            if not (math.isfinite(request.bake_s) and 0 <= request.bake_s <= 7 * 86400):
+                raise v.bad("bake_s", request.bake_s, "0 (the configured default) .. 604800 seconds")
+            doc = rollouts.start_rollout(published, "edgeloop rollout start", request.canary, request.bake_s)
+            return mesh_pb2.RolloutReply(json=json.dumps(doc).encode())
+        if action in ("pause", "resume", "abort"):
+            v.text("rollout_id", request.rollout_id, 200)
+            try:
+                doc = rollouts.control(action, request.rollout_id)
+            except KeyError:
+                raise not_found(f"rollout_id: got {v.cut(request.rollout_id)}, expected a rollout id from "
+                                f"`edgeloop rollout status`") from None
+            return mesh_pb2.RolloutReply(json=json.dumps(doc).encode())
+        if action in ("pin", "unpin"):
+            model = v.name("model", request.model)
+            target = request.target
+            name = target[5:] if target.startswith("zone:") else target
+            v.text("target", name, 128)
+            if not name:
+                raise v.bad("target", target, "an edge id or zone:NAME")
+            if action == "pin":
+                v.version("version", request.version)
+                rollouts.pin(target, model, request.version)
+            else:
+                rollouts.unpin(target, model)
+            return mesh_pb2.RolloutReply(json=json.dumps({"pinned" if action == "pin" else "unpinned": target,
+                                                          "model": model}).encode())
+        raise v.bad("action", action, "start, status, pause, resume, abort, pin or unpin")
 
     @guard("ImportLabels")
     def ImportLabels(self, request_iterator, context):

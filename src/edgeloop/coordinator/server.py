@@ -50,9 +50,12 @@ class Coordinator:
         self.ct = CTLoop(self.store, self.artifacts, self.core.publish, decode_sample, config.training,
                          on_results=CtGauges(self.metrics.registry).update)
         self.core.ct = self.ct
-        #: several coordinators may share a PostgreSQL database: the lease holder alone runs the loop
-        self.leader = LeaderLease(self.store, config.node.id, config.lease_s, self.ct.start, self.ct.stop) \
-            if config.training.enabled and is_postgres_url(str(config.database)) else None
+        #: several coordinators may share a PostgreSQL database: the lease holder alone runs the CT loop
+        #: and drives rollouts (the others ingest and serve edges)
+        self.leader = None
+        if is_postgres_url(str(config.database)):
+            self.leader = LeaderLease(self.store, config.node.id, config.lease_s, self._lead, self._follow)
+            self.core.rollouts.driving = lambda: self.leader.leading
         interceptors = []
         if token is not None:
             interceptors.append(fleet_auth.TokenInterceptor(
@@ -83,6 +86,14 @@ class Coordinator:
         self._stop_lock = threading.Lock()
         self._stopped = threading.Event()
 
+    def _lead(self) -> None:
+        if self.config.training.enabled:
+            self.ct.start()
+
+    def _follow(self) -> None:
+        if self.config.training.enabled:
+            self.ct.stop()
+
     def _on_unauthenticated(self, method: str) -> None:
         self.metrics.unauthenticated.labels(method.rsplit("/", 1)[-1][:64]).inc()
         log.warning("refused %s: missing or wrong fleet token", method[:200])
@@ -106,6 +117,7 @@ class Coordinator:
 
         reflection.enable_server_reflection([*self._service_names, reflection.SERVICE_NAME], self.server)
         self.server.start()
+        self.core.rollouts.start()
         for service in ("", COORDINATOR_SERVICE, FLEET_SERVICE):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         port = self.config.node.metrics_port
@@ -130,6 +142,7 @@ class Coordinator:
             log.info("coordinator stopping (grace %.1f s)", grace_s)
             self.health.enter_graceful_shutdown()
             self.core.stopping = True
+            self.core.rollouts.stop()
             if self.leader is not None:
                 self.leader.stop()  # stops the loop if it leads, and releases the lease
             self.ct.stop()  # a run in progress finishes its step first

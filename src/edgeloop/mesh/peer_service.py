@@ -6,6 +6,7 @@ view, and what spill routing reads.  An empty model list means "alive, no model 
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable, Mapping
 
 import grpc
@@ -14,6 +15,10 @@ from edgeloop.mesh.membership import DEFAULT_MESH, PROTOCOL_VERSION
 from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
 from edgeloop.protocol.auth import (NONCE_MAX_BYTES, NONCE_MIN_BYTES, TOKEN_METADATA_KEY, membership_proof,
                                     token_matches)
+
+
+DEFAULT_PEER_CHUNK_BYTES = 1 << 20
+MAX_PEER_CHUNK_BYTES = 4 << 20
 
 
 class PeerServicer(mesh_pb2_grpc.PeerServicer):
@@ -67,6 +72,9 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
             desc.proof = membership_proof(self._token, nonce, desc.node.node_id)
         return desc
 
+    #: set by the node: sha256 -> the path of a complete artifact this node holds, or None
+    artifacts: Callable[[str], object] | None = None
+
     def EntityState(self, request, context):
         """Some entities' real-time feature state, for their new owner (token-guarded like Describe)."""
         if self._token is not None and not token_matches(context.invocation_metadata(), self._token):
@@ -80,9 +88,48 @@ class PeerServicer(mesh_pb2_grpc.PeerServicer):
         return answer
 
     def FetchArtifact(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                      "Peer.FetchArtifact: peer-to-peer artifact transfer is not implemented on this node; "
-                      "fetch from the coordinator")
+        """Stream an artifact this node holds, in chunks, so peers need not fetch it from the coordinator.
+
+        The receiver verifies every chunk against its signed manifest, so a peer is trusted for nothing."""
+        if self._token is not None and not token_matches(context.invocation_metadata(), self._token):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          f"Peer.FetchArtifact needs the fleet token in metadata {TOKEN_METADATA_KEY!r} (missing or "
+                          f"wrong)")
+        sha = request.sha256
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"sha256: got {sha[:80]!r}, expected 64 lowercase hex "
+                                                            f"digits")
+        if request.chunk_size > MAX_PEER_CHUNK_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"chunk_size: got {request.chunk_size}, expected 0 "
+                                                            f"(default {DEFAULT_PEER_CHUNK_BYTES}) or at most "
+                                                            f"{MAX_PEER_CHUNK_BYTES} bytes")
+        path = self.artifacts(sha) if self.artifacts is not None else None
+        if path is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"sha256: got {sha!r}, expected an artifact this node holds")
+        chunk = request.chunk_size or DEFAULT_PEER_CHUNK_BYTES
+        try:
+            fh = open(path, "rb")
+        except OSError:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"sha256: {sha!r} is no longer held by this node")
+        with fh:
+            total = os.fstat(fh.fileno()).st_size
+            offset = request.offset
+            if offset > total:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"offset: got {offset}, expected 0..{total}")
+            fh.seek(offset)
+            sent = 0
+            while offset < total and context.is_active():
+                data = fh.read(chunk)
+                if not data:
+                    return
+                yield mesh_pb2.ArtifactChunk(sha256=sha, offset=offset, total_size=total, data=data)
+                self.bytes_sent += len(data)
+                offset += len(data)
+                sent += 1
+                if sent == request.max_chunks:
+                    return
+
+    bytes_sent = 0
 
 
 def node_identity(node_id: str, host: str, grpc_port: int, metrics_port: int, weight: float,

@@ -62,6 +62,7 @@ class EdgeNode:
         self.handover = None  # mesh.handover.EntityHandover when the mesh is on
         self.mesh = None
         self._token = None
+        self.servicer.refuse_unsigned_loads = config.delivery.require_signed
         if config.mesh.enabled or data_path_enabled(config):
             from edgeloop.protocol.auth import process_token
 
@@ -76,6 +77,17 @@ class EdgeNode:
             self.mesh.attach(self.server, self.servicer)
             self.reflection_service_names.append("edgeloop.v1.Peer")
             self._wire_handover()
+            self.mesh.peer_servicer.artifacts = self.held_artifact
+        elif config.coordinator_address:  # no mesh: still serve held artifacts to peers (Peer.FetchArtifact)
+            from edgeloop.mesh.peer_service import PeerServicer, node_identity
+            from edgeloop.protocol import mesh_pb2_grpc
+
+            n = config.node
+            self.peer_servicer = PeerServicer(
+                lambda: node_identity(n.id, n.host, self.grpc_port, self.metrics_port or 0, n.weight, n.zone),
+                self.models.ready_models, self.models.queue_depth, lambda: 0, token=self._token)
+            self.peer_servicer.artifacts = self.held_artifact
+            mesh_pb2_grpc.add_PeerServicer_to_server(self.peer_servicer, self.server)
         self.outbox = self.edge_stats = self.recorder = self.feedback = None
         self.uploader = self.link = self._coordinator_channel = None
         if data_path_enabled(config):
@@ -90,6 +102,18 @@ class EdgeNode:
         self.mesh.peer_servicer.export_entities = features.export
         self.handover = EntityHandover(self.config.node.id, self.mesh.membership, self.mesh.pool)
         features.fetch_entity = self.handover.fetch
+
+    def held_artifact(self, sha: str):
+        """The model file of a version on disk whose manifest names ``sha`` (what Peer.FetchArtifact serves)."""
+        from edgeloop.node.edge_stats import read_manifest
+
+        repository = self.models.repository
+        for model in repository.model_names():
+            for version in repository.versions(model):
+                manifest = read_manifest(repository, model, version)
+                if manifest and manifest.get("sha256") == sha:
+                    return repository.model_path(model, version)
+        return None
 
     def _wire_escalation(self) -> None:
         """Joint inference: hard rows of a model with an escalation policy go through the mesh's channels."""

@@ -28,7 +28,7 @@ import grpc
 from edgeloop.node.uploader import Backoff
 from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
 from edgeloop.protocol.errors import ProtocolError
-from edgeloop.serving.repository import MANIFEST_FILE, MODEL_FILE, parse_version, valid_model_name
+from edgeloop.serving.repository import parse_version, valid_model_name
 from edgeloop.serving.stats import LATENCY_BOUNDS_NS
 
 log = logging.getLogger("edgeloop.node.coordinator")
@@ -81,6 +81,9 @@ class CoordinatorLink:
         self.stub = mesh_pb2_grpc.CoordinatorStub(channel)
         self.outbox = node.outbox
         self.downloads = self.outbox.path.parent / f"downloads-{self.node_id}"
+        from edgeloop.node.updater import Updater
+
+        self.updater = Updater(node, self.outbox, self.downloads, self.stub)
         self.backoff = Backoff(0.1, backoff_max_s)
         self.fleet_epoch = 0
         self.interval_s = 1.0
@@ -240,24 +243,38 @@ class CoordinatorLink:
         if load.version in models.ready_models().get(load.model, []) and self._served_sha(load.model,
                                                                                             load.version) == sha:
             return  # already serving exactly this artifact
-        data = self.fetch(sha, load.size)
-        files = {f"{load.version}/{MODEL_FILE}": data}
-        if load.manifest_json:
-            try:
-                manifest = json.loads(load.manifest_json)
-            except ValueError as exc:
-                raise DirectiveFailed(f"manifest_json is not JSON ({exc}); expected a JSON object") from None
-            if not isinstance(manifest, dict):
-                raise DirectiveFailed("manifest_json is not a JSON object; expected a JSON object")
-            files[f"{load.version}/{MANIFEST_FILE}"] = bytes(load.manifest_json)
+        from edgeloop.delivery.manifest import ManifestError
+        from edgeloop.delivery.transfer import TransferError
+
+        try:
+            doc = self.updater.admit(load, sha)
+        except ManifestError as exc:
+            raise DirectiveFailed(f"refused: {exc}") from None
         config = None
         wanted = self.node.config.serving.model(load.model).version_policy
         if models.model_config(load.model).version_policy != wanted:  # undo an earlier rollback's pin
             config = json.dumps({"version_policy": _policy_json(wanted)})
+        if wanted.kind == "latest" and wanted.latest_n == 1:  # keep the previous version loaded for rollback
+            config = json.dumps({"version_policy": {"latest": {"num_versions": 2}}})
+        if doc is None or "chunks" not in doc:  # development: an unsigned push without chunk hashes
+            data = self.fetch(sha, load.size)
+            doc = doc or {"model": load.model, "version": load.version, "sha256": sha, "size": load.size}
+        else:
+            self.downloads.mkdir(parents=True, exist_ok=True)
+            try:
+                data = self.updater.fetch(doc, load)
+            except TransferError as exc:
+                raise DirectiveFailed(f"transfer of model {load.model!r} version {load.version} failed: {exc}") \
+                    from None
+        from edgeloop.delivery.activation import ActivationError
+
         try:
-            models.load(load.model, files, config)
+            self.updater.activate(load, doc, data, config)
+        except ActivationError as exc:
+            raise DirectiveFailed(f"model {load.model!r} version {load.version} not activated: {exc}") from None
         except ProtocolError as exc:
-            raise DirectiveFailed(f"load of model {load.model!r} version {load.version} failed: {exc.message}") from None
+            raise DirectiveFailed(f"load of model {load.model!r} version {load.version} failed: "
+                                  f"{exc.message}") from None
         self.outbox.set_meta(PIN_KEY + load.model, "")  # a new version ends an earlier rollback
         if load.version not in models.ready_models().get(load.model, []):
             raise DirectiveFailed(f"model {load.model!r} version {load.version} was stored but is not served: the "
@@ -286,6 +303,12 @@ class CoordinatorLink:
 
     def _rollback(self, rollback) -> None:
         self._check_model(rollback.model, rollback.to_version)
+        from edgeloop.delivery.manifest import ManifestError
+
+        try:
+            self.updater.admit_rollback(rollback)
+        except ManifestError as exc:
+            raise DirectiveFailed(f"refused: {exc}") from None
         self._pin(rollback.model, rollback.to_version)
         self.outbox.set_meta(PIN_KEY + rollback.model, str(rollback.to_version))
 

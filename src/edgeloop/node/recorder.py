@@ -17,6 +17,7 @@ from edgeloop.kernels.placement import stable_hash
 from edgeloop.mesh.router import ROUTING_KEY
 from edgeloop.protocol import mesh_pb2
 from edgeloop.protocol.codec import decode_input, to_raw
+from edgeloop.serving.escalation import HARD_EXAMPLE
 from edgeloop.serving.features import take_served
 
 _HASH_RANGE = 1 << 64
@@ -41,6 +42,9 @@ def build_sample(request, response, model: str, version: int, sample_id: str, ti
                  features=None) -> mesh_pb2.Sample:
     """The Sample of one answered request (inputs from the request, outputs from the response).
 
+    A request that joint inference escalated (``edgeloop_hard_example`` in the response) is marked
+    ``hard_example``, so the CT loop can prefer it for labelling and training.
+
     With ``features`` (``serving.features.ServedFeatures``) ``inputs`` is the full vector the model saw
     and the request's tensors go to ``raw_inputs``, with the cold/partial flags and the definition digest.
     """
@@ -51,16 +55,18 @@ def build_sample(request, response, model: str, version: int, sample_id: str, ti
         routing_key = request.parameters[ROUTING_KEY].string_param
     sent = [_tensor_data(t, raw_in[i] if i < len(raw_in) else None) for i, t in enumerate(request.inputs)]
     outputs = [_tensor_data(t, raw_out[i] if i < len(raw_out) else None) for i, t in enumerate(response.outputs)]
+    params = response.parameters
+    hard = HARD_EXAMPLE in params and params[HARD_EXAMPLE].bool_param
     if features is None:
         return mesh_pb2.Sample(sample_id=sample_id, model=model, model_version=version, routing_key=routing_key,
-                               timestamp_ms=timestamp_ms, inputs=sent, outputs=outputs)
+                               timestamp_ms=timestamp_ms, inputs=sent, outputs=outputs, hard_example=hard)
     vectors = features.vectors
     seen = mesh_pb2.TensorData(name=features.input_name, datatype="FP32", shape=vectors.shape,
                                data=to_raw(vectors, "FP32"))
     return mesh_pb2.Sample(sample_id=sample_id, model=model, model_version=version, routing_key=routing_key,
                            timestamp_ms=timestamp_ms, inputs=[seen], outputs=outputs, raw_inputs=sent,
                            features_cold=features.cold, features_partial=features.partial,
-                           feature_digest=features.digest)
+                           feature_digest=features.digest, hard_example=hard)
 
 
 class Recorder:

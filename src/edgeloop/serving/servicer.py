@@ -180,10 +180,18 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         return inference_pb2.RepositoryIndexResponse(
             models=[Index(name=n, version=v, state=s, reason=r) for n, v, s, r in rows])
 
+    #: set by a node with ``[delivery] require_signed = true``: models arrive only as signed deliveries
+    refuse_unsigned_loads = False
+
     def RepositoryModelLoad(self, request, context):
         try:
             _check_model_name(request.model_name, "the name of a model in the repository")
             files, config = _load_parameters(request.parameters)
+            if files and self.refuse_unsigned_loads:
+                raise ProtocolError(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"RepositoryModelLoad of {request.model_name[:200]!r} with file parameters: "
+                                    f"this node has delivery.require_signed = true; expected a signed delivery "
+                                    f"from the coordinator")
             self.models.load(request.model_name, files, config)
         except ProtocolError as exc:
             context.abort(exc.code, exc.message)

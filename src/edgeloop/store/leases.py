@@ -1,4 +1,4 @@
-"""Leases in the database (migration 6), mixed into both stores: several coordinators on one
+"""Leases in the database (migration 7), mixed into both stores: several coordinators on one
 PostgreSQL database elect the one that runs the continuous-training loop.
 
 A lease is a row (name, holder, expiry).  The holder renews it well before it expires; anyone may

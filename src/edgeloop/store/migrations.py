@@ -96,7 +96,11 @@ CREATE TABLE ct_evaluations (
     detail TEXT NOT NULL, at_ms INTEGER NOT NULL);
 CREATE TABLE ct_state (model TEXT PRIMARY KEY, state TEXT NOT NULL, updated_ms INTEGER NOT NULL);
 """),
-    (6, "leases: the one coordinator (of several on one database) that runs the continuous-training loop", """
+    (6, "fleet delivery: signed manifests, rollouts and pins as JSON documents", """
+CREATE TABLE delivery_docs (kind TEXT NOT NULL, key TEXT NOT NULL, doc TEXT NOT NULL, updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, key));
+"""),
+    (7, "leases: the one coordinator (of several on one database) that runs the continuous-training loop", """
 CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL,
     acquired_ms INTEGER NOT NULL, renewals INTEGER NOT NULL DEFAULT 0);
 """),

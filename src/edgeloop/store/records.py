@@ -90,6 +90,7 @@ class NodeRecord:
     labels_received: int = 0
     last_status: dict = field(default_factory=dict)   # requests, outbox_pending, outbox_dropped, max_psi, ...
     last_directive_applied: int = 0
+    identity: dict = field(default_factory=dict)      # host, grpc_port, weight, zone, ... from its last Join
 
 
 @dataclass(frozen=True)

@@ -156,10 +156,10 @@ class SqliteStore(CtTables, Leases):
         with self._reading() as db:
             rows = db.execute(
                 "SELECT node_id, address, joined_ms, last_seen_ms, models, samples_received, labels_received, "
-                "last_status, last_directive_applied FROM nodes ORDER BY node_id").fetchall()
+                "last_status, last_directive_applied, identity FROM nodes ORDER BY node_id").fetchall()
         return [NodeRecord(node_id=r[0], address=r[1], joined_ms=r[2], last_seen_ms=r[3], models=json.loads(r[4]),
                            samples_received=r[5], labels_received=r[6], last_status=json.loads(r[7]),
-                           last_directive_applied=r[8]) for r in rows]
+                           last_directive_applied=r[8], identity=json.loads(r[9] or "{}")) for r in rows]
 
     def node_ids(self) -> list[str]:
         with self._reading() as db:
@@ -450,7 +450,7 @@ class SqliteStore(CtTables, Leases):
 
     # ------------------------------------------------------------------ published models
     def publish_model(self, model: str, version: int, sha256: str, size: int, now_ms: int,
-                      directive_kind: str, payload_for) -> tuple[PublishedModel, list[DirectiveRecord]]:
+                      directive_kind: str, payload_for=None) -> tuple[PublishedModel, list[DirectiveRecord]]:
         """Register ``model`` ``version`` (0: one above the highest) and direct every known node to load it.
 
         ``payload_for(published)`` encodes the directive; one transaction covers the registry row and
@@ -471,6 +471,8 @@ class SqliteStore(CtTables, Leases):
                 self._event(conn, now_ms, "model_published", "", {"model": model, "version": version,
                                                                    "sha256": sha256, "size": size})
             published = PublishedModel(model, version, sha256, size, now_ms)
+            if payload_for is None:  # registered only: a rollout directs the edges
+                return published, []
             payload = payload_for(published)
             records = []
             for (node_id,) in conn.execute("SELECT node_id FROM nodes ORDER BY node_id").fetchall():
@@ -491,6 +493,45 @@ class SqliteStore(CtTables, Leases):
             sql += " p WHERE version = (SELECT max(version) FROM published_models q WHERE q.model = p.model)"
         with self._reading() as db:
             return [PublishedModel(*r) for r in db.execute(sql + " ORDER BY model, version")]
+
+    def load_results(self, model: str, version: int) -> dict[str, str | None]:
+        """node → result of its latest load directive of ``model`` ``version`` (None: not reported yet)."""
+        with self._reading() as db:
+            rows = db.execute("SELECT node_id, result, error FROM directives WHERE kind = 'load' AND model = ? AND "
+                              "version = ? ORDER BY sequence", (model, version)).fetchall()
+        return {r[0]: (r[1] if r[1] != "failed" else f"failed: {r[2] or ''}") for r in rows}
+
+    def labelled_payloads(self, model: str, version: int, since_ms: int,
+                          limit: int = 5000) -> list[tuple[bytes, float]]:
+        """(sample payload, label) of ``model`` ``version``'s labelled samples received since ``since_ms``."""
+        with self._reading() as db:
+            rows = db.execute("SELECT s.payload, l.value FROM samples s JOIN labels l ON l.sample_id = s.sample_id "
+                              "AND l.model = s.model WHERE s.model = ? AND s.model_version = ? AND s.received_ms >= ? "
+                              "ORDER BY s.id DESC LIMIT ?", (model, version, since_ms, limit)).fetchall()
+        return [(bytes(r[0]), float(r[1])) for r in rows]
+
+    # ------------------------------------------------------------------ delivery documents
+    def put_doc(self, kind: str, key: str, doc: dict, now_ms: int) -> None:
+        """Store a delivery document (a manifest, a rollout, a pin) as JSON, replacing the one under ``key``."""
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO delivery_docs (kind, key, doc, updated_ms) VALUES (?, ?, ?, ?) ON CONFLICT "
+                         "(kind, key) DO UPDATE SET doc = excluded.doc, updated_ms = excluded.updated_ms",
+                         (kind, key, json.dumps(doc), now_ms))
+
+    def get_doc(self, kind: str, key: str) -> dict | None:
+        with self._reading() as db:
+            text = _one(db, "SELECT doc FROM delivery_docs WHERE kind = ? AND key = ?", (kind, key))
+        return None if text is None else json.loads(text)
+
+    def docs(self, kind: str) -> list[dict]:
+        with self._reading() as db:
+            rows = db.execute("SELECT doc FROM delivery_docs WHERE kind = ? ORDER BY updated_ms, key",
+                              (kind,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def delete_doc(self, kind: str, key: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM delivery_docs WHERE kind = ? AND key = ?", (kind, key))
 
     # ------------------------------------------------------------------ events
     def _event(self, conn, now_ms: int, kind: str, node_id: str, detail: dict) -> None:

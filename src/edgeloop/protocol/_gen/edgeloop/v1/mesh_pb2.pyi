@@ -100,20 +100,22 @@ class Directive(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., load: _Optional[_Union[LoadModel, _Mapping]] = ..., unload: _Optional[_Union[UnloadModel, _Mapping]] = ..., rollback: _Optional[_Union[RollbackModel, _Mapping]] = ..., report: _Optional[_Union[ReportNow, _Mapping]] = ...) -> None: ...
 
 class LoadModel(_message.Message):
-    __slots__ = ("model", "version", "artifact_sha256", "size", "manifest_json", "rollout_id")
+    __slots__ = ("model", "version", "artifact_sha256", "size", "manifest_json", "rollout_id", "peer_addresses")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     artifact_sha256: str
     size: int
     manifest_json: bytes
     rollout_id: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., artifact_sha256: _Optional[str] = ..., size: _Optional[int] = ..., manifest_json: _Optional[bytes] = ..., rollout_id: _Optional[str] = ...) -> None: ...
+    peer_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., artifact_sha256: _Optional[str] = ..., size: _Optional[int] = ..., manifest_json: _Optional[bytes] = ..., rollout_id: _Optional[str] = ..., peer_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UnloadModel(_message.Message):
     __slots__ = ("model", "version")
@@ -124,14 +126,16 @@ class UnloadModel(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class RollbackModel(_message.Message):
-    __slots__ = ("model", "to_version", "rollout_id")
+    __slots__ = ("model", "to_version", "rollout_id", "signed_json")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TO_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_JSON_FIELD_NUMBER: _ClassVar[int]
     model: str
     to_version: int
     rollout_id: str
-    def __init__(self, model: _Optional[str] = ..., to_version: _Optional[int] = ..., rollout_id: _Optional[str] = ...) -> None: ...
+    signed_json: bytes
+    def __init__(self, model: _Optional[str] = ..., to_version: _Optional[int] = ..., rollout_id: _Optional[str] = ..., signed_json: _Optional[bytes] = ...) -> None: ...
 
 class ReportNow(_message.Message):
     __slots__ = ()
@@ -166,7 +170,7 @@ class TensorData(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Sample(_message.Message):
-    __slots__ = ("sample_id", "model", "model_version", "routing_key", "timestamp_ms", "inputs", "outputs", "raw_inputs", "features_cold", "features_partial", "feature_digest")
+    __slots__ = ("sample_id", "model", "model_version", "routing_key", "timestamp_ms", "inputs", "outputs", "raw_inputs", "features_cold", "features_partial", "feature_digest", "hard_example")
     SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +182,7 @@ class Sample(_message.Message):
     FEATURES_COLD_FIELD_NUMBER: _ClassVar[int]
     FEATURES_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    HARD_EXAMPLE_FIELD_NUMBER: _ClassVar[int]
     sample_id: str
     model: str
     model_version: int
@@ -189,7 +194,8 @@ class Sample(_message.Message):
     features_cold: bool
     features_partial: bool
     feature_digest: str
-    def __init__(self, sample_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., routing_key: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., raw_inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., features_cold: _Optional[bool] = ..., features_partial: _Optional[bool] = ..., feature_digest: _Optional[str] = ...) -> None: ...
+    hard_example: bool
+    def __init__(self, sample_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., routing_key: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., raw_inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., features_cold: _Optional[bool] = ..., features_partial: _Optional[bool] = ..., feature_digest: _Optional[str] = ..., hard_example: _Optional[bool] = ...) -> None: ...
 
 class SampleBatch(_message.Message):
     __slots__ = ("batch_id", "node_id", "samples")
@@ -238,14 +244,16 @@ class UploadAck(_message.Message):
     def __init__(self, accepted_batch_ids: _Optional[_Iterable[str]] = ..., duplicate_batch_ids: _Optional[_Iterable[str]] = ..., rows_stored: _Optional[int] = ...) -> None: ...
 
 class FetchArtifactRequest(_message.Message):
-    __slots__ = ("sha256", "offset", "chunk_size")
+    __slots__ = ("sha256", "offset", "chunk_size", "max_chunks")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     offset: int
     chunk_size: int
-    def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    max_chunks: int
+    def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., chunk_size: _Optional[int] = ..., max_chunks: _Optional[int] = ...) -> None: ...
 
 class ArtifactChunk(_message.Message):
     __slots__ = ("sha256", "offset", "total_size", "data")
@@ -422,6 +430,30 @@ class PushModelChunk(_message.Message):
     version: int
     data: bytes
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RolloutRequest(_message.Message):
+    __slots__ = ("action", "model", "version", "rollout_id", "canary", "bake_s", "target")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    BAKE_S_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    action: str
+    model: str
+    version: int
+    rollout_id: str
+    canary: int
+    bake_s: float
+    target: str
+    def __init__(self, action: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., rollout_id: _Optional[str] = ..., canary: _Optional[int] = ..., bake_s: _Optional[float] = ..., target: _Optional[str] = ...) -> None: ...
+
+class RolloutReply(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: bytes
+    def __init__(self, json: _Optional[bytes] = ...) -> None: ...
 
 class PushModelResponse(_message.Message):
     __slots__ = ("model", "version", "sha256", "size", "edges_directed")

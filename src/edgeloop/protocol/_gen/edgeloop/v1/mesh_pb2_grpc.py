@@ -437,6 +437,11 @@ class FleetStub:
                 request_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
                 response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
                 _registered_method=True)
+        self.Rollout = channel.unary_unary(
+                '/edgeloop.v1.Fleet/Rollout',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.RolloutRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.RolloutReply.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -513,6 +518,13 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollout(self, request, context):
+        """Staged rollouts (`edgeloop rollout start|status|pause|resume|abort`); replies carry JSON documents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -565,6 +577,11 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.RollBackModel,
                     request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.CtRequest.FromString,
                     response_serializer=edgeloop_dot_v1_dot_mesh__pb2.CtReply.SerializeToString,
+            ),
+            'Rollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollout,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.RolloutRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.RolloutReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -838,6 +855,33 @@ class Fleet:
             '/edgeloop.v1.Fleet/RollBackModel',
             edgeloop_dot_v1_dot_mesh__pb2.CtRequest.SerializeToString,
             edgeloop_dot_v1_dot_mesh__pb2.CtReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Fleet/Rollout',
+            edgeloop_dot_v1_dot_mesh__pb2.RolloutRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.RolloutReply.FromString,
             options,
             channel_credentials,
             insecure,
