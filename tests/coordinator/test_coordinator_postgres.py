@@ -3,7 +3,6 @@ is lost or stored twice; exactly one holds the continuous-training lease; kill i
 over within ``storage.lease_s``."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -31,12 +30,13 @@ def free_port() -> int:
 
 def start_cloud(tmp_path, name: str, url: str):
     config = tmp_path / f"{name}.toml"
-    config.write_text(f'[node]\nid = "{name}"\nhost = "127.0.0.1"\ngrpc_port = {free_port()}\nmetrics_port = {free_port()}\n'
+    config.write_text(f'[node]\nid = "{name}"\nhost = "127.0.0.1"\ngrpc_port = {free_port()}\n'
+                      f'metrics_port = {free_port()}\n'
                       f'[storage]\ndatabase = "{url}"\nartifact_dir = "artifacts"\nlease_s = {LEASE_S}\n'
                       f'[training]\nenabled = true\ninterval_ms = 200\n')
-    log = open(tmp_path / f"{name}.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "edgeloop", "cloud", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
+    with open(tmp_path / f"{name}.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "edgeloop", "cloud", "--config", str(config)],
+                                stdout=subprocess.PIPE, stderr=log, text=True)
     line = proc.stdout.readline()
     assert "listening" in line, line + (tmp_path / f"{name}.log").read_text()
     port = int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
@@ -146,4 +146,14 @@ def test_two_coordinators_share_ingest_and_one_leads_until_killed(two_clouds, po
         store.close()
         for channel in channels:
             channel.close()
-    assert os.path.exists(follower_log)
+
+
+def test_an_unreachable_database_ends_the_cloud_process_with_the_url_but_not_its_password(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[storage]\ndatabase = "postgresql://edgeloop:hunter2@127.0.0.1:1/fleet"\n'
+                      f'[node]\nmetrics_port = {free_port()}\ngrpc_port = {free_port()}\n')
+    done = subprocess.run([sys.executable, "-m", "edgeloop", "cloud", "--config", str(config)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "cannot connect to PostgreSQL at postgresql://edgeloop:***@127.0.0.1:1/fleet" in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout

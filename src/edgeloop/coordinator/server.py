@@ -16,7 +16,7 @@ from edgeloop.config.schema import join_host_port
 from edgeloop.ct.loop import CTLoop
 from edgeloop.protocol import auth as fleet_auth
 from edgeloop.protocol import mesh_pb2_grpc
-from edgeloop.store import ArtifactStore, is_postgres_url, open_store, redact_url
+from edgeloop.store import ArtifactStore, StoreError, is_postgres_url, open_store, redact_url
 
 from .hub import DirectiveHub
 from .leader import LeaderLease
@@ -41,8 +41,11 @@ class Coordinator:
         self.config = config
         self.token = token
         self.metrics = CoordinatorMetrics()
-        self.store = open_store(config.database, synchronous=config.synchronous,
-                                history_ms=config.history_days * 86_400_000)
+        try:
+            self.store = open_store(config.database, synchronous=config.synchronous,
+                                    history_ms=config.history_days * 86_400_000)
+        except StoreError as exc:  # e.g. PostgreSQL unreachable: `edgeloop cloud` reports it and exits 1
+            raise RuntimeError(str(exc)) from None
         self.artifacts = ArtifactStore(config.artifact_dir, config.max_artifact_bytes)
         self.hub = DirectiveHub()
         self.core = CoordinatorCore(config, self.store, self.artifacts, self.hub, self.metrics)
