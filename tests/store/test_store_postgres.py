@@ -129,3 +129,21 @@ def test_a_lease_is_held_renewed_refused_released_and_taken_when_expired(any_sto
     assert taken == [("one", None), ("two", "one"), ("one", None)]
     with pytest.raises(ValueError):
         s.acquire_lease("ct-loop", "one", 0)
+
+
+def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(postgres_url):
+    s = PostgresStore(postgres_url)
+    try:
+        s.ingest_samples("e1", "b1", rows("a"), 1)
+        with psycopg.connect(postgres_url, autocommit=True) as admin:  # the server drops our sessions
+            killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+        assert killed == 2
+        with pytest.raises(psycopg.OperationalError):
+            s.ingest_samples("e1", "b2", rows("b"), 2)
+        with pytest.raises(psycopg.OperationalError):
+            s.sample_ids()
+        assert s.ingest_samples("e1", "b2", rows("b"), 2) == 1 and s.ingest_samples("e1", "b1", rows("a"), 3) is None
+        assert s.sample_ids() == [("m", "a"), ("m", "b")]
+    finally:
+        s.close()

@@ -110,6 +110,13 @@ class PgConnection:
     def close(self) -> None:
         self.raw.close()
 
+    def usable(self) -> "PgConnection":
+        """This connection, or a new one when the server dropped it (a restart, a failover)."""
+        if not (self.raw.broken or self.raw.closed):
+            return self
+        self.raw.close()
+        return PgConnection(self._url, self._read_only)
+
 
 class PostgresStore(SqliteStore):
     """The coordinator's database on PostgreSQL; thread-safe (a writer and a reader connection)."""
@@ -181,6 +188,15 @@ class PostgresStore(SqliteStore):
                 self._reader.close()
             self._conn.close()
 
+    @contextmanager
+    def _reading(self):
+        """The read connection (reconnected when the server dropped it); sees committed data."""
+        with self._read_lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            self._reader = self._reader.usable()
+            yield self._reader
+
     def _clock_ms(self, conn) -> int:
         """The database server's clock, so coordinators on different machines agree on lease expiry."""
         return int(conn.execute("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint").fetchone()[0])
@@ -190,13 +206,14 @@ class PostgresStore(SqliteStore):
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
+            self._conn = self._conn.usable()
             raw = self._conn.raw
             raw.execute("BEGIN")
             try:
                 raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
                 yield self._conn
             except BaseException:
-                if not raw.closed:
+                if not (raw.closed or raw.broken):
                     raw.execute("ROLLBACK")
                 raise
             raw.execute("COMMIT")
