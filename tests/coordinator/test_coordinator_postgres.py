@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 from coordkit import join, sample_batch
@@ -40,7 +41,17 @@ def start_cloud(tmp_path, name: str, url: str):
     line = proc.stdout.readline()
     assert "listening" in line, line + (tmp_path / f"{name}.log").read_text()
     port = int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
+    proc.metrics_port = int(line.split("metrics on port ", 1)[1].rstrip(")\n"))
     return proc, port, tmp_path / f"{name}.log"
+
+
+def leader_gauge(proc) -> float:
+    """``edgeloop_coordinator_leader`` as the process's Prometheus endpoint reports it."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("edgeloop_coordinator_leader "):
+                return float(line.split()[1])
+    raise AssertionError("no edgeloop_coordinator_leader gauge")
 
 
 def wait_for(check, timeout: float, period: float = 0.05):
@@ -125,6 +136,8 @@ def test_two_coordinators_share_ingest_and_one_leads_until_killed(two_clouds, po
         assert leader_pid in pids
         leader, follower_log, follower_id = pids[leader_pid]
         assert "running the continuous-training loop" not in follower_log.read_text()
+        follower = proc_b if leader is proc_a else proc_a
+        assert wait_for(lambda: leader_gauge(leader) == 1.0, 5) and leader_gauge(follower) == 0.0
         for _ in range(10):  # the follower keeps trying but never takes a lease that is renewed
             time.sleep(LEASE_S / 5)
             assert int(store.lease("ct-loop")[0].split("/")[1]) == leader_pid
@@ -139,6 +152,7 @@ def test_two_coordinators_share_ingest_and_one_leads_until_killed(two_clouds, po
         assert new, f"the follower did not take the lease in {took:.1f} s: {store.lease('ct-loop')}"
         assert took <= LEASE_S + LEASE_S / 3 + 2.0  # expiry + one renewal period + slack for a loaded machine
         assert wait_for(lambda: "running the continuous-training loop" in follower_log.read_text(), 5)
+        assert leader_gauge(follower) == 1.0
         events = [e for e in store.events("lease_acquired")]
         assert [e[3]["holder"].split("/")[0] for e in events][-1] == follower_id
         assert events[-1][3]["previous"] == holder[0]

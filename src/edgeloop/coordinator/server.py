@@ -58,6 +58,7 @@ class Coordinator:
         self.leader = None
         if is_postgres_url(str(config.database)):
             self.leader = LeaderLease(self.store, config.node.id, config.lease_s, self._lead, self._follow)
+            self.metrics.leader.set(0)
             self.core.rollouts.driving = lambda: self.leader.leading
         interceptors = []
         if token is not None:
@@ -90,10 +91,12 @@ class Coordinator:
         self._stopped = threading.Event()
 
     def _lead(self) -> None:
+        self.metrics.leader.set(1)
         if self.config.training.enabled:
             self.ct.start()
 
     def _follow(self) -> None:
+        self.metrics.leader.set(0)
         if self.config.training.enabled:
             self.ct.stop()
 
