@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-import psycopg
 import pytest
+
+psycopg = pytest.importorskip("psycopg", reason="PostgreSQL tests: psycopg is not installed")
 
 from edgeloop.store import PostgresStore, SampleRow, SqliteStore, StoreError, open_store
 from edgeloop.store.migrations import MIGRATIONS, migration_statements, postgres_sql
