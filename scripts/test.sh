@@ -22,4 +22,17 @@ fi
 .ci-venv-tritonclient/bin/python -m pip install -q "tritonclient[grpc]" numpy
 export EDGELOOP_TRITONCLIENT_PYTHON="$PWD/.ci-venv-tritonclient/bin/python"
 
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# a throwaway PostgreSQL cluster (Unix socket only) for the store tests' second backend; stopped on exit
+if [ -z "${EDGELOOP_POSTGRES_URL:-}" ]; then
+  PGDIR=$(mktemp -d /tmp/edgeloop-pg-XXXXXX)
+  if URL=$(bash scripts/postgres.sh start "$PGDIR" 2>"$PGDIR.err"); then
+    export EDGELOOP_POSTGRES_URL="$URL"
+    trap 'bash scripts/postgres.sh stop "$PGDIR"; rm -f "$PGDIR.err"' EXIT
+  else
+    export EDGELOOP_POSTGRES_SKIP="scripts/postgres.sh start failed: $(tail -c 300 "$PGDIR.err" | tr '\n' ' ')"
+    echo "PostgreSQL tests will skip: $EDGELOOP_POSTGRES_SKIP" >&2
+    rm -rf "$PGDIR" "$PGDIR.err"
+  fi
+fi
+
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

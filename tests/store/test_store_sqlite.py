@@ -1,21 +1,32 @@
-"""The SQLite store on a real database file: migrations, idempotent ingest, label joins, directives, statistics."""
+"""The store on both backends (a real SQLite file; a real PostgreSQL database when one can be had):
+migrations, idempotent ingest, label joins, directives, statistics."""
 import math
 import sqlite3
 
 import pytest
 
-from edgeloop.store import FeatureStatRow, LabelRow, SampleRow, SqliteStore, StoreError
+from edgeloop.store import FeatureStatRow, LabelRow, PostgresStore, SampleRow, SqliteStore, StoreError
 from edgeloop.store.migrations import MIGRATIONS
 from edgeloop.store.sqlite import BUCKET_MS, merge_moments
+
+try:
+    import psycopg
+
+    DB_ERRORS: tuple = (sqlite3.Error, psycopg.Error)
+except ImportError:  # the PostgreSQL cases skip then
+    DB_ERRORS = (sqlite3.Error,)
 
 
 def rows(*ids, model="m", key="k", ts=1000):
     return [SampleRow(model, i, 1, key, ts, b"payload-" + i.encode()) for i in ids]
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = SqliteStore(tmp_path / "db" / "c.sqlite")
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "db" / "c.sqlite")
+    else:
+        s = PostgresStore(request.getfixturevalue("postgres_url"))
     yield s
     s.close()
 
@@ -62,7 +73,7 @@ def test_batches_are_idempotent_per_node_and_samples_distinct(store):
 
 def test_a_failing_batch_leaves_nothing_behind(store):
     bad = rows("x") + [SampleRow("m", "y", 1, "k", 1, object())]  # cannot be bound: fails mid-batch
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(DB_ERRORS):
         store.ingest_samples("e1", "b1", bad, 5)
     assert store.sample_ids() == [] and store.ingest_samples("e1", "b1", rows("x"), 5) == 1
 
@@ -105,6 +116,28 @@ def test_publish_assigns_versions_and_refuses_a_taken_one(store):
     assert [(p.model, p.version) for p in store.published_models(latest_only=True)] == [("m", 2)]
 
 
+def test_delivery_documents_load_results_and_labelled_payloads(store):
+    store.put_doc("rollout", "m:2", {"state": "running", "wave": 0}, 5)
+    store.put_doc("rollout", "m:2", {"state": "done", "wave": 2}, 7)  # replaced under its key
+    store.put_doc("manifest", "m:2", {"sha256": "a" * 64}, 6)
+    assert store.get_doc("rollout", "m:2") == {"state": "done", "wave": 2} and store.get_doc("rollout", "x") is None
+    assert store.docs("rollout") == [{"state": "done", "wave": 2}]
+    store.delete_doc("manifest", "m:2")
+    assert store.docs("manifest") == []
+    store.join_node("e1", "", {"weight": 2.0}, [], 1)
+    p, recs = store.publish_model("m", 0, "a" * 64, 10, 5, "load")  # registered only: no directives
+    assert p.version == 1 and recs == []
+    seq = store.add_directive("e1", "load", b"x", 6, model="m", version=1).sequence
+    assert store.load_results("m", 1) == {"e1": None}
+    store.directive_result("e1", seq, False, "bad bytes", 7)
+    assert store.load_results("m", 1) == {"e1": "failed: bad bytes"}
+    assert store.nodes()[0].identity == {"weight": 2.0}
+    store.ingest_samples("e1", "b1", rows("a", "b"), 100)
+    store.ingest_labels("e1", "l1", [LabelRow("a", "m", "", 0, 1.0, 100)], 100)
+    assert store.labelled_payloads("m", 1, 50) == [(b"payload-a", 1.0)]
+    assert store.labelled_payloads("m", 1, 101) == [] and store.labelled_payloads("m", 2, 0) == []
+
+
 def test_feature_statistics_merge_per_edge_and_window(store):
     def stat(counts, n, mean, m2, psi=math.nan):
         return FeatureStatRow("m", 1, "input", False, 0, (0.0, 1.0, 2.0), counts, n, mean, m2, 0, psi)
@@ -135,7 +168,7 @@ def test_a_failed_batch_leaves_pending_labels_to_join_later(store):
     store.ingest_labels("", "l1", [LabelRow("a", "m", "", 0, 1.0, 5)], 5)
     store.ingest_labels("", "l2", [LabelRow("b", "", "", 0, 1.0, 5)], 5)  # pending (no model)
     bad = rows("b") + [SampleRow("m", "c", 1, "k", 1, object())]
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(DB_ERRORS):
         store.ingest_samples("e1", "b1", bad, 6)
     store.ingest_samples("e1", "b1", rows("b"), 6)
     assert store.label_of("b", "m") == (1.0, 1)

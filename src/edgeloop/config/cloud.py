@@ -17,7 +17,8 @@ from .training import parse_training
 
 CLOUD_TABLES = ("node", "storage", "fleet", "auth", "training", "delivery")
 STORAGE_KEYS = ("database", "artifact_dir", "synchronous", "max_message_bytes", "max_batch_rows",
-                "max_artifact_bytes", "fetch_chunk_bytes", "history_days")
+                "max_artifact_bytes", "fetch_chunk_bytes", "history_days", "lease_s")
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 FLEET_KEYS = ("heartbeat_interval_ms", "grpc_workers")
 CLOUD_NODE_DEFAULT = NodeConfig(id="cloud", host="127.0.0.1", grpc_port=7001, metrics_port=7002)
 
@@ -40,13 +41,22 @@ def parse_cloud_config(data: dict[str, Any], source: str = "<string>", base_dir:
     node = parse_node(top_level_table(data, source, "node"), source, keys=CLOUD_NODE_KEYS,
                       default=CLOUD_NODE_DEFAULT, id_required=False)
     storage = TableReader(top_level_table(data, source, "storage"), source, "storage", STORAGE_KEYS)
-    db_text = storage.string("database", REQUIRED, expected="a SQLite database file path (relative to the config)")
-    database = resolve(db_text, base)
-    problem = file_problem(database)
-    if problem:
-        raise storage.error("database", db_text, f"a writable file path, but {problem} "
-                                                 f"(resolved to {str(database)!r})")
-    artifact_dir = database.parent / "artifacts"
+    db_text = storage.string("database", REQUIRED, expected="a SQLite database file path (relative to the config) "
+                                                            "or a postgresql:// URL")
+    database: Path | str
+    if "://" in db_text:
+        database = _postgres_url(storage, db_text)
+        artifact_dir = base / "artifacts"
+    else:
+        database = resolve(db_text, base)
+        problem = file_problem(database)
+        if problem:
+            raise storage.error("database", db_text, f"a writable file path, but {problem} "
+                                                     f"(resolved to {str(database)!r})")
+        artifact_dir = database.parent / "artifacts"
+    lease_s = storage.number("lease_s", CloudConfig.lease_s, minimum=0.5,
+                             expected="seconds (at least 0.5) before another coordinator takes the "
+                                      "continuous-training lease of one that stopped renewing it")
     art_text = storage.string("artifact_dir", "", expected="a directory path (relative to the config)",
                               allow_empty=True)
     if art_text:
@@ -74,4 +84,39 @@ def parse_cloud_config(data: dict[str, Any], source: str = "<string>", base_dir:
     delivery = parse_cloud_delivery(top_level_table(data, source, "delivery"), source, base)
     return CloudConfig(source=source, node=node, database=database, artifact_dir=artifact_dir,
                        heartbeat_interval_ms=heartbeat, auth=auth, synchronous=synchronous, grpc_workers=workers,
-                       training=training, delivery=delivery, **limits)
+                       training=training, delivery=delivery, lease_s=lease_s, **limits)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (errors and logs never show it)."""
+    scheme, _, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        authority = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+    return f"{scheme}://{authority}{slash}{tail}"
+
+
+def _postgres_url(storage: TableReader, text: str) -> str:
+    """Check a PostgreSQL URL (``postgresql://user[:password]@host[:port]/db`` or ``…/db?host=/socket/dir``)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    shown = redact_url(text)
+    expected = "a postgresql://user@host[:port]/database URL (or ...?host=/socket/dir)"
+    scheme = text.split("://", 1)[0]
+    if scheme not in POSTGRES_SCHEMES:
+        raise storage.error("database", shown, f"{expected}; scheme {scheme[:40]!r} is not postgresql")
+    if len(text) > 2048 or any(ord(c) < 32 for c in text):
+        raise storage.error("database", shown, f"{expected} (at most 2048 printable characters)")
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a bad port
+        query = parse_qs(parts.query)
+    except ValueError as exc:
+        raise storage.error("database", shown, f"{expected}; {exc}") from None
+    if not parts.hostname and not query.get("host"):
+        raise storage.error("database", shown, f"{expected}; it names no host")
+    if not parts.path.strip("/"):
+        raise storage.error("database", shown, f"{expected}; it names no database")
+    return text

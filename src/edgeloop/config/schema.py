@@ -214,7 +214,7 @@ class CloudConfig:
 
     source: str
     node: NodeConfig
-    database: Path
+    database: Path | str                     # a SQLite file, or a postgresql:// URL (str)
     artifact_dir: Path
     heartbeat_interval_ms: int = 1000
     auth: AuthConfig = AuthConfig()
@@ -227,6 +227,8 @@ class CloudConfig:
     history_days: int = 14                   # status reports and statistics windows kept this long
     training: TrainingConfig = TrainingConfig()  # the continuous-training loop ([training])
     delivery: CloudDeliveryConfig = CloudDeliveryConfig()  # signing key and rollout defaults
+    lease_s: float = 10.0                    # PostgreSQL: another coordinator takes the CT loop this long after
+                                             # its leader stopped renewing the lease
 
 
 def join_host_port(host: str, port: int) -> str:

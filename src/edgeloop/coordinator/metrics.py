@@ -17,6 +17,10 @@ class CoordinatorMetrics:
                                        "Calls refused for a missing or wrong fleet token", ["method"], registry=r)
         self.rejected = Counter("edgeloop_coordinator_rejected_calls", "Calls refused with a gRPC error",
                                 ["method", "code"], registry=r)
+        self.leader = Gauge("edgeloop_coordinator_leader",
+                            "1 while this coordinator holds the lease that runs the CT loop and rollouts "
+                            "(always 1 on SQLite: one coordinator)", registry=r)
+        self.leader.set(1)
         self.connected = Gauge("edgeloop_coordinator_connected_edges", "Edges holding a directive stream", registry=r)
         self.directives = Counter("edgeloop_coordinator_directives", "Directives sent, applied or failed",
                                   ["outcome"], registry=r)

@@ -41,6 +41,8 @@ class Rollouts:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: whether this coordinator drives rollouts now (several on one database: the lease holder only)
+        self.driving = lambda: True
 
     # ------------------------------------------------------------------ manifests
     def make_manifest(self, published, **extra) -> dict:
@@ -140,7 +142,8 @@ class Rollouts:
     def _run(self) -> None:
         while not self._stop.wait(TICK_S):
             try:
-                self.tick()
+                if self.driving():
+                    self.tick()
             except Exception:
                 if self.core.stopping:
                     return

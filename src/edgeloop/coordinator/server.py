@@ -16,9 +16,10 @@ from edgeloop.config.schema import join_host_port
 from edgeloop.ct.loop import CTLoop
 from edgeloop.protocol import auth as fleet_auth
 from edgeloop.protocol import mesh_pb2_grpc
-from edgeloop.store import ArtifactStore, SqliteStore
+from edgeloop.store import ArtifactStore, StoreError, is_postgres_url, open_store, redact_url
 
 from .hub import DirectiveHub
+from .leader import LeaderLease
 from .metrics import CoordinatorMetrics
 from .core import CoordinatorCore
 from .ct_link import CtGauges, decode_sample
@@ -41,8 +42,11 @@ class Coordinator:
         self.config = config
         self.token = token
         self.metrics = CoordinatorMetrics()
-        self.store = SqliteStore(config.database, synchronous=config.synchronous,
-                                 history_ms=config.history_days * 86_400_000)
+        try:
+            self.store = open_store(config.database, synchronous=config.synchronous,
+                                    history_ms=config.history_days * 86_400_000)
+        except StoreError as exc:  # e.g. PostgreSQL unreachable: `edgeloop cloud` reports it and exits 1
+            raise RuntimeError(str(exc)) from None
         self.artifacts = ArtifactStore(config.artifact_dir, config.max_artifact_bytes)
         self.hub = DirectiveHub()
         self.core = CoordinatorCore(config, self.store, self.artifacts, self.hub, self.metrics)
@@ -53,6 +57,13 @@ class Coordinator:
         #: federated rounds of the models with [training.models.NAME] mode = "federated"
         self.federated = FederatedRounds(self.core, config.training)
         self.core.federated = self.federated
+        #: several coordinators may share a PostgreSQL database: the lease holder alone runs the CT loop
+        #: and drives rollouts (the others ingest and serve edges)
+        self.leader = None
+        if is_postgres_url(str(config.database)):
+            self.leader = LeaderLease(self.store, config.node.id, config.lease_s, self._lead, self._follow)
+            self.metrics.leader.set(0)
+            self.core.rollouts.driving = lambda: self.leader.leading
         interceptors = []
         if token is not None:
             interceptors.append(fleet_auth.TokenInterceptor(
@@ -82,6 +93,16 @@ class Coordinator:
         self._metrics_port: int | None = None
         self._stop_lock = threading.Lock()
         self._stopped = threading.Event()
+
+    def _lead(self) -> None:
+        self.metrics.leader.set(1)
+        if self.config.training.enabled:
+            self.ct.start()
+
+    def _follow(self) -> None:
+        self.metrics.leader.set(0)
+        if self.config.training.enabled:
+            self.ct.stop()
 
     def _on_unauthenticated(self, method: str) -> None:
         self.metrics.unauthenticated.labels(method.rsplit("/", 1)[-1][:64]).inc()
@@ -114,11 +135,13 @@ class Coordinator:
             httpd, _thread = start_http_server(port, addr=self.config.node.host, registry=self.metrics.registry)
             self._metrics_httpd = httpd
             self._metrics_port = httpd.server_port
-        if self.config.training.enabled:
+        if self.leader is not None:
+            self.leader.start()
+        elif self.config.training.enabled:
             self.ct.start()
         log.info("coordinator %s listening on %s%s (metrics on port %s; database %s, schema v%d)",
                  self.config.node.id, self.address, " (TLS)" if self.config.auth.tls_cert else "",
-                 self._metrics_port, self.config.database, self.store.schema_version)
+                 self._metrics_port, _shown(self.config.database), self.store.schema_version)
         return self
 
     def stop(self, grace_s: float = 10.0) -> None:
@@ -130,6 +153,8 @@ class Coordinator:
             self.health.enter_graceful_shutdown()
             self.core.stopping = True
             self.core.rollouts.stop()
+            if self.leader is not None:
+                self.leader.stop()  # stops the loop if it leads, and releases the lease
             self.ct.stop()  # a run in progress finishes its step first
             self.hub.close()  # directive streams end; edges reconnect and resume after their last sequence
             self.server.stop(grace_s).wait()
@@ -149,3 +174,8 @@ class Coordinator:
 def _close_http_server(httpd) -> None:
     httpd.shutdown()
     httpd.server_close()
+
+
+def _shown(database) -> str:
+    """The database as logs may show it (a URL without its password)."""
+    return redact_url(database) if is_postgres_url(str(database)) else str(database)

@@ -127,6 +127,12 @@ class CTLoop:
 
     # ------------------------------------------------------------------ thread
     def start(self) -> "CTLoop":
+        """Start the loop thread (again after ``stop``: a coordinator that regains the lease restarts it)."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the continuous-training loop is already running")
+        self._stop.clear()
+        with self._lock:  # as a fresh process would: state comes back from ct_state (another
+            self.models.clear()  # coordinator may have run the loop since this one last did)
         self._thread = threading.Thread(target=self._run, name="edgeloop-ct-loop", daemon=True)
         self._thread.start()
         return self

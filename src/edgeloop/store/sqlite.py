@@ -10,10 +10,12 @@ import json
 import math
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .leases import Leases
 from .migrations import apply_migrations
 from .sqlite_ct import CtTables
 from .records import (DirectiveRecord, FeatureStatRow, LabelRow, ModelCounts, NodeRecord, PublishedModel,
@@ -47,7 +49,7 @@ class StoreError(Exception):
     """A request the store refuses because of what is already stored (e.g. a version taken)."""
 
 
-class SqliteStore(CtTables):
+class SqliteStore(CtTables, Leases):
     """The coordinator's database; thread-safe (one connection, one lock)."""
 
     def __init__(self, path: str | Path, synchronous: str = "normal", history_ms: int = HISTORY_MS) -> None:
@@ -88,6 +90,10 @@ class SqliteStore(CtTables):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def _clock_ms(self, conn) -> int:
+        """Now, by the clock leases are measured with (one process: this machine's)."""
+        return int(time.time() * 1000)
 
     def _one(self, sql: str, args: Sequence = ()):
         return _one(self._conn, sql, args)
@@ -191,7 +197,7 @@ class SqliteStore(CtTables):
             added = max(cur.rowcount, 0)
             stored += added
             conn.execute("INSERT INTO model_samples (model, samples) VALUES (?, ?) ON CONFLICT (model) "
-                         "DO UPDATE SET samples = samples + excluded.samples", (model, added))
+                         "DO UPDATE SET samples = model_samples.samples + excluded.samples", (model, added))
         if not conn.execute("UPDATE nodes SET samples_received = samples_received + ?, "
                             "last_seen_ms = max(last_seen_ms, ?) WHERE node_id = ?",
                             (stored, now_ms, node_id)).rowcount:
@@ -257,13 +263,7 @@ class SqliteStore(CtTables):
         """Join the pending labels that name a sample of this batch (by id, or by model + routing key)."""
         ids = json.dumps(sorted({r[1] for r in rows}))
         keys = json.dumps(sorted({(r[0], r[3]) for r in rows if r[3]}))
-        columns = "p.id, p.sample_id, p.model, p.routing_key, p.timestamp_ms, p.value, p.received_ms, p.node_id"
-        pending = conn.execute(
-            f"SELECT {columns} FROM json_each(?) j JOIN pending_labels p ON p.sample_id = j.value "
-            f"AND p.sample_id != '' UNION SELECT {columns} FROM json_each(?) j JOIN pending_labels p "
-            f"ON p.sample_id = '' AND p.model = json_extract(j.value, '$[0]') "
-            f"AND p.routing_key = json_extract(j.value, '$[1]')", (ids, keys)).fetchall()
-        for pid, sample_id, model, key, ts, value, received, node_id in pending:
+        for pid, sample_id, model, key, ts, value, received, node_id in self._pending_matching(conn, ids, keys):
             targets = self._targets(conn, LabelRow(sample_id, model, key, ts, value, received))
             if not targets:
                 continue  # e.g. every sample of that key so far is later than the label
@@ -271,6 +271,16 @@ class SqliteStore(CtTables):
                 conn.execute(_UPSERT_LABEL, (target_id, target_model, value, received, node_id))
             conn.execute("DELETE FROM pending_labels WHERE id = ?", (pid,))
             self._pending_labels -= 1
+
+    def _pending_matching(self, conn, ids: str, keys: str) -> list[tuple]:
+        """Pending labels naming one of ``ids`` (a JSON list) or one of ``keys`` (JSON [model, key] pairs),
+        in arrival order (so the later of two labels joined to one sample wins on a tie)."""
+        columns = "p.id, p.sample_id, p.model, p.routing_key, p.timestamp_ms, p.value, p.received_ms, p.node_id"
+        return conn.execute(
+            f"SELECT {columns} FROM json_each(?) j JOIN pending_labels p ON p.sample_id = j.value "
+            f"AND p.sample_id != '' UNION SELECT {columns} FROM json_each(?) j JOIN pending_labels p "
+            f"ON p.sample_id = '' AND p.model = json_extract(j.value, '$[0]') "
+            f"AND p.routing_key = json_extract(j.value, '$[1]') ORDER BY 1", (ids, keys)).fetchall()
 
     def model_counts(self) -> list[ModelCounts]:
         """Per model: samples, samples with a label, labels stored and labels not (yet) joined."""
