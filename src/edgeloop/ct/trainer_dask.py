@@ -37,7 +37,7 @@ import numpy as np
 from edgeloop.ct.onnx_export import DenseModel, softmax
 from edgeloop.ct.trainers import (MAX_CLASSES, MAX_FEATURES, MAX_ROWS, NEWTON_MAX_PARAMS, Dataset, LogisticRegressionTrainer,
                                   MLPTrainer, TrainingError, TrainResult, _check_seed, _cut, _finish, _SoftmaxLoss,
-                                  _warm_model, class_labels, rebase, standardise)
+                                  _warm_model, class_labels, initial_mlp_params, rebase, standardise)
 
 log = logging.getLogger("edgeloop.ct.dask")
 
@@ -511,15 +511,7 @@ def _fit_mlp(cfg: MLPTrainer, chunks: _Chunks, validation: Dataset, warm_start, 
     parts = [client.submit(_prepare_mlp, f, mean, inv_std, classes, total_w / n, pure=False) for f in chunks.futures]
     rng = np.random.default_rng(seed)
     sizes = (d, *hidden, len(classes))
-    if warm is not None:
-        params = [a.astype(np.float32) for layer in rebase(warm, mean, inv_std, classes) for a in layer]
-    else:
-        params = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            params.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32))
-            params.append(rng.uniform(-bound, bound, fan_out).astype(np.float32))
-    params = [np.ascontiguousarray(p) for p in params]
+    params = initial_mlp_params(sizes, warm, mean, inv_std, classes, rng)
     if len(validation):
         val_z = standardise(validation.X, mean, inv_std)
         vy = class_labels(validation.y, "validation")

@@ -560,15 +560,7 @@ class MLPTrainer:
         w = (w / w.mean()).astype(np.float32)
         rng = np.random.default_rng(seed)
         sizes = (d, *hidden, len(classes))
-        if warm is not None:
-            params = [a.astype(np.float32) for layer in rebase(warm, mean, inv_std, classes) for a in layer]
-        else:
-            params = []
-            for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-                bound = math.sqrt(6.0 / (fan_in + fan_out))
-                params.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32))
-                params.append(rng.uniform(-bound, bound, fan_out).astype(np.float32))
-        params = [np.ascontiguousarray(p) for p in params]
+        params = initial_mlp_params(sizes, warm, mean, inv_std, classes, rng)
         val_z = standardise(validation.X, mean, inv_std) if len(validation) else z
         if len(validation):
             vy = class_labels(validation.y, "validation")
@@ -649,3 +641,19 @@ class MLPTrainer:
 __all__ = ["Dataset", "LogisticRegressionTrainer", "MLPTrainer", "SECONDS_PER_DAY", "TrainResult", "Trainer",
            "TrainingError", "TrainingReport", "TrainingWindow", "apply_window", "class_labels", "last_n_days",
            "last_n_samples", "rebase", "recency_weights", "standardisation", "standardise"]
+
+
+def initial_mlp_params(sizes, warm, mean, inv_std, classes, rng) -> list[np.ndarray]:
+    """The MLP's starting weights: the champion's rebased to this window, else seeded Glorot-uniform.
+
+    Shared by the in-process and the Dask trainer, so both start from the same bytes for one seed.
+    """
+    if warm is not None:
+        params = [a.astype(np.float32) for layer in rebase(warm, mean, inv_std, classes) for a in layer]
+    else:
+        params = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            params.append(rng.uniform(-bound, bound, (fan_in, fan_out)).astype(np.float32))
+            params.append(rng.uniform(-bound, bound, fan_out).astype(np.float32))
+    return [np.ascontiguousarray(p) for p in params]
