@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mesh import _free_port, _health_ok  # noqa: E402  (the mesh benchmark's helpers, one copy)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"a": "m_a", "b": "m_b"}  # the model each node's clients ask for
@@ -36,21 +38,6 @@ STARTUP_LIMIT_S = 60.0
 REQUEST_TIMEOUT_S = 10.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _channel_ready(address: str) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as ch:
-        try:
-            return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=0.5).status == 1
-        except grpc.RpcError:
-            return False
 
 
 def _members_up(address: str) -> set[str]:
@@ -193,7 +180,7 @@ def bench(clients: int, seconds: float, workers: int, rounds: int = 1) -> dict:
                  "--log-level", "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         deadline = time.monotonic() + STARTUP_LIMIT_S
         ids = {"fwd-a", "fwd-b"}
-        while not (all(_channel_ready(a) for a in addr.values()) and all(_members_up(a) >= ids for a in addr.values())):
+        while not (all(_health_ok(a) for a in addr.values()) and all(_members_up(a) >= ids for a in addr.values())):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"benchmark nodes did not see each other within {STARTUP_LIMIT_S:.0f} s")
             time.sleep(0.2)
