@@ -250,6 +250,8 @@ class Audit:
     duplicated: int
     lost: int
     lost_outside_window: int
+    #: each lost id with its edge and when it was answered relative to that edge's kill (s; None: not killed)
+    lost_ids: tuple = ()
 
 
 def audit(load: Load, database: Path, kills: dict[str, float], window_s: float) -> Audit:
@@ -257,13 +259,15 @@ def audit(load: Load, database: Path, kills: dict[str, float], window_s: float) 
     ids = stored_ids(database)
     stored = set(ids)
     served = lost = outside = 0
+    lost_ids = []
     for node_id, rows in load.answered.items():
         served += len(rows)
         for request_id, at in rows:
             if request_id not in stored:
                 lost += 1
                 killed = kills.get(node_id)
+                lost_ids.append((request_id, None if killed is None else round(at - killed, 3)))
                 if killed is None or not (killed - window_s <= at <= killed):
                     outside += 1
     return Audit(served=served, received=len(stored), duplicated=len(ids) - len(stored), lost=lost,
-                 lost_outside_window=outside)
+                 lost_outside_window=outside, lost_ids=tuple(lost_ids[:20]))

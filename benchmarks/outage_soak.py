@@ -59,8 +59,8 @@ def soak(root: Path, args) -> tuple:
                 break
             time.sleep(0.05)
         time.sleep(2.0)
-        killed_at = time.monotonic()
         fleet.kill_edge("edge-b")
+        killed_at = time.monotonic()  # after the process is gone: nothing it answered is later
         print("edge-b SIGKILLed", flush=True)
         time.sleep(2.0)
         fleet.start_edge("edge-b")

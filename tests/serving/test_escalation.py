@@ -240,7 +240,7 @@ def test_target_slower_than_the_budget_gives_the_local_answer(nodes, busy_big):
 
 def test_escalation_keeps_within_the_requests_own_deadline(nodes, busy_big):
     small = edge(nodes, policy(busy_big.node.address, budget_ms=10_000))
-    probs, params = ask(small, timeout=0.6)  # would be DEADLINE_EXCEEDED at the client if the escalation waited on
+    probs, params = ask(small, timeout=2.0)  # would be DEADLINE_EXCEEDED at the client if the escalation waited on
     _assert_local_fallback(small, probs, params, "DEADLINE_EXCEEDED")
 
 

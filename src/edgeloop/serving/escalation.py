@@ -50,8 +50,11 @@ ERROR = "edgeloop_escalation_error"
 HARD_EXAMPLE = "edgeloop_hard_example"
 LOCAL, ESCALATED_PATH, FALLBACK, CAPPED = "local", "escalated", "fallback", "capped"
 PATHS = (LOCAL, ESCALATED_PATH, FALLBACK, CAPPED)
-#: time kept back from the request's own deadline so the local answer can still reach the client
+#: time kept back from the request's own deadline so the local answer can still reach the client:
+#: a tenth of what remains, at least 5 ms and at most 100 ms (a loaded node needs more than a fixed few ms)
 DEADLINE_MARGIN_S = 0.005
+DEADLINE_MARGIN_SHARE = 0.1
+DEADLINE_MARGIN_MAX_S = 0.1
 _FLOATS = ("FP16", "FP32", "FP64")
 _MAX_TEXT = 200
 
@@ -275,7 +278,8 @@ class Escalation:
         timeout = policy.budget_ms / 1000.0
         remaining = context.time_remaining() if context is not None else None
         if remaining is not None:
-            timeout = min(timeout, remaining - DEADLINE_MARGIN_S)
+            margin = min(DEADLINE_MARGIN_MAX_S, max(DEADLINE_MARGIN_S, remaining * DEADLINE_MARGIN_SHARE))
+            timeout = min(timeout, remaining - margin)
             if timeout <= 0:
                 raise TargetError(f"no time left of the request's deadline ({remaining * 1000:.1f} ms remained)")
         feeds, _batch = mv.signature.decode(request)
