@@ -202,6 +202,15 @@ class Fleet:
     def stored_labels(self) -> int:
         return self.cloud.store.labelled_count_since(MODEL, 0)
 
+    def stored_samples(self) -> int:
+        return sum(c.samples for c in self.cloud.store.model_counts() if c.model == MODEL)
+
+    def settle(self, timeout: float = 30.0) -> bool:
+        """Every served sample and every sent label stored: the loop's next step sees the same rows on
+        a loaded machine as on an idle one (the monitors read unlabelled samples too)."""
+        sent = self.n - sum(len(ids) for _e, ids, _v in self.unlabelled)
+        return wait_for(lambda: self.stored_samples() >= self.n and self.stored_labels() >= sent, timeout=timeout)
+
     def close(self) -> None:
         for e in self.edges:
             try:

@@ -22,8 +22,7 @@ def test_concept_change_to_a_new_model_served_by_both_edges(tmp_path):
             accuracy, versions = fleet.serve(ROUND, changed)
             if not changed:
                 before.append(accuracy)
-            sent = fleet.n - ROUND  # the last round's labels are still on their way
-            assert wait_for(lambda: fleet.stored_labels() >= sent, timeout=30), (fleet.stored_labels(), sent)
+            assert fleet.settle(), (fleet.stored_samples(), fleet.stored_labels(), fleet.n)
             runs += fleet.cloud.ct.step(1000.0 + r)
             if any(run.state == "published" for run in runs):
                 changed_round = r
@@ -51,10 +50,10 @@ def test_a_stationary_stream_of_the_same_length_fires_nothing(tmp_path):
         for r in range(MAX_ROUNDS):
             accuracy, versions = fleet.serve(ROUND, False)
             assert versions == {1}
-            sent = fleet.n - ROUND
-            assert wait_for(lambda: fleet.stored_labels() >= sent, timeout=30)
+            assert fleet.settle(), (fleet.stored_samples(), fleet.stored_labels(), fleet.n)
             runs += fleet.cloud.ct.step(1000.0 + r)
-        assert runs == [] and fleet.cloud.store.triggers(MODEL) == []
+        fired = fleet.cloud.store.triggers(MODEL)
+        assert runs == [] and fired == [], (runs, [(t["kind"], str(t["evidence"])[:400]) for t in fired])
         st = fleet.cloud.ct.models[MODEL]
         assert st.profile is not None and st.cursor > 0  # it was watching, and saw nothing worth a run
         assert all(e.ready(1) and not e.ready(2) for e in fleet.edges)
