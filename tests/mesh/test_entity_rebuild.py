@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import grpc
+import pytest
 import numpy as np
 from meshkit import free_port, wait_for
 
@@ -145,3 +146,52 @@ def test_a_dead_owners_entities_are_rebuilt_from_the_log_and_serve_what_a_contin
             if n is not None:
                 n.stop(1.0)
         cloud.stop(1.0)
+
+
+def test_only_a_dead_owner_ranked_before_this_node_sends_it_to_the_log():
+    from edgeloop.mesh.channels import ChannelPool
+    from edgeloop.mesh.handover import EntityHandover, PreviousOwnerGone
+    from edgeloop.mesh.membership import UP, Membership
+
+    membership = Membership(self_id="b")
+    for name, port in (("a", 1), ("b", 2), ("c", 3)):
+        membership.upsert(name, "static", host="127.0.0.1", grpc_port=port, models={MODEL: (1,)}, state=UP)
+    handover = EntityHandover("b", membership, ChannelPool())
+    full = membership.placement()
+    a_then_b = next(k for k in (f"x{i}" for i in range(5000)) if full.preference(k, MODEL)[:2] == ["a", "b"])
+    b_first = next(k for k in (f"x{i}" for i in range(5000)) if full.preference(k, MODEL)[0] == "b")
+    c_then_b = next(k for k in (f"x{i}" for i in range(5000)) if full.preference(k, MODEL)[:2] == ["c", "b"])
+    assert handover.dead_previous_owner(a_then_b, MODEL) is None  # everyone is alive
+    membership.set_state("a", "down")
+    assert handover.dead_previous_owner(a_then_b, MODEL) == "a"
+    assert handover.dead_previous_owner(b_first, MODEL) is None  # b owned it before a died
+    assert handover.dead_previous_owner(c_then_b, MODEL) is None  # c is alive and still owns it
+    with pytest.raises(PreviousOwnerGone):
+        handover.fetch(MODEL, DEFINITION.digest, a_then_b)  # nobody is called: the log is the only source
+    assert handover.fetch(MODEL, DEFINITION.digest, c_then_b) is None  # not b's key: nothing to fetch
+
+
+def test_a_history_that_does_not_fit_the_definition_is_refused():
+    import struct
+
+    from edgeloop.node.rebuild import HistoryError, history_arrays
+
+    def tensor(name, *values, datatype="FP32"):
+        return mesh_pb2.TensorData(name=name, datatype=datatype, shape=[len(values)],
+                                   data=struct.pack(f"<{len(values)}f", *values))
+
+    good = mesh_pb2.HistoryRow(sample_id="s", feature_time=5.0, raw_inputs=[tensor("b", 3, 4), tensor("a", 1, 2)])
+    rows, times, labels = history_arrays(mesh_pb2.EntityHistory(key="k", rows=[good], labels=[
+        mesh_pb2.HistoryLabel(sample_id="s", value=1.0, timestamp=5.0)]), ("a", "b"), 8)
+    assert rows.tolist() == [[1.0, 3.0], [2.0, 4.0]] and times.tolist() == [5.0, 5.0] and labels == [(1.0, 5.0)]
+    for bad, field in ((mesh_pb2.HistoryRow(sample_id="s", raw_inputs=[tensor("a", 1)]), "no input 'b'"),
+                       (mesh_pb2.HistoryRow(sample_id="s", raw_inputs=[tensor("a", 1), tensor("b", 1, 2)]),
+                        "same row count"),
+                       (mesh_pb2.HistoryRow(sample_id="s", raw_inputs=[tensor("a", 1), mesh_pb2.TensorData(
+                           name="b", datatype="BYTES", data=b"xx")]), "datatype")):
+        with pytest.raises(HistoryError) as err:
+            history_arrays(mesh_pb2.EntityHistory(key="k", rows=[bad]), ("a", "b"), 8)
+        assert field in str(err.value)
+    with pytest.raises(HistoryError) as err:
+        history_arrays(mesh_pb2.EntityHistory(key="k", rows=[good] * 3), ("a", "b"), 2)
+    assert "at most 2" in str(err.value)
