@@ -10,7 +10,11 @@ Coordinator call (the fleet-token interceptor covers the whole service).  Bounde
 """
 from __future__ import annotations
 
+import numpy as np
+
+from edgeloop.ct.backfill import LoggedRow
 from edgeloop.protocol import mesh_pb2
+from edgeloop.protocol.codec import numpy_dtype_of
 from edgeloop.store.entity_log import MAX_HISTORY
 
 from . import validate as v
@@ -35,6 +39,37 @@ def logged_row(payload: bytes) -> tuple[float, list] | None:
         return None
     t = sample.feature_time if sample.feature_time > 0 else sample.timestamp_ms / 1000.0
     return t, list(sample.raw_inputs)
+
+
+def _array(t) -> np.ndarray:
+    """A stored tensor's values as a flat array; ValueError naming the tensor when its bytes do not fit."""
+    try:
+        dtype = numpy_dtype_of(t.datatype)
+    except Exception:
+        raise ValueError(f"tensor {t.name[:80]!r} datatype {t.datatype[:40]!r}; expected a numeric datatype") from None
+    if dtype.kind not in "fiu" or len(t.data) % dtype.itemsize or len(t.data) > MAX_ROW_BYTES:
+        raise ValueError(f"tensor {t.name[:80]!r}: {len(t.data)} bytes of {t.datatype[:40]}; expected whole numeric "
+                         f"values, at most {MAX_ROW_BYTES} bytes")
+    return np.frombuffer(t.data, dtype=dtype.newbyteorder("<"))
+
+
+def decode_logged(payload: bytes) -> LoggedRow:
+    """A stored Sample as backfill reads it (``ct.backfill.Decode``); ValueError saying why it cannot."""
+    try:
+        sample = mesh_pb2.Sample.FromString(payload)
+    except Exception:
+        raise ValueError("payload does not parse as a Sample") from None
+    if not sample.raw_inputs:
+        raise ValueError("no raw inputs (served by a model without features)")
+    raw = {t.name: _array(t) for t in sample.raw_inputs}
+    vectors = None
+    if sample.feature_digest and sample.inputs:
+        flat = _array(sample.inputs[0]).astype(np.float32)
+        n = next(iter(raw.values())).shape[0]
+        if n and flat.shape[0] % n == 0:
+            vectors = flat.reshape(n, -1)
+    t = sample.feature_time if sample.feature_time > 0 else sample.timestamp_ms / 1000.0
+    return LoggedRow(raw, t, vectors, sample.feature_digest)
 
 
 def history_of(store, model: str, key: str, limit: int, budget: int) -> mesh_pb2.EntityHistory:
@@ -106,4 +141,4 @@ class EdgeServicer(CoordinatorServicer):
         return reply
 
 
-__all__ = ["EdgeServicer", "MAX_KEYS", "history_of", "logged_row"]
+__all__ = ["EdgeServicer", "MAX_KEYS", "decode_logged", "history_of", "logged_row"]
