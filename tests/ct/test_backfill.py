@@ -90,3 +90,34 @@ def test_backfilled_vectors_are_the_replay_under_the_new_definition_and_keep_wha
     assert props["labelled_rows"] == N - LAG and props["definition_digest"] == D2.digest
     assert props["served_mismatch_rows"] == {D1.digest: 0} and props["samples_skipped"] == 1
     assert art["version"] == 2
+
+
+def test_the_ct_loops_training_rows_are_backfilled_only_when_the_champion_declares_an_unserved_definition(store):
+    from edgeloop.coordinator.ct_link import decode_sample
+    from edgeloop.ct.backfill import training_window
+    from edgeloop.ct.window import decode_rows
+
+    s, served = store
+    keys, rows, t, _served_ms, labels = logged_stream()
+    for version in (1, 2):
+        s.publish_model(MODEL, version, f"{version:064x}", 10, 1, "load")
+    manifests = {1: {"features": D1.to_dict()}, 2: {"features": D2.to_dict()}}
+
+    def manifest(model, version):
+        return manifests.get(version) if model == MODEL else None
+
+    chosen = s.labelled_latest(MODEL, 40)
+    # the champion serves D1: the served vectors train, nothing is replayed
+    data1 = decode_rows(chosen, decode_sample, "x", D1.width)
+    assert training_window(s, manifest, decode_logged, MODEL, 1, chosen, data1, 5) is data1
+    assert s.artifacts(MODEL, "feature_backfill") == []
+    # the champion declares D2, never served: its training rows are the backfill, in the loop's row order
+    data2 = decode_rows(chosen, decode_sample, "x", D2.width)
+    assert len(data2) == 0 and data2.skipped == len(chosen)  # the served D1 vectors do not fit D2
+    window = training_window(s, manifest, decode_logged, MODEL, 2, chosen, data2, 5)
+    expected = replay(D2, rows, keys, t, events_on_request_axis(keys, t, labels)).vectors
+    index = [int(sid[1:]) for sid in window.sample_ids]
+    assert window.sample_ids == tuple(r[1] for r in chosen) and window.X.tobytes() == expected[index].tobytes()
+    assert window.y.tolist() == [r[6] for r in chosen] and window.label_ids.tolist() == [r[0] for r in chosen]
+    (art,) = s.artifacts(MODEL, "feature_backfill")
+    assert art["properties"]["served_definitions"] == [D1.digest] and art["version"] == 2

@@ -23,7 +23,7 @@ from .leader import LeaderLease
 from .metrics import CoordinatorMetrics
 from .core import CoordinatorCore
 from .ct_link import CtGauges, decode_sample
-from .entity_history import EdgeServicer
+from .entity_history import EdgeServicer, decode_logged
 from .federated import FederatedRounds
 from .fleet_service import FleetServicer
 
@@ -54,6 +54,7 @@ class Coordinator:
         self.ct = CTLoop(self.store, self.artifacts, self.core.publish, decode_sample, config.training,
                          on_results=CtGauges(self.metrics.registry).update, manifest=self.core.rollouts.manifest)
         self.core.ct = self.ct
+        self.ct.decode_logged = decode_logged  # backfill reads raw inputs and feature times (ct/backfill.py)
         #: federated rounds of the models with [training.models.NAME] mode = "federated"
         self.federated = FederatedRounds(self.core, config.training)
         self.core.federated = self.federated

@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from edgeloop.features import FeatureDefinition, LabelEvent, replay
+from edgeloop.features import DefinitionError, FeatureDefinition, LabelEvent, replay
 
 from .window import LabelledWindow
 
@@ -184,5 +184,62 @@ def backfill_from_store(store, model: str, decode: Decode, definition: FeatureDe
     return result
 
 
+def served_definitions(manifest, store, model: str) -> dict[str, FeatureDefinition]:
+    """digest -> definition of every published version of ``model`` whose manifest declares features."""
+    out: dict[str, FeatureDefinition] = {}
+    if manifest is None:
+        return out
+    for p in store.published_models():
+        if p.model != model:
+            continue
+        doc = manifest(model, p.version) or {}
+        features = doc.get("features")
+        if isinstance(features, dict):
+            try:
+                definition = FeatureDefinition.from_dict(features)
+            except DefinitionError:
+                continue
+            out[definition.digest] = definition
+    return out
+
+
+def training_window(store, manifest, decode: Decode | None, model: str, version: int, rows,
+                    data: LabelledWindow, now_ms: int) -> LabelledWindow:
+    """The CT loop's training rows under the champion's feature definition (the loop's one call in here).
+
+    ``rows`` are the labelled samples the loop chose (``store.labelled_latest``) and ``data`` their served
+    vectors.  When every row was served under the champion's definition (or it declares none), ``data``
+    is the answer; otherwise the model's logged stream is backfilled under that definition, recorded in
+    the lineage, and the same rows come back with the backfilled vectors.
+    """
+    doc = manifest(model, version) if (manifest is not None and version) else None
+    if decode is None or not isinstance(doc, dict) or not isinstance(doc.get("features"), dict):
+        return data
+    try:
+        definition = FeatureDefinition.from_dict(doc["features"])
+    except DefinitionError:
+        return data
+    digests = set()
+    for row in rows:
+        try:
+            digests.add(decode(row[5]).digest)
+        except ValueError:
+            digests.add("")
+    if digests <= {definition.digest}:
+        return data  # everything was served under this definition: what the edge served is what trains
+    known = served_definitions(manifest, store, model)
+    served = [known[d] for d in sorted(digests) if d in known and d != definition.digest]
+    result = backfill_from_store(store, model, decode, definition, now_ms, served, version)
+    at = {sid: i for i, sid in enumerate(result.sample_ids)}
+    keep = [(row, at[row[1]]) for row in rows if row[1] in at]
+    if not keep:
+        return data
+    return LabelledWindow(np.asarray([r[0] for r, _ in keep], np.int64), tuple(r[1] for r, _ in keep),
+                          np.asarray([r[2] for r, _ in keep], dtype=object), np.asarray([r[4] for r, _ in keep], np.int64),
+                          np.asarray([r[3] for r, _ in keep], np.int64),
+                          result.vectors[np.asarray([i for _, i in keep], np.int64)],
+                          np.asarray([r[6] for r, _ in keep], np.float64), len(rows) - len(keep))
+
+
 __all__ = ["Backfilled", "LoggedRow", "backfill", "backfill_from_store", "label_events", "new_features",
-           "record_backfill", "shared_columns"]
+           "record_backfill", "served_definitions", "shared_columns", "training_window"]
