@@ -1,4 +1,4 @@
-"""``FeatureState.rebuild_entity``: an entity's state from its logged rows and labels serves what a continuous state would."""
+"""``FeatureState.rebuild_entity``: an entity rebuilt from its logged rows and labels serves as a continuous one."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,8 @@ from edgeloop.features import FeatureDefinition, FeatureError, FeatureState
 
 DEFINITION = FeatureDefinition.from_dict({
     "version": 1, "entity": "meter", "inputs": ["a", "b"],
-    "features": [{"op": "lag", "col": "a", "k": 2}, {"op": "std", "col": "b", "k": 5}, {"op": "delta", "col": "a", "k": 3},
+    "features": [{"op": "lag", "col": "a", "k": 2}, {"op": "std", "col": "b", "k": 5},
+                 {"op": "delta", "col": "a", "k": 3},
                  {"op": "since_last"}, {"op": "label_lag", "k": 2}, {"op": "label_mean", "k": 6}]})
 
 

@@ -25,7 +25,8 @@ def fill(store) -> None:
     store.ingest_samples("e1", "b2", rows[:5], 5001)
     store.ingest_samples("e1", "b3", [SampleRow("other", "s0", 1, "k", 1000, b"x")], 5002)
     # s2's label arrives last; s4's is sent twice (the later write wins and keeps its arrival place)
-    store.ingest_labels("e1", "l1", [LabelRow("s4", "m", "", 0, 1.0, 6000), LabelRow("s0", "m", "", 0, 0.0, 6001)], 6001)
+    store.ingest_labels("e1", "l1", [LabelRow("s4", "m", "", 0, 1.0, 6000), LabelRow("s0", "m", "", 0, 0.0, 6001)],
+                        6001)
     store.ingest_labels("e1", "l2", [LabelRow("s2", "m", "", 0, 1.0, 6010)], 6010)
     store.ingest_labels("e1", "l3", [LabelRow("s4", "m", "", 0, 0.0, 6005)], 6005)
 

@@ -16,6 +16,7 @@ The lineage records which features were backfilled and over how many rows (``rec
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
@@ -105,6 +106,7 @@ def backfill(stream, decode: Decode, definition: FeatureDefinition,
     """Vectors under ``definition`` for every logged sample of ``stream`` (``store.feature_stream`` rows)."""
     entries = []
     skipped, reasons = 0, []
+    history = [definition.inputs.index(c) for c in dict.fromkeys(f.col for f in definition.features if f.col)]
     for s in stream:
         try:
             logged = decode(s.payload)
@@ -112,6 +114,8 @@ def backfill(stream, decode: Decode, definition: FeatureDefinition,
                               for name in definition.inputs], axis=1)
             if not math.isfinite(logged.feature_time):
                 raise ValueError(f"feature time {logged.feature_time!r}; expected a finite time")
+            if history and not np.isfinite(block[:, history]).all():  # the edge refuses these rows too
+                raise ValueError("a non-finite value in a column the features keep a history of")
         except (ValueError, KeyError) as exc:
             skipped += 1
             if len(reasons) < MAX_SKIP_REASONS:
@@ -140,24 +144,33 @@ def backfill(stream, decode: Decode, definition: FeatureDefinition,
     labels = np.asarray([np.nan if s.label is None else s.label for s in samples], np.float64).reshape(-1)
     return Backfilled(
         definition, rep.vectors, tuple(s.sample_id for s in samples), np.asarray([s.id for s in samples], np.int64),
-        np.asarray([s.node_id for s in samples], dtype=object), np.asarray([s.model_version for s in samples], np.int64),
+        np.asarray([s.node_id for s in samples], dtype=object),
+        np.asarray([s.model_version for s in samples], np.int64),
         np.asarray([s.timestamp_ms for s in samples], np.int64), labels, tuple(served_vectors),
         new_features(definition, served), skipped, tuple(reasons))
 
 
 def label_events(entries) -> list[LabelEvent]:
-    """Each joined label as an event on the request axis: just before its entity's first request served after it."""
+    """Each joined label as an event on the request axis: before its entity's first request served after it."""
     by_entity: dict[str, list[tuple[int, float]]] = {}
     for t, s, _block, _v in entries:
         by_entity.setdefault(s.routing_key, []).append((s.timestamp_ms, t))
-    for served in by_entity.values():
+    served_at: dict[str, tuple[list[int], list[float]]] = {}
+    for key, served in by_entity.items():
         served.sort(key=lambda x: x[0])
+        suffix_min = [0.0] * len(served)  # the earliest request time among those served from here on
+        low = math.inf
+        for i in range(len(served) - 1, -1, -1):
+            low = min(low, served[i][1])
+            suffix_min[i] = low
+        served_at[key] = ([ms for ms, _t in served], suffix_min)
     events = []
     for t, s, _block, _v in entries:
         if s.label is None or s.label_received_ms is None:
             continue
-        later = [rt for ms, rt in by_entity[s.routing_key] if ms >= s.label_received_ms]
-        arrival = min(later) if later else math.inf
+        ms_list, suffix_min = served_at[s.routing_key]
+        first = bisect.bisect_left(ms_list, s.label_received_ms)
+        arrival = suffix_min[first] if first < len(ms_list) else math.inf
         events.append(LabelEvent(s.routing_key, float(s.label), t, arrival))
     return events
 
@@ -235,8 +248,8 @@ def training_window(store, manifest, decode: Decode | None, model: str, version:
     if not keep:
         return data
     return LabelledWindow(np.asarray([r[0] for r, _ in keep], np.int64), tuple(r[1] for r, _ in keep),
-                          np.asarray([r[2] for r, _ in keep], dtype=object), np.asarray([r[4] for r, _ in keep], np.int64),
-                          np.asarray([r[3] for r, _ in keep], np.int64),
+                          np.asarray([r[2] for r, _ in keep], dtype=object),
+                          np.asarray([r[4] for r, _ in keep], np.int64), np.asarray([r[3] for r, _ in keep], np.int64),
                           result.vectors[np.asarray([i for _, i in keep], np.int64)],
                           np.asarray([r[6] for r, _ in keep], np.float64), len(rows) - len(keep))
 
