@@ -23,7 +23,7 @@ from .leader import LeaderLease
 from .metrics import CoordinatorMetrics
 from .core import CoordinatorCore
 from .ct_link import CtGauges, decode_sample
-from .edge_service import CoordinatorServicer
+from .entity_history import EdgeServicer, decode_logged
 from .federated import FederatedRounds
 from .fleet_service import FleetServicer
 
@@ -54,6 +54,7 @@ class Coordinator:
         self.ct = CTLoop(self.store, self.artifacts, self.core.publish, decode_sample, config.training,
                          on_results=CtGauges(self.metrics.registry).update, manifest=self.core.rollouts.manifest)
         self.core.ct = self.ct
+        self.ct.decode_logged = decode_logged  # backfill reads raw inputs and feature times (ct/backfill.py)
         #: federated rounds of the models with [training.models.NAME] mode = "federated"
         self.federated = FederatedRounds(self.core, config.training)
         self.core.federated = self.federated
@@ -73,7 +74,7 @@ class Coordinator:
                    ("grpc.so_reuseport", 0)]
         self._executor = ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="edgeloop-coord")
         self.server = grpc.server(self._executor, options=options, interceptors=interceptors)
-        mesh_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(self.core), self.server)
+        mesh_pb2_grpc.add_CoordinatorServicer_to_server(EdgeServicer(self.core), self.server)
         mesh_pb2_grpc.add_FleetServicer_to_server(FleetServicer(self.core), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

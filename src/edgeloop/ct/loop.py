@@ -32,6 +32,7 @@ from .performance import classification_metrics, judge
 from .trainers import LogisticRegressionTrainer, MLPTrainer, TrainingError, TrainingWindow, apply_window
 from .triggers import DEFAULT_COOLDOWN_S, TriggerEngine, TriggerPolicy
 from .validation import Batch, ValidationPolicy, signature_from_onnx, validate_batches
+from .backfill import training_window
 from .window import LabelledWindow, concat, decode_rows
 
 log = logging.getLogger("edgeloop.ct")
@@ -463,6 +464,8 @@ class CTLoop:
         limit = c.train_rows if c.window == "samples" else c.max_read_rows
         rows = self.store.labelled_latest(model, limit, st.change_from - 1 if after_change else 0)
         data = decode_rows(rows, self.decode, st.input_name, st.n_features)
+        data = training_window(self.store, self.manifest, getattr(self, "decode_logged", None), model,
+                               st.champion_version, rows, data, ms)  # a feature never served: backfilled
         scope = (f"the newest {len(rows)} labelled rows after the change (from label {st.change_from})"
                  if after_change else f"the newest {len(rows)} labelled rows")
         st.change_from = None

@@ -211,6 +211,40 @@ class FeatureState:
                     totals[name] += getattr(s, name)
         return FeatureStats(entities=entities, max_entities=self.max_entities, **totals)
 
+    # -- one entity's state rebuilt from a logged history (its previous owner is dead) ------------------------
+    def rebuild_entity(self, entity: str, rows, times, labels=()) -> bool:
+        """Adopt ``entity``'s state rebuilt from its logged history; False when it is held here already.
+
+        ``rows`` (n, inputs) and ``times`` (n,) are its served rows in served order; ``labels`` are
+        ``(label, timestamp)`` pairs in arrival order.  The rows and labels go through the same
+        ``update_with_row``/``update_with_label`` kernels as on the request path, so a complete history
+        gives the vectors a node that never lost the entity would serve (the label buffer keeps the
+        newest labels by timestamp whatever their interleaving with the rows).
+        """
+        stripe = self._stripe(entity)
+        plan = self.plan
+        rows = np.ascontiguousarray(rows, dtype=np.float64).reshape(-1, plan.n_inputs)
+        times = np.asarray(times, dtype=np.float64).reshape(-1)
+        if times.shape[0] != rows.shape[0]:
+            raise FeatureError("history", "times", f"{times.shape[0]} times", f"{rows.shape[0]}: one per row")
+        rec = plan.new_record()
+        for row, t in zip(rows, times):
+            try:
+                _k.push_row(rec, plan.codes, row, float(t))
+            except ValueError as exc:
+                raise _row_error(plan, row, float(t), exc) from None
+        for label, timestamp in labels:
+            label, timestamp = label_args(label, timestamp)
+            _k.push_label(rec, plan.codes, timestamp, label)
+        plan.check_record(rec)
+        with stripe.lock:
+            if entity in stripe.records:
+                return False  # a request (or a hand-over) got here first: its history continues from there
+            stripe.admit(entity, rec)
+            stripe.rows += rows.shape[0]
+            stripe.labels += len(labels)
+        return True
+
     # -- one entity's state as bytes (hand-over to a new owner) ----------------------------------------------
     @property
     def export_size(self) -> int:

@@ -15,6 +15,12 @@ keys and ``for_node`` = this node; the peer picks the keys with its own placemen
 after a move is served warm.  Peers learn of an epoch change at different moments, so each change
 is followed by a few passes (``PULL_DELAYS_S``); the lazy path above stays as the fallback.
 
+Dead previous owner: a member that is known but not alive (down, or not yet checked) and that ranks
+before this node on the key's preference list over *every* known member was the key's owner when it
+died; ``fetch`` raises ``PreviousOwnerGone`` without calling anyone (so does a previous owner that does
+not answer, as ``ConnectionError``), and the node rebuilds the entity from the coordinator's log
+(``node.rebuild``) when it has a coordinator, else starts it cold.
+
 The bytes are ``FeatureState.export_entity``'s; the mesh only carries them (``serving`` checks them
 with ``import_entity``).  The Peer service answers with ``export`` (a callable the node provides).
 """
@@ -28,6 +34,7 @@ import grpc
 
 from edgeloop.mesh.channels import ChannelPool
 from edgeloop.mesh.membership import Membership
+from edgeloop.mesh.placement import Placement, Snapshot
 from edgeloop.protocol import mesh_pb2
 
 log = logging.getLogger(__name__)
@@ -44,6 +51,10 @@ PULL_DELAYS_S = (0.0, 0.3, 1.0, 3.0)
 PULL_TIMEOUT_S = 2.0
 
 
+class PreviousOwnerGone(ConnectionError):
+    """The key's previous owner is a known member that is not alive: its state is only in the coordinator's log."""
+
+
 class EntityHandover:
     """``fetch(model, digest, key)``: the key's state from its previous owner, or None (start cold)."""
 
@@ -53,6 +64,23 @@ class EntityHandover:
         self.membership = membership
         self.pool = pool
         self.budget_s = budget_s
+        self._everyone: tuple[int, Placement] | None = None  # (epoch, placement over all known members)
+
+    def dead_previous_owner(self, key: str, model: str) -> str | None:
+        """The known, not-alive member that ranks first on ``key``'s preference over all known members
+        serving ``model``, when it ranks before this node (it owned the key until it died); else None."""
+        epoch = self.membership.epoch
+        cached = self._everyone
+        if cached is None or cached[0] != epoch:
+            entries = [m.placement_entry() for m in self.membership.members()]
+            cached = self._everyone = (epoch, Placement(Snapshot.build(entries, epoch)))
+        for node_id in cached[1].preference(key, model):
+            if node_id == self.self_id:
+                return None
+            member = self.membership.get(node_id)
+            if member is not None and not member.alive:
+                return node_id
+        return None
 
     def previous_owner(self, key: str, model: str) -> str | None:
         """The node that held ``key`` before this one took it: the next live node on its preference list.
@@ -72,6 +100,13 @@ class EntityHandover:
         return None
 
     def fetch(self, model: str, digest: str, key: str) -> bytes | None:
+        if self.self_id in self.membership:
+            placement = self.membership.placement()
+            preference = placement.preference(key, model)
+            if preference and preference[0] == self.self_id:
+                dead = self.dead_previous_owner(key, model)
+                if dead is not None:
+                    raise PreviousOwnerGone(f"previous owner {dead!r} of this key is not alive")
         node_id = self.previous_owner(key, model)
         if node_id is None:
             return None
@@ -214,5 +249,6 @@ def answer_entity_state(request, export: Callable[[str, str, Iterable[str], bool
     return mesh_pb2.EntityStateResponse(keys=[k for k, _ in found], entities=[d for _, d in found])
 
 
-__all__ = ["DEFAULT_BUDGET_S", "EagerPull", "EntityHandover", "MAX_KEYS_PER_CALL", "answer_entity_state",
+__all__ = ["DEFAULT_BUDGET_S", "EagerPull", "EntityHandover", "MAX_KEYS_PER_CALL", "PreviousOwnerGone",
+           "answer_entity_state",
            "keys_owned_by"]

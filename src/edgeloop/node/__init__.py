@@ -61,6 +61,7 @@ class EdgeNode:
         self._feature_snapshots = None
         self.handover = None  # mesh.handover.EntityHandover when the mesh is on
         self.eager_pull = None  # mesh.handover.EagerPull when the mesh is on
+        self.history = None  # node.rebuild.CoordinatorHistory when the mesh is on and a coordinator is configured
         self.mesh = None
         self._token = None
         self.servicer.refuse_unsigned_loads = config.delivery.require_signed
@@ -194,6 +195,11 @@ class EdgeNode:
         self.federated = FederatedEdge(self.config.node.id, self.local_examples, self._coordinator_channel,
                                        self.outbox)
         self.link = CoordinatorLink(self, self._coordinator_channel, c.upload_backoff_max_ms / 1000).start()
+        if self.handover is not None:  # a dead previous owner's entities are rebuilt from the coordinator's log
+            from edgeloop.node.rebuild import CoordinatorHistory
+
+            self.history = CoordinatorHistory(self._coordinator_channel, self.config.node.id)
+            self.models.features.rebuild_entity = self.history.rebuild
         log.info("node %s: coordinator %s; outbox %s (%d rows pending)", self.config.node.id, address,
                  self.outbox.path, self.outbox.pending_rows)
 

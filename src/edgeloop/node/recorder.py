@@ -48,7 +48,8 @@ def build_sample(request, response, model: str, version: int, sample_id: str, ti
     ``hard_example``, so the CT loop can prefer it for labelling and training.
 
     With ``features`` (``serving.features.ServedFeatures``) ``inputs`` is the full vector the model saw
-    and the request's tensors go to ``raw_inputs``, with the cold/partial flags and the definition digest.
+    and the request's tensors go to ``raw_inputs``, with the cold/partial/rebuilt flags, the definition digest
+    and the time the features were computed for (what a rebuild or a backfill replays).
     """
     raw_in = request.raw_input_contents
     raw_out = response.raw_output_contents
@@ -68,7 +69,8 @@ def build_sample(request, response, model: str, version: int, sample_id: str, ti
     return mesh_pb2.Sample(sample_id=sample_id, model=model, model_version=version, routing_key=routing_key,
                            timestamp_ms=timestamp_ms, inputs=[seen], outputs=outputs, raw_inputs=sent,
                            features_cold=features.cold, features_partial=features.partial,
-                           feature_digest=features.digest, hard_example=hard)
+                           feature_digest=features.digest, hard_example=hard,
+                           features_rebuilt=features.rebuilt, feature_time=features.t)
 
 
 def _model_rows(request, features) -> np.ndarray:

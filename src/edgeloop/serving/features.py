@@ -17,6 +17,8 @@ parameter) with the one implementation in ``edgeloop.features``, then pushes the
 * Hand-over: after a membership change the mesh pulls the entities this node now owns in the background
   (``adopt_pulled``); one this node still does not hold may be fetched once from its previous owner
   through ``fetch_entity`` (set by the node when the mesh is on; bounded in time, else it starts cold).
+  When that previous owner is dead (or does not answer), ``rebuild_entity`` (set by the node when it has
+  a coordinator) rebuilds the entity from the coordinator's log; that request is flagged ``rebuilt``.
 * What the model saw is left for the recorder in ``take_served(request)`` (same thread, right after
   the inference), so the recorded sample carries the full vector and the cold/partial flags.
 """
@@ -65,10 +67,10 @@ def _varint(n: int) -> bytes:
 class ServedFeatures:
     """What one request's rows were served with (for the recorder); built on the request path, so lean."""
 
-    __slots__ = ("request", "front", "vectors", "cold", "partial", "entity", "t")
+    __slots__ = ("request", "front", "vectors", "cold", "partial", "entity", "t", "rebuilt")
 
     def __init__(self, request, front: "FeatureFront", vectors: np.ndarray, cold: bool, partial: bool,
-                 entity: str | None, t: float) -> None:
+                 entity: str | None, t: float, rebuilt: bool = False) -> None:
         self.request = request  # identity check: the recorder reads only its own request's
         self.front = front
         self.vectors = vectors  # float32 [batch, width]: what the graph was fed
@@ -76,6 +78,7 @@ class ServedFeatures:
         self.partial = partial
         self.entity = entity
         self.t = t
+        self.rebuilt = rebuilt  # the entity's state was rebuilt from the coordinator's log for this request
 
     @property
     def input_name(self) -> str:
@@ -149,11 +152,16 @@ class FeatureStates:
         self._requests_lock = threading.Lock()
         #: ``fetch_entity(model, digest, key) -> bytes | None``: the previous owner's state (hand-over)
         self.fetch_entity: Callable[[str, str, str], bytes | None] | None = None
+        #: ``rebuild_entity(model, state, key) -> bool``: the state rebuilt from the coordinator's log
+        #: (when the previous owner is dead or does not answer); True when any history was found
+        self.rebuild_entity: Callable[[str, FeatureState, str], bool] | None = None
         self._counts = threading.Lock()
         self.no_key = 0  # rows served without a routing key (cold defaults)
         #: lazy hand-over results (imported, missing, failed, refused) and eager ones (pulled: adopted
-        #: after an epoch change; late: arrived after the entity had started here, dropped)
-        self.handover = {"imported": 0, "missing": 0, "failed": 0, "refused": 0, "pulled": 0, "late": 0}
+        #: after an epoch change; late: arrived after the entity had started here, dropped) and rebuilds from
+        #: the coordinator's log (rebuilt; rebuild_empty: no history logged; rebuild_failed: no answer)
+        self.handover = {"imported": 0, "missing": 0, "failed": 0, "refused": 0, "pulled": 0, "late": 0,
+                         "rebuilt": 0, "rebuild_empty": 0, "rebuild_failed": 0}
         self.labels_applied = 0
         self.labels_unmatched = 0
 
@@ -246,27 +254,46 @@ class FeatureStates:
                 self.handover[what] += n
 
     # -- hand-over ---------------------------------------------------------------------------------
-    def adopt_from_previous_owner(self, model: str, state: FeatureState, entity: str) -> None:
-        """Ask the previous owner for ``entity``'s state (the hook is bounded in time); import it if sent."""
+    def adopt_from_previous_owner(self, model: str, state: FeatureState, entity: str) -> bool:
+        """Ask the previous owner for ``entity``'s state (the hook is bounded in time); import it if sent.
+
+        When the previous owner is dead or does not answer, rebuild it from the coordinator's log instead
+        (``rebuild_entity``); returns True when the state was rebuilt so.
+        """
         fetch = self.fetch_entity
         if fetch is None:
-            return
+            return False
         try:
             data = fetch(model, state.plan.digest, entity)
-        except Exception as exc:  # the previous owner is gone or slow: the entity starts cold here
+        except Exception as exc:  # the previous owner is gone or slow: rebuild from the log, else start cold
             self.count("failed")
             log.debug("hand-over of %s (model %s) failed: %s", quote(entity), model, exc)
-            return
+            return self.rebuild_from_log(model, state, entity)
         if data is None:
             self.count("missing")
-            return
+            return False
         try:
             state.import_entity(entity, data)
         except StateError as exc:
             self.count("refused")
             log.warning("hand-over of %s (model %s) refused: %s", quote(entity), model, exc)
-            return
+            return False
         self.count("imported")
+        return False
+
+    def rebuild_from_log(self, model: str, state: FeatureState, entity: str) -> bool:
+        """``entity``'s state from the coordinator's log (the hook is bounded in time); True when rebuilt."""
+        rebuild = self.rebuild_entity
+        if rebuild is None:
+            return False  # no coordinator: the entity starts cold (documented defaults, flagged)
+        try:
+            found = rebuild(model, state, entity)
+        except Exception as exc:  # the coordinator is unreachable or slow, or its history is refused
+            self.count("rebuild_failed")
+            log.warning("rebuild of %s (model %s) from the coordinator failed: %s", quote(entity), model, exc)
+            return False
+        self.count("rebuilt" if found else "rebuild_empty")
+        return bool(found)
 
     def adopt_pulled(self, model: str, digest: str, entity: str, data: bytes) -> None:
         """An entity pulled eagerly from a peer after an epoch change (kept unless it already started here)."""
@@ -399,7 +426,7 @@ class FeatureFront:
         if rows_n < 1:
             raise invalid_argument(f"input {quote(self._inputs[0])}: 0 rows; expected at least one row")
         entity, t = self._entity_and_time(request.parameters)
-        cold = partial = False
+        cold = partial = rebuilt = False
         try:
             if entity is None:
                 self.states.count("no_key", rows_n)
@@ -413,7 +440,7 @@ class FeatureFront:
             else:
                 state = self.state
                 if self.states.fetch_entity is not None and entity not in state:
-                    self.states.adopt_from_previous_owner(self.model, state, entity)
+                    rebuilt = self.states.adopt_from_previous_owner(self.model, state, entity)
                 if rows_n == 1:
                     served = state.serve(entity, rows[0], t)
                     out = served.vector.reshape(1, self._width)
@@ -429,7 +456,7 @@ class FeatureFront:
             raise invalid_argument(f"model {quote(self.model)}: {exc}") from None
         if entity is not None and request.id:
             self._remember(request.id, self.model, entity, t)
-        _local.served = ServedFeatures(request, self, out, cold, partial, entity, t)
+        _local.served = ServedFeatures(request, self, out, cold, partial, entity, t, rebuilt)
         return {self.input_name: out}, batch if self._batching else 1
 
     @staticmethod
@@ -525,7 +552,8 @@ class FeatureCollector:
         yield CounterMetricFamily("edgeloop_feature_rows_without_key", "Rows of models with features served "
                                   "without a routing key (cold defaults, nothing kept)", value=self.states.no_key)
         handover = CounterMetricFamily("edgeloop_feature_handover", "Entity-state hand-overs asked of a previous "
-                                       "owner, by result", labels=("result",))
+                                       "owner, and rebuilds from the coordinator's log, by result",
+                                       labels=("result",))
         for result, n in sorted(self.states.handover.items()):
             handover.add_metric([result], n)
         yield handover

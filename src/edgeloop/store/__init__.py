@@ -5,8 +5,8 @@ SQLite (WAL) by default; PostgreSQL (``postgres.py``, psycopg 3) when ``storage.
 dataclasses (no protobuf here: the store imports only ``config`` and the stdlib).
 """
 from .artifacts import ArtifactError, ArtifactStore, is_sha256
-from .records import (DirectiveRecord, FeatureStatRow, LabelRow, ModelCounts, NodeRecord, PublishedModel,
-                      SampleRow, UploadResult)
+from .records import (DirectiveRecord, FeatureStatRow, LabelRow, LoggedSample, ModelCounts, NodeRecord,
+                      PublishedModel, SampleRow, UploadResult)
 from .postgres import PostgresStore, is_postgres_url, redact_url
 from .sqlite import SqliteStore, StoreError
 
@@ -25,6 +25,7 @@ __all__ = [
     "DirectiveRecord",
     "FeatureStatRow",
     "LabelRow",
+    "LoggedSample",
     "ModelCounts",
     "NodeRecord",
     "PostgresStore",

@@ -100,3 +100,17 @@ class ModelCounts:
     labelled: int
     labels: int
     unjoined_labels: int
+
+
+class LoggedSample(NamedTuple):
+    """A stored sample of one entity's (or one model's) logged stream, with its label when one is joined."""
+
+    id: int
+    sample_id: str
+    node_id: str
+    model_version: int
+    routing_key: str
+    timestamp_ms: int  # when the edge served it
+    payload: bytes
+    label: float | None
+    label_received_ms: int | None

@@ -249,7 +249,7 @@ class TensorData(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Sample(_message.Message):
-    __slots__ = ("sample_id", "model", "model_version", "routing_key", "timestamp_ms", "inputs", "outputs", "raw_inputs", "features_cold", "features_partial", "feature_digest", "hard_example")
+    __slots__ = ("sample_id", "model", "model_version", "routing_key", "timestamp_ms", "inputs", "outputs", "raw_inputs", "features_cold", "features_partial", "feature_digest", "hard_example", "features_rebuilt", "feature_time")
     SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +262,8 @@ class Sample(_message.Message):
     FEATURES_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     HARD_EXAMPLE_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_REBUILT_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_TIME_FIELD_NUMBER: _ClassVar[int]
     sample_id: str
     model: str
     model_version: int
@@ -274,7 +276,9 @@ class Sample(_message.Message):
     features_partial: bool
     feature_digest: str
     hard_example: bool
-    def __init__(self, sample_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., routing_key: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., raw_inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., features_cold: _Optional[bool] = ..., features_partial: _Optional[bool] = ..., feature_digest: _Optional[str] = ..., hard_example: _Optional[bool] = ...) -> None: ...
+    features_rebuilt: bool
+    feature_time: float
+    def __init__(self, sample_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., routing_key: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., raw_inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., features_cold: _Optional[bool] = ..., features_partial: _Optional[bool] = ..., feature_digest: _Optional[str] = ..., hard_example: _Optional[bool] = ..., features_rebuilt: _Optional[bool] = ..., feature_time: _Optional[float] = ...) -> None: ...
 
 class SampleBatch(_message.Message):
     __slots__ = ("batch_id", "node_id", "samples")
@@ -613,3 +617,57 @@ class MemberState(_message.Message):
     state: str
     models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
     def __init__(self, node: _Optional[_Union[NodeIdentity, _Mapping]] = ..., state: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
+
+class EntityHistoryRequest(_message.Message):
+    __slots__ = ("node_id", "model", "keys", "limit")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    model: str
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    limit: int
+    def __init__(self, node_id: _Optional[str] = ..., model: _Optional[str] = ..., keys: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class HistoryRow(_message.Message):
+    __slots__ = ("sample_id", "feature_time", "raw_inputs", "served_ms")
+    SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_TIME_FIELD_NUMBER: _ClassVar[int]
+    RAW_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_MS_FIELD_NUMBER: _ClassVar[int]
+    sample_id: str
+    feature_time: float
+    raw_inputs: _containers.RepeatedCompositeFieldContainer[TensorData]
+    served_ms: int
+    def __init__(self, sample_id: _Optional[str] = ..., feature_time: _Optional[float] = ..., raw_inputs: _Optional[_Iterable[_Union[TensorData, _Mapping]]] = ..., served_ms: _Optional[int] = ...) -> None: ...
+
+class HistoryLabel(_message.Message):
+    __slots__ = ("sample_id", "value", "timestamp", "received_ms")
+    SAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_MS_FIELD_NUMBER: _ClassVar[int]
+    sample_id: str
+    value: float
+    timestamp: float
+    received_ms: int
+    def __init__(self, sample_id: _Optional[str] = ..., value: _Optional[float] = ..., timestamp: _Optional[float] = ..., received_ms: _Optional[int] = ...) -> None: ...
+
+class EntityHistory(_message.Message):
+    __slots__ = ("key", "rows", "labels", "truncated")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    rows: _containers.RepeatedCompositeFieldContainer[HistoryRow]
+    labels: _containers.RepeatedCompositeFieldContainer[HistoryLabel]
+    truncated: bool
+    def __init__(self, key: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[HistoryRow, _Mapping]]] = ..., labels: _Optional[_Iterable[_Union[HistoryLabel, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class EntityHistoryResponse(_message.Message):
+    __slots__ = ("entities",)
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    entities: _containers.RepeatedCompositeFieldContainer[EntityHistory]
+    def __init__(self, entities: _Optional[_Iterable[_Union[EntityHistory, _Mapping]]] = ...) -> None: ...

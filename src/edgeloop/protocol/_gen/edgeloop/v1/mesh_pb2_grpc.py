@@ -79,6 +79,11 @@ class CoordinatorStub:
                 request_serializer=edgeloop_dot_v1_dot_mesh__pb2.WeightUpdate.SerializeToString,
                 response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.WeightUpdateAck.FromString,
                 _registered_method=True)
+        self.EntityHistory = channel.unary_unary(
+                '/edgeloop.v1.Coordinator/EntityHistory',
+                request_serializer=edgeloop_dot_v1_dot_mesh__pb2.EntityHistoryRequest.SerializeToString,
+                response_deserializer=edgeloop_dot_v1_dot_mesh__pb2.EntityHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -148,6 +153,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EntityHistory(self, request, context):
+        """The logged history of some entities of one model (raw rows and their labels): a new owner rebuilds
+        an entity's real-time feature state from it when the previous owner is dead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -190,6 +203,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.SubmitUpdate,
                     request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.WeightUpdate.FromString,
                     response_serializer=edgeloop_dot_v1_dot_mesh__pb2.WeightUpdateAck.SerializeToString,
+            ),
+            'EntityHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.EntityHistory,
+                    request_deserializer=edgeloop_dot_v1_dot_mesh__pb2.EntityHistoryRequest.FromString,
+                    response_serializer=edgeloop_dot_v1_dot_mesh__pb2.EntityHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -412,6 +430,33 @@ class Coordinator:
             '/edgeloop.v1.Coordinator/SubmitUpdate',
             edgeloop_dot_v1_dot_mesh__pb2.WeightUpdate.SerializeToString,
             edgeloop_dot_v1_dot_mesh__pb2.WeightUpdateAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EntityHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeloop.v1.Coordinator/EntityHistory',
+            edgeloop_dot_v1_dot_mesh__pb2.EntityHistoryRequest.SerializeToString,
+            edgeloop_dot_v1_dot_mesh__pb2.EntityHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
