@@ -16,7 +16,8 @@ from edgeloop.config.schema import join_host_port
 from edgeloop.ct.loop import CTLoop
 from edgeloop.protocol import auth as fleet_auth
 from edgeloop.protocol import mesh_pb2_grpc
-from edgeloop.store import ArtifactStore, StoreError, is_postgres_url, open_store, redact_url
+from edgeloop.store import (ArtifactStore, SharedArtifactStore, StoreError, is_postgres_url, open_store,
+                            redact_url)
 
 from .hub import DirectiveHub
 from .leader import LeaderLease
@@ -48,6 +49,8 @@ class Coordinator:
         except StoreError as exc:  # e.g. PostgreSQL unreachable: `edgeloop cloud` reports it and exits 1
             raise RuntimeError(str(exc)) from None
         self.artifacts = ArtifactStore(config.artifact_dir, config.max_artifact_bytes)
+        if is_postgres_url(str(config.database)):  # every coordinator on the database reads every artifact
+            self.artifacts = SharedArtifactStore(self.artifacts, self.store)
         self.hub = DirectiveHub()
         self.core = CoordinatorCore(config, self.store, self.artifacts, self.hub, self.metrics)
         #: the continuous-training loop (its thread runs when ``training.enabled``; tests may step it)

@@ -8,6 +8,7 @@ from .artifacts import ArtifactError, ArtifactStore, is_sha256
 from .records import (DirectiveRecord, FeatureStatRow, LabelRow, ModelCounts, NodeRecord, PublishedModel,
                       SampleRow, UploadResult)
 from .postgres import PostgresStore, is_postgres_url, redact_url
+from .shared_artifacts import SharedArtifactStore
 from .sqlite import SqliteStore, StoreError
 
 
@@ -30,6 +31,7 @@ __all__ = [
     "PostgresStore",
     "PublishedModel",
     "SampleRow",
+    "SharedArtifactStore",
     "SqliteStore",
     "StoreError",
     "UploadResult",

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .artifact_rows import ArtifactRows
 from .leases import Leases
 from .migrations import apply_migrations
 from .sqlite_ct import CtTables
@@ -49,7 +50,7 @@ class StoreError(Exception):
     """A request the store refuses because of what is already stored (e.g. a version taken)."""
 
 
-class SqliteStore(CtTables, Leases):
+class SqliteStore(CtTables, Leases, ArtifactRows):
     """The coordinator's database; thread-safe (one connection, one lock)."""
 
     def __init__(self, path: str | Path, synchronous: str = "normal", history_ms: int = HISTORY_MS) -> None:
