@@ -5,6 +5,7 @@ SQLite (WAL) by default; PostgreSQL (``postgres.py``, psycopg 3) when ``storage.
 dataclasses (no protobuf here: the store imports only ``config`` and the stdlib).
 """
 from .artifacts import ArtifactError, ArtifactStore, is_sha256
+from .errors import FencedError
 from .records import (DirectiveRecord, FeatureStatRow, LabelRow, ModelCounts, NodeRecord, PublishedModel,
                       SampleRow, UploadResult)
 from .postgres import PostgresStore, is_postgres_url, redact_url
@@ -25,6 +26,7 @@ __all__ = [
     "ArtifactStore",
     "DirectiveRecord",
     "FeatureStatRow",
+    "FencedError",
     "LabelRow",
     "ModelCounts",
     "NodeRecord",

@@ -110,6 +110,9 @@ CREATE TABLE artifact_blobs (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, chu
 CREATE TABLE artifact_chunks (sha256 TEXT NOT NULL, chunk INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (sha256, chunk)) WITHOUT ROWID;
 """),
+    (9, "lease epochs: a fencing token that grows on every takeover, checked by each write the leader makes", """
+ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+"""),
 )
 
 #: statements PostgreSQL runs after a migration's translated text (same version, same transaction)

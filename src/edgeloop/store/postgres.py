@@ -211,6 +211,7 @@ class PostgresStore(SqliteStore):
             raw.execute("BEGIN")
             try:
                 raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                self._check_fence(self._conn)
                 yield self._conn
             except BaseException:
                 if not (raw.closed or raw.broken):

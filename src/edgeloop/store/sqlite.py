@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .artifact_rows import ArtifactRows
+from .errors import StoreError
 from .leases import Leases
 from .migrations import apply_migrations
 from .sqlite_ct import CtTables
@@ -44,10 +45,6 @@ def pragmas(synchronous: str) -> tuple[str, ...]:
     """The connection settings (also used by the ingest benchmark's bare-SQLite baseline)."""
     return ("PRAGMA journal_mode=WAL", f"PRAGMA synchronous={synchronous.upper()}", "PRAGMA foreign_keys=OFF",
             "PRAGMA busy_timeout=5000", "PRAGMA cache_size=-65536")
-
-
-class StoreError(Exception):
-    """A request the store refuses because of what is already stored (e.g. a version taken)."""
 
 
 class SqliteStore(CtTables, Leases, ArtifactRows):
@@ -114,6 +111,7 @@ class SqliteStore(CtTables, Leases, ArtifactRows):
                 raise StoreError("the store is closed")
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                self._check_fence(self._conn)
                 yield self._conn
             except BaseException:
                 self._conn.execute("ROLLBACK")
