@@ -148,3 +148,38 @@ def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(postgres_ur
         assert s.sample_ids() == [("m", "a"), ("m", "b")]
     finally:
         s.close()
+
+
+def test_a_writer_frozen_inside_a_transaction_holds_the_write_lock_only_until_the_server_ends_it(postgres_url):
+    """A coordinator stopped mid-transaction (SIGSTOP) must not block another's lease takeover for ever."""
+    from edgeloop.store.postgres import IDLE_IN_TRANSACTION_MS
+
+    frozen, other = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    inside, errors = threading.Event(), []
+
+    def freeze():
+        try:
+            with frozen._transaction() as conn:  # holds the write lock, then does nothing (as if stopped)
+                conn.execute("SELECT 1")
+                inside.set()
+                time.sleep(IDLE_IN_TRANSACTION_MS / 1000 + 1)
+        except Exception as exc:  # its commit fails: the server ended the session
+            errors.append(exc)
+
+    try:
+        assert frozen._conn.raw.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0] == \
+            f"{IDLE_IN_TRANSACTION_MS // 1000}s"
+        worker = threading.Thread(target=freeze)
+        worker.start()
+        assert inside.wait(10)
+        started = time.monotonic()
+        assert other.acquire_lease("ct-loop", "two", 1000) == 1  # waited for the lock, not for ever
+        waited = time.monotonic() - started
+        assert IDLE_IN_TRANSACTION_MS / 1000 - 1 < waited < IDLE_IN_TRANSACTION_MS / 1000 + 2.5
+        worker.join(15)
+        assert len(errors) == 1
+        frozen.ingest_samples("e1", "b1", rows("a"), 1)  # the frozen store reconnects on its next write
+        assert other.sample_ids() == [("m", "a")]
+    finally:
+        frozen.close()
+        other.close()
