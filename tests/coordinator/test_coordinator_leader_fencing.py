@@ -8,10 +8,12 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import grpc
 import pytest
 from coordkit import Running, join, onnx_bytes, sample_batch
 
 from edgeloop.config import parse_cloud_config
+from edgeloop.protocol import mesh_pb2
 from edgeloop.store import FencedError
 
 pytest.importorskip("psycopg", reason="PostgreSQL tests: psycopg is not installed")
@@ -94,6 +96,12 @@ def test_a_frozen_leader_that_wakes_after_a_takeover_cannot_publish(two_coordina
     with pytest.raises(FencedError, match="does not hold it"):
         a.coordinator.ct.store.set_alias("m", "champion", 1, 1)
     assert la.refused == 1 and b.store.aliases("m") == {}
+    # an operator's rollback sent to the follower: refused with the status and the holder named, not counted
+    with pytest.raises(grpc.RpcError) as err:
+        a.fleet.RollBackModel(mesh_pb2.CtRequest(model="m", version=1, reason="bad canary"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "does not hold it (epoch 2 held by 'cloud-b/" in err.value.details()
+    assert [p.version for p in b.store.published_models()] == [1, 2] and la.refused == 1
     # ingest is never fenced: the old leader still serves its edges
     join(a.coord, "edge-a")
     ack = a.coord.UploadSamples(iter([sample_batch("b1", ["s1", "s2"], node="edge-a")]), timeout=10)
