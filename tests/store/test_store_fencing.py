@@ -27,10 +27,11 @@ def two_stores(request, tmp_path):
 def test_the_epoch_grows_on_every_change_of_holder_and_never_goes_back(two_stores):
     a, b = two_stores
     assert a.lease_row("ct-loop") is None
-    assert a.acquire_lease("ct-loop", "one", 300) == 1
-    assert a.acquire_lease("ct-loop", "one", 300) == 1  # a renewal keeps it
-    assert b.acquire_lease("ct-loop", "two", 300) == 0
-    time.sleep(0.45)
+    assert a.acquire_lease("ct-loop", "one", 60_000) == 1
+    assert a.acquire_lease("ct-loop", "one", 60_000) == 1  # a renewal keeps it
+    assert b.acquire_lease("ct-loop", "two", 60_000) == 0
+    assert a.acquire_lease("ct-loop", "one", 1) == 1  # its last renewal: it expires in 1 ms
+    time.sleep(0.05)
     assert b.acquire_lease("ct-loop", "two", 60_000) == 2  # taken after expiry
     assert b.release_lease("ct-loop", "two") and a.lease("ct-loop") is None
     assert a.lease_row("ct-loop")[0::2] == ("", 2)  # released: no holder, the epoch kept
@@ -42,11 +43,11 @@ def test_the_epoch_grows_on_every_change_of_holder_and_never_goes_back(two_store
 
 def test_a_write_under_a_stale_epoch_is_refused_and_leaves_nothing(two_stores):
     a, b = two_stores
-    epoch = a.acquire_lease("ct-loop", "one", 300)
+    epoch = a.acquire_lease("ct-loop", "one", 1)  # expires at once: the fence checks the epoch, not the clock
     with a.fenced("ct-loop", "one", epoch):
         a.publish_model("m", 1, "a" * 64, 10, 1000, "load")
         a.set_ct_state("m", {"by": "one"}, 1000)
-    time.sleep(0.45)  # "one" froze past its lease; "two" takes over
+    time.sleep(0.05)  # "one" froze past its lease; "two" takes over
     assert b.acquire_lease("ct-loop", "two", 60_000) == epoch + 1
     with a.fenced("ct-loop", "one", epoch):
         for write in (lambda: a.publish_model("m", 2, "b" * 64, 10, 2000, "load"),

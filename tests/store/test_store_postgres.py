@@ -117,11 +117,12 @@ def any_store(request, tmp_path):
 def test_a_lease_is_held_renewed_refused_released_and_taken_when_expired(any_store):
     s = any_store
     assert s.lease("ct-loop") is None
-    assert s.acquire_lease("ct-loop", "one", 300)
-    assert s.acquire_lease("ct-loop", "one", 300)  # renewal
-    assert not s.acquire_lease("ct-loop", "two", 300)
+    assert s.acquire_lease("ct-loop", "one", 60_000)
+    assert s.acquire_lease("ct-loop", "one", 60_000)  # renewal
+    assert not s.acquire_lease("ct-loop", "two", 60_000)
     assert s.lease("ct-loop")[0] == "one"
-    time.sleep(0.45)  # "one" stopped renewing: it expires
+    assert s.acquire_lease("ct-loop", "one", 1)  # its last renewal (1 ms), then it stops: it expires
+    time.sleep(0.05)
     assert s.acquire_lease("ct-loop", "two", 60_000)
     assert not s.acquire_lease("ct-loop", "one", 300)
     assert not s.release_lease("ct-loop", "one") and s.release_lease("ct-loop", "two")
