@@ -176,7 +176,7 @@ def test_a_writer_frozen_inside_a_transaction_holds_the_write_lock_only_until_th
         started = time.monotonic()
         assert other.acquire_lease("ct-loop", "two", 1000) == 1  # waited for the lock, not for ever
         waited = time.monotonic() - started
-        assert IDLE_IN_TRANSACTION_MS / 1000 - 1 < waited < IDLE_IN_TRANSACTION_MS / 1000 + 2.5
+        assert IDLE_IN_TRANSACTION_MS / 1000 - 1 < waited < IDLE_IN_TRANSACTION_MS / 1000 + 5  # slack: loaded CI
         worker.join(15)
         assert len(errors) == 1
         frozen.ingest_samples("e1", "b1", rows("a"), 1)  # the frozen store reconnects on its next write
