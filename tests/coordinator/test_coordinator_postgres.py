@@ -171,3 +171,54 @@ def test_an_unreachable_database_ends_the_cloud_process_with_the_url_but_not_its
     assert done.returncode == 1, done.stderr
     assert "cannot connect to PostgreSQL at postgresql://edgeloop:***@127.0.0.1:1/fleet" in done.stderr
     assert "hunter2" not in done.stderr + done.stdout
+
+
+def fenced_writes(proc) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("edgeloop_coordinator_fenced_writes_total "):
+                return float(line.split()[1])
+    raise AssertionError("no edgeloop_coordinator_fenced_writes_total counter")
+
+
+def test_a_paused_leader_is_replaced_and_steps_down_when_it_wakes(two_clouds, postgres_url):
+    """SIGSTOP the leader (alive, connections open, maybe mid-transaction): the other takes over within
+    lease_s (+ the server's idle-in-transaction limit when it froze holding the write lock); SIGCONT: the old
+    leader stops its loop and never takes the lease back; whatever it wrote as leader after the takeover
+    was refused under its old epoch."""
+    from edgeloop.store.postgres import IDLE_IN_TRANSACTION_MS
+
+    (proc_a, _, log_a), (proc_b, _, log_b) = two_clouds
+    store = PostgresStore(postgres_url)
+    leader = None
+    try:
+        row = wait_for(lambda: (lambda r: r if r and r[0] else None)(store.lease_row("ct-loop")), 10)
+        assert row, "no coordinator took the lease"
+        holder, _, epoch = row
+        by_pid = {proc_a.pid: (proc_a, log_a, proc_b, "cloud-b"), proc_b.pid: (proc_b, log_b, proc_a, "cloud-a")}
+        leader, leader_log, follower, follower_id = by_pid[int(holder.split("/")[1])]
+        assert wait_for(lambda: leader_gauge(leader) == 1.0, 5)
+
+        paused_at = time.monotonic()
+        leader.send_signal(signal.SIGSTOP)
+        bound = LEASE_S + LEASE_S / 3 + IDLE_IN_TRANSACTION_MS / 1000 + 2.0
+        new = wait_for(lambda: (lambda r: r if r and r[0].startswith(follower_id + "/") else None)(
+            store.lease_row("ct-loop")), bound + 5)
+        took = time.monotonic() - paused_at
+        assert new and new[2] == epoch + 1, f"no takeover in {took:.1f} s: {store.lease_row('ct-loop')}"
+        assert took <= bound
+        assert wait_for(lambda: leader_gauge(follower) == 1.0, 5)
+
+        leader.send_signal(signal.SIGCONT)
+        assert wait_for(lambda: leader_gauge(leader) == 0.0, 10), "the woken leader still says it leads"
+        assert wait_for(lambda: "lost by" in leader_log.read_text() or "stepped down" in leader_log.read_text(), 5)
+        for _ in range(5):  # it keeps trying, but never takes a lease that is renewed
+            time.sleep(LEASE_S / 5)
+            assert store.lease_row("ct-loop")[0::2] == (new[0], epoch + 1)
+        refused = [e[3] for e in store.events("fenced_write_refused")]
+        assert all(r["holder"] == holder and r["epoch"] == epoch for r in refused)
+        assert fenced_writes(leader) == len(refused)
+    finally:
+        if leader is not None and leader.poll() is None:
+            leader.send_signal(signal.SIGCONT)  # so the fixture's SIGTERM can stop it
+        store.close()

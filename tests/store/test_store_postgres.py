@@ -117,11 +117,12 @@ def any_store(request, tmp_path):
 def test_a_lease_is_held_renewed_refused_released_and_taken_when_expired(any_store):
     s = any_store
     assert s.lease("ct-loop") is None
-    assert s.acquire_lease("ct-loop", "one", 300)
-    assert s.acquire_lease("ct-loop", "one", 300)  # renewal
-    assert not s.acquire_lease("ct-loop", "two", 300)
+    assert s.acquire_lease("ct-loop", "one", 60_000)
+    assert s.acquire_lease("ct-loop", "one", 60_000)  # renewal
+    assert not s.acquire_lease("ct-loop", "two", 60_000)
     assert s.lease("ct-loop")[0] == "one"
-    time.sleep(0.45)  # "one" stopped renewing: it expires
+    assert s.acquire_lease("ct-loop", "one", 1)  # its last renewal (1 ms), then it stops: it expires
+    time.sleep(0.05)
     assert s.acquire_lease("ct-loop", "two", 60_000)
     assert not s.acquire_lease("ct-loop", "one", 300)
     assert not s.release_lease("ct-loop", "one") and s.release_lease("ct-loop", "two")
@@ -148,3 +149,38 @@ def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(postgres_ur
         assert s.sample_ids() == [("m", "a"), ("m", "b")]
     finally:
         s.close()
+
+
+def test_a_writer_frozen_inside_a_transaction_holds_the_write_lock_only_until_the_server_ends_it(postgres_url):
+    """A coordinator stopped mid-transaction (SIGSTOP) must not block another's lease takeover for ever."""
+    from edgeloop.store.postgres import IDLE_IN_TRANSACTION_MS
+
+    frozen, other = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    inside, errors = threading.Event(), []
+
+    def freeze():
+        try:
+            with frozen._transaction() as conn:  # holds the write lock, then does nothing (as if stopped)
+                conn.execute("SELECT 1")
+                inside.set()
+                time.sleep(IDLE_IN_TRANSACTION_MS / 1000 + 1)
+        except Exception as exc:  # its commit fails: the server ended the session
+            errors.append(exc)
+
+    try:
+        assert frozen._conn.raw.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0] == \
+            f"{IDLE_IN_TRANSACTION_MS // 1000}s"
+        worker = threading.Thread(target=freeze)
+        worker.start()
+        assert inside.wait(10)
+        started = time.monotonic()
+        assert other.acquire_lease("ct-loop", "two", 1000) == 1  # waited for the lock, not for ever
+        waited = time.monotonic() - started
+        assert IDLE_IN_TRANSACTION_MS / 1000 - 1 < waited < IDLE_IN_TRANSACTION_MS / 1000 + 5  # slack: loaded CI
+        worker.join(15)
+        assert len(errors) == 1
+        frozen.ingest_samples("e1", "b1", rows("a"), 1)  # the frozen store reconnects on its next write
+        assert other.sample_ids() == [("m", "a")]
+    finally:
+        frozen.close()
+        other.close()

@@ -21,6 +21,9 @@ class CoordinatorMetrics:
                             "1 while this coordinator holds the lease that runs the CT loop and rollouts "
                             "(always 1 on SQLite: one coordinator)", registry=r)
         self.leader.set(1)
+        self.fenced_writes = Counter("edgeloop_coordinator_fenced_writes",
+                                     "Writes made as CT-loop leader that the database refused because the lease "
+                                     "had moved to another coordinator (this one then stepped down)", registry=r)
         self.connected = Gauge("edgeloop_coordinator_connected_edges", "Edges holding a directive stream", registry=r)
         self.directives = Counter("edgeloop_coordinator_directives", "Directives sent, applied or failed",
                                   ["outcome"], registry=r)

@@ -16,7 +16,8 @@ from edgeloop.config.schema import join_host_port
 from edgeloop.ct.loop import CTLoop
 from edgeloop.protocol import auth as fleet_auth
 from edgeloop.protocol import mesh_pb2_grpc
-from edgeloop.store import ArtifactStore, StoreError, is_postgres_url, open_store, redact_url
+from edgeloop.store import (ArtifactStore, SharedArtifactStore, StoreError, is_postgres_url, open_store,
+                            redact_url)
 
 from .hub import DirectiveHub
 from .leader import LeaderLease
@@ -48,23 +49,29 @@ class Coordinator:
         except StoreError as exc:  # e.g. PostgreSQL unreachable: `edgeloop cloud` reports it and exits 1
             raise RuntimeError(str(exc)) from None
         self.artifacts = ArtifactStore(config.artifact_dir, config.max_artifact_bytes)
+        if is_postgres_url(str(config.database)):  # every coordinator on the database reads every artifact
+            self.artifacts = SharedArtifactStore(self.artifacts, self.store)
         self.hub = DirectiveHub()
         self.core = CoordinatorCore(config, self.store, self.artifacts, self.hub, self.metrics)
+        #: several coordinators may share a PostgreSQL database: the lease holder alone runs the CT loop
+        #: and drives rollouts (the others ingest and serve edges), every write of both fenced by its epoch
+        self.leader = None
+        ct_store, ct_publish = self.store, self.core.publish
+        if is_postgres_url(str(config.database)):
+            self.leader = LeaderLease(self.store, config.node.id, config.lease_s, self._lead, self._follow,
+                                      on_refused=self.metrics.fenced_writes.inc)
+            self.metrics.leader.set(0)
+            self.core.rollouts.driving = lambda: self.leader.leading
+            self.core.rollouts.tick = self.leader.guard(self.core.rollouts.tick)
+            ct_store, ct_publish = self.leader.fence(self.store), self.leader.guard(self.core.publish)
         #: the continuous-training loop (its thread runs when ``training.enabled``; tests may step it)
-        self.ct = CTLoop(self.store, self.artifacts, self.core.publish, decode_sample, config.training,
+        self.ct = CTLoop(ct_store, self.artifacts, ct_publish, decode_sample, config.training,
                          on_results=CtGauges(self.metrics.registry).update, manifest=self.core.rollouts.manifest)
         self.core.ct = self.ct
         self.ct.decode_logged = decode_logged  # backfill reads raw inputs and feature times (ct/backfill.py)
         #: federated rounds of the models with [training.models.NAME] mode = "federated"
         self.federated = FederatedRounds(self.core, config.training)
         self.core.federated = self.federated
-        #: several coordinators may share a PostgreSQL database: the lease holder alone runs the CT loop
-        #: and drives rollouts (the others ingest and serve edges)
-        self.leader = None
-        if is_postgres_url(str(config.database)):
-            self.leader = LeaderLease(self.store, config.node.id, config.lease_s, self._lead, self._follow)
-            self.metrics.leader.set(0)
-            self.core.rollouts.driving = lambda: self.leader.leading
         interceptors = []
         if token is not None:
             interceptors.append(fleet_auth.TokenInterceptor(

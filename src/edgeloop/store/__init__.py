@@ -5,9 +5,11 @@ SQLite (WAL) by default; PostgreSQL (``postgres.py``, psycopg 3) when ``storage.
 dataclasses (no protobuf here: the store imports only ``config`` and the stdlib).
 """
 from .artifacts import ArtifactError, ArtifactStore, is_sha256
+from .errors import FencedError
 from .records import (DirectiveRecord, FeatureStatRow, LabelRow, LoggedSample, ModelCounts, NodeRecord,
                       PublishedModel, SampleRow, UploadResult)
 from .postgres import PostgresStore, is_postgres_url, redact_url
+from .shared_artifacts import SharedArtifactStore
 from .sqlite import SqliteStore, StoreError
 
 
@@ -24,6 +26,7 @@ __all__ = [
     "ArtifactStore",
     "DirectiveRecord",
     "FeatureStatRow",
+    "FencedError",
     "LabelRow",
     "LoggedSample",
     "ModelCounts",
@@ -31,6 +34,7 @@ __all__ = [
     "PostgresStore",
     "PublishedModel",
     "SampleRow",
+    "SharedArtifactStore",
     "SqliteStore",
     "StoreError",
     "UploadResult",

@@ -104,6 +104,15 @@ CREATE TABLE delivery_docs (kind TEXT NOT NULL, key TEXT NOT NULL, doc TEXT NOT 
 CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL,
     acquired_ms INTEGER NOT NULL, renewals INTEGER NOT NULL DEFAULT 0);
 """),
+    (8, "shared artifacts: model files by sha256 in chunks, readable by every coordinator on the database", """
+CREATE TABLE artifact_blobs (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, chunks INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL);
+CREATE TABLE artifact_chunks (sha256 TEXT NOT NULL, chunk INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (sha256, chunk)) WITHOUT ROWID;
+"""),
+    (9, "lease epochs: a fencing token that grows on every takeover, checked by each write the leader makes", """
+ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+"""),
 )
 
 #: statements PostgreSQL runs after a migration's translated text (same version, same transaction)

@@ -8,7 +8,9 @@ statements that cannot be translated mechanically are overridden here.
 Several coordinators may share one database.  Every write transaction first takes one
 transaction-scoped advisory lock, so writes are serialised across processes exactly as SQLite's
 ``BEGIN IMMEDIATE`` serialises them within one: batch-id claims, per-node directive sequences and the
-join of late labels stay exact whichever coordinator an edge talks to.  Reads use a second
+join of late labels stay exact whichever coordinator an edge talks to.  The server ends a writer session
+left idle inside a transaction (``IDLE_IN_TRANSACTION_MS``), so a frozen coordinator cannot hold that
+lock, and with it every other coordinator, for longer.  Reads use a second
 connection and see committed data.
 """
 from __future__ import annotations
@@ -32,6 +34,10 @@ from .sqlite import HISTORY_MS, SqliteStore, StoreError, merge_moments
 WRITE_LOCK = 0x656467656C6F6F70
 #: pg_advisory_lock key held while migrations run (two coordinators starting at once)
 MIGRATION_LOCK = WRITE_LOCK + 1
+#: how long the server lets a writer session sit idle inside a transaction before ending it (releasing the
+#: write lock): a coordinator frozen mid-transaction (SIGSTOP, a stalled VM) cannot stop every other
+#: coordinator's writes, lease renewals and takeovers included, for longer than this
+IDLE_IN_TRANSACTION_MS = 5000
 #: tables whose INSERT returns the new ``id`` (what SQLite gives as ``lastrowid``)
 _ID_TABLES = ("ct_artifacts", "ct_executions", "ct_triggers", "ct_evaluations")
 _GREATEST = re.compile(r"\bmax\(([^(),]+),([^(),]+)\)")
@@ -96,6 +102,8 @@ class PgConnection:
         self.raw = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="edgeloop")
         if read_only:
             self.raw.execute("SET default_transaction_read_only = on")
+        else:
+            self.raw.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}")
 
     def execute(self, sql: str, args: Sequence = ()):
         text, returning = translate(sql)
@@ -211,6 +219,7 @@ class PostgresStore(SqliteStore):
             raw.execute("BEGIN")
             try:
                 raw.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                self._check_fence(self._conn)
                 yield self._conn
             except BaseException:
                 if not (raw.closed or raw.broken):

@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .artifact_rows import ArtifactRows
 from .entity_log import EntityLog
+from .errors import StoreError
 from .leases import Leases
 from .migrations import apply_migrations
 from .sqlite_ct import CtTables
@@ -46,11 +48,7 @@ def pragmas(synchronous: str) -> tuple[str, ...]:
             "PRAGMA busy_timeout=5000", "PRAGMA cache_size=-65536")
 
 
-class StoreError(Exception):
-    """A request the store refuses because of what is already stored (e.g. a version taken)."""
-
-
-class SqliteStore(CtTables, Leases, EntityLog):
+class SqliteStore(CtTables, Leases, ArtifactRows, EntityLog):
     """The coordinator's database; thread-safe (one connection, one lock)."""
 
     def __init__(self, path: str | Path, synchronous: str = "normal", history_ms: int = HISTORY_MS) -> None:
@@ -114,6 +112,7 @@ class SqliteStore(CtTables, Leases, EntityLog):
                 raise StoreError("the store is closed")
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                self._check_fence(self._conn)
                 yield self._conn
             except BaseException:
                 self._conn.execute("ROLLBACK")
