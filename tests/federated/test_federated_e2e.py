@@ -9,6 +9,7 @@ and moves FedAvg enough that the gate refuses its candidate.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 from loopkit import MODEL, Edge, champion, edge_config, push, stream, wait_for
@@ -41,16 +42,20 @@ class FedFleet:
         try:
             first = champion()
             push(self.cloud, first)
-            for i in range(4):
-                self.edges.append(Edge(edge_config(tmp, f"edge-{chr(97 + i)}", self.cloud.address, first)))
+            self.configs = [edge_config(tmp, f"edge-{chr(97 + i)}", self.cloud.address, first) for i in range(4)]
+            for config in self.configs:
+                self.edges.append(Edge(config))
             assert wait_for(lambda: all(e.node.local_examples.models == {MODEL} for e in self.edges), timeout=30)
         except BaseException:
             self.close()
             raise
         self.n = 0
 
-    def serve(self, rows: int, seed: int) -> float:
-        """Each edge serves ``rows`` rows of the changed concept and gets their labels; returns accuracy."""
+    def serve(self, rows: int, seed: int, keyed: bool = False) -> float:
+        """Each edge serves ``rows`` rows of the changed concept and gets their labels; returns accuracy.
+
+        ``keyed``: each request carries a routing key and its label names only model + key + time.
+        """
         right = total = 0
         for k, edge in enumerate(self.edges):
             x, y = stream(rows, seed * 10 + k, changed=True)
@@ -58,12 +63,24 @@ class FedFleet:
             for i in range(rows):
                 self.n += 1
                 rid = f"r{self.n}"
-                label, _ = edge.predict(x[i], rid)
+                label, _ = edge.predict(x[i], rid, routing_key=f"meter-{self.n}" if keyed else "")
                 right += label == y[i]
                 total += 1
                 ids.append(rid)
-            edge.label(ids, y)
+            if keyed:
+                at = int(time.time() * 1000) + 1000  # after the edge recorded every row of the key
+                labels = [mesh_pb2.Label(model=MODEL, routing_key=f"meter-{self.n - rows + 1 + i}", timestamp_ms=at,
+                                         value=float(v)) for i, v in enumerate(y)]
+                edge.feedback.Label(mesh_pb2.LabelRequest(labels=labels), timeout=10)
+            else:
+                edge.label(ids, y)
         return right / total
+
+    def restart(self, i: int) -> Edge:
+        """Stop edge ``i`` and start it again on the same files (model repository, outbox, examples)."""
+        self.edges[i].close()
+        self.edges[i] = Edge(self.configs[i])
+        return self.edges[i]
 
     def close(self) -> None:
         for e in self.edges:
@@ -163,5 +180,30 @@ def test_a_poisoned_edge_among_4_does_not_move_the_median_but_moves_fedavg(tmp_p
         trimmed = fleet.cloud.federated.run_round(MODEL, "poisoned, trimmed mean", strategy="trimmed_mean")
         ev = trimmed["evaluation"]
         assert ev["challenger"] >= ev["champion"] - 0.02, trimmed
+    finally:
+        fleet.close()
+
+
+def _rows_per_edge(cloud, outcome) -> dict:
+    steps = cloud.store.executions(MODEL, outcome["run_id"])
+    return next(x["properties"]["rows_per_edge"] for x in steps if x["type"] == "training")
+
+
+def test_keyed_labels_join_on_the_edge_and_a_restart_between_two_rounds_keeps_the_rows(tmp_path):
+    fleet = FedFleet(tmp_path)
+    try:
+        fleet.serve(ROWS_PER_EDGE, seed=5, keyed=True)  # labels name model + routing key + time, no request id
+        assert _labelled(fleet, ROWS_PER_EDGE), [e.node.local_examples.counts() for e in fleet.edges]
+        first = fleet.cloud.federated.run_round(MODEL, "before the restart")
+        assert first["state"] == "published", first
+        train_rows = round(ROWS_PER_EDGE * 0.75)
+        assert _rows_per_edge(fleet.cloud, first) == {e.id: train_rows for e in fleet.edges}
+
+        edge = fleet.restart(0)  # the edge process restarts between two rounds
+        assert edge.node.local_examples.counts()[MODEL] == (0, ROWS_PER_EDGE)
+        assert edge.node.local_examples.models == {MODEL}  # known before it joins again (kept in its outbox)
+        second = fleet.cloud.federated.run_round(MODEL, "after the restart")
+        assert second["state"] in ("published", "refused"), second
+        assert _rows_per_edge(fleet.cloud, second)[edge.id] == train_rows  # its rows outlived the restart
     finally:
         fleet.close()
