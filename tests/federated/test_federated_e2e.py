@@ -9,98 +9,18 @@ and moves FedAvg enough that the gate refuses its candidate.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
-from loopkit import MODEL, Edge, champion, edge_config, push, stream, wait_for
+from fedkit import ROWS_PER_EDGE, FedFleet, labelled
+from loopkit import MODEL, wait_for
 
-from edgeloop.config import parse_cloud_config
-from edgeloop.coordinator import Coordinator
 from edgeloop.protocol import mesh_pb2
-
-ROWS_PER_EDGE = 160
-
-
-def _cloud(tmp, **training):
-    from dataclasses import replace
-
-    config = parse_cloud_config({
-        "storage": {"database": "cloud/coord.sqlite", "artifact_dir": "cloud/artifacts"},
-        "fleet": {"heartbeat_interval_ms": 200},
-        "delivery": {"canary": 4},  # the staged rollout's first wave is the whole (4-edge) fleet
-        "training": {"enabled": False, "min_slice_samples": 20, "holdout_fraction": 0.25,
-                     "models": {MODEL: {"mode": "federated"}}, "federated_timeout_s": 30.0,
-                     "federated_min_edges": 3, "federated_epochs": 10,
-                     "federated_lr": 0.5, **training}}, base_dir=tmp)
-    return Coordinator(replace(config, node=replace(config.node, grpc_port=0, metrics_port=-1))).start()
-
-
-class FedFleet:
-    def __init__(self, tmp, **training) -> None:
-        self.cloud = _cloud(tmp, **training)
-        self.edges: list[Edge] = []
-        try:
-            first = champion()
-            push(self.cloud, first)
-            self.configs = [edge_config(tmp, f"edge-{chr(97 + i)}", self.cloud.address, first) for i in range(4)]
-            for config in self.configs:
-                self.edges.append(Edge(config))
-            assert wait_for(lambda: all(e.node.local_examples.models == {MODEL} for e in self.edges), timeout=30)
-        except BaseException:
-            self.close()
-            raise
-        self.n = 0
-
-    def serve(self, rows: int, seed: int, keyed: bool = False) -> float:
-        """Each edge serves ``rows`` rows of the changed concept and gets their labels; returns accuracy.
-
-        ``keyed``: each request carries a routing key and its label names only model + key + time.
-        """
-        right = total = 0
-        for k, edge in enumerate(self.edges):
-            x, y = stream(rows, seed * 10 + k, changed=True)
-            ids = []
-            for i in range(rows):
-                self.n += 1
-                rid = f"r{self.n}"
-                label, _ = edge.predict(x[i], rid, routing_key=f"meter-{self.n}" if keyed else "")
-                right += label == y[i]
-                total += 1
-                ids.append(rid)
-            if keyed:
-                at = int(time.time() * 1000) + 1000  # after the edge recorded every row of the key
-                labels = [mesh_pb2.Label(model=MODEL, routing_key=f"meter-{self.n - rows + 1 + i}", timestamp_ms=at,
-                                         value=float(v)) for i, v in enumerate(y)]
-                edge.feedback.Label(mesh_pb2.LabelRequest(labels=labels), timeout=10)
-            else:
-                edge.label(ids, y)
-        return right / total
-
-    def restart(self, i: int) -> Edge:
-        """Stop edge ``i`` and start it again on the same files (model repository, outbox, examples)."""
-        self.edges[i].close()
-        self.edges[i] = Edge(self.configs[i])
-        return self.edges[i]
-
-    def close(self) -> None:
-        for e in self.edges:
-            try:
-                e.close()
-            except Exception:
-                pass
-        self.cloud.stop(1.0)
-
-
-def _labelled(fleet, rows):
-    return wait_for(lambda: all(e.node.local_examples.counts().get(MODEL, (0, 0))[1] >= rows for e in fleet.edges),
-                    timeout=30)
-
 
 def test_a_round_end_to_end_and_raw_features_stay_on_the_edges(tmp_path):
     fleet = FedFleet(tmp_path)
     try:
         before = fleet.serve(ROWS_PER_EDGE, seed=1)
-        assert _labelled(fleet, ROWS_PER_EDGE)
+        assert labelled(fleet, ROWS_PER_EDGE)
         # labels reach the coordinator; raw samples of the federated model never do
         assert wait_for(lambda: all(e.node.outbox.pending_rows == 0 for e in fleet.edges), timeout=30)
         assert [s for s in fleet.cloud.store.sample_ids() if s[0] == MODEL] == []
@@ -159,7 +79,7 @@ def test_a_poisoned_edge_among_4_does_not_move_the_median_but_moves_fedavg(tmp_p
     fleet = FedFleet(tmp_path, federated_clip_norm=0.0, federated_strategy="median")
     try:
         fleet.serve(ROWS_PER_EDGE, seed=3)
-        assert _labelled(fleet, ROWS_PER_EDGE)
+        assert labelled(fleet, ROWS_PER_EDGE)
         _poison(fleet.edges[3], -30.0)
         moved = fleet.cloud.federated.run_round(MODEL, "poisoned, fedavg", strategy="fedavg")
         assert moved["state"] == "refused", moved  # FedAvg followed the attacker: worse than the champion
@@ -193,7 +113,7 @@ def test_keyed_labels_join_on_the_edge_and_a_restart_between_two_rounds_keeps_th
     fleet = FedFleet(tmp_path)
     try:
         fleet.serve(ROWS_PER_EDGE, seed=5, keyed=True)  # labels name model + routing key + time, no request id
-        assert _labelled(fleet, ROWS_PER_EDGE), [e.node.local_examples.counts() for e in fleet.edges]
+        assert labelled(fleet, ROWS_PER_EDGE), [e.node.local_examples.counts() for e in fleet.edges]
         first = fleet.cloud.federated.run_round(MODEL, "before the restart")
         assert first["state"] == "published", first
         train_rows = round(ROWS_PER_EDGE * 0.75)

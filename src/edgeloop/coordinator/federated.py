@@ -25,6 +25,7 @@ from edgeloop.federated.weights import WeightsError, from_bytes, pack, theta_siz
 from edgeloop.protocol import mesh_pb2
 
 from . import validate as v
+from .federated_triggers import FederatedTriggers
 from .guards import now_ms
 
 log = logging.getLogger("edgeloop.coordinator.federated")
@@ -58,6 +59,8 @@ class FederatedRounds:
         self._run_lock = threading.Lock()  # one round at a time
         #: bytes of the edges' answers received (updates and counts), for the benchmark and status
         self.bytes_received = 0
+        #: the CT triggers (the CT loop's policy) start rounds; its thread runs where the CT loop runs
+        self.triggers = FederatedTriggers(self, core.store, config, lambda: core.ct.trigger_policy())
 
     # ---------------------------------------------------------------- edges' answers
     def submit(self, update) -> mesh_pb2.WeightUpdateAck:
