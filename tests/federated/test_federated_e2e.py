@@ -43,8 +43,20 @@ def test_a_round_end_to_end_and_raw_features_stay_on_the_edges(tmp_path):
         after = fleet.serve(100, seed=2)
         assert after > before + 0.1, (before, after)
         # lineage: the run's steps are recorded like a central run's, and the published bytes are the champion
-        steps = {x["type"] for x in fleet.cloud.store.executions(MODEL, outcome["run_id"])}
-        assert {"training", "evaluation", "publication"} <= steps
+        steps = {x["type"]: x for x in fleet.cloud.store.executions(MODEL, outcome["run_id"])}
+        assert {"training", "evaluation", "infra_validation", "compression", "publication"} <= set(steps)
+        # the compression step: every built variant scored on the edges' holdouts, the smallest fit one served
+        comp = outcome["compression"]
+        scored = {c["name"]: c for c in comp["candidates"] if c["metric"] is not None}
+        assert {"original", "int8"} <= set(scored), comp
+        n = ev["n_holdout"]
+        assert all(abs(c["metric"] * n - round(c["metric"] * n)) < 1e-6 for c in scored.values())  # edge counts
+        assert abs(scored["original"]["metric"] - ev["challenger"]) < 0.02  # ONNX float32 vs the edge's math
+        fit = [c for c in comp["candidates"] if c["infra_passed"] and c["within_tolerance"]]
+        chosen = min(fit, key=lambda c: c["size_bytes"])
+        assert comp["chosen"] == chosen["name"] and chosen["chosen"]
+        published = max((p for p in fleet.cloud.store.published_models() if p.model == MODEL), key=lambda p: p.version)
+        assert published.size == chosen["size_bytes"]
         assert fleet.cloud.store.aliases(MODEL)["champion"] == version
         assert [s for s in fleet.cloud.store.sample_ids() if s[0] == MODEL] == []
 

@@ -6,7 +6,8 @@ never leaves the edge and outlives a restart.
 ``FederatedEdge`` carries out a ``FederatedRound`` directive: in a TRAIN round it trains the
 global weights on the older part of its labelled rows and sends ``theta_local - theta_global``
 with its row count; in an EVALUATE round it counts the holdout rows (its newest labelled rows,
-never trained on) that the candidate and the champion get right.  Both answers go back over
+never trained on) that the candidate, the champion and each serving variant of the candidate
+(the compression step's ONNX models, run as this edge would serve them) get right.  Both answers go back over
 ``SubmitUpdate``, a call the edge opens.  The math is ``edgeloop.federated`` (shared with the cloud).
 """
 from __future__ import annotations
@@ -26,6 +27,8 @@ log = logging.getLogger("edgeloop.node.federated")
 
 FEDERATED_KEY = "federated.models"  # outbox meta: the federated models the coordinator named (kept over restarts)
 MAX_EPOCHS = 100
+MAX_VARIANTS = 8  # serving variants of a candidate scored in one EVALUATE round
+LABEL_OUTPUT = "label"  # the built-in models' class-value output
 CALL_TIMEOUT_S = 30.0
 
 
@@ -38,6 +41,31 @@ def _vector(field: str, data: bytes, n: int) -> np.ndarray:
         return from_bytes(field, data, n)
     except WeightsError as exc:
         raise RoundFailed(str(exc)) from None
+
+
+def score_variants(msg, x: np.ndarray, y: np.ndarray) -> list[int]:
+    """Holdout rows each serving variant of the candidate (ONNX, as the edges would serve it) gets right.
+
+    A variant that does not load or run here scores 0 (logged): it cannot be chosen for this fleet.
+    """
+    from edgeloop.config import ModelConfig
+    from edgeloop.serving.session import create_session
+
+    if len(msg.variants) > MAX_VARIANTS:
+        raise RoundFailed(f"variants: {len(msg.variants)}; expected at most {MAX_VARIANTS}")
+    out = []
+    for i, data in enumerate(msg.variants):
+        if not len(y):
+            out.append(0)
+            continue
+        try:
+            session = create_session(bytes(data), ModelConfig(name=msg.model), f"variant {i} of round {msg.round_id}")
+            label = session.run([LABEL_OUTPUT], {session.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
+            out.append(int((np.asarray(label, np.float64).reshape(-1) == y).sum()))
+        except Exception as exc:  # onnxruntime raises its own types; the variant is simply not usable here
+            log.warning("federated round %s: variant %d cannot be scored: %s", msg.round_id[:80], i, str(exc)[:200])
+            out.append(0)
+    return out
 
 
 class FederatedEdge:
@@ -95,6 +123,7 @@ class FederatedEdge:
             hx, hi = x[split:], idx[split:]
             reply.candidate_correct = correct_count(theta, hx, hi, mean, inv_std, c)
             reply.champion_correct = correct_count(champion, hx, hi, mean, inv_std, c)
+            reply.variant_correct.extend(score_variants(msg, hx, classes[hi]))
             return reply
         if not 1 <= msg.epochs <= MAX_EPOCHS:
             raise RoundFailed(f"epochs: {msg.epochs}; expected 1..{MAX_EPOCHS}")
