@@ -42,14 +42,14 @@ class FedFleet:
             raise
         self.n = 0
 
-    def serve(self, rows: int, seed: int, keyed: bool = False) -> float:
-        """Each edge serves ``rows`` rows of the changed concept and gets their labels; returns accuracy.
+    def serve(self, rows: int, seed: int, keyed: bool = False, changed: bool = True) -> float:
+        """Each edge serves ``rows`` rows of the (changed) concept and gets their labels; returns accuracy.
 
         ``keyed``: each request carries a routing key and its label names only model + key + time.
         """
         right = total = 0
         for k, edge in enumerate(self.edges):
-            x, y = stream(rows, seed * 10 + k, changed=True)
+            x, y = stream(rows, seed * 10 + k, changed=changed)
             ids = []
             for i in range(rows):
                 self.n += 1

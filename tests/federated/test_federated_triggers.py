@@ -72,6 +72,32 @@ def test_drift_in_the_edges_statistics_starts_a_round(tmp_path):
         fleet.close()
 
 
+def test_the_champions_accuracy_on_the_edges_falls_and_the_performance_trigger_starts_a_round(tmp_path):
+    fleet = FedFleet(tmp_path, monitor_window=200, performance_margin=0.05)
+    try:
+        store = fleet.cloud.store
+
+        def labels_stored(n):
+            return wait_for(lambda: sum(m.labels for m in store.model_counts() if m.model == MODEL) >= n, timeout=30)
+
+        triggers = fleet.cloud.federated.triggers
+        assert triggers.step(T0) == []
+        fleet.serve(60, seed=9, changed=False)  # the concept the champion learned
+        assert labelled(fleet, 60) and labels_stored(240)
+        assert triggers.step(T0 + 1) == []  # 240 new labels >= monitor_window: measured, the reference
+        reference = triggers.watches[MODEL].champion_score
+        assert reference is not None and reference > 0.85
+        fleet.serve(200, seed=10)  # the concept changed
+        assert labelled(fleet, 260) and labels_stored(1040)
+        (outcome,) = triggers.step(T0 + 2)
+        assert outcome["kind"] == "performance" and outcome["state"] == "published", outcome
+        (recorded,) = store.triggers(MODEL)
+        assert recorded["evidence"].startswith("performance: accuracy") and "below the champion's" in \
+            recorded["evidence"]
+    finally:
+        fleet.close()
+
+
 def test_a_manual_firing_without_enough_edges_is_recorded_as_stopped(tmp_path):
     fleet = FedFleet(tmp_path, federated_min_edges=5)  # 4 edges joined
     try:

@@ -133,6 +133,45 @@ class FederatedRounds:
                 rnd.changed.wait(min(left, 0.5))
             return dict(rnd.answers[rnd.phase])
 
+    def _message(self, model: str, round_id: str, champion: DenseModel, theta: np.ndarray) -> mesh_pb2.FederatedRound:
+        c = self.config
+        d, k = int(champion.layers[0][0].shape[0]), int(champion.layers[0][0].shape[1])
+        return mesh_pb2.FederatedRound(model=model, round_id=round_id, n_features=d, n_classes=k,
+                                       mean=to_bytes(champion.mean), inv_std=to_bytes(champion.inv_std),
+                                       classes=[float(x) for x in champion.classes], theta=to_bytes(theta),
+                                       epochs=c.federated_epochs, lr=c.federated_lr, mu=c.federated_mu,
+                                       batch_size=32, seed=c.seed, holdout_fraction=c.holdout_fraction,
+                                       max_rows=c.train_rows)
+
+    def probe(self, model: str) -> tuple[int, int, int]:
+        """(champion version, holdout rows, rows it got right) over the edges' newest labelled rows.
+
+        An EVALUATE phase alone (candidate = champion): the performance monitor of a federated model,
+        whose labelled rows the coordinator never sees.  Waits up to ``federated_timeout_s``.
+        """
+        if model not in self.models:
+            raise RoundError(f"model {model!r} is not federated; expected one of {sorted(self.models)}")
+        with self._run_lock:
+            champion, _data, version = self._champion(model)
+            (w, b), = champion.layers
+            theta = pack(w, b)
+            round_id = f"{model}-probe-{now_ms()}-{os.urandom(3).hex()}"
+            rnd = _Round(round_id, model, self.core.store.node_ids(), theta_size(int(w.shape[0]), int(w.shape[1])))
+            rnd.phase = EVALUATE
+            with self._lock:
+                if len(self._rounds) >= MAX_OPEN_ROUNDS:
+                    self._rounds.pop(next(iter(self._rounds)))
+                self._rounds[round_id] = rnd
+            try:
+                msg = self._message(model, round_id, champion, theta)
+                msg.champion_theta = msg.theta
+                got = self._phase(rnd, msg, self.config.federated_timeout_s)
+            finally:
+                with self._lock:
+                    self._rounds.pop(round_id, None)
+        return version, sum(int(u.holdout_rows) for u in got.values()), sum(int(u.champion_correct)
+                                                                            for u in got.values())
+
     def run_round(self, model: str, reason: str = "manual", strategy: str | None = None) -> dict:
         """One round for ``model``: train, aggregate, evaluate on the edges, and publish when blessed."""
         if model not in self.models:
@@ -161,12 +200,7 @@ class FederatedRounds:
         run_id = store.add_execution(model, 0, "run", "running", {
             "trigger": "federated", "evidence": reason, "code_version": __version__, "round_id": round_id,
             "strategy": strategy, "champion_version": champion_version, "edges": nodes}, ms)
-        msg = mesh_pb2.FederatedRound(model=model, round_id=round_id, n_features=d, n_classes=k,
-                                      mean=to_bytes(champion.mean), inv_std=to_bytes(champion.inv_std),
-                                      classes=[float(x) for x in champion.classes], theta=to_bytes(theta),
-                                      epochs=c.federated_epochs, lr=c.federated_lr, mu=c.federated_mu,
-                                      batch_size=32, seed=c.seed, holdout_fraction=c.holdout_fraction,
-                                      max_rows=c.train_rows)
+        msg = self._message(model, round_id, champion, theta)
 
         def end(state: str, text: str, version: int = 0, **extra) -> dict:
             store.finish_execution(run_id, state, {"outcome": text, "version": version, **extra})

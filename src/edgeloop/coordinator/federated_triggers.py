@@ -1,13 +1,16 @@
-"""Federated rounds started by the CT triggers: drift of the edges' statistics, label volume, schedule, manual.
+"""Federated rounds started by the CT triggers: drift of the edges' statistics, accuracy, volume, schedule, manual.
 
 The CT loop watches a model through its labelled rows on the coordinator; a federated model has
 none (its rows stay on the edges), so here its triggers are fed from what the edges do send: the
 feature histograms of their status reports and the labels.  Per edge and input feature of the
 champion, the first ``reference_rows`` rows the edge summarised are the reference; every further
 ``monitor_window`` rows form a window, scored by PSI against the reference (the CT loop's fixed PSI
-threshold).  The CT loop's own ``TriggerEngine`` and policy decide (``drift_windows`` alarming
-windows, ``volume`` new labels, ``schedule_s``, manual; cooldowns), a firing is recorded in the
-store's trigger table as the loop records its own, and it runs a round whose outcome is written on it.
+threshold).  Every ``monitor_window`` new labels, the champion's accuracy is measured on the edges'
+newest labelled rows (``FederatedRounds.probe``: an EVALUATE phase, counts only) for the performance
+trigger.  The CT loop's own ``TriggerEngine`` and policy decide (``drift_windows`` alarming
+windows, accuracy below the floor or the margin, ``volume`` new labels, ``schedule_s``, manual;
+cooldowns); a firing is recorded in the store's trigger table as the loop records its own, and it
+runs a round whose outcome is written on it.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import time
 import numpy as np
 
 from edgeloop.ct.drift import FIXED_THRESHOLDS, MonitorResult
+from edgeloop.ct.performance import Metric, wilson_interval
 from edgeloop.ct.triggers import TriggerEngine
 from edgeloop.kernels.stats import psi
 
@@ -33,6 +37,8 @@ class _Watch:
         self.model, self.version, self.engine, self.labels = model, version, engine, labels
         self.refs: dict[tuple, tuple[tuple, np.ndarray]] = {}  # key -> (bin edges, reference counts)
         self.last: dict[tuple, np.ndarray] = {}  # key -> cumulative counts at the last window's end
+        self.probed_at = labels  # labels stored when the champion's accuracy was last measured on the edges
+        self.champion_score: float | None = None  # its accuracy at the first measurement of this version
 
 
 class FederatedTriggers:
@@ -98,14 +104,17 @@ class FederatedTriggers:
         return out
 
     def _step_model(self, watch: _Watch, version: int, labels: int, now: float) -> dict | None:
-        if version != watch.version:  # a new champion: its statistics start a new reference
-            watch.version, watch.refs, watch.last = version, {}, {}
+        if version != watch.version:  # a new champion: its statistics and accuracy start a new reference
+            watch.version, watch.refs, watch.last, watch.champion_score = version, {}, {}, None
         if labels > watch.labels:
             watch.engine.add_labelled(labels - watch.labels)
         watch.labels = labels
         results = self._windows(watch)
         if results:
             watch.engine.observe_window(results)
+        if labels - watch.probed_at >= self.config.monitor_window:
+            watch.probed_at = labels
+            self._performance(watch)
         decision = watch.engine.evaluate(now, 0)
         for hold in decision.held:
             log.info("federated: model %s trigger held: %s", watch.model, hold.reason[:300])
@@ -121,6 +130,27 @@ class FederatedTriggers:
             return {"trigger_id": trigger_id, "kind": firing.kind, "state": "stopped", "reason": str(exc)[:500]}
         self.store.set_trigger_outcome(trigger_id, outcome["run_id"], f"{outcome['state']}: {outcome['reason']}"[:2000])
         return {"trigger_id": trigger_id, "kind": firing.kind, **outcome}
+
+    def _performance(self, watch: _Watch) -> None:
+        """The champion's accuracy on the edges' newest labelled rows (an EVALUATE-only round) to the engine.
+
+        The first measurement of a version is its reference (``performance_margin`` below it alarms);
+        ``performance_floor`` applies from the first one on.
+        """
+        try:
+            version, n, right = self.rounds.probe(watch.model)
+        except Exception as exc:  # e.g. no edge answered: no performance window this time
+            log.warning("federated: model %s accuracy probe failed: %s", watch.model, str(exc)[:300])
+            return
+        if n == 0 or version != watch.version:
+            return
+        low, high = wilson_interval(right, n)
+        metric = Metric("accuracy", right / n, low, high, n, True)
+        watch.engine.observe_performance(metric, watch.champion_score)
+        log.info("federated: model %s version %d: %s on the edges' newest labelled rows", watch.model, version,
+                 metric.describe())
+        if watch.champion_score is None:
+            watch.champion_score = metric.value
 
     def _windows(self, watch: _Watch) -> list[MonitorResult]:
         """PSI of each edge's newest window of ``monitor_window`` rows per feature against its reference."""
