@@ -33,6 +33,8 @@ CREATE INDEX IF NOT EXISTS rows_key ON rows (model, routing_key, timestamp_ms);
 CREATE INDEX IF NOT EXISTS rows_labelled ON rows (model, label_seq);
 CREATE TABLE IF NOT EXISTS pending_labels (id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL,
     sample_id TEXT NOT NULL, routing_key TEXT NOT NULL, timestamp_ms INTEGER NOT NULL, value REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS pending_id ON pending_labels (sample_id);
+CREATE INDEX IF NOT EXISTS pending_key ON pending_labels (model, routing_key);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -58,6 +60,15 @@ class LocalExamples:
         self._db.executescript(_SCHEMA)
         self._db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('dropped', 0), ('labels_dropped', 0), "
                          "('label_seq', 0)")
+        # the bounds are checked on every write: counters kept here, not counted in the file each time
+        self._pending: dict[str, int] = {}  # model -> unlabelled requests
+        self._labelled: dict[str, int] = {}  # model -> labelled rows
+        self._bytes = 0
+        for model, labelled, n, size in self._db.execute(
+                "SELECT model, label_seq IS NOT NULL, SUM(CASE WHEN label_seq IS NULL THEN 1 ELSE n END), "
+                "SUM(length(data)) FROM rows GROUP BY model, label_seq IS NOT NULL"):
+            (self._labelled if labelled else self._pending)[model] = int(n)
+            self._bytes += int(size)
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -83,14 +94,19 @@ class LocalExamples:
     def _write(self, fn, *args):
         with self._lock:
             db = self._db
+            saved = dict(self._pending), dict(self._labelled), self._bytes
             db.execute("BEGIN IMMEDIATE")
             try:
                 out = fn(db, *args)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
+                self._pending, self._labelled, self._bytes = saved
                 raise
             return out
+
+    def _count(self, counter: dict, model: str, n: int) -> None:
+        counter[model] = counter.get(model, 0) + n
 
     # ------------------------------------------------------------------ rows
     def add_rows(self, model: str, sample_id: str, rows: np.ndarray, routing_key: str = "",
@@ -105,6 +121,8 @@ class LocalExamples:
     def _add_rows(self, db, model, sample_id, x, key, ts) -> None:
         db.execute("INSERT INTO rows (model, sample_id, routing_key, timestamp_ms, n, d, data) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (model, sample_id, key, ts, x.shape[0], x.shape[1], x.tobytes()))
+        self._count(self._pending, model, 1)
+        self._bytes += x.nbytes
         waiting = db.execute(
             "SELECT id, model, sample_id, routing_key, timestamp_ms, value FROM pending_labels "
             "WHERE (sample_id != '' AND sample_id = ? AND (model = '' OR model = ?)) "
@@ -156,36 +174,45 @@ class LocalExamples:
     def _join(self, db, model, sample_id, key, ts, value) -> bool:
         targets = self._targets(db, model, sample_id, key, ts)
         for seq in targets:
-            models = db.execute("SELECT model, label_seq FROM rows WHERE seq = ?", (seq,)).fetchone()
-            if models[1] is None:  # newly labelled: it joins the labelled window at its newest end
+            row_model, label_seq, n = db.execute("SELECT model, label_seq, n FROM rows WHERE seq = ?",
+                                                 (seq,)).fetchone()
+            if label_seq is None:  # newly labelled: it joins the labelled window at its newest end
                 db.execute("UPDATE rows SET label = ?, label_seq = ? WHERE seq = ?",
                            (value, self._bump("label_seq"), seq))
+                self._count(self._pending, row_model, -1)
+                self._count(self._labelled, row_model, n)
             else:  # a later label of the same row: the latest wins (as on the coordinator)
                 db.execute("UPDATE rows SET label = ? WHERE seq = ?", (value, seq))
-            self._bound(db, models[0])
+            self._bound(db, row_model)
         return bool(targets)
 
     def _bound(self, db, model: str) -> None:
         """Drop the oldest rows past the bounds (unlabelled per model, labelled rows per model, bytes)."""
         dropped = 0
-        over = db.execute("SELECT COUNT(*) FROM rows WHERE model = ? AND label_seq IS NULL",
-                          (model,)).fetchone()[0] - self._max_pending
+        over = self._pending.get(model, 0) - self._max_pending
         if over > 0:
-            dropped += db.execute("DELETE FROM rows WHERE seq IN (SELECT seq FROM rows WHERE model = ? AND "
-                                  "label_seq IS NULL ORDER BY seq LIMIT ?)", (model, over)).rowcount
-        labelled = db.execute("SELECT COALESCE(SUM(n), 0) FROM rows WHERE model = ? AND label_seq IS NOT NULL",
-                              (model,)).fetchone()[0]
-        while labelled > self._max_labelled:
-            seq, n = db.execute("SELECT seq, n FROM rows WHERE model = ? AND label_seq IS NOT NULL "
-                                "ORDER BY label_seq LIMIT 1", (model,)).fetchone()
+            gone = db.execute("SELECT seq, length(data) FROM rows WHERE model = ? AND label_seq IS NULL "
+                              "ORDER BY seq LIMIT ?", (model, over)).fetchall()
+            db.executemany("DELETE FROM rows WHERE seq = ?", [(g[0],) for g in gone])
+            self._count(self._pending, model, -len(gone))
+            self._bytes -= sum(g[1] for g in gone)
+            dropped += len(gone)
+        while self._labelled.get(model, 0) > self._max_labelled:
+            seq, n, size = db.execute("SELECT seq, n, length(data) FROM rows WHERE model = ? AND label_seq IS NOT "
+                                      "NULL ORDER BY label_seq LIMIT 1", (model,)).fetchone()
             db.execute("DELETE FROM rows WHERE seq = ?", (seq,))
-            labelled -= n
+            self._count(self._labelled, model, -n)
+            self._bytes -= size
             dropped += 1
-        size = db.execute("SELECT COALESCE(SUM(length(data)), 0) FROM rows").fetchone()[0]
-        while size > self._max_bytes:  # the oldest row of any model, labelled or not
-            seq, n_bytes = db.execute("SELECT seq, length(data) FROM rows ORDER BY seq LIMIT 1").fetchone()
+        while self._bytes > self._max_bytes:  # the oldest row of any model, labelled or not
+            seq, m, n, size, label_seq = db.execute("SELECT seq, model, n, length(data), label_seq FROM rows "
+                                                    "ORDER BY seq LIMIT 1").fetchone()
             db.execute("DELETE FROM rows WHERE seq = ?", (seq,))
-            size -= n_bytes
+            if label_seq is None:
+                self._count(self._pending, m, -1)
+            else:
+                self._count(self._labelled, m, -n)
+            self._bytes -= size
             dropped += 1
         if dropped:
             self._bump("dropped", dropped)
@@ -196,21 +223,19 @@ class LocalExamples:
         with self._lock:
             found = self._db.execute("SELECT n, d, data, label FROM rows WHERE model = ? AND label_seq IS NOT NULL "
                                      "ORDER BY label_seq DESC", (model,)).fetchall()
-        xs, ys, have = [], [], 0
-        for n, d, data, label in found:
-            x = np.frombuffer(data, "<f4").reshape(n, d)
-            xs.append(x)
-            ys.append(np.full(n, float(label)))
-            have += n
-            if max_rows and have >= max_rows:
-                break
-        if not xs:
+        if not found:
             return np.zeros((0, 0), np.float32), np.zeros(0)
-        if len({x.shape[1] for x in xs}) != 1:  # the model's input changed: the newest width only
-            width = xs[0].shape[1]
-            keep = [i for i, x in enumerate(xs) if x.shape[1] == width]
-            xs, ys = [xs[i] for i in keep], [ys[i] for i in keep]
-        x, y = np.concatenate(xs[::-1]), np.concatenate(ys[::-1])
+        width = found[0][1]  # the model's input may have changed: the newest width only
+        keep, have = [], 0
+        for row in found:
+            if row[1] == width:
+                keep.append(row)
+                have += row[0]
+                if max_rows and have >= max_rows:
+                    break
+        keep.reverse()
+        x = np.frombuffer(b"".join(r[2] for r in keep), "<f4").reshape(-1, width)
+        y = np.repeat(np.array([r[3] for r in keep], np.float64), [r[0] for r in keep])
         if max_rows:
             x, y = x[-max_rows:], y[-max_rows:]
         return x, y
