@@ -24,10 +24,14 @@ from edgeloop.ct.drift import FIXED_THRESHOLDS, MonitorResult
 from edgeloop.ct.performance import Metric, wilson_interval
 from edgeloop.ct.triggers import TriggerEngine
 from edgeloop.kernels.stats import psi
+from edgeloop.store.sqlite import BUCKET_MS  # statistics buckets: a champion's reads start one before it
 
 log = logging.getLogger("edgeloop.coordinator.federated")
 
 MAX_KEYS = 100_000  # (edge, tensor, feature) references kept per model
+#: the edges' histograms are read at most this often (each read merges every stored bucket of the
+#: champion's life, per edge), however short the step period
+DRIFT_EVERY_S = 15.0
 
 
 class _Watch:
@@ -38,6 +42,8 @@ class _Watch:
         self.refs: dict[tuple, tuple[tuple, np.ndarray]] = {}  # key -> (bin edges, reference counts)
         self.last: dict[tuple, np.ndarray] = {}  # key -> cumulative counts at the last window's end
         self.probed_at = labels  # labels stored when the champion's accuracy was last measured on the edges
+        self.read_at = -float("inf")  # when the edges' histograms were last read
+        self.since_ms = int(time.time() * 1000) - BUCKET_MS  # statistics of this champion are newer
         self.champion_score: float | None = None  # its accuracy at the first measurement of this version
 
 
@@ -106,12 +112,15 @@ class FederatedTriggers:
     def _step_model(self, watch: _Watch, version: int, labels: int, now: float) -> dict | None:
         if version != watch.version:  # a new champion: its statistics and accuracy start a new reference
             watch.version, watch.refs, watch.last, watch.champion_score = version, {}, {}, None
+            watch.since_ms = int(time.time() * 1000) - BUCKET_MS
         if labels > watch.labels:
             watch.engine.add_labelled(labels - watch.labels)
         watch.labels = labels
-        results = self._windows(watch)
-        if results:
-            watch.engine.observe_window(results)
+        if now - watch.read_at >= DRIFT_EVERY_S:
+            watch.read_at = now
+            results = self._windows(watch)
+            if results:
+                watch.engine.observe_window(results)
         if labels - watch.probed_at >= self.config.monitor_window:
             watch.probed_at = labels
             self._performance(watch)
@@ -158,7 +167,7 @@ class FederatedTriggers:
         threshold = FIXED_THRESHOLDS["psi"]
         results = []
         for node in self.store.node_ids():
-            for row in self.store.feature_stats(watch.model, node):
+            for row in self.store.feature_stats(watch.model, node, since_ms=watch.since_ms):
                 if row.model_version != watch.version or row.is_output or not row.counts:
                     continue
                 key = (node, row.tensor, row.feature)
