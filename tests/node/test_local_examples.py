@@ -21,6 +21,7 @@ def test_rows_and_labels_survive_a_restart_and_bounds_drop_the_oldest(tmp_path):
     assert not ex.add_label("s0", "m", 1.0)  # its row is gone
     assert ex.add_label("s2", "m", 0.0) and ex.add_label("s3", "m", 1.0)
     ex.close()
+    assert not ex.add_label("s4", "m", 1.0)  # a file that cannot be written does not fail the Label call
 
     again = _open(path, max_pending=3, max_labelled=4)  # the edge restarted
     assert again.dropped == 2 and again.counts() == {"m": (1, 2)}

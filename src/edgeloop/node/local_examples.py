@@ -12,11 +12,14 @@ past a bound the oldest go, counted (``dropped``: requests; kept in the file, so
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("edgeloop.node.federated")
 
 MAX_PENDING = 20_000  # recorded rows waiting for their label, per model
 MAX_LABELLED = 20_000  # labelled rows kept, per model (the newest)
@@ -142,8 +145,12 @@ class LocalExamples:
         """
         if not sample_id and not (model and routing_key):
             return False
-        return self._write(self._add_label, sample_id or "", model or "", routing_key or "", int(timestamp_ms),
-                           float(value))
+        try:
+            return self._write(self._add_label, sample_id or "", model or "", routing_key or "", int(timestamp_ms),
+                               float(value))
+        except sqlite3.Error as exc:  # e.g. a full disk: the label is stored in the outbox already; say so, go on
+            log.warning("federated examples %s: a label could not be joined: %s", self.path, str(exc)[:200])
+            return False
 
     def _add_label(self, db, sample_id, model, key, ts, value) -> bool:
         if self._join(db, model, sample_id, key, ts, value):
