@@ -12,6 +12,11 @@ rows; its standardisation is kept), and then, every ``--round-rows`` rows (48 = 
 * federated: the edges upload only the ``Label``s (the raw rows stay); in a round each edge runs the
   same SGD on its own newest ``window / edges`` rows and sends a ``WeightUpdate`` (TRAIN), and
   holdout counts (EVALUATE); the cloud aggregates (``--strategy``, default FedAvg by rows).
+  The EVALUATE directive carries the candidate's serving variants (original, low-rank, int8,
+  low-rank+int8: the compression step, scored on the edges' holdouts) and each answer their counts;
+  every ``--monitor-window`` labels the edges also answer an EVALUATE-only probe (the performance
+  trigger's accuracy).  The variants are built once, from the first candidate: their sizes depend on
+  the model's shape, not its weights.
 
 The same optimiser, step size, epochs and window in both arms: what differs is where the rows are.
 Bytes are the serialized sizes of the real protobuf messages each arm sends edge→cloud (each
@@ -31,9 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeloop.coordinator.federated_compression import build_variants
+from edgeloop.ct.compression import CompressionPolicy
+from edgeloop.ct.onnx_export import DenseModel, to_onnx
 from edgeloop.federated.aggregate import aggregate
 from edgeloop.federated.local import LocalPlan, local_update, predict_index
-from edgeloop.federated.weights import theta_size, to_bytes
+from edgeloop.federated.weights import theta_size, to_bytes, unpack
 from edgeloop.protocol import mesh_pb2
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "elec2.csv"
@@ -75,6 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--mu", type=float, default=0.0, help="FedProx proximal weight on the edges")
     ap.add_argument("--strategy", default="fedavg", choices=("fedavg", "median", "trimmed_mean"))
+    ap.add_argument("--monitor-window", type=int, default=200, help="labels between two accuracy probes")
     ap.add_argument("--quick", action="store_true", help="the first 12,000 rows only")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args(argv)
@@ -94,6 +103,11 @@ def main(argv=None) -> int:
     sent = {"central": 0, "federated": 0}
     directive_bytes = 0
     n_eval = 0
+    w, b = unpack(theta0, d, k)
+    first = to_onnx(DenseModel("logistic", mean.astype(np.float32), inv_std.astype(np.float32),
+                               ((w.astype(np.float32), b.astype(np.float32)),), np.arange(k, dtype=np.int64)))
+    variants = [v[1] for v in build_variants(first, CompressionPolicy()) if v[1] is not None]
+    labels_since_probe = 0
     t0 = time.perf_counter()
     for start in range(START, len(y), args.round_rows):
         stop = min(len(y), start + args.round_rows)
@@ -126,9 +140,23 @@ def main(argv=None) -> int:
                                         delta=to_bytes(delta), train_rows=len(rows), holdout_rows=len(rows) // 4)
             ev = mesh_pb2.WeightUpdate(node_id=upd.node_id, model="elec2", round_id=msg.round_id, phase=1,
                                        train_rows=len(rows), holdout_rows=len(rows) // 4,
-                                       candidate_correct=len(rows) // 5, champion_correct=len(rows) // 5)
+                                       candidate_correct=len(rows) // 5, champion_correct=len(rows) // 5,
+                                       variant_correct=[len(rows) // 5] * len(variants))
             sent["federated"] += upd.ByteSize() + ev.ByteSize()
-            directive_bytes += 2 * msg.ByteSize()
+            evaluate = mesh_pb2.FederatedRound()
+            evaluate.CopyFrom(msg)
+            evaluate.phase, evaluate.champion_theta = 1, msg.theta
+            evaluate.variants.extend(variants)
+            directive_bytes += msg.ByteSize() + evaluate.ByteSize()
+        labels_since_probe += stop - start
+        if labels_since_probe >= args.monitor_window:  # the performance trigger's accuracy probe
+            labels_since_probe = 0
+            for e in range(args.edges):
+                probe = mesh_pb2.WeightUpdate(node_id=f"edge-{chr(97 + e)}", model="elec2",
+                                              round_id=f"elec2-probe-{start}", phase=1, holdout_rows=120,
+                                              candidate_correct=100, champion_correct=100)
+                sent["federated"] += probe.ByteSize()
+                directive_bytes += msg.ByteSize()
         arms["federated"] = g + aggregate(args.strategy, deltas, counts)
     seconds = time.perf_counter() - t0
     acc = {a: right[a] / n_eval for a in arms}

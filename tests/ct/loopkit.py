@@ -119,11 +119,14 @@ class Edge:
         self.infer_stub = inference_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         self.feedback = mesh_pb2_grpc.FeedbackStub(self.channel)
 
-    def predict(self, x: np.ndarray, request_id: str) -> tuple[float, int]:
-        """(predicted label, the version that answered) for one row."""
+    def predict(self, x: np.ndarray, request_id: str, routing_key: str = "") -> tuple[float, int]:
+        """(predicted label, the version that answered) for one row (``routing_key``: the request's entity)."""
+        from edgeloop.mesh.router import ROUTING_KEY
         from edgeloop.protocol.codec import build_infer_request, infer_response_to_numpy
 
         request = build_infer_request(MODEL, {INPUT: np.asarray(x, np.float32)[None, :]}, request_id=request_id)
+        if routing_key:
+            request.parameters[ROUTING_KEY].string_param = routing_key
         response = self.infer_stub.ModelInfer(request, timeout=10)
         return float(infer_response_to_numpy(response)["label"][0]), int(response.model_version or 0)
 

@@ -11,79 +11,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from loopkit import MODEL, Edge, champion, edge_config, push, stream, wait_for
+from fedkit import ROWS_PER_EDGE, FedFleet, labelled
+from loopkit import MODEL, wait_for
 
-from edgeloop.config import parse_cloud_config
-from edgeloop.coordinator import Coordinator
 from edgeloop.protocol import mesh_pb2
-
-ROWS_PER_EDGE = 160
-
-
-def _cloud(tmp, **training):
-    from dataclasses import replace
-
-    config = parse_cloud_config({
-        "storage": {"database": "cloud/coord.sqlite", "artifact_dir": "cloud/artifacts"},
-        "fleet": {"heartbeat_interval_ms": 200},
-        "delivery": {"canary": 4},  # the staged rollout's first wave is the whole (4-edge) fleet
-        "training": {"enabled": False, "min_slice_samples": 20, "holdout_fraction": 0.25,
-                     "models": {MODEL: {"mode": "federated"}}, "federated_timeout_s": 30.0,
-                     "federated_min_edges": 3, "federated_epochs": 10,
-                     "federated_lr": 0.5, **training}}, base_dir=tmp)
-    return Coordinator(replace(config, node=replace(config.node, grpc_port=0, metrics_port=-1))).start()
-
-
-class FedFleet:
-    def __init__(self, tmp, **training) -> None:
-        self.cloud = _cloud(tmp, **training)
-        self.edges: list[Edge] = []
-        try:
-            first = champion()
-            push(self.cloud, first)
-            for i in range(4):
-                self.edges.append(Edge(edge_config(tmp, f"edge-{chr(97 + i)}", self.cloud.address, first)))
-            assert wait_for(lambda: all(e.node.local_examples.models == {MODEL} for e in self.edges), timeout=30)
-        except BaseException:
-            self.close()
-            raise
-        self.n = 0
-
-    def serve(self, rows: int, seed: int) -> float:
-        """Each edge serves ``rows`` rows of the changed concept and gets their labels; returns accuracy."""
-        right = total = 0
-        for k, edge in enumerate(self.edges):
-            x, y = stream(rows, seed * 10 + k, changed=True)
-            ids = []
-            for i in range(rows):
-                self.n += 1
-                rid = f"r{self.n}"
-                label, _ = edge.predict(x[i], rid)
-                right += label == y[i]
-                total += 1
-                ids.append(rid)
-            edge.label(ids, y)
-        return right / total
-
-    def close(self) -> None:
-        for e in self.edges:
-            try:
-                e.close()
-            except Exception:
-                pass
-        self.cloud.stop(1.0)
-
-
-def _labelled(fleet, rows):
-    return wait_for(lambda: all(e.node.local_examples.counts().get(MODEL, (0, 0))[1] >= rows for e in fleet.edges),
-                    timeout=30)
-
 
 def test_a_round_end_to_end_and_raw_features_stay_on_the_edges(tmp_path):
     fleet = FedFleet(tmp_path)
     try:
         before = fleet.serve(ROWS_PER_EDGE, seed=1)
-        assert _labelled(fleet, ROWS_PER_EDGE)
+        assert labelled(fleet, ROWS_PER_EDGE)
         # labels reach the coordinator; raw samples of the federated model never do
         assert wait_for(lambda: all(e.node.outbox.pending_rows == 0 for e in fleet.edges), timeout=30)
         assert [s for s in fleet.cloud.store.sample_ids() if s[0] == MODEL] == []
@@ -106,8 +43,20 @@ def test_a_round_end_to_end_and_raw_features_stay_on_the_edges(tmp_path):
         after = fleet.serve(100, seed=2)
         assert after > before + 0.1, (before, after)
         # lineage: the run's steps are recorded like a central run's, and the published bytes are the champion
-        steps = {x["type"] for x in fleet.cloud.store.executions(MODEL, outcome["run_id"])}
-        assert {"training", "evaluation", "publication"} <= steps
+        steps = {x["type"]: x for x in fleet.cloud.store.executions(MODEL, outcome["run_id"])}
+        assert {"training", "evaluation", "infra_validation", "compression", "publication"} <= set(steps)
+        # the compression step: every built variant scored on the edges' holdouts, the smallest fit one served
+        comp = outcome["compression"]
+        scored = {c["name"]: c for c in comp["candidates"] if c["metric"] is not None}
+        assert {"original", "int8"} <= set(scored), comp
+        n = ev["n_holdout"]
+        assert all(abs(c["metric"] * n - round(c["metric"] * n)) < 1e-6 for c in scored.values())  # edge counts
+        assert abs(scored["original"]["metric"] - ev["challenger"]) < 0.02  # ONNX float32 vs the edge's math
+        fit = [c for c in comp["candidates"] if c["infra_passed"] and c["within_tolerance"]]
+        chosen = min(fit, key=lambda c: c["size_bytes"])
+        assert comp["chosen"] == chosen["name"] and chosen["chosen"]
+        published = max((p for p in fleet.cloud.store.published_models() if p.model == MODEL), key=lambda p: p.version)
+        assert published.size == chosen["size_bytes"]
         assert fleet.cloud.store.aliases(MODEL)["champion"] == version
         assert [s for s in fleet.cloud.store.sample_ids() if s[0] == MODEL] == []
 
@@ -142,7 +91,7 @@ def test_a_poisoned_edge_among_4_does_not_move_the_median_but_moves_fedavg(tmp_p
     fleet = FedFleet(tmp_path, federated_clip_norm=0.0, federated_strategy="median")
     try:
         fleet.serve(ROWS_PER_EDGE, seed=3)
-        assert _labelled(fleet, ROWS_PER_EDGE)
+        assert labelled(fleet, ROWS_PER_EDGE)
         _poison(fleet.edges[3], -30.0)
         moved = fleet.cloud.federated.run_round(MODEL, "poisoned, fedavg", strategy="fedavg")
         assert moved["state"] == "refused", moved  # FedAvg followed the attacker: worse than the champion
@@ -163,5 +112,30 @@ def test_a_poisoned_edge_among_4_does_not_move_the_median_but_moves_fedavg(tmp_p
         trimmed = fleet.cloud.federated.run_round(MODEL, "poisoned, trimmed mean", strategy="trimmed_mean")
         ev = trimmed["evaluation"]
         assert ev["challenger"] >= ev["champion"] - 0.02, trimmed
+    finally:
+        fleet.close()
+
+
+def _rows_per_edge(cloud, outcome) -> dict:
+    steps = cloud.store.executions(MODEL, outcome["run_id"])
+    return next(x["properties"]["rows_per_edge"] for x in steps if x["type"] == "training")
+
+
+def test_keyed_labels_join_on_the_edge_and_a_restart_between_two_rounds_keeps_the_rows(tmp_path):
+    fleet = FedFleet(tmp_path)
+    try:
+        fleet.serve(ROWS_PER_EDGE, seed=5, keyed=True)  # labels name model + routing key + time, no request id
+        assert labelled(fleet, ROWS_PER_EDGE), [e.node.local_examples.counts() for e in fleet.edges]
+        first = fleet.cloud.federated.run_round(MODEL, "before the restart")
+        assert first["state"] == "published", first
+        train_rows = round(ROWS_PER_EDGE * 0.75)
+        assert _rows_per_edge(fleet.cloud, first) == {e.id: train_rows for e in fleet.edges}
+
+        edge = fleet.restart(0)  # the edge process restarts between two rounds
+        assert edge.node.local_examples.counts()[MODEL] == (0, ROWS_PER_EDGE)
+        assert edge.node.local_examples.models == {MODEL}  # known before it joins again (kept in its outbox)
+        second = fleet.cloud.federated.run_round(MODEL, "after the restart")
+        assert second["state"] in ("published", "refused"), second
+        assert _rows_per_edge(fleet.cloud, second)[edge.id] == train_rows  # its rows outlived the restart
     finally:
         fleet.close()

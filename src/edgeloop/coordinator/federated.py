@@ -6,8 +6,10 @@ and EVALUATE (edges count the holdout rows, their own newest labelled rows, that
 the champion get right).  Updates are clipped and aggregated with the configured strategy
 (``edgeloop.federated.aggregate``); the gate is the CT loop's (min_gain overall, no edge slice
 regressing by more than max_slice_regression when it has min_slice_samples rows), on the summed
-counts.  A blessed candidate is registered with lineage and published through ``core.publish``,
-the one path every model takes to the fleet.  The coordinator never sees a raw row.
+counts.  A blessed candidate goes through the CT loop's infra validation and compression step (its
+serving variants scored on the edges' holdouts in the same EVALUATE phase: ``federated_compression``),
+is registered with lineage and published through ``core.publish``, the one path every model takes to
+the fleet (staged rollout included).  The coordinator never sees a raw row.
 """
 from __future__ import annotations
 
@@ -19,12 +21,16 @@ import time
 import numpy as np
 
 from edgeloop import __version__
+from edgeloop.ct.compression import CompressionPolicy
+from edgeloop.ct.infra import InfraPolicy, ServingSignature, SessionSettings, validate_infra
 from edgeloop.ct.onnx_export import DenseModel, ModelFormatError, from_onnx, to_onnx
 from edgeloop.federated.aggregate import aggregate
 from edgeloop.federated.weights import WeightsError, from_bytes, pack, theta_size, to_bytes, unpack
 from edgeloop.protocol import mesh_pb2
 
 from . import validate as v
+from .federated_compression import build_variants, choose, probe_rows, variant_counts
+from .federated_triggers import FederatedTriggers
 from .guards import now_ms
 
 log = logging.getLogger("edgeloop.coordinator.federated")
@@ -32,6 +38,7 @@ log = logging.getLogger("edgeloop.coordinator.federated")
 KIND = "federated"
 TRAIN, EVALUATE = mesh_pb2.FederatedRound.TRAIN, mesh_pb2.FederatedRound.EVALUATE
 MAX_OPEN_ROUNDS = 64
+MAX_VARIANTS = 8  # serving variants of one candidate (the edge's bound too)
 
 
 class RoundError(Exception):
@@ -58,6 +65,8 @@ class FederatedRounds:
         self._run_lock = threading.Lock()  # one round at a time
         #: bytes of the edges' answers received (updates and counts), for the benchmark and status
         self.bytes_received = 0
+        #: the CT triggers (the CT loop's policy) start rounds; its thread runs where the CT loop runs
+        self.triggers = FederatedTriggers(self, core.store, config, lambda: core.ct.trigger_policy())
 
     # ---------------------------------------------------------------- edges' answers
     def submit(self, update) -> mesh_pb2.WeightUpdateAck:
@@ -79,6 +88,8 @@ class FederatedRounds:
                 from_bytes("delta", update.delta, rnd.n_theta)
             except WeightsError as exc:
                 raise v.bad("delta", f"{len(update.delta)} bytes", str(exc)) from None
+        elif len(update.variant_correct) > MAX_VARIANTS:
+            raise v.bad("variant_correct", f"{len(update.variant_correct)} counts", f"at most {MAX_VARIANTS}")
         elif update.candidate_correct > update.holdout_rows or update.champion_correct > update.holdout_rows:
             raise v.bad("candidate_correct", update.candidate_correct,
                         f"counts no larger than holdout_rows ({update.holdout_rows})")
@@ -122,6 +133,45 @@ class FederatedRounds:
                 rnd.changed.wait(min(left, 0.5))
             return dict(rnd.answers[rnd.phase])
 
+    def _message(self, model: str, round_id: str, champion: DenseModel, theta: np.ndarray) -> mesh_pb2.FederatedRound:
+        c = self.config
+        d, k = int(champion.layers[0][0].shape[0]), int(champion.layers[0][0].shape[1])
+        return mesh_pb2.FederatedRound(model=model, round_id=round_id, n_features=d, n_classes=k,
+                                       mean=to_bytes(champion.mean), inv_std=to_bytes(champion.inv_std),
+                                       classes=[float(x) for x in champion.classes], theta=to_bytes(theta),
+                                       epochs=c.federated_epochs, lr=c.federated_lr, mu=c.federated_mu,
+                                       batch_size=32, seed=c.seed, holdout_fraction=c.holdout_fraction,
+                                       max_rows=c.train_rows)
+
+    def probe(self, model: str) -> tuple[int, int, int]:
+        """(champion version, holdout rows, rows it got right) over the edges' newest labelled rows.
+
+        An EVALUATE phase alone (candidate = champion): the performance monitor of a federated model,
+        whose labelled rows the coordinator never sees.  Waits up to ``federated_timeout_s``.
+        """
+        if model not in self.models:
+            raise RoundError(f"model {model!r} is not federated; expected one of {sorted(self.models)}")
+        with self._run_lock:
+            champion, _data, version = self._champion(model)
+            (w, b), = champion.layers
+            theta = pack(w, b)
+            round_id = f"{model}-probe-{now_ms()}-{os.urandom(3).hex()}"
+            rnd = _Round(round_id, model, self.core.store.node_ids(), theta_size(int(w.shape[0]), int(w.shape[1])))
+            rnd.phase = EVALUATE
+            with self._lock:
+                if len(self._rounds) >= MAX_OPEN_ROUNDS:
+                    self._rounds.pop(next(iter(self._rounds)))
+                self._rounds[round_id] = rnd
+            try:
+                msg = self._message(model, round_id, champion, theta)
+                msg.champion_theta = msg.theta
+                got = self._phase(rnd, msg, self.config.federated_timeout_s)
+            finally:
+                with self._lock:
+                    self._rounds.pop(round_id, None)
+        return version, sum(int(u.holdout_rows) for u in got.values()), sum(int(u.champion_correct)
+                                                                            for u in got.values())
+
     def run_round(self, model: str, reason: str = "manual", strategy: str | None = None) -> dict:
         """One round for ``model``: train, aggregate, evaluate on the edges, and publish when blessed."""
         if model not in self.models:
@@ -150,12 +200,7 @@ class FederatedRounds:
         run_id = store.add_execution(model, 0, "run", "running", {
             "trigger": "federated", "evidence": reason, "code_version": __version__, "round_id": round_id,
             "strategy": strategy, "champion_version": champion_version, "edges": nodes}, ms)
-        msg = mesh_pb2.FederatedRound(model=model, round_id=round_id, n_features=d, n_classes=k,
-                                      mean=to_bytes(champion.mean), inv_std=to_bytes(champion.inv_std),
-                                      classes=[float(x) for x in champion.classes], theta=to_bytes(theta),
-                                      epochs=c.federated_epochs, lr=c.federated_lr, mu=c.federated_mu,
-                                      batch_size=32, seed=c.seed, holdout_fraction=c.holdout_fraction,
-                                      max_rows=c.train_rows)
+        msg = self._message(model, round_id, champion, theta)
 
         def end(state: str, text: str, version: int = 0, **extra) -> dict:
             store.finish_execution(run_id, state, {"outcome": text, "version": version, **extra})
@@ -183,42 +228,73 @@ class FederatedRounds:
             "update_norms": {n: float(np.linalg.norm(x)) for n, x in zip(order, deltas)},
             "aggregate_norm": float(np.linalg.norm(agg))}, ms)
 
-        # 2. the candidate against the champion on each edge's own holdout
-        rnd.phase = EVALUATE
-        msg.theta = to_bytes(cand_theta)
-        msg.champion_theta = to_bytes(theta)
-        evals = self._phase(rnd, msg, c.federated_timeout_s)
-        ev = gate(evals, c.min_gain, c.max_slice_regression, c.min_slice_samples)
-        self._record_evaluation(model, run_id, ev, ms)
-        if not ev["blessed"]:
-            return end("refused", f"evaluation {ev['reason']}", evaluation=ev)
-
-        # 3. register and publish (the same path as every model)
+        # 2. the candidate (and its serving variants) against the champion on each edge's own holdout
         cw, cb = unpack(cand_theta, d, k)
         candidate = DenseModel("logistic", champion.mean, champion.inv_std,
                                ((cw.astype(np.float32), cb.astype(np.float32)),), champion.classes)
         data = to_onnx(candidate, {"edgeloop.federated_round": round_id})
-        sha, size = self.core.artifacts.put_bytes(data)
+        policy = CompressionPolicy(metric_tolerance=c.compression_tolerance, seed=c.seed)
+        built = build_variants(data, policy)
+        rnd.phase = EVALUATE
+        msg.theta = to_bytes(cand_theta)
+        msg.champion_theta = to_bytes(theta)
+        msg.variants.extend(b[1] for b in built if b[1] is not None)
+        evals = self._phase(rnd, msg, c.federated_timeout_s)
+        ev = gate(evals, c.min_gain, c.max_slice_regression, c.min_slice_samples)
         chall = store.add_artifact(model, "model", {"role": "challenger", "federated": True, "round_id": round_id},
-                                   ms, 0, sha)
+                                   ms, 0, _sha(data))
+        eval_art = self._record_evaluation(model, run_id, ev, ms, chall)
+        if not ev["blessed"]:
+            return end("refused", f"evaluation {ev['reason']}", evaluation=ev)
+
+        # 3. infra validation and compression, as the CT loop does (the serving signature, the champion's latency)
+        settings = SessionSettings()
+        signature = ServingSignature.of_model(champion_bytes, settings)
+        infra_policy = InfraPolicy(max_latency_ratio=c.latency_ratio, runs=200, max_seconds=2.0)
+        probe = probe_rows(champion.mean, champion.inv_std, seed=c.seed)
+        infra = validate_infra(data, probe, signature, settings, champion_bytes, infra_policy)
+        store.add_execution(model, run_id, "infra_validation", "passed" if infra.passed else "failed",
+                            {**infra.to_dict(), "rows": "probe rows from the champion's standardisation"}, ms,
+                            inputs=[chall])
+        if not infra.passed:
+            return end("refused", "infra validation: " + "; ".join(infra.reasons), evaluation=ev)
+        correct, n_rows = variant_counts(evals, sum(b[1] is not None for b in built))
+        comp = choose(built, correct, n_rows, probe, policy, settings, champion_bytes, infra_policy, signature)
+        comp_art = store.add_artifact(model, "compressed", comp.to_dict(), ms, 0, _sha(comp.model) if comp.model
+                                      else "")
+        store.add_execution(model, run_id, "compression", "done" if comp.model else "failed",
+                            {"chosen": comp.chosen, "reason": comp.reason, "scored_on": "the edges' holdouts"}, ms,
+                            inputs=[chall], outputs=[comp_art])
+        if comp.model is None:
+            return end("refused", f"compression: {comp.reason}", evaluation=ev)
+
+        # 4. register and publish (the same path as every model)
+        sha, size = self.core.artifacts.put_bytes(comp.model)
         published, records = self.core.publish(model, 0, sha, size, f"federated round {round_id}: {ev['reason']}"[:500])
-        served = store.add_artifact(model, "model", {"role": "champion", "run_id": run_id, "variant": "float32",
+        served = store.add_artifact(model, "model", {"role": "champion", "run_id": run_id, "variant": comp.chosen,
                                                      "trigger": "federated"}, ms, published.version, sha)
         store.add_execution(model, run_id, "publication", "done", {
-            "version": published.version, "directed_edges": [getattr(r, "node_id", r) for r in records],
-            "compression": "none: the coordinator holds no raw rows to check a compressed variant on"}, ms,
-            inputs=[chall], outputs=[served])
+            "version": published.version, "directed_edges": [getattr(r, "node_id", r) for r in records]}, ms,
+            inputs=[comp_art, eval_art], outputs=[served])
+        store.set_alias(model, "challenger", published.version, ms)
         store.set_alias(model, "champion", published.version, ms)
-        return end("published", f"version {published.version} ({size} bytes): {ev['reason']}", published.version,
-                   evaluation=ev)
+        return end("published", f"version {published.version} ({comp.chosen}, {size} bytes): {ev['reason']}",
+                   published.version, evaluation=ev, compression=comp.to_dict())
 
-    def _record_evaluation(self, model: str, run_id: int, ev: dict, ms: int) -> None:
+    def _record_evaluation(self, model: str, run_id: int, ev: dict, ms: int, challenger: int) -> int:
         store = self.core.store
         art = store.add_artifact(model, "evaluation", ev, ms)
         store.add_evaluation(model, run_id, ev["blessed"], ev["reason"], "accuracy", ev["challenger"],
                              ev["champion"], ev, ms)
         store.add_execution(model, run_id, "evaluation", "blessed" if ev["blessed"] else "refused",
-                            {"reason": ev["reason"], "federated": True}, ms, outputs=[art])
+                            {"reason": ev["reason"], "federated": True}, ms, inputs=[challenger], outputs=[art])
+        return art
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def gate(evals: dict, min_gain: float, max_slice_regression: float, min_slice_samples: int) -> dict:

@@ -106,11 +106,13 @@ class Coordinator:
         self.metrics.leader.set(1)
         if self.config.training.enabled:
             self.ct.start()
+            self.federated.triggers.start()
 
     def _follow(self) -> None:
         self.metrics.leader.set(0)
         if self.config.training.enabled:
             self.ct.stop()
+            self.federated.triggers.stop()
 
     def _on_unauthenticated(self, method: str) -> None:
         self.metrics.unauthenticated.labels(method.rsplit("/", 1)[-1][:64]).inc()
@@ -147,6 +149,7 @@ class Coordinator:
             self.leader.start()
         elif self.config.training.enabled:
             self.ct.start()
+            self.federated.triggers.start()  # federated models' triggers start their rounds
         log.info("coordinator %s listening on %s%s (metrics on port %s; database %s, schema v%d)",
                  self.config.node.id, self.address, " (TLS)" if self.config.auth.tls_cert else "",
                  self._metrics_port, _shown(self.config.database), self.store.schema_version)
@@ -164,6 +167,7 @@ class Coordinator:
             if self.leader is not None:
                 self.leader.stop()  # stops the loop if it leads, and releases the lease
             self.ct.stop()  # a run in progress finishes its step first
+            self.federated.triggers.stop()
             self.hub.close()  # directive streams end; edges reconnect and resume after their last sequence
             self.server.stop(grace_s).wait()
             self._executor.shutdown(wait=True, cancel_futures=True)

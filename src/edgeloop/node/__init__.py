@@ -161,15 +161,17 @@ class EdgeNode:
         self.feedback = FeedbackServicer(self.outbox, self._token)
         from edgeloop.node.federated import LocalExamples
 
-        self.local_examples = LocalExamples()  # federated models' rows and labels, joined here
+        from pathlib import Path
+
+        path = Path(outbox_path(config))  # federated models' rows and labels, joined here, in a file beside it
+        self.local_examples = LocalExamples(path.with_name(f"{path.stem}.federated{path.suffix}"))
         self.recorder.local = self.local_examples
         self.federated = None  # FederatedEdge once the coordinator link starts
         apply_label, local = self.models.features.apply_label, self.local_examples
 
         def on_label(sample_id, model, routing_key, timestamp_ms, value):
             apply_label(sample_id, model, routing_key, timestamp_ms, value)  # late labels reach the entity's state
-            if sample_id:
-                local.add_label(sample_id, model, value)
+            local.add_label(sample_id, model, value, routing_key, timestamp_ms)
 
         self.feedback.on_label = on_label
         mesh_pb2_grpc.add_FeedbackServicer_to_server(self.feedback, self.server)
@@ -210,6 +212,7 @@ class EdgeNode:
             self._coordinator_channel.close()
         if self.outbox is not None:
             self.outbox.close()
+            self.local_examples.close()
 
     @property
     def grpc_port(self) -> int:

@@ -1,19 +1,19 @@
 """Federated mode on the edge: a federated model's rows stay here, and rounds are trained here.
 
-``LocalExamples`` keeps, per federated model, the rows this node served (bounded, in memory) and
-joins the late labels to them by sample id, so the labelled window never leaves the edge.
+``LocalExamples`` (``local_examples``) keeps, per federated model, the rows this node served
+(bounded, in SQLite beside the outbox) and joins the late labels to them, so the labelled window
+never leaves the edge and outlives a restart.
 ``FederatedEdge`` carries out a ``FederatedRound`` directive: in a TRAIN round it trains the
 global weights on the older part of its labelled rows and sends ``theta_local - theta_global``
 with its row count; in an EVALUATE round it counts the holdout rows (its newest labelled rows,
-never trained on) that the candidate and the champion get right.  Both answers go back over
+never trained on) that the candidate, the champion and each serving variant of the candidate
+(the compression step's ONNX models, run as this edge would serve them) get right.  Both answers go back over
 ``SubmitUpdate``, a call the edge opens.  The math is ``edgeloop.federated`` (shared with the cloud).
 """
 from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections import OrderedDict, deque
 
 import numpy as np
 
@@ -21,12 +21,14 @@ from edgeloop.federated.local import LocalPlan, correct_count, local_update
 from edgeloop.federated.weights import WeightsError, check_shape, from_bytes, theta_size, to_bytes
 from edgeloop.protocol import mesh_pb2
 
+from .local_examples import LocalExamples
+
 log = logging.getLogger("edgeloop.node.federated")
 
 FEDERATED_KEY = "federated.models"  # outbox meta: the federated models the coordinator named (kept over restarts)
-MAX_PENDING = 20_000  # recorded rows waiting for their label, per model
-MAX_LABELLED = 20_000  # labelled rows kept, per model (the newest)
 MAX_EPOCHS = 100
+MAX_VARIANTS = 8  # serving variants of a candidate scored in one EVALUATE round
+LABEL_OUTPUT = "label"  # the built-in models' class-value output
 CALL_TIMEOUT_S = 30.0
 
 
@@ -34,62 +36,36 @@ class RoundFailed(Exception):
     """A round this edge cannot carry out; the message (field, value, expectation) is reported."""
 
 
-class LocalExamples:
-    """Recorded rows of federated models and their labels, joined on the edge (bounded, oldest dropped)."""
-
-    def __init__(self, max_pending: int = MAX_PENDING, max_labelled: int = MAX_LABELLED) -> None:
-        self.models: frozenset[str] = frozenset()
-        self._pending: dict[str, OrderedDict] = {}
-        self._labelled: dict[str, deque] = {}
-        self._max_pending = max_pending
-        self._max_labelled = max_labelled
-        self._lock = threading.Lock()
-        self.dropped = 0
-
-    def set_models(self, names) -> None:
-        self.models = frozenset(names)
-
-    def add_rows(self, model: str, sample_id: str, rows: np.ndarray) -> None:
-        with self._lock:
-            pending = self._pending.setdefault(model, OrderedDict())
-            pending[sample_id] = np.array(rows, np.float32, copy=True)
-            while len(pending) > self._max_pending:
-                pending.popitem(last=False)
-                self.dropped += 1
-
-    def add_label(self, sample_id: str, model: str, value: float) -> bool:
-        """Join a label to its recorded rows; False when no federated row has that id."""
-        with self._lock:
-            for name in ([model] if model else list(self._pending)):
-                rows = self._pending.get(name, {}).pop(sample_id, None) if name in self._pending else None
-                if rows is not None:
-                    labelled = self._labelled.setdefault(name, deque(maxlen=self._max_labelled))
-                    for row in rows:
-                        labelled.append((row, float(value)))
-                    return True
-        return False
-
-    def labelled(self, model: str, max_rows: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(X, y) of the newest ``max_rows`` labelled rows (all when 0), oldest first."""
-        with self._lock:
-            rows = list(self._labelled.get(model, ()))
-        if max_rows:
-            rows = rows[-max_rows:]
-        if not rows:
-            return np.zeros((0, 0), np.float32), np.zeros(0)
-        return np.stack([r for r, _ in rows]), np.array([v for _, v in rows])
-
-    def counts(self) -> dict[str, tuple[int, int]]:
-        with self._lock:
-            return {m: (len(self._pending.get(m, ())), len(self._labelled.get(m, ())))
-                    for m in set(self._pending) | set(self._labelled)}
-
-
 def _vector(field: str, data: bytes, n: int) -> np.ndarray:
     try:
         return from_bytes(field, data, n)
     except WeightsError as exc:
         raise RoundFailed(str(exc)) from None
+
+
+def score_variants(msg, x: np.ndarray, y: np.ndarray) -> list[int]:
+    """Holdout rows each serving variant of the candidate (ONNX, as the edges would serve it) gets right.
+
+    A variant that does not load or run here scores 0 (logged): it cannot be chosen for this fleet.
+    """
+    from edgeloop.config import ModelConfig
+    from edgeloop.serving.session import create_session
+
+    if len(msg.variants) > MAX_VARIANTS:
+        raise RoundFailed(f"variants: {len(msg.variants)}; expected at most {MAX_VARIANTS}")
+    out = []
+    for i, data in enumerate(msg.variants):
+        if not len(y):
+            out.append(0)
+            continue
+        try:
+            session = create_session(bytes(data), ModelConfig(name=msg.model), f"variant {i} of round {msg.round_id}")
+            label = session.run([LABEL_OUTPUT], {session.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
+            out.append(int((np.asarray(label, np.float64).reshape(-1) == y).sum()))
+        except Exception as exc:  # onnxruntime raises its own types; the variant is simply not usable here
+            log.warning("federated round %s: variant %d cannot be scored: %s", msg.round_id[:80], i, str(exc)[:200])
+            out.append(0)
+    return out
 
 
 class FederatedEdge:
@@ -147,6 +123,7 @@ class FederatedEdge:
             hx, hi = x[split:], idx[split:]
             reply.candidate_correct = correct_count(theta, hx, hi, mean, inv_std, c)
             reply.champion_correct = correct_count(champion, hx, hi, mean, inv_std, c)
+            reply.variant_correct.extend(score_variants(msg, hx, classes[hi]))
             return reply
         if not 1 <= msg.epochs <= MAX_EPOCHS:
             raise RoundFailed(f"epochs: {msg.epochs}; expected 1..{MAX_EPOCHS}")

@@ -131,7 +131,8 @@ class Recorder:
             return None
         local = self.local
         if local is not None and model in local.models:  # federated: the rows stay on this edge
-            local.add_rows(model, sample_id, _model_rows(request, features))
+            key = request.parameters[ROUTING_KEY].string_param if ROUTING_KEY in request.parameters else ""
+            local.add_rows(model, sample_id, _model_rows(request, features), key, timestamp_ms)
             return None
         self.recorded += 1
         return build_sample(request, response, model, version, sample_id, timestamp_ms,

@@ -105,7 +105,7 @@ class Directive(_message.Message):
     def __init__(self, sequence: _Optional[int] = ..., load: _Optional[_Union[LoadModel, _Mapping]] = ..., unload: _Optional[_Union[UnloadModel, _Mapping]] = ..., rollback: _Optional[_Union[RollbackModel, _Mapping]] = ..., report: _Optional[_Union[ReportNow, _Mapping]] = ..., federated: _Optional[_Union[FederatedRound, _Mapping]] = ...) -> None: ...
 
 class FederatedRound(_message.Message):
-    __slots__ = ("model", "round_id", "phase", "n_features", "n_classes", "mean", "inv_std", "classes", "theta", "champion_theta", "epochs", "lr", "mu", "batch_size", "seed", "holdout_fraction", "max_rows")
+    __slots__ = ("model", "round_id", "phase", "n_features", "n_classes", "mean", "inv_std", "classes", "theta", "champion_theta", "epochs", "lr", "mu", "batch_size", "seed", "holdout_fraction", "max_rows", "variants")
     class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         TRAIN: _ClassVar[FederatedRound.Phase]
@@ -129,6 +129,7 @@ class FederatedRound(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     HOLDOUT_FRACTION_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     round_id: str
     phase: FederatedRound.Phase
@@ -146,10 +147,11 @@ class FederatedRound(_message.Message):
     seed: int
     holdout_fraction: float
     max_rows: int
-    def __init__(self, model: _Optional[str] = ..., round_id: _Optional[str] = ..., phase: _Optional[_Union[FederatedRound.Phase, str]] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., mean: _Optional[bytes] = ..., inv_std: _Optional[bytes] = ..., classes: _Optional[_Iterable[float]] = ..., theta: _Optional[bytes] = ..., champion_theta: _Optional[bytes] = ..., epochs: _Optional[int] = ..., lr: _Optional[float] = ..., mu: _Optional[float] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., holdout_fraction: _Optional[float] = ..., max_rows: _Optional[int] = ...) -> None: ...
+    variants: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, model: _Optional[str] = ..., round_id: _Optional[str] = ..., phase: _Optional[_Union[FederatedRound.Phase, str]] = ..., n_features: _Optional[int] = ..., n_classes: _Optional[int] = ..., mean: _Optional[bytes] = ..., inv_std: _Optional[bytes] = ..., classes: _Optional[_Iterable[float]] = ..., theta: _Optional[bytes] = ..., champion_theta: _Optional[bytes] = ..., epochs: _Optional[int] = ..., lr: _Optional[float] = ..., mu: _Optional[float] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., holdout_fraction: _Optional[float] = ..., max_rows: _Optional[int] = ..., variants: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class WeightUpdate(_message.Message):
-    __slots__ = ("node_id", "model", "round_id", "phase", "delta", "train_rows", "holdout_rows", "candidate_correct", "champion_correct")
+    __slots__ = ("node_id", "model", "round_id", "phase", "delta", "train_rows", "holdout_rows", "candidate_correct", "champion_correct", "variant_correct")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +161,7 @@ class WeightUpdate(_message.Message):
     HOLDOUT_ROWS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_CORRECT_FIELD_NUMBER: _ClassVar[int]
     CHAMPION_CORRECT_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_CORRECT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     model: str
     round_id: str
@@ -168,7 +171,8 @@ class WeightUpdate(_message.Message):
     holdout_rows: int
     candidate_correct: int
     champion_correct: int
-    def __init__(self, node_id: _Optional[str] = ..., model: _Optional[str] = ..., round_id: _Optional[str] = ..., phase: _Optional[_Union[FederatedRound.Phase, str]] = ..., delta: _Optional[bytes] = ..., train_rows: _Optional[int] = ..., holdout_rows: _Optional[int] = ..., candidate_correct: _Optional[int] = ..., champion_correct: _Optional[int] = ...) -> None: ...
+    variant_correct: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, node_id: _Optional[str] = ..., model: _Optional[str] = ..., round_id: _Optional[str] = ..., phase: _Optional[_Union[FederatedRound.Phase, str]] = ..., delta: _Optional[bytes] = ..., train_rows: _Optional[int] = ..., holdout_rows: _Optional[int] = ..., candidate_correct: _Optional[int] = ..., champion_correct: _Optional[int] = ..., variant_correct: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class WeightUpdateAck(_message.Message):
     __slots__ = ("accepted", "reason")

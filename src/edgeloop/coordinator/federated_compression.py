@@ -1,0 +1,108 @@
+"""The compression step of a federated candidate: the CT loop's variants, scored on the edges' holdouts.
+
+``ct.compression.compress`` scores each variant on a holdout it is handed; the coordinator holds no
+raw row of a federated model, so here the same step runs with the scoring moved to the edges: the
+same builders (``low_rank``, ``int8``) and policy (``compression_tolerance``), each variant's
+accuracy is the edges' summed holdout counts for it (the EVALUATE phase runs every variant as an
+edge serves it), infra validation (serving signature, p99 latency against the champion's) runs here
+on probe rows drawn from the champion's own standardisation (latency and shape need no real rows),
+and the smallest variant that qualifies is chosen, reported as the loop reports it (``CompressionResult``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgeloop.ct.compression import Candidate, CompressionPolicy, CompressionResult, int8, low_rank
+from edgeloop.ct.infra import InfraPolicy, ServingSignature, SessionSettings, validate_infra
+from edgeloop.ct.trainers import _cut
+
+PROBE_ROWS = 256
+
+
+def build_variants(candidate: bytes, policy: CompressionPolicy) -> list[tuple[str, bytes | None, tuple, str]]:
+    """(name, ONNX bytes or None, low-rank rewrites, note) of original, low-rank, int8, low-rank+int8."""
+    built: list[tuple[str, bytes | None, tuple, str]] = [("original", candidate, (), "")]
+    try:
+        lr_model, rewrites = low_rank(candidate, policy.rank_tolerance, policy.seed)
+        if not any(r.rewritten for r in rewrites):
+            lr_model = None
+            note = f"not built: no weight has a smaller factorisation within rank_tolerance {policy.rank_tolerance:g}"
+        else:
+            note = ""
+        built.append(("low-rank", lr_model, rewrites, note))
+    except Exception as exc:  # a graph the rewrite cannot handle: report it, keep the others
+        lr_model, rewrites = None, ()
+        built.append(("low-rank", None, (), f"not built: {type(exc).__name__}: {_cut(str(exc))}"))
+    for name, source, rw in (("int8", candidate, ()), ("low-rank+int8", lr_model, rewrites)):
+        if source is None:
+            built.append((name, None, rw, "not built: no low-rank model"))
+            continue
+        try:
+            built.append((name, int8(source), rw, ""))
+        except Exception as exc:  # onnxruntime.quantization raises many types
+            built.append((name, None, rw, f"not built: quantize_dynamic failed: {_cut(str(exc))}"))
+    return built
+
+
+def probe_rows(mean: np.ndarray, inv_std: np.ndarray, n: int = PROBE_ROWS, seed: int = 0) -> np.ndarray:
+    """Rows shaped like the served ones (the champion's mean and scale), for latency and signature checks."""
+    rng = np.random.default_rng(seed)
+    scale = 1.0 / np.where(np.asarray(inv_std, np.float64) > 0, inv_std, 1.0)
+    return (np.asarray(mean, np.float64) + rng.standard_normal((n, len(mean))) * scale).astype(np.float32)
+
+
+def variant_counts(evals: dict, n_variants: int) -> tuple[list[int], int]:
+    """Summed correct counts per variant and the holdout rows behind them (edges that scored every variant)."""
+    correct, rows = [0] * n_variants, 0
+    for u in evals.values():
+        if len(u.variant_correct) != n_variants or any(c > u.holdout_rows for c in u.variant_correct):
+            continue  # an edge that could not score them all has no say in the choice
+        rows += int(u.holdout_rows)
+        for i, c in enumerate(u.variant_correct):
+            correct[i] += int(c)
+    return correct, rows
+
+
+def choose(built, correct: list[int], n_rows: int, probe: np.ndarray, policy: CompressionPolicy,
+           settings: SessionSettings, champion: bytes, infra_policy: InfraPolicy,
+           signature: ServingSignature) -> CompressionResult:
+    """The smallest built variant whose edge-measured accuracy is within tolerance and which passes infra."""
+    sent = [i for i, b in enumerate(built) if b[1] is not None]  # the order the variants were sent in
+    score = {built[i][0]: correct[k] / n_rows for k, i in enumerate(sent)} if n_rows else {}
+    reference = score.get("original")
+    rows = []
+    for name, data, rw, note in built:
+        if data is None:
+            rows.append(Candidate(name, 0, None, None, None, False, False, False, note, rw))
+            continue
+        if reference is None or name not in score:
+            rows.append(Candidate(name, len(data), None, None, None, False, False, False,
+                                  "cannot be scored: no edge scored every variant on its holdout", rw))
+            continue
+        value = score[name]
+        loss = reference - value
+        infra = validate_infra(data, probe, signature, settings, champion, infra_policy)
+        within = loss <= policy.metric_tolerance + 1e-12
+        why = []
+        if not within:
+            why.append(f"{policy.metric} loss {loss:.4f} > tolerance {policy.metric_tolerance:g}")
+        if not infra.passed:
+            why.append("infra: " + "; ".join(infra.reasons))
+        rows.append(Candidate(name, len(data), value, loss, infra.p99_ms, infra.passed, within, False,
+                              "refused: " + "; ".join(why) if why else "qualifies", rw))
+    fit = [c for c in rows if c.infra_passed and c.within_tolerance]
+    if not fit:
+        return CompressionResult(None, None, "no candidate qualifies: " + " | ".join(
+            f"{c.name}: {c.note}" for c in rows), tuple(rows))
+    best = min(fit, key=lambda c: (c.size_bytes, [r.name for r in rows].index(c.name)))
+    rows = [Candidate(**{**c.__dict__, "chosen": c is best}) for c in rows]
+    original = rows[0]
+    reason = (f"chose {best.name}: {best.size_bytes} bytes vs original {original.size_bytes} "
+              f"({best.size_bytes / max(1, original.size_bytes):.1%}), {policy.metric} {best.metric:.4f} vs "
+              f"{reference:.4f} (loss {best.metric_loss:+.4f} <= {policy.metric_tolerance:g}) on {n_rows} holdout "
+              f"rows of the edges, p99 {best.p99_ms:.3f} ms")
+    model = dict((name, data) for name, data, _, _ in built)[best.name]
+    return CompressionResult(model, best.name, reason, tuple(rows))
+
+
+__all__ = ["build_variants", "choose", "probe_rows", "variant_counts"]
