@@ -34,10 +34,13 @@ def test_a_schedule_firing_starts_a_round_and_a_version_is_published(tmp_path):
 
 
 def _stats(node: str, counts, version: int = 1) -> mesh_pb2.StatusReport:
-    """A status report carrying one input feature's histogram (the period's counts), as an edge sends it."""
+    """A status report carrying one input feature's histogram (the period's counts), as an edge sends it.
+
+    The tensor is named apart from the model's real input, so the edges' own periodic reports (their
+    histograms of what they served) never mix with these under a slow machine's timing."""
     n = int(sum(counts))
     return mesh_pb2.StatusReport(node_id=node, timestamp_ms=1, feature_stats=[mesh_pb2.FeatureStats(
-        model=MODEL, model_version=version, tensor="input", feature=0, bin_edges=[-2.0, -1.0, 0.0, 1.0, 2.0],
+        model=MODEL, model_version=version, tensor="probe_input", feature=0, bin_edges=[-2.0, -1.0, 0.0, 1.0, 2.0],
         counts=list(counts), n=n, mean=0.0, m2=float(n))])
 
 
