@@ -64,6 +64,12 @@ def percentile_ms(buckets, q: float) -> float:
     return LATENCY_BOUNDS_NS[-1] / 1e6
 
 
+def _u(value, bits: int = 64) -> int:
+    """``value`` as an unsigned protobuf field takes it: clamped to 0..2**bits-1 (a counter computed as a
+    difference can dip below zero for a moment; protobuf raises ValueError on it, which lost the report)."""
+    return min(max(int(value), 0), (1 << bits) - 1)
+
+
 def _policy_json(policy) -> dict:
     if policy.kind == "all":
         return {"all": {}}
@@ -91,6 +97,8 @@ class CoordinatorLink:
         self.connected = False
         self.applied: list[tuple[int, bool, str]] = []  # (sequence, ok, error) applied since start
         self.reports_sent = 0
+        self.reports_failed = 0
+        self._report_error: str | None = None  # the last failure logged (one line per kind, not per interval)
         self._report_now = threading.Event()
         self._stop = threading.Event()
         self._stream = None
@@ -386,17 +394,17 @@ class CoordinatorLink:
         serving = []
         for (model, version), totals, _loaded in node.models.metrics.label_totals():
             serving.append(mesh_pb2.ModelServingStats(
-                model=model, version=int(version) if version.isdigit() else 0, requests=totals.success_count,
-                failures=totals.fail_count, latency_p50_ms=percentile_ms(totals.request_buckets, 0.5),
+                model=model, version=int(version) if version.isdigit() else 0, requests=_u(totals.success_count),
+                failures=_u(totals.fail_count), latency_p50_ms=percentile_ms(totals.request_buckets, 0.5),
                 latency_p99_ms=percentile_ms(totals.request_buckets, 0.99),
-                samples_dropped=dropped_by_model.get(model, 0),
-                samples_recorded=snap["committed_by_model"].get(model, 0),
-                labels_recorded=snap["labels_by_model"].get(model, 0)))
+                samples_dropped=_u(dropped_by_model.get(model, 0)),
+                samples_recorded=_u(snap["committed_by_model"].get(model, 0)),
+                labels_recorded=_u(snap["labels_by_model"].get(model, 0))))
         report = mesh_pb2.StatusReport(
-            node_id=self.node_id, epoch=self.fleet_epoch, models=self.model_versions(), feature_stats=feature_stats,
-            queue_depth=min(node.models.queue_depth(), 2**32 - 1), outbox_pending=snap["pending_rows"],
-            outbox_dropped=sum(snap["dropped"].values()), serving=serving, last_directive_applied=self.last_applied,
-            timestamp_ms=time.time_ns() // 1_000_000)
+            node_id=self.node_id, epoch=_u(self.fleet_epoch), models=self.model_versions(),
+            feature_stats=feature_stats, queue_depth=_u(node.models.queue_depth(), 32),
+            outbox_pending=_u(snap["pending_rows"]), outbox_dropped=_u(sum(snap["dropped"].values())),
+            serving=serving, last_directive_applied=_u(self.last_applied), timestamp_ms=_u(time.time_ns() // 1_000_000))
         return report, commit
 
     def _run_reports(self) -> None:
@@ -407,6 +415,14 @@ class CoordinatorLink:
                 continue
             try:
                 report, commit = self.status_report()
+            except Exception as exc:  # never the end of the loop: the next interval builds a new report
+                self._report_failed(exc)
+                continue
+            if self._report_error is not None:
+                log.info("status reports are built again (after %d failed: %s)", self.reports_failed,
+                         self._report_error)
+                self._report_error = None
+            try:
                 ack = self.stub.ReportStatus(report, timeout=CALL_TIMEOUT_S)
                 commit()
                 self.reports_sent += 1
@@ -414,8 +430,17 @@ class CoordinatorLink:
                     self.fleet_epoch = ack.fleet_epoch
             except grpc.RpcError:
                 pass  # the directive thread logs the outage and re-joins; statistics keep accumulating
-            except Exception:
-                log.exception("status report failed")
+            except Exception as exc:
+                self._report_failed(exc)
+
+    def _report_failed(self, exc: Exception) -> None:
+        """Count a report that could not be built or sent; logged once per kind of error, not every interval."""
+        self.reports_failed += 1
+        what = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if what != self._report_error:
+            self._report_error = what
+            log.error("status report failed (%s); the next one is tried in %.1f s", what, self.interval_s,
+                      exc_info=exc)
 
 
 def restore_rollback_pins(models, outbox) -> None:
