@@ -225,3 +225,17 @@ def test_a_push_that_is_not_a_self_contained_onnx_model_is_refused(running):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "external data" in err.value.details()
     assert running.store.published_models() == [] and running.store.directive_sequence("edge-a") == 0
     assert [p for p in running.coordinator.artifacts.root.rglob("*") if p.is_file()] == []
+
+
+def test_join_names_the_database_and_the_name_survives_a_restart_but_not_a_new_database(running, tmp_path):
+    from coordkit import Running, cloud_config
+
+    first = join(running.coord, "edge-a").database_id
+    assert len(first) == 32 and first == running.store.database_id()
+    running.restart()
+    assert join(running.coord, "edge-a").database_id == first
+    other = Running(cloud_config(tmp_path / "elsewhere"))
+    try:
+        assert join(other.coord, "edge-a").database_id not in ("", first)
+    finally:
+        other.stop()

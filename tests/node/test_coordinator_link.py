@@ -3,8 +3,11 @@ coordinator database that was replaced, and directives this edge cannot or must 
 from __future__ import annotations
 
 import logging
+import time
 
 from nodekit import Edge, edge_config, start_cloud, wait_for
+
+from edgeloop.protocol import mesh_pb2
 
 
 def test_a_negative_counter_is_clamped_and_a_report_that_fails_is_logged_once_and_the_next_goes_out(
@@ -43,3 +46,50 @@ def test_a_negative_counter_is_clamped_and_a_report_that_fails_is_logged_once_an
     assert len(failed_lines) == 1 and "Value out of range" in failed_lines[0].getMessage()
     assert any("built again" in r.getMessage() for r in caplog.records)
     assert link.reports_failed == 3 and all(t.is_alive() for t in link._threads)
+
+
+def _issue(cloud, node: str, kind: str, message, model: str = "", version: int = 0) -> int:
+    record = cloud.store.add_directive(node, kind, message.SerializeToString(), int(time.time() * 1000), model,
+                                       version)
+    cloud.hub.notify()
+    return record.sequence
+
+
+def _result(cloud, node: str, seq: int):
+    return next((r.result, r.error) for r in cloud.store.directives_after(node, seq - 1) if r.sequence == seq)
+
+
+def test_a_coordinator_on_a_fresh_database_resets_the_edges_directive_cursor(tmp_path, closing, caplog):
+    caplog.set_level(logging.INFO, logger="edgeloop.node.coordinator")
+    old = start_cloud(tmp_path / "old")
+    closing(old)
+    port = old.grpc_port
+    edge = Edge(edge_config(tmp_path, "edge-a", old.address))
+    closing(edge)
+    link = edge.node.link
+    assert wait_for(lambda: link.connected)
+    for _ in range(3):
+        last = _issue(old, "edge-a", "report", mesh_pb2.ReportNow())
+    assert wait_for(lambda: link.last_applied == last == 3)
+    old_id = old.store.database_id()
+    old.stop(0)
+    new = start_cloud(tmp_path / "new", port=port)  # an empty database at the same address
+    closing(new)
+    assert new.store.database_id() != old_id
+    assert wait_for(lambda: new.store.node_known("edge-a") and link.connected)
+    seq = _issue(new, "edge-a", "report", mesh_pb2.ReportNow())
+    assert seq == 1  # sequences restart: an edge still at cursor 3 would skip it
+    assert wait_for(lambda: _result(new, "edge-a", seq)[0] == "applied")
+    assert link.last_applied == 1 and link.database_resets == 1
+    assert edge.node.outbox.get_meta("directive.last_applied") == "1"
+    assert any("coordinator database changed" in r.getMessage() for r in caplog.records)
+    # the same database again (a plain restart): same id, the cursor is kept
+    new_id = new.store.database_id()
+    new.stop(0)
+    again = start_cloud(tmp_path / "new", port=port)
+    closing(again)
+    assert again.store.database_id() == new_id
+    assert wait_for(lambda: link.connected and len(again.hub.connected()) == 1)
+    seq = _issue(again, "edge-a", "report", mesh_pb2.ReportNow())
+    assert seq == 2 and wait_for(lambda: _result(again, "edge-a", seq)[0] == "applied")
+    assert link.last_applied == 2 and link.database_resets == 1

@@ -28,6 +28,8 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
     def __init__(self, core: CoordinatorCore) -> None:
         self.core = core
         self.metrics = core.metrics
+        #: sent in every JoinResponse: an edge that sees another id resets its directive cursor
+        self.database_id = core.store.database_id()
 
     @property
     def stopping(self) -> bool:
@@ -72,7 +74,7 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
                  len(models), added)
         return mesh_pb2.JoinResponse(
             fleet_epoch=store.fleet_epoch(), heartbeat_interval_ms=self.core.config.heartbeat_interval_ms,
-            federated_models=sorted(self.core.config.training.federated_models),
+            federated_models=sorted(self.core.config.training.federated_models), database_id=self.database_id,
             desired=[mesh_pb2.ModelVersion(model=p.model, version=p.version, sha256=p.sha256, state="READY")
                      for p in desired])
 

@@ -36,6 +36,8 @@ log = logging.getLogger("edgeloop.node.coordinator")
 LAST_APPLIED_KEY = "directive.last_applied"
 PIN_KEY = "rollback.pin."  # + model: the version a rollback pinned (re-applied after a restart)
 PENDING_RESULT_KEY = "directive.pending_result"
+DATABASE_ID_KEY = "coordinator.database_id"  # the coordinator database the cursor above counts in
+_DATABASE_ID = re.compile(r"^[0-9A-Za-z_.:-]{1,128}$")
 MAX_ARTIFACT_BYTES = 2 << 30
 MAX_MANIFEST_BYTES = 1 << 20
 CALL_TIMEOUT_S = 10.0
@@ -49,6 +51,10 @@ _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, gr
 
 class DirectiveFailed(Exception):
     """A directive that cannot be applied; the message is the reason reported to the coordinator."""
+
+
+class CoordinatorReplyError(Exception):
+    """The coordinator answered something this edge cannot use; the link retries later, like an outage."""
 
 
 def percentile_ms(buckets, q: float) -> float:
@@ -98,6 +104,7 @@ class CoordinatorLink:
         self.applied: list[tuple[int, bool, str]] = []  # (sequence, ok, error) applied since start
         self.reports_sent = 0
         self.reports_failed = 0
+        self.database_resets = 0  # times the coordinator answered from another database (cursor reset)
         self._report_error: str | None = None  # the last failure logged (one line per kind, not per interval)
         self._report_now = threading.Event()
         self._stop = threading.Event()
@@ -137,6 +144,7 @@ class CoordinatorLink:
     def join(self) -> None:
         response = self.stub.Join(mesh_pb2.JoinRequest(node=self._identity(), models=self.model_versions()),
                                   timeout=CALL_TIMEOUT_S)
+        self._check_database(response.database_id)
         self.fleet_epoch = response.fleet_epoch
         if getattr(self.node, "federated", None) is not None:
             self.node.federated.set_models(response.federated_models)  # their raw rows stay on this edge
@@ -145,8 +153,34 @@ class CoordinatorLink:
         self.joined.set()
         pending = self.outbox.get_meta(PENDING_RESULT_KEY)
         if pending:  # a result the coordinator never got: send it before anything else
-            seq, ok, error = json.loads(pending)
-            self._send_result(int(seq), bool(ok), str(error))
+            try:
+                seq, ok, error = json.loads(pending)
+                seq = int(seq)
+            except (ValueError, TypeError):
+                log.error("the pending directive result %r is unreadable; dropped", pending[:200])
+                self.outbox.set_meta(PENDING_RESULT_KEY, "")
+            else:
+                self._send_result(seq, bool(ok), str(error))
+
+    def _check_database(self, database_id: str) -> None:
+        """Directive sequences count within one coordinator database: when the coordinator answers from
+        another one (a reset: sequences restart at 1), the cursor and any unsent result of the old one go."""
+        if not database_id:
+            return  # a coordinator that predates database ids: nothing to compare
+        if not _DATABASE_ID.match(database_id):
+            raise CoordinatorReplyError(f"JoinResponse.database_id {database_id[:200]!r}; expected 1..128 letters, "
+                                  f"digits, '_', '.', ':' or '-'")
+        known = self.outbox.get_meta(DATABASE_ID_KEY, "")
+        if known == database_id:
+            return
+        if known:
+            log.warning("coordinator database changed (%s -> %s): directive cursor %d reset to 0, the new "
+                        "database's directives are applied from its first", known, database_id, self.last_applied)
+            self.outbox.set_meta_many({DATABASE_ID_KEY: database_id, LAST_APPLIED_KEY: "0", PENDING_RESULT_KEY: ""})
+            self.last_applied = 0
+            self.database_resets += 1
+        else:  # the first Join that names a database: this cursor counts in it
+            self.outbox.set_meta(DATABASE_ID_KEY, database_id)
 
     def _run_directives(self) -> None:
         while not self._stop.is_set():
@@ -161,6 +195,10 @@ class CoordinatorLink:
                 if self._stop.is_set():
                     return
                 self._wait_backoff(f"{exc.code().name}: {(exc.details() or '')[:200]}")
+            except CoordinatorReplyError as exc:
+                if self._stop.is_set():
+                    return
+                self._wait_backoff(str(exc))
             except Exception as exc:  # the link must outlive anything; serving goes on regardless
                 if self._stop.is_set():
                     return
@@ -469,4 +507,5 @@ def pin(models, model: str, version: int) -> None:
         raise DirectiveFailed(f"rollback of model {model!r} to version {version} failed: {exc.message}") from None
 
 
-__all__ = ["CoordinatorLink", "DirectiveFailed", "percentile_ms", "pin", "restore_rollback_pins"]
+__all__ = ["CoordinatorLink", "CoordinatorReplyError", "DirectiveFailed", "percentile_ms", "pin",
+           "restore_rollback_pins"]
