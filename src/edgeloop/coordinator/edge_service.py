@@ -7,6 +7,7 @@ import math
 import grpc
 
 from edgeloop.config.network import HOST_EXPECTATION, is_host
+from edgeloop.delivery import rollout as ro
 from edgeloop.config.schema import join_host_port
 from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
 from edgeloop.protocol.errors import ProtocolError, failed_precondition, not_found, unavailable
@@ -15,11 +16,50 @@ from edgeloop.store import ArtifactError, FeatureStatRow, StoreError
 from . import validate as v
 from .core import LOAD, CoordinatorCore, models_of
 from .guards import guard, now_ms, stream_guard
+from .rollouts import PIN
 
 log = logging.getLogger("edgeloop.coordinator")
 
 #: how long an idle directive stream sleeps before checking that its client is still there
 STREAM_POLL_S = 1.0
+
+
+def desired_versions(store, rollouts: list[dict], node_id: str, zone: str) -> list:
+    """Per model, the published version ``node_id`` should serve now (what ``JoinResponse.desired`` lists).
+
+    A pin (of the edge, else of its zone) names the version.  Otherwise the newest published version that
+    is meant for this edge: one with no rollout or a finished one, or one whose running (or paused) rollout
+    has directed this edge; a version whose rollout has not reached the edge yet, or was rolled back or
+    aborted, is passed over for the one before it.
+    """
+    own: dict[str, int] = {}
+    zoned: dict[str, int] = {}
+    for doc in store.docs(PIN):
+        if doc.get("target") == node_id:
+            own[doc.get("model")] = doc.get("version")
+        elif zone and doc.get("target") == f"zone:{zone}":
+            zoned[doc.get("model")] = doc.get("version")
+    pinned = {**zoned, **own}  # the edge's own pin wins over its zone's
+    by_version: dict[tuple[str, int], list[dict]] = {}
+    for doc in rollouts:
+        by_version.setdefault((doc.get("model"), doc.get("version")), []).append(doc)
+    published: dict[str, list] = {}
+    for p in store.published_models():
+        published.setdefault(p.model, []).append(p)
+    out = []
+    for model in sorted(published):
+        versions = sorted(published[model], key=lambda p: p.version, reverse=True)
+        if model in pinned:
+            out.extend(p for p in versions if p.version == pinned[model])
+            continue
+        for p in versions:
+            docs = by_version.get((model, p.version), [])
+            if not docs or any(d.get("state") == ro.DONE for d in docs) or any(
+                    d.get("state") in (ro.RUNNING, ro.PAUSED)
+                    and d.get("edges", {}).get(node_id) in ("directed", "applied") for d in docs):
+                out.append(p)
+                break
+    return out
 
 
 class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
@@ -59,12 +99,17 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
         stamp = now_ms()
         store.join_node(node.node_id, address, identity, models, stamp)
         serving = {(m[0], m[1]) for m in models if m[3] in ("READY", "")}
-        desired = store.published_models(latest_only=True)
+        newest_served: dict[str, int] = {}
+        for model, version in serving:
+            newest_served[model] = max(version, newest_served.get(model, 0))
+        desired = desired_versions(store, self.core.rollouts.rollouts(), node.node_id, node.zone)
         added = 0
-        for p in desired:  # an edge that joins later is directed to load the current models
-            if (p.model, p.version) in serving or store.has_directive(node.node_id, LOAD, p.model, p.version) \
+        for p in desired:  # an edge that joins later is directed to load what it should serve now
+            if newest_served.get(p.model, 0) >= p.version \
+                    or store.has_directive(node.node_id, LOAD, p.model, p.version) \
                     or self.core.rollouts.blocked(p.model, p.version):
-                continue  # a version still rolling out reaches a joiner only through its rollout
+                continue  # a version still rolling out reaches an edge only through its rollout; an edge
+                # serving a newer version than it should is brought back by a rollback directive, not a load
             store.add_directive(node.node_id, LOAD, self.core.load_payload(p, node.node_id), stamp, p.model,
                                 p.version)
             added += 1
