@@ -93,3 +93,31 @@ def test_a_coordinator_on_a_fresh_database_resets_the_edges_directive_cursor(tmp
     seq = _issue(again, "edge-a", "report", mesh_pb2.ReportNow())
     assert seq == 2 and wait_for(lambda: _result(again, "edge-a", seq)[0] == "applied")
     assert link.last_applied == 2 and link.database_resets == 1
+
+
+def test_a_directive_the_coordinator_then_refuses_is_reported_failed_and_later_directives_still_apply(
+        tmp_path, closing):
+    import numpy as np
+
+    from edgeloop.federated.weights import theta_size, to_bytes
+
+    cloud = start_cloud(tmp_path)
+    closing(cloud)
+    edge = Edge(edge_config(tmp_path, "edge-a", cloud.address))
+    closing(edge)
+    link = edge.node.link
+    assert wait_for(lambda: link.connected)
+    d, c = 4, 2
+    # a round whose id the coordinator's own SubmitUpdate refuses (INVALID_ARGUMENT, every time): retrying it
+    # after each re-join held back every later directive for good
+    bad_round = mesh_pb2.FederatedRound(
+        model="mlp", round_id="round id with spaces/..", phase=mesh_pb2.FederatedRound.EVALUATE, n_features=d,
+        n_classes=c, classes=[0.0, 1.0], mean=to_bytes(np.zeros(d)), inv_std=to_bytes(np.ones(d)),
+        theta=to_bytes(np.zeros(theta_size(d, c))), champion_theta=to_bytes(np.zeros(theta_size(d, c))),
+        holdout_fraction=0.5, max_rows=100)
+    first = _issue(cloud, "edge-a", "federated", bad_round, "mlp")
+    after = _issue(cloud, "edge-a", "report", mesh_pb2.ReportNow())
+    assert wait_for(lambda: _result(cloud, "edge-a", after)[0] == "applied", timeout=20)
+    outcome, error = _result(cloud, "edge-a", first)
+    assert outcome == "failed" and "INVALID_ARGUMENT" in error and "round_id" in error
+    assert link.last_applied == after and edge.infer(1).outputs  # serving went on throughout

@@ -236,6 +236,15 @@ class CoordinatorLink:
             ok, error = True, ""
         except DirectiveFailed as exc:
             ok, error = False, str(exc)[:1000]
+        except grpc.RpcError as exc:
+            if exc.code() in _TRANSIENT:
+                raise  # the coordinator is away: applied again after reconnecting
+            # a refusal (INVALID_ARGUMENT, NOT_FOUND, ...) comes back the same every time: retrying it would
+            # hold every later directive back forever, so it is this directive's failure
+            ok, error = False, f"the coordinator refused a call: {exc.code().name}: {(exc.details() or '')[:500]}"
+        except Exception as exc:  # a bug or a reply nobody foresaw: fail this directive, not the stream
+            log.exception("directive %d (%s): unexpected error", seq, directive.WhichOneof("action"))
+            ok, error = False, f"unexpected error: {type(exc).__name__}: {str(exc)[:500]}"
         log.info("directive %d (%s): %s", seq, directive.WhichOneof("action"), "applied" if ok else f"failed: {error}")
         # the sequence and the result still to report, in one transaction
         self.outbox.set_meta_many({LAST_APPLIED_KEY: str(seq), PENDING_RESULT_KEY: json.dumps([seq, ok, error])})
