@@ -282,3 +282,23 @@ def test_an_edge_joining_mid_rollout_is_told_what_its_stage_says_not_the_newest_
         assert ("m", 1) in desired(canary, models=[("m", 1)])
     finally:
         r.stop()
+
+
+def test_a_directive_larger_than_one_message_is_recorded_failed_and_the_next_ones_still_flow(tmp_path):
+    from coordkit import Running, cloud_config
+
+    r = Running(cloud_config(tmp_path, max_message_bytes=2 << 20))
+    reader = None
+    try:
+        join(r.coord, "edge-a")
+        big = mesh_pb2.FederatedRound(model="m", round_id="r1", theta=b"\0" * (3 << 20)).SerializeToString()
+        r.store.add_directive("edge-a", "federated", big, 1, "m", 0)
+        r.store.add_directive("edge-a", "report", mesh_pb2.ReportNow().SerializeToString(), 1)
+        reader = StreamReader(r.coord, "edge-a")
+        assert reader.next().sequence == 2  # was RESOURCE_EXHAUSTED on every reconnect, nothing after it sent
+        (first, _) = r.store.directives_after("edge-a", 0)
+        assert first.result == "failed" and "storage.max_message_bytes = 2097152" in first.error
+    finally:
+        if reader is not None:
+            reader.close()
+        r.stop()

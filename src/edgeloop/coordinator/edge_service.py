@@ -146,8 +146,11 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
                 seen = core.hub.generation
                 records = core.store.directives_after(node_id, after)
                 for record in records:
-                    yield core.directive_message(record)
+                    message = core.directive_message(record)
                     after = record.sequence
+                    if not self._sendable(node_id, record, message):
+                        continue
+                    yield message
                     self.metrics.directives.labels("sent").inc()
                 if not records:
                     core.hub.wait(seen, STREAM_POLL_S)
@@ -158,6 +161,20 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
             self.metrics.connected.set(len(core.hub.connected()))
         if core.stopping:
             raise unavailable(f"the coordinator is shutting down; reconnect and resume after sequence {after}")
+
+    def _sendable(self, node_id: str, record, message) -> bool:
+        """False (and the directive recorded as failed) when ``message`` is larger than one gRPC message may
+        be: sending it would end the stream with RESOURCE_EXHAUSTED at every reconnect, and the directives
+        after it would never reach the edge."""
+        size, limit = message.ByteSize(), self.core.config.max_message_bytes
+        if size <= limit:
+            return True
+        reason = (f"directive {record.sequence} ({record.kind}) is {size} bytes; expected at most "
+                  f"storage.max_message_bytes = {limit}: not sent")
+        log.error("node %s: %s", node_id, reason)
+        self.core.store.directive_result(node_id, record.sequence, False, reason, now_ms())
+        self.metrics.directives.labels("failed").inc()
+        return False
 
     @guard("ReportDirective")
     def ReportDirective(self, request, context):
