@@ -121,3 +121,20 @@ def test_a_directive_the_coordinator_then_refuses_is_reported_failed_and_later_d
     outcome, error = _result(cloud, "edge-a", first)
     assert outcome == "failed" and "INVALID_ARGUMENT" in error and "round_id" in error
     assert link.last_applied == after and edge.infer(1).outputs  # serving went on throughout
+
+
+def test_a_directive_larger_than_the_edge_receives_is_reported_failed_and_passed_over(tmp_path, closing):
+    cloud = start_cloud(tmp_path, max_message_bytes=80 << 20)  # the coordinator would send what the edge refuses
+    closing(cloud)
+    edge = Edge(edge_config(tmp_path, "edge-a", cloud.address))
+    closing(edge)
+    link = edge.node.link
+    assert wait_for(lambda: link.connected)
+    huge = mesh_pb2.FederatedRound(model="mlp", round_id="r1", theta=bytes(65 << 20))  # over the edge's 64 MiB
+    first = _issue(cloud, "edge-a", "federated", huge, "mlp")
+    del huge
+    after = _issue(cloud, "edge-a", "report", mesh_pb2.ReportNow())
+    assert wait_for(lambda: _result(cloud, "edge-a", after)[0] == "applied", timeout=30)
+    outcome, error = _result(cloud, "edge-a", first)
+    assert outcome == "failed" and "larger than this edge receives" in error
+    assert link.last_applied == after

@@ -43,6 +43,8 @@ MAX_MANIFEST_BYTES = 1 << 20
 CALL_TIMEOUT_S = 10.0
 FETCH_TIMEOUT_S = 300.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: what gRPC says when a message from the coordinator passes this channel's receive limit
+_TOO_LARGE = "Received message larger than max"
 #: gRPC codes after which a directive is retried (the coordinator is away), not reported failed.
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
               grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAUTHENTICATED,
@@ -226,8 +228,29 @@ class CoordinatorLink:
                 if directive.sequence <= self.last_applied:
                     continue  # already applied (a re-delivery)
                 self._apply_and_report(directive)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in (exc.details() or ""):
+                self._skip_oversized(exc.details())
+            raise
         finally:
             self._stream = None
+
+    def _skip_oversized(self, details: str) -> None:
+        """The next directive is larger than this edge accepts: it would end every stream the same way, so
+        it is reported failed and passed over (sequences are consecutive per edge: it is the cursor's next)."""
+        seq = self.last_applied + 1
+        error = f"directive {seq} is larger than this edge receives ({details[:200]}); not applied"
+        try:
+            self.stub.ReportDirective(mesh_pb2.DirectiveResult(node_id=self.node_id, sequence=seq, ok=False,
+                                                               error=error), timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:  # not that sequence after all, or the coordinator is away: try again later
+            log.warning("directive %d is too large and could not be reported failed (%s); retrying", seq,
+                        exc.code().name)
+            return
+        log.error("%s", error)
+        self.outbox.set_meta_many({LAST_APPLIED_KEY: str(seq), PENDING_RESULT_KEY: ""})
+        self.last_applied = seq
+        self.applied.append((seq, False, error))
 
     def _apply_and_report(self, directive) -> None:
         seq = directive.sequence
