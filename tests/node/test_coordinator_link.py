@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
+import pytest
 from nodekit import Edge, edge_config, start_cloud, wait_for
 
+from edgeloop.node.coordinator_link import DirectiveFailed
 from edgeloop.protocol import mesh_pb2
 
 
@@ -28,24 +30,35 @@ def test_a_negative_counter_is_clamped_and_a_report_that_fails_is_logged_once_an
     finally:
         with edge.node.outbox._lock:
             edge.node.outbox.pending_rows += 2
-    stats = edge.node.edge_stats
-    real_report, failures = stats.report, []
-
-    def broken_report():
-        if len(failures) < 3:
-            failures.append(1)
-            raise ValueError("Value out of range: -2")
-        return real_report()
-
-    stats.report = broken_report
     caplog.set_level(logging.INFO, logger="edgeloop.node.coordinator")
     link.interval_s = 0.05
+
+    def failing(real, times):
+        calls = []
+
+        def wrapper(*args):
+            if len(calls) < times:
+                calls.append(1)
+                raise ValueError("Value out of range: -2")
+            return real(*args)
+        return wrapper, calls
+
+    # the feature statistics cannot be built: the report still goes out without them, logged once
+    stats = edge.node.edge_stats
+    stats.report, calls = failing(stats.report, 3)
     sent = link.reports_sent
-    assert wait_for(lambda: len(failures) == 3 and link.reports_sent >= sent + 2, timeout=20)
+    assert wait_for(lambda: len(calls) == 3 and link.reports_sent >= sent + 4, timeout=20)
+    # nothing of the report can be built: none goes out then, the next ones do, logged once
+    link.model_versions, calls2 = failing(link.model_versions, 3)
+    assert wait_for(lambda: len(calls2) == 3, timeout=20)
+    sent = link.reports_sent
+    assert wait_for(lambda: link.reports_sent >= sent + 2, timeout=20)
     failed_lines = [r for r in caplog.records if "status report failed" in r.getMessage()]
-    assert len(failed_lines) == 1 and "Value out of range" in failed_lines[0].getMessage()
-    assert any("built again" in r.getMessage() for r in caplog.records)
-    assert link.reports_failed == 3 and all(t.is_alive() for t in link._threads)
+    assert len(failed_lines) == 2, [r.getMessage() for r in failed_lines]
+    assert "left out" in failed_lines[0].getMessage() and "not sent" in failed_lines[1].getMessage()
+    assert failed_lines[0].exc_info and "Value out of range" in failed_lines[0].getMessage()
+    assert any("whole again" in r.getMessage() for r in caplog.records)
+    assert link.reports_failed == 6 and all(t.is_alive() for t in link._threads)
 
 
 def _issue(cloud, node: str, kind: str, message, model: str = "", version: int = 0) -> int:
@@ -121,6 +134,11 @@ def test_a_directive_the_coordinator_then_refuses_is_reported_failed_and_later_d
     outcome, error = _result(cloud, "edge-a", first)
     assert outcome == "failed" and "INVALID_ARGUMENT" in error and "round_id" in error
     assert link.last_applied == after and edge.infer(1).outputs  # serving went on throughout
+    # a kind of directive from a newer coordinator (an action field this edge's protocol lacks): failed, said why
+    unknown = mesh_pb2.Directive.FromString(mesh_pb2.Directive(sequence=after + 1).SerializeToString()
+                                            + b"\x3a\x02\x08\x01")  # field 7, 2 bytes: {1: 1}
+    with pytest.raises(DirectiveFailed, match="no action this edge knows"):
+        link.apply(unknown)
 
 
 def test_a_directive_larger_than_the_edge_receives_is_reported_failed_and_passed_over(tmp_path, closing):

@@ -301,8 +301,8 @@ class CoordinatorLink:
         elif action == "federated":
             self._federated(directive.federated)
         else:
-            raise DirectiveFailed(f"directive {directive.sequence} has no action; expected load, unload, rollback, "
-                                  f"report or federated")
+            raise DirectiveFailed(f"directive {directive.sequence} has no action this edge knows (a newer "
+                                  f"coordinator?); expected load, unload, rollback, report or federated")
 
     def _federated(self, round_msg) -> None:
         from edgeloop.node.federated import RoundFailed
@@ -456,7 +456,12 @@ class CoordinatorLink:
     def status_report(self):
         """The StatusReport now, and the commit function of its feature statistics."""
         node = self.node
-        feature_stats, commit = node.edge_stats.report() if node.edge_stats is not None else ([], lambda: None)
+        feature_stats, commit = [], lambda: None
+        if node.edge_stats is not None:
+            try:
+                feature_stats, commit = node.edge_stats.report()
+            except Exception as exc:  # the rest of the report still goes out; the statistics keep accumulating
+                self._report_failed(exc, "its feature statistics were left out")
         snap = self.outbox.snapshot()
         dropped_by_model: dict[str, int] = {}
         for (model, _reason), n in snap["dropped"].items():
@@ -483,15 +488,12 @@ class CoordinatorLink:
             self._report_now.clear()
             if self._stop.is_set() or not self.joined.is_set():
                 continue
+            failed_before = self.reports_failed
             try:
                 report, commit = self.status_report()
             except Exception as exc:  # never the end of the loop: the next interval builds a new report
-                self._report_failed(exc)
+                self._report_failed(exc, "not sent")
                 continue
-            if self._report_error is not None:
-                log.info("status reports are built again (after %d failed: %s)", self.reports_failed,
-                         self._report_error)
-                self._report_error = None
             try:
                 ack = self.stub.ReportStatus(report, timeout=CALL_TIMEOUT_S)
                 commit()
@@ -499,18 +501,24 @@ class CoordinatorLink:
                 if ack.fleet_epoch:
                     self.fleet_epoch = ack.fleet_epoch
             except grpc.RpcError:
-                pass  # the directive thread logs the outage and re-joins; statistics keep accumulating
+                continue  # the directive thread logs the outage and re-joins; statistics keep accumulating
             except Exception as exc:
-                self._report_failed(exc)
+                self._report_failed(exc, "not sent")
+                continue
+            if self._report_error is not None and self.reports_failed == failed_before:
+                log.info("status reports are whole again (%d failed or partial before: %s)", self.reports_failed,
+                         self._report_error)
+                self._report_error = None
 
-    def _report_failed(self, exc: Exception) -> None:
-        """Count a report that could not be built or sent; logged once per kind of error, not every interval."""
+    def _report_failed(self, exc: Exception, outcome: str) -> None:
+        """Count a report that could not be built whole or sent; logged once per kind of error, not every
+        interval (the traceback with the first)."""
         self.reports_failed += 1
         what = f"{type(exc).__name__}: {str(exc)[:200]}"
         if what != self._report_error:
             self._report_error = what
-            log.error("status report failed (%s); the next one is tried in %.1f s", what, self.interval_s,
-                      exc_info=exc)
+            log.error("status report failed (%s): %s; the next one is tried in %.1f s", what, outcome,
+                      self.interval_s, exc_info=exc)
 
 
 def restore_rollback_pins(models, outbox) -> None:
