@@ -156,3 +156,13 @@ def test_a_directive_larger_than_the_edge_receives_is_reported_failed_and_passed
     outcome, error = _result(cloud, "edge-a", first)
     assert outcome == "failed" and "larger than this edge receives" in error
     assert link.last_applied == after
+
+
+def test_peer_address_hints_that_are_not_host_port_are_ignored(tmp_path, closing):
+    edge = Edge(edge_config(tmp_path, "edge-a", "127.0.0.1:9"))  # no coordinator there: serving goes on
+    closing(edge)
+    updater = edge.node.link.updater
+    load = mesh_pb2.LoadModel(model="mlp", version=2, peer_addresses=[
+        "127.0.0.1:5", "not an address", "x" * 5000 + ":1", "[::1]:70000", "127.0.0.1:5", "", "127.0.0.1:6"])
+    assert [s.name for s in updater.sources(load)] == ["127.0.0.1:5", "127.0.0.1:6", "coordinator"]
+    assert sorted(updater._pool()._stubs) == ["127.0.0.1:5", "127.0.0.1:6"]  # no channel to the rest
