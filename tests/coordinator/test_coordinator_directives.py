@@ -298,6 +298,9 @@ def test_a_directive_larger_than_one_message_is_recorded_failed_and_the_next_one
         assert reader.next().sequence == 2  # was RESOURCE_EXHAUSTED on every reconnect, nothing after it sent
         (first, _) = r.store.directives_after("edge-a", 0)
         assert first.result == "failed" and "storage.max_message_bytes = 2097152" in first.error
+        reader.close()
+        reader = StreamReader(r.coord, "edge-a")  # an edge that reconnects from before it: passed over again
+        assert reader.next().sequence == 2
     finally:
         if reader is not None:
             reader.close()

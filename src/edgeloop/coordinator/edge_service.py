@@ -7,8 +7,8 @@ import math
 import grpc
 
 from edgeloop.config.network import HOST_EXPECTATION, is_host
-from edgeloop.delivery import rollout as ro
 from edgeloop.config.schema import join_host_port
+from edgeloop.delivery import rollout as ro
 from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
 from edgeloop.protocol.errors import ProtocolError, failed_precondition, not_found, unavailable
 from edgeloop.store import ArtifactError, FeatureStatRow, StoreError
@@ -169,11 +169,12 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
         size, limit = message.ByteSize(), self.core.config.max_message_bytes
         if size <= limit:
             return True
-        reason = (f"directive {record.sequence} ({record.kind}) is {size} bytes; expected at most "
-                  f"storage.max_message_bytes = {limit}: not sent")
-        log.error("node %s: %s", node_id, reason)
-        self.core.store.directive_result(node_id, record.sequence, False, reason, now_ms())
-        self.metrics.directives.labels("failed").inc()
+        if record.result is None:  # recorded once; a later stream passes over it quietly
+            reason = (f"directive {record.sequence} ({record.kind}) is {size} bytes; expected at most "
+                      f"storage.max_message_bytes = {limit}: not sent")
+            log.error("node %s: %s", node_id, reason)
+            self.core.store.directive_result(node_id, record.sequence, False, reason, now_ms())
+            self.metrics.directives.labels("failed").inc()
         return False
 
     @guard("ReportDirective")
