@@ -170,8 +170,8 @@ class CoordinatorLink:
         if not database_id:
             return  # a coordinator that predates database ids: nothing to compare
         if not _DATABASE_ID.match(database_id):
-            raise CoordinatorReplyError(f"JoinResponse.database_id {database_id[:200]!r}; expected 1..128 letters, "
-                                  f"digits, '_', '.', ':' or '-'")
+            raise CoordinatorReplyError(f"JoinResponse.database_id {database_id[:200]!r}; expected 1..128 "
+                                        f"letters, digits, '_', '.', ':' or '-'")
         known = self.outbox.get_meta(DATABASE_ID_KEY, "")
         if known == database_id:
             return
