@@ -225,3 +225,83 @@ def test_a_push_that_is_not_a_self_contained_onnx_model_is_refused(running):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "external data" in err.value.details()
     assert running.store.published_models() == [] and running.store.directive_sequence("edge-a") == 0
     assert [p for p in running.coordinator.artifacts.root.rglob("*") if p.is_file()] == []
+
+
+def test_join_names_the_database_and_the_name_survives_a_restart_but_not_a_new_database(running, tmp_path):
+    from coordkit import Running, cloud_config
+
+    first = join(running.coord, "edge-a").database_id
+    assert len(first) == 32 and first == running.store.database_id()
+    running.restart()
+    assert join(running.coord, "edge-a").database_id == first
+    other = Running(cloud_config(tmp_path / "elsewhere"))
+    try:
+        assert join(other.coord, "edge-a").database_id not in ("", first)
+    finally:
+        other.stop()
+
+
+def test_an_edge_joining_mid_rollout_is_told_what_its_stage_says_not_the_newest_version(tmp_path):
+    from dataclasses import replace
+
+    from coordkit import Running, cloud_config
+
+    config = cloud_config(tmp_path)
+    r = Running(replace(config, delivery=replace(config.delivery, canary=1, bake_s=600)))
+    try:
+        def desired(node, zone="", models=()):
+            return [(m.model, m.version) for m in join(r.coord, node, models=models, zone=zone).desired]
+
+        # p v1, p v2 and m v1 published before any edge joined (rollouts with no edges are done at once)
+        push(r.fleet, "p", onnx_bytes(32))
+        push(r.fleet, "p", onnx_bytes(32))
+        push(r.fleet, "m", onnx_bytes(40))
+        r.coordinator.core.rollouts.pin("zone:z1", "p", 1)
+        assert ("p", 1) in desired("edge-z", zone="z1") and ("p", 2) in desired("edge-y")
+        r.coordinator.core.rollouts.pin("edge-z", "p", 2)  # the edge's own pin wins over its zone's
+        assert ("p", 2) in desired("edge-z", zone="z1")
+        # m v1 on every edge that joins, then v2 to a one-edge canary that bakes for minutes
+        for node in ("edge-a", "edge-b"):
+            assert ("m", 1) in desired(node)
+            (record,) = [d for d in r.store.directives_after(node, 0) if d.model == "m"]
+            r.coord.ReportDirective(mesh_pb2.DirectiveResult(node_id=node, sequence=record.sequence, ok=True),
+                                    timeout=10)
+        push(r.fleet, "m", onnx_bytes(40))
+        (rollout,) = [d for d in r.coordinator.core.rollouts.rollouts() if d["model"] == "m" and d["version"] == 2]
+        assert rollout["state"] == "running"
+        (canary,) = rollout["waves"][0]
+        other = sorted({"edge-a", "edge-b"} - {canary})[0]
+        assert ("m", 2) in desired(canary, models=[("m", 1)])
+        assert ("m", 1) in desired(other, models=[("m", 1)])  # was ("m", 2): not yet meant for it
+        assert not any(d.model == "m" and d.version == 2 for d in r.store.directives_after(other, 0))
+        # a new edge mid-rollout gets the version the fleet serves, as a desired version and a load
+        assert ("m", 1) in desired("edge-c")
+        assert [(d.kind, d.version) for d in r.store.directives_after("edge-c", 0) if d.model == "m"] == [("load", 1)]
+        # aborted: the canary is told to serve v1 again
+        r.coordinator.core.rollouts.control("abort", rollout["rollout_id"])
+        assert ("m", 1) in desired(canary, models=[("m", 1)])
+    finally:
+        r.stop()
+
+
+def test_a_directive_larger_than_one_message_is_recorded_failed_and_the_next_ones_still_flow(tmp_path):
+    from coordkit import Running, cloud_config
+
+    r = Running(cloud_config(tmp_path, max_message_bytes=2 << 20))
+    reader = None
+    try:
+        join(r.coord, "edge-a")
+        big = mesh_pb2.FederatedRound(model="m", round_id="r1", theta=b"\0" * (3 << 20)).SerializeToString()
+        r.store.add_directive("edge-a", "federated", big, 1, "m", 0)
+        r.store.add_directive("edge-a", "report", mesh_pb2.ReportNow().SerializeToString(), 1)
+        reader = StreamReader(r.coord, "edge-a")
+        assert reader.next().sequence == 2  # was RESOURCE_EXHAUSTED on every reconnect, nothing after it sent
+        (first, _) = r.store.directives_after("edge-a", 0)
+        assert first.result == "failed" and "storage.max_message_bytes = 2097152" in first.error
+        reader.close()
+        reader = StreamReader(r.coord, "edge-a")  # an edge that reconnects from before it: passed over again
+        assert reader.next().sequence == 2
+    finally:
+        if reader is not None:
+            reader.close()
+        r.stop()

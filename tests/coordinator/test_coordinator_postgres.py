@@ -96,6 +96,9 @@ def test_two_coordinators_share_ingest_and_one_leads_until_killed(two_clouds, po
         for edge in ("edge-a", "edge-b", "edge-c"):
             join(stubs["a"], edge)
             join(stubs["b"], edge)
+        # one database, one identity, whichever coordinator an edge joins (edges reset their cursor on a change)
+        assert join(stubs["a"], "edge-a").database_id == join(stubs["b"], "edge-a").database_id \
+            == store.database_id() != ""
         # three edges upload at once, each batch to one coordinator and then again to the other
         # (an edge that failed over after its ack was lost): every batch is stored once, by one of them
         results = {"a": [], "b": []}

@@ -12,17 +12,6 @@ from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
 from edgeloop.serving.demo_models import build_mlp
 
 
-@pytest.fixture
-def closing():
-    things = []
-    yield things.append
-    for thing in reversed(things):
-        try:
-            thing.close() if hasattr(thing, "close") else thing.stop(1.0)
-        except Exception:
-            pass
-
-
 def test_served_requests_reach_the_coordinator_once(tmp_path, closing):
     cloud = start_cloud(tmp_path)
     closing(cloud)

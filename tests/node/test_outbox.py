@@ -130,3 +130,34 @@ def test_meta_is_durable(make_outbox):
     box.close()
     again = make_outbox()
     assert again.get_meta("a") == "1" and again.get_meta("b") == "2" and again.get_meta("c", "x") == "x"
+
+
+class _AckRightAfterCommit:
+    """The writer's connection, but the uploader's batch + ack runs just after each COMMIT returns: the
+    interleaving (uploader scheduled between the writer's commit and its bookkeeping) seen on a busy host."""
+
+    def __init__(self, conn, box, seen):
+        self._conn, self._box, self._seen = conn, box, seen
+
+    def execute(self, sql, *args):
+        result = self._conn.execute(sql, *args)
+        if sql == "COMMIT":
+            self._box.ack(self._box.next_batches(SAMPLES, 100, 10, 1 << 20))
+            self._seen.append(self._box.snapshot()["pending_rows"])
+        return result
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+
+def test_pending_rows_never_go_negative_when_an_ack_overtakes_the_writers_bookkeeping(make_outbox):
+    box = make_outbox()
+    seen: list[int] = []
+    box._conn = _AckRightAfterCommit(box._conn, box, seen)
+    box.start()
+    for i in range(5):
+        assert box.offer("m", (encode, (payload(i),)))
+        assert wait_for(lambda: len(seen) > i)
+    assert wait_for(lambda: box.snapshot()["committed"] == 5)
+    assert min(seen) >= 0, seen  # was -1 per commit: a negative outbox_pending in the StatusReport
+    assert box.snapshot()["pending_rows"] == box.pending(SAMPLES) == 0

@@ -8,6 +8,7 @@ import grpc
 
 from edgeloop.config.network import HOST_EXPECTATION, is_host
 from edgeloop.config.schema import join_host_port
+from edgeloop.delivery import rollout as ro
 from edgeloop.protocol import mesh_pb2, mesh_pb2_grpc
 from edgeloop.protocol.errors import ProtocolError, failed_precondition, not_found, unavailable
 from edgeloop.store import ArtifactError, FeatureStatRow, StoreError
@@ -15,11 +16,50 @@ from edgeloop.store import ArtifactError, FeatureStatRow, StoreError
 from . import validate as v
 from .core import LOAD, CoordinatorCore, models_of
 from .guards import guard, now_ms, stream_guard
+from .rollouts import PIN
 
 log = logging.getLogger("edgeloop.coordinator")
 
 #: how long an idle directive stream sleeps before checking that its client is still there
 STREAM_POLL_S = 1.0
+
+
+def desired_versions(store, rollouts: list[dict], node_id: str, zone: str) -> list:
+    """Per model, the published version ``node_id`` should serve now (what ``JoinResponse.desired`` lists).
+
+    A pin (of the edge, else of its zone) names the version.  Otherwise the newest published version that
+    is meant for this edge: one with no rollout or a finished one, or one whose running (or paused) rollout
+    has directed this edge; a version whose rollout has not reached the edge yet, or was rolled back or
+    aborted, is passed over for the one before it.
+    """
+    own: dict[str, int] = {}
+    zoned: dict[str, int] = {}
+    for doc in store.docs(PIN):
+        if doc.get("target") == node_id:
+            own[doc.get("model")] = doc.get("version")
+        elif zone and doc.get("target") == f"zone:{zone}":
+            zoned[doc.get("model")] = doc.get("version")
+    pinned = {**zoned, **own}  # the edge's own pin wins over its zone's
+    by_version: dict[tuple[str, int], list[dict]] = {}
+    for doc in rollouts:
+        by_version.setdefault((doc.get("model"), doc.get("version")), []).append(doc)
+    published: dict[str, list] = {}
+    for p in store.published_models():
+        published.setdefault(p.model, []).append(p)
+    out = []
+    for model in sorted(published):
+        versions = sorted(published[model], key=lambda p: p.version, reverse=True)
+        if model in pinned:
+            out.extend(p for p in versions if p.version == pinned[model])
+            continue
+        for p in versions:
+            docs = by_version.get((model, p.version), [])
+            if not docs or any(d.get("state") == ro.DONE for d in docs) or any(
+                    d.get("state") in (ro.RUNNING, ro.PAUSED)
+                    and d.get("edges", {}).get(node_id) in ("directed", "applied") for d in docs):
+                out.append(p)
+                break
+    return out
 
 
 class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
@@ -28,6 +68,8 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
     def __init__(self, core: CoordinatorCore) -> None:
         self.core = core
         self.metrics = core.metrics
+        #: sent in every JoinResponse: an edge that sees another id resets its directive cursor
+        self.database_id = core.store.database_id()
 
     @property
     def stopping(self) -> bool:
@@ -57,12 +99,17 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
         stamp = now_ms()
         store.join_node(node.node_id, address, identity, models, stamp)
         serving = {(m[0], m[1]) for m in models if m[3] in ("READY", "")}
-        desired = store.published_models(latest_only=True)
+        newest_served: dict[str, int] = {}
+        for model, version in serving:
+            newest_served[model] = max(version, newest_served.get(model, 0))
+        desired = desired_versions(store, self.core.rollouts.rollouts(), node.node_id, node.zone)
         added = 0
-        for p in desired:  # an edge that joins later is directed to load the current models
-            if (p.model, p.version) in serving or store.has_directive(node.node_id, LOAD, p.model, p.version) \
+        for p in desired:  # an edge that joins later is directed to load what it should serve now
+            if newest_served.get(p.model, 0) >= p.version \
+                    or store.has_directive(node.node_id, LOAD, p.model, p.version) \
                     or self.core.rollouts.blocked(p.model, p.version):
-                continue  # a version still rolling out reaches a joiner only through its rollout
+                continue  # a version still rolling out reaches an edge only through its rollout; an edge
+                # serving a newer version than it should is brought back by a rollback directive, not a load
             store.add_directive(node.node_id, LOAD, self.core.load_payload(p, node.node_id), stamp, p.model,
                                 p.version)
             added += 1
@@ -72,7 +119,7 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
                  len(models), added)
         return mesh_pb2.JoinResponse(
             fleet_epoch=store.fleet_epoch(), heartbeat_interval_ms=self.core.config.heartbeat_interval_ms,
-            federated_models=sorted(self.core.config.training.federated_models),
+            federated_models=sorted(self.core.config.training.federated_models), database_id=self.database_id,
             desired=[mesh_pb2.ModelVersion(model=p.model, version=p.version, sha256=p.sha256, state="READY")
                      for p in desired])
 
@@ -99,8 +146,11 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
                 seen = core.hub.generation
                 records = core.store.directives_after(node_id, after)
                 for record in records:
-                    yield core.directive_message(record)
+                    message = core.directive_message(record)
                     after = record.sequence
+                    if not self._sendable(node_id, record, message):
+                        continue
+                    yield message
                     self.metrics.directives.labels("sent").inc()
                 if not records:
                     core.hub.wait(seen, STREAM_POLL_S)
@@ -111,6 +161,21 @@ class CoordinatorServicer(mesh_pb2_grpc.CoordinatorServicer):
             self.metrics.connected.set(len(core.hub.connected()))
         if core.stopping:
             raise unavailable(f"the coordinator is shutting down; reconnect and resume after sequence {after}")
+
+    def _sendable(self, node_id: str, record, message) -> bool:
+        """False (and the directive recorded as failed) when ``message`` is larger than one gRPC message may
+        be: sending it would end the stream with RESOURCE_EXHAUSTED at every reconnect, and the directives
+        after it would never reach the edge."""
+        size, limit = message.ByteSize(), self.core.config.max_message_bytes
+        if size <= limit:
+            return True
+        if record.result is None:  # recorded once; a later stream passes over it quietly
+            reason = (f"directive {record.sequence} ({record.kind}) is {size} bytes; expected at most "
+                      f"storage.max_message_bytes = {limit}: not sent")
+            log.error("node %s: %s", node_id, reason)
+            self.core.store.directive_result(node_id, record.sequence, False, reason, now_ms())
+            self.metrics.directives.labels("failed").inc()
+        return False
 
     @guard("ReportDirective")
     def ReportDirective(self, request, context):

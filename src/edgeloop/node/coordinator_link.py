@@ -36,11 +36,15 @@ log = logging.getLogger("edgeloop.node.coordinator")
 LAST_APPLIED_KEY = "directive.last_applied"
 PIN_KEY = "rollback.pin."  # + model: the version a rollback pinned (re-applied after a restart)
 PENDING_RESULT_KEY = "directive.pending_result"
+DATABASE_ID_KEY = "coordinator.database_id"  # the coordinator database the cursor above counts in
+_DATABASE_ID = re.compile(r"^[0-9A-Za-z_.:-]{1,128}$")
 MAX_ARTIFACT_BYTES = 2 << 30
 MAX_MANIFEST_BYTES = 1 << 20
 CALL_TIMEOUT_S = 10.0
 FETCH_TIMEOUT_S = 300.0
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: what gRPC says when a message from the coordinator passes this channel's receive limit
+_TOO_LARGE = "Received message larger than max"
 #: gRPC codes after which a directive is retried (the coordinator is away), not reported failed.
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
               grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAUTHENTICATED,
@@ -49,6 +53,10 @@ _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, gr
 
 class DirectiveFailed(Exception):
     """A directive that cannot be applied; the message is the reason reported to the coordinator."""
+
+
+class CoordinatorReplyError(Exception):
+    """The coordinator answered something this edge cannot use; the link retries later, like an outage."""
 
 
 def percentile_ms(buckets, q: float) -> float:
@@ -62,6 +70,12 @@ def percentile_ms(buckets, q: float) -> float:
         if running >= target:
             return LATENCY_BOUNDS_NS[i] / 1e6 if i < len(LATENCY_BOUNDS_NS) else LATENCY_BOUNDS_NS[-1] / 1e6
     return LATENCY_BOUNDS_NS[-1] / 1e6
+
+
+def _u(value, bits: int = 64) -> int:
+    """``value`` as an unsigned protobuf field takes it: clamped to 0..2**bits-1 (a counter computed as a
+    difference can dip below zero for a moment; protobuf raises ValueError on it, which lost the report)."""
+    return min(max(int(value), 0), (1 << bits) - 1)
 
 
 def _policy_json(policy) -> dict:
@@ -91,6 +105,9 @@ class CoordinatorLink:
         self.connected = False
         self.applied: list[tuple[int, bool, str]] = []  # (sequence, ok, error) applied since start
         self.reports_sent = 0
+        self.reports_failed = 0
+        self.database_resets = 0  # times the coordinator answered from another database (cursor reset)
+        self._report_error: str | None = None  # the last failure logged (one line per kind, not per interval)
         self._report_now = threading.Event()
         self._stop = threading.Event()
         self._stream = None
@@ -129,6 +146,7 @@ class CoordinatorLink:
     def join(self) -> None:
         response = self.stub.Join(mesh_pb2.JoinRequest(node=self._identity(), models=self.model_versions()),
                                   timeout=CALL_TIMEOUT_S)
+        self._check_database(response.database_id)
         self.fleet_epoch = response.fleet_epoch
         if getattr(self.node, "federated", None) is not None:
             self.node.federated.set_models(response.federated_models)  # their raw rows stay on this edge
@@ -137,8 +155,34 @@ class CoordinatorLink:
         self.joined.set()
         pending = self.outbox.get_meta(PENDING_RESULT_KEY)
         if pending:  # a result the coordinator never got: send it before anything else
-            seq, ok, error = json.loads(pending)
-            self._send_result(int(seq), bool(ok), str(error))
+            try:
+                seq, ok, error = json.loads(pending)
+                seq = int(seq)
+            except (ValueError, TypeError):
+                log.error("the pending directive result %r is unreadable; dropped", pending[:200])
+                self.outbox.set_meta(PENDING_RESULT_KEY, "")
+            else:
+                self._send_result(seq, bool(ok), str(error))
+
+    def _check_database(self, database_id: str) -> None:
+        """Directive sequences count within one coordinator database: when the coordinator answers from
+        another one (a reset: sequences restart at 1), the cursor and any unsent result of the old one go."""
+        if not database_id:
+            return  # a coordinator that predates database ids: nothing to compare
+        if not _DATABASE_ID.match(database_id):
+            raise CoordinatorReplyError(f"JoinResponse.database_id {database_id[:200]!r}; expected 1..128 "
+                                        f"letters, digits, '_', '.', ':' or '-'")
+        known = self.outbox.get_meta(DATABASE_ID_KEY, "")
+        if known == database_id:
+            return
+        if known:
+            log.warning("coordinator database changed (%s -> %s): directive cursor %d reset to 0, the new "
+                        "database's directives are applied from its first", known, database_id, self.last_applied)
+            self.outbox.set_meta_many({DATABASE_ID_KEY: database_id, LAST_APPLIED_KEY: "0", PENDING_RESULT_KEY: ""})
+            self.last_applied = 0
+            self.database_resets += 1
+        else:  # the first Join that names a database: this cursor counts in it
+            self.outbox.set_meta(DATABASE_ID_KEY, database_id)
 
     def _run_directives(self) -> None:
         while not self._stop.is_set():
@@ -153,6 +197,10 @@ class CoordinatorLink:
                 if self._stop.is_set():
                     return
                 self._wait_backoff(f"{exc.code().name}: {(exc.details() or '')[:200]}")
+            except CoordinatorReplyError as exc:
+                if self._stop.is_set():
+                    return
+                self._wait_backoff(str(exc))
             except Exception as exc:  # the link must outlive anything; serving goes on regardless
                 if self._stop.is_set():
                     return
@@ -180,8 +228,29 @@ class CoordinatorLink:
                 if directive.sequence <= self.last_applied:
                     continue  # already applied (a re-delivery)
                 self._apply_and_report(directive)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in (exc.details() or ""):
+                self._skip_oversized(exc.details())
+            raise
         finally:
             self._stream = None
+
+    def _skip_oversized(self, details: str) -> None:
+        """The next directive is larger than this edge accepts: it would end every stream the same way, so
+        it is reported failed and passed over (sequences are consecutive per edge: it is the cursor's next)."""
+        seq = self.last_applied + 1
+        error = f"directive {seq} is larger than this edge receives ({details[:200]}); not applied"
+        try:
+            self.stub.ReportDirective(mesh_pb2.DirectiveResult(node_id=self.node_id, sequence=seq, ok=False,
+                                                               error=error), timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:  # not that sequence after all, or the coordinator is away: try again later
+            log.warning("directive %d is too large and could not be reported failed (%s); retrying", seq,
+                        exc.code().name)
+            return
+        log.error("%s", error)
+        self.outbox.set_meta_many({LAST_APPLIED_KEY: str(seq), PENDING_RESULT_KEY: ""})
+        self.last_applied = seq
+        self.applied.append((seq, False, error))
 
     def _apply_and_report(self, directive) -> None:
         seq = directive.sequence
@@ -190,6 +259,15 @@ class CoordinatorLink:
             ok, error = True, ""
         except DirectiveFailed as exc:
             ok, error = False, str(exc)[:1000]
+        except grpc.RpcError as exc:
+            if exc.code() in _TRANSIENT:
+                raise  # the coordinator is away: applied again after reconnecting
+            # a refusal (INVALID_ARGUMENT, NOT_FOUND, ...) comes back the same every time: retrying it would
+            # hold every later directive back forever, so it is this directive's failure
+            ok, error = False, f"the coordinator refused a call: {exc.code().name}: {(exc.details() or '')[:500]}"
+        except Exception as exc:  # a bug or a reply nobody foresaw: fail this directive, not the stream
+            log.exception("directive %d (%s): unexpected error", seq, directive.WhichOneof("action"))
+            ok, error = False, f"unexpected error: {type(exc).__name__}: {str(exc)[:500]}"
         log.info("directive %d (%s): %s", seq, directive.WhichOneof("action"), "applied" if ok else f"failed: {error}")
         # the sequence and the result still to report, in one transaction
         self.outbox.set_meta_many({LAST_APPLIED_KEY: str(seq), PENDING_RESULT_KEY: json.dumps([seq, ok, error])})
@@ -223,8 +301,8 @@ class CoordinatorLink:
         elif action == "federated":
             self._federated(directive.federated)
         else:
-            raise DirectiveFailed(f"directive {directive.sequence} has no action; expected load, unload, rollback, "
-                                  f"report or federated")
+            raise DirectiveFailed(f"directive {directive.sequence} has no action this edge knows (a newer "
+                                  f"coordinator?); expected load, unload, rollback, report or federated")
 
     def _federated(self, round_msg) -> None:
         from edgeloop.node.federated import RoundFailed
@@ -378,7 +456,12 @@ class CoordinatorLink:
     def status_report(self):
         """The StatusReport now, and the commit function of its feature statistics."""
         node = self.node
-        feature_stats, commit = node.edge_stats.report() if node.edge_stats is not None else ([], lambda: None)
+        feature_stats, commit = [], lambda: None
+        if node.edge_stats is not None:
+            try:
+                feature_stats, commit = node.edge_stats.report()
+            except Exception as exc:  # the rest of the report still goes out; the statistics keep accumulating
+                self._report_failed(exc, "its feature statistics were left out")
         snap = self.outbox.snapshot()
         dropped_by_model: dict[str, int] = {}
         for (model, _reason), n in snap["dropped"].items():
@@ -386,17 +469,17 @@ class CoordinatorLink:
         serving = []
         for (model, version), totals, _loaded in node.models.metrics.label_totals():
             serving.append(mesh_pb2.ModelServingStats(
-                model=model, version=int(version) if version.isdigit() else 0, requests=totals.success_count,
-                failures=totals.fail_count, latency_p50_ms=percentile_ms(totals.request_buckets, 0.5),
+                model=model, version=int(version) if version.isdigit() else 0, requests=_u(totals.success_count),
+                failures=_u(totals.fail_count), latency_p50_ms=percentile_ms(totals.request_buckets, 0.5),
                 latency_p99_ms=percentile_ms(totals.request_buckets, 0.99),
-                samples_dropped=dropped_by_model.get(model, 0),
-                samples_recorded=snap["committed_by_model"].get(model, 0),
-                labels_recorded=snap["labels_by_model"].get(model, 0)))
+                samples_dropped=_u(dropped_by_model.get(model, 0)),
+                samples_recorded=_u(snap["committed_by_model"].get(model, 0)),
+                labels_recorded=_u(snap["labels_by_model"].get(model, 0))))
         report = mesh_pb2.StatusReport(
-            node_id=self.node_id, epoch=self.fleet_epoch, models=self.model_versions(), feature_stats=feature_stats,
-            queue_depth=min(node.models.queue_depth(), 2**32 - 1), outbox_pending=snap["pending_rows"],
-            outbox_dropped=sum(snap["dropped"].values()), serving=serving, last_directive_applied=self.last_applied,
-            timestamp_ms=time.time_ns() // 1_000_000)
+            node_id=self.node_id, epoch=_u(self.fleet_epoch), models=self.model_versions(),
+            feature_stats=feature_stats, queue_depth=_u(node.models.queue_depth(), 32),
+            outbox_pending=_u(snap["pending_rows"]), outbox_dropped=_u(sum(snap["dropped"].values())),
+            serving=serving, last_directive_applied=_u(self.last_applied), timestamp_ms=_u(time.time_ns() // 1_000_000))
         return report, commit
 
     def _run_reports(self) -> None:
@@ -405,17 +488,37 @@ class CoordinatorLink:
             self._report_now.clear()
             if self._stop.is_set() or not self.joined.is_set():
                 continue
+            failed_before = self.reports_failed
             try:
                 report, commit = self.status_report()
+            except Exception as exc:  # never the end of the loop: the next interval builds a new report
+                self._report_failed(exc, "not sent")
+                continue
+            try:
                 ack = self.stub.ReportStatus(report, timeout=CALL_TIMEOUT_S)
                 commit()
                 self.reports_sent += 1
                 if ack.fleet_epoch:
                     self.fleet_epoch = ack.fleet_epoch
             except grpc.RpcError:
-                pass  # the directive thread logs the outage and re-joins; statistics keep accumulating
-            except Exception:
-                log.exception("status report failed")
+                continue  # the directive thread logs the outage and re-joins; statistics keep accumulating
+            except Exception as exc:
+                self._report_failed(exc, "not sent")
+                continue
+            if self._report_error is not None and self.reports_failed == failed_before:
+                log.info("status reports are whole again (%d failed or partial before: %s)", self.reports_failed,
+                         self._report_error)
+                self._report_error = None
+
+    def _report_failed(self, exc: Exception, outcome: str) -> None:
+        """Count a report that could not be built whole or sent; logged once per kind of error, not every
+        interval (the traceback with the first)."""
+        self.reports_failed += 1
+        what = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if what != self._report_error:
+            self._report_error = what
+            log.error("status report failed (%s): %s; the next one is tried in %.1f s", what, outcome,
+                      self.interval_s, exc_info=exc)
 
 
 def restore_rollback_pins(models, outbox) -> None:
@@ -444,4 +547,5 @@ def pin(models, model: str, version: int) -> None:
         raise DirectiveFailed(f"rollback of model {model!r} to version {version} failed: {exc.message}") from None
 
 
-__all__ = ["CoordinatorLink", "DirectiveFailed", "percentile_ms", "pin", "restore_rollback_pins"]
+__all__ = ["CoordinatorLink", "CoordinatorReplyError", "DirectiveFailed", "percentile_ms", "pin",
+           "restore_rollback_pins"]

@@ -267,6 +267,13 @@ class Outbox:
             size += len(payload)
             samples.append((model, len(payload), payload))
         if samples or labels:
+            # counted as pending before COMMIT: once committed, the uploader may send and ack these rows
+            # (and subtract them) before this thread runs again, which took the counters below zero
+            add_rows = len(samples) + len(labels)
+            add_bytes = sum(r[1] for r in samples) + sum(r[1] for r in labels)
+            with self._lock:
+                self.pending_rows += add_rows
+                self.pending_bytes += add_bytes
             conn = self._conn
             conn.execute("BEGIN")
             try:
@@ -277,10 +284,11 @@ class Outbox:
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
+                with self._lock:
+                    self.pending_rows -= add_rows
+                    self.pending_bytes -= add_bytes
                 raise
             with self._lock:
-                self.pending_rows += len(samples) + len(labels)
-                self.pending_bytes += sum(r[1] for r in samples) + sum(r[1] for r in labels)
                 self.committed += len(samples)
                 self.labels_committed += len(labels)
                 self.commits += 1

@@ -15,6 +15,7 @@ import time
 import numpy as np
 from prometheus_client import Counter
 
+from edgeloop.config.network import split_address
 from edgeloop.delivery import activation, transfer
 from edgeloop.delivery import manifest as mf
 from edgeloop.delivery.keys import load_public_key
@@ -96,7 +97,13 @@ class Updater:
     def sources(self, load) -> list[transfer.Source]:
         pool = self.node.mesh.pool if self.node.mesh is not None else self._pool()
         own = self.node.address
-        near = [a for a in load.peer_addresses if a and a != own][:8]
+        near = []
+        for a in load.peer_addresses[:64]:  # hints from the coordinator: each one becomes a pooled channel
+            if len(a) <= 300 and split_address(a) is not None and a != own and a not in near:
+                near.append(a)
+            elif a != own:
+                log.warning("peer address %r from the coordinator ignored; expected host:port", a[:200])
+        near = near[:8]
         far: list[str] = []
         if self.node.mesh is not None:  # members whose view says they serve this version
             zone = self.node.config.node.zone

@@ -11,6 +11,7 @@ import math
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -124,6 +125,14 @@ class SqliteStore(CtTables, Leases, ArtifactRows, EntityLog):
     def fleet_epoch(self) -> int:
         with self._reading() as db:
             return int(_one(db, "SELECT value FROM meta WHERE key = 'fleet_epoch'"))
+
+    def database_id(self) -> str:
+        """This database's identity: a random id made the first time it is asked for and never changed, so
+        an edge can tell a new (reset) database at the same address from the one it knew (directive
+        sequences restart at 1 in a new one).  Insert-if-absent: coordinators sharing a database agree."""
+        with self._transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('database_id', ?)", (uuid.uuid4().hex,))
+            return str(_one(conn, "SELECT value FROM meta WHERE key = 'database_id'"))
 
     def _bump_epoch(self, conn) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'fleet_epoch'")

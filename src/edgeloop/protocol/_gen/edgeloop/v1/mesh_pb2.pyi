@@ -69,16 +69,18 @@ class JoinRequest(_message.Message):
     def __init__(self, node: _Optional[_Union[NodeIdentity, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
-    __slots__ = ("fleet_epoch", "desired", "heartbeat_interval_ms", "federated_models")
+    __slots__ = ("fleet_epoch", "desired", "heartbeat_interval_ms", "federated_models", "database_id")
     FLEET_EPOCH_FIELD_NUMBER: _ClassVar[int]
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     FEDERATED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    DATABASE_ID_FIELD_NUMBER: _ClassVar[int]
     fleet_epoch: int
     desired: _containers.RepeatedCompositeFieldContainer[ModelVersion]
     heartbeat_interval_ms: int
     federated_models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, fleet_epoch: _Optional[int] = ..., desired: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., heartbeat_interval_ms: _Optional[int] = ..., federated_models: _Optional[_Iterable[str]] = ...) -> None: ...
+    database_id: str
+    def __init__(self, fleet_epoch: _Optional[int] = ..., desired: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., heartbeat_interval_ms: _Optional[int] = ..., federated_models: _Optional[_Iterable[str]] = ..., database_id: _Optional[str] = ...) -> None: ...
 
 class DirectivesRequest(_message.Message):
     __slots__ = ("node_id", "after_sequence")
