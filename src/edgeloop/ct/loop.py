@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeloop import __version__
+from edgeloop.features import FeatureDefinition
 
 from .compression import CompressionPolicy, compress
 from .detectors import Adwin
@@ -66,6 +67,7 @@ class ModelState:
     trigger_state: dict | None = None
     # in memory only
     champion: bytes = b""
+    features: dict | None = None  # the champion's feature definition (from its manifest): every version it begets carries it
     input_name: str = ""
     n_features: int = 0
     profile: ReferenceProfile | None = None
@@ -235,6 +237,11 @@ class CTLoop:
             raise UnsupportedModel(f"model {st.model!r} version {published.version}: the loop needs one float input "
                              f"[batch, features]; the model has {[(s.name, s.dtype, s.shape) for s in specs]}")
         st.input_name, st.n_features = specs[0].name, int(specs[0].shape[1])
+        st.features = self._features_of(st.model, published.version)
+        if st.features is not None and len(st.features["inputs"]) + len(st.features["features"]) != st.n_features:
+            raise UnsupportedModel(f"model {st.model!r} version {published.version}: its feature definition has "
+                                   f"{len(st.features['inputs']) + len(st.features['features'])} values; the "
+                                   f"model's input {st.input_name!r} has {st.n_features}")
         policy = self.trigger_policy()
         now = self.clock()
         if changed:
@@ -262,6 +269,14 @@ class CTLoop:
         st.adwin = Adwin()
         st.mem_cursor = st.cursor
         self._save(st, now)
+
+    def _features_of(self, model: str, version: int) -> dict | None:
+        """The feature definition in a published version's manifest (normalised), or None without one."""
+        doc = self.manifest(model, version) if self.manifest is not None else None
+        raw = (doc or {}).get("features")
+        if raw is None or raw == []:  # [] : a manifest signed before definitions travelled
+            return None
+        return FeatureDefinition.from_dict(raw).to_dict()  # DefinitionError (a ValueError) names the field
 
     def _reference_from_manifest(self, st: ModelState, version: int, now: float) -> bool:
         """Take the champion's reference (and reference accuracy) from its manifest, when it carries one."""
@@ -518,7 +533,8 @@ class CTLoop:
             "window": {"kind": window.kind, "size": window.size, "rows": len(dataset)},
             "trainer_options": dict(c.trainer_options),
             "validation_rows": len(fit_val), "warm_start": result.report.warm_start_note,
-            "validation": result.report.validation}, ms, inputs=[window_art, *champion_ids], outputs=[chall_art])
+            "validation": result.report.validation, "features": _features_note(st.features)}, ms,
+            inputs=[window_art, *champion_ids], outputs=[chall_art])
 
         # 3. challenger vs champion on the newest holdout, per edge
         ev = evaluate(challenger, st.champion, holdout,
@@ -557,10 +573,13 @@ class CTLoop:
         version = max([p.version for p in self.store.published_models() if p.model == model] or [0]) + 1
         reason = f"ct run {run_id} ({firing.kind}): {ev.reason}"[:500]
         fields, reference_note = self._manifest_reference(st, train_all, ev)
+        if st.features is not None:  # the champion's definition travels with every version it begets
+            fields["features"] = st.features
         published, records = self.publish(model, version, sha, size, reason, **fields)
         version = published.version
         served = self.store.add_artifact(model, "model", {"role": "champion", "run_id": run_id,
-                                                          "variant": comp.chosen, "trigger": firing.kind},
+                                                          "variant": comp.chosen, "trigger": firing.kind,
+                                                          "features": _features_note(st.features)},
                                          ms, version, sha)
         directed = [getattr(r, "node_id", r) for r in records]  # node ids since staged rollouts (delivery)
         self.store.add_execution(model, run_id, "publication", "done",
@@ -610,10 +629,13 @@ class CTLoop:
             text = f"{action} of version {version}" + (f": {reason}" if reason else "")
             run_id = self.store.add_execution(model, 0, "run", "running", {
                 "trigger": action, "evidence": text, "code_version": __version__, "source_version": version}, ms)
-            published, records = self.publish(model, 0, src.sha256, src.size, text[:500])
+            features = self._features_of(model, version)
+            published, records = self.publish(model, 0, src.sha256, src.size, text[:500],
+                                              **({"features": features} if features is not None else {}))
             art = self.store.add_artifact(model, "model", {"role": "champion", "run_id": run_id, "action": action,
-                                                           "source_version": version}, ms, published.version,
-                                          src.sha256)
+                                                           "source_version": version,
+                                                           "features": _features_note(features)},
+                                          ms, published.version, src.sha256)
             self.store.add_execution(model, run_id, "publication", "done",
                                      {"version": published.version, "directed_edges": [getattr(r, "node_id", r) for r in records]},
                                      ms, outputs=[art])
@@ -688,6 +710,15 @@ def _prediction_profile(pred, config) -> ReferenceProfile | None:
     labels = [f"{c:g}" if isinstance(c, (float, np.floating)) else str(c) for c in
               (pred.classes if pred.classes is not None else range(proba.shape[1]))]
     return prediction_reference(proba, labels, window=config.monitor_window, seed=config.seed)
+
+
+def _features_note(features: dict | None) -> dict | None:
+    """The feature definition as lineage records it: its digest (identity) and the definition itself."""
+    if features is None:
+        return None
+    definition = FeatureDefinition.from_dict(features)
+    return {"digest": definition.digest, "entity": definition.entity, "width": definition.width,
+            "definition": definition.to_dict()}
 
 
 def _reference_rows(profile: ReferenceProfile) -> np.ndarray:
