@@ -43,6 +43,8 @@ class Rollouts:
         self._thread: threading.Thread | None = None
         #: whether this coordinator drives rollouts now (several on one database: the lease holder only)
         self.driving = lambda: True
+        #: called with the document of each rollout that finishes (the CT loop learns rollbacks here)
+        self.on_finish: list = []
 
     # ------------------------------------------------------------------ manifests
     def make_manifest(self, published, **extra) -> dict:
@@ -307,9 +309,15 @@ class Rollouts:
                     doc["edges"][n] = "rolled_back"
                     rolled.append(n)
             self.core.hub.notify()
+        doc["rolled_back"] = rollback  # the edges were sent back to the previous version
         ro.decide(doc, now, state, {"reason": reason, "rolled_back": rolled, **(evidence or {})})
         log.warning("rollout %s: %s (%s); rolled back: %s", doc["rollout_id"], state, reason, rolled or "none")
         self._save(doc)
+        for listener in self.on_finish:
+            try:
+                listener(dict(doc))
+            except Exception:  # a listener never stops the driver
+                log.exception("rollout %s: a finish listener failed", doc["rollout_id"])
 
     def _save(self, doc: dict) -> None:
         self.store.put_doc(ROLLOUT, doc["rollout_id"], doc, now_ms())

@@ -52,7 +52,9 @@ class Coordinator:
         self.core = CoordinatorCore(config, self.store, self.artifacts, self.hub, self.metrics)
         #: the continuous-training loop (its thread runs when ``training.enabled``; tests may step it)
         self.ct = CTLoop(self.store, self.artifacts, self.core.publish, decode_sample, config.training,
-                         on_results=CtGauges(self.metrics.registry).update, manifest=self.core.rollouts.manifest)
+                         on_results=CtGauges(self.metrics.registry).update, manifest=self.core.rollouts.manifest,
+                         rollouts=self.core.rollouts.rollouts)
+        self.core.rollouts.on_finish.append(self.ct.rollout_ended)  # a rolled-back version is no champion
         self.core.ct = self.ct
         #: federated rounds of the models with [training.models.NAME] mode = "federated"
         self.federated = FederatedRounds(self.core, config.training)
