@@ -62,8 +62,8 @@ def test_a_rolled_back_challenger_returns_the_champion_and_a_later_trigger_makes
         (load,) = [r for r in cloud.store.directives_after("edge-a", 0) if r.kind == "load" and r.version == 2]
         coord.ReportDirective(mesh_pb2.DirectiveResult(node_id="edge-a", sequence=load.sequence, ok=True),
                               timeout=10)
-        gate_samples(cloud.store, "edge-a", 1, "old-", 60, 1.0)
         gate_samples(cloud.store, "edge-a", 2, "new-", 60, 0.0)
+        gate_samples(cloud.store, "edge-a", 1, "old-", 60, 1.0)  # the champion over the same span
         rollout = lambda: [d for d in cloud.core.rollouts.rollouts() if d["version"] == 2][0]  # noqa: E731
         assert wait_for(lambda: rollout()["state"] != "running", 30), rollout()["decisions"]
         assert rollout()["state"] == "rolled_back" and "accuracy" in rollout()["reason"], rollout()["reason"]

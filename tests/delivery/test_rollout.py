@@ -38,6 +38,38 @@ def test_gates_fail_on_errors_latency_drift_and_accuracy_and_wait_without_traffi
     assert ok is False and "p99" in ev["failed"][0]
     ok, ev = ro.check_gates(plan, [{"requests": 100, "failures": 0, "latency_p99_ms": 10.0}], champion, [0.9])
     assert ok is False and "drift" in ev["failed"][0]
+    worse = ro.accuracy_gate(plan, (70, 100), (90, 100), 0)
     ok, ev = ro.check_gates(plan, [{"requests": 100, "failures": 0, "latency_p99_ms": 10.0}], champion, [],
-                            accuracy=(0.80, 0.90))
-    assert ok is False and "accuracy" in ev["failed"][0]
+                            accuracy=worse)
+    assert ok is False and "accuracy" in ev["failed"][0] and "p = " in ev["failed"][0]
+    waiting = ro.accuracy_gate(plan, (3, 5), (90, 100), 0)
+    ok, ev = ro.check_gates(plan, [{"requests": 100, "failures": 0, "latency_p99_ms": 10.0}], champion, [],
+                            accuracy=waiting)
+    assert ok is None and "waiting for 30 labelled" in ev["waiting"]
+
+
+def test_the_accuracy_gate_fails_only_on_evidence_that_the_new_version_is_worse():
+    plan = ro.Plan(min_labelled=30, max_accuracy_drop=0.02, accuracy_alpha=0.05, accuracy_wait_ms=60_000)
+    # a clear, large loss on enough labels: fail, with the counts and the p-value as evidence
+    ev = ro.accuracy_gate(plan, (60, 100), (90, 100), 1000)
+    assert ev["verdict"] == "fail" and ev["p_value"] < 1e-4
+    assert ev["new"] == {"correct": 60, "labelled": 100, "accuracy": 0.6} and ev["champion"]["accuracy"] == 0.9
+    # the demo's case: 30 labelled requests that look 7 points worse are noise, not evidence
+    ev = ro.accuracy_gate(plan, (24, 30), (87, 100), 1000)
+    assert ev["verdict"] == "pass" and 0.05 < ev["p_value"] < 0.5, ev
+    # the same observed drop on 20x the labels is evidence
+    assert ro.accuracy_gate(plan, (480, 600), (1740, 2000), 1000)["verdict"] == "fail"
+    # a loss within the allowed drop is never a failure, however many labels
+    assert ro.accuracy_gate(plan, (8900, 10_000), (9000, 10_000), 1000)["verdict"] == "pass"
+    # a better new version passes
+    assert ro.accuracy_gate(plan, (95, 100), (80, 100), 1000)["verdict"] == "pass"
+    # too few labels on either side: wait, then (bounded) pass on the other gates, saying so
+    assert ro.accuracy_gate(plan, (0, 29), (90, 100), 59_999)["verdict"] == "wait"
+    assert ro.accuracy_gate(plan, (0, 100), (9, 10), 1000)["verdict"] == "wait"
+    late = ro.accuracy_gate(plan, (0, 29), (90, 100), 60_000)
+    assert late["verdict"] == "timed_out" and "accuracy not judged" in late["note"]
+    assert ro.accuracy_gate(plan, (0, 0), (0, 0), 0)["verdict"] == "no_labels"
+    # a stricter significance needs stronger evidence for the same counts
+    strict = ro.Plan(min_labelled=30, max_accuracy_drop=0.02, accuracy_alpha=1e-6)
+    assert ro.accuracy_gate(strict, (60, 100), (80, 100), 0)["verdict"] == "pass"
+    assert ro.accuracy_gate(plan, (60, 100), (80, 100), 0)["verdict"] == "fail"

@@ -70,7 +70,9 @@ class Rollouts:
         c = self.config
         return ro.Plan(canary=canary or c.canary, factor=c.wave_factor,
                        bake_ms=int((bake_s if bake_s > 0 else c.bake_s) * 1000), min_requests=c.min_requests,
-                       min_success=c.min_success, max_p99_ratio=c.max_p99_ratio, max_psi=c.max_psi)
+                       min_success=c.min_success, max_p99_ratio=c.max_p99_ratio, max_psi=c.max_psi,
+                       max_accuracy_drop=c.max_accuracy_drop, min_labelled=c.min_labelled,
+                       accuracy_alpha=c.accuracy_alpha, accuracy_wait_ms=int(c.accuracy_wait_s * 1000))
 
     def start_rollout(self, published, reason: str, canary: int = 0, bake_s: float = 0.0) -> dict:
         with self._lock:
@@ -176,7 +178,7 @@ class Rollouts:
         if failed:
             return self._finish(doc, ro.ROLLED_BACK, f"activation failed on {sorted(failed)}", rollback=True,
                                 evidence={"failed": failed})
-        verdict, evidence = self._gates(doc, plan, [n for n in reached if doc["edges"][n] == "applied"])
+        verdict, evidence = self._gates(doc, plan, [n for n in reached if doc["edges"][n] == "applied"], now)
         if verdict is False:
             return self._finish(doc, ro.ROLLED_BACK, "gate failed: " + "; ".join(evidence["failed"]), rollback=True,
                                 evidence=evidence)
@@ -189,7 +191,14 @@ class Rollouts:
             if not doc["baked_since_ms"]:     # canary must have at least one edge that took the version
                 doc["baked_since_ms"] = now
                 changed = True
-            elif now - doc["baked_since_ms"] >= plan.bake_ms:
+            elif now - doc["baked_since_ms"] < plan.bake_ms:
+                pass
+            elif evidence.get("waiting"):  # baked, but the accuracy gate waits for labels (bounded in time)
+                if doc.get("waiting_wave") != doc["wave"]:
+                    doc["waiting_wave"] = doc["wave"]
+                    ro.decide(doc, now, "waiting", {"wave": doc["wave"], "accuracy": evidence["accuracy"]})
+                    changed = True
+            else:
                 ro.decide(doc, now, "wave_passed", {"wave": doc["wave"], "gates": evidence,
                                                     "offline": [n for n in doc["waves"][doc["wave"]]
                                                                 if doc["edges"][n] == "directed"]})
@@ -202,7 +211,7 @@ class Rollouts:
         if changed:
             self._save(doc)
 
-    def _gates(self, doc: dict, plan: ro.Plan, applied: list[str]):
+    def _gates(self, doc: dict, plan: ro.Plan, applied: list[str], now: int):
         new, champion, psis = [], [], []
         for n in self.store.nodes():
             for s in n.last_status.get("serving", []):
@@ -214,19 +223,25 @@ class Rollouts:
                     champion.append(s)
             if n.node_id in applied and n.last_status.get("max_psi") is not None:
                 psis.append(float(n.last_status["max_psi"]))
-        accuracy = (self.accuracy(doc["model"], doc["version"], doc["created_ms"], plan.min_requests),
-                    self.accuracy(doc["model"], doc["previous"], doc["created_ms"], plan.min_requests))
+        correct, labelled, first = self.accuracy_counts(doc["model"], doc["version"], doc["created_ms"])
+        # the champion over the same span: its requests from the new version's first labelled one on
+        champion_counts = self.accuracy_counts(doc["model"], doc["previous"], doc["created_ms"], first)[:2]
+        accuracy = ro.accuracy_gate(plan, (correct, labelled), champion_counts, now - doc["wave_started_ms"])
+        if accuracy["verdict"] == "no_labels":
+            accuracy = None if not labelled and not champion_counts[1] else accuracy
         return ro.check_gates(plan, new, champion, psis, accuracy)
 
-    def accuracy(self, model: str, version: int, since_ms: int, minimum: int) -> float | None:
-        """Share of ``version``'s labelled samples since the rollout began whose prediction matches the label
-        (argmax of the first output for several classes, >= 0.5 for one score); None below ``minimum``."""
+    def accuracy_counts(self, model: str, version: int, since_ms: int, from_event_ms: int = 0) -> tuple[int, int, int]:
+        """(correct, labelled, first event ms) of ``version``'s labelled samples received since ``since_ms``
+        whose event time is at least ``from_event_ms``; correct: the prediction matches the label (argmax of
+        the first output for several classes, >= 0.5 for one score)."""
         if not version:
-            return None
+            return 0, 0, 0
         hits = total = 0
+        first = 0
         for payload, label in self.store.labelled_payloads(model, version, since_ms):
             sample = mesh_pb2.Sample.FromString(payload)
-            if not sample.outputs:
+            if not sample.outputs or sample.timestamp_ms < from_event_ms:
                 continue
             out = sample.outputs[0]
             try:
@@ -238,7 +253,8 @@ class Rollouts:
             predicted = float(np.argmax(values)) if values.size > 1 else float(values[0] >= 0.5)
             hits += predicted == label
             total += 1
-        return hits / total if total >= max(1, minimum) else None
+            first = sample.timestamp_ms if not first else min(first, sample.timestamp_ms)
+        return int(hits), total, first
 
     def _next_wave(self, doc: dict) -> None:
         doc["wave"] += 1
