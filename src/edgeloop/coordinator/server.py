@@ -22,7 +22,7 @@ from .hub import DirectiveHub
 from .leader import LeaderLease
 from .metrics import CoordinatorMetrics
 from .core import CoordinatorCore
-from .ct_link import CtGauges, decode_sample
+from .ct_link import CtGauges, decode_marked
 from .edge_service import CoordinatorServicer
 from .federated import FederatedRounds
 from .fleet_service import FleetServicer
@@ -51,7 +51,7 @@ class Coordinator:
         self.hub = DirectiveHub()
         self.core = CoordinatorCore(config, self.store, self.artifacts, self.hub, self.metrics)
         #: the continuous-training loop (its thread runs when ``training.enabled``; tests may step it)
-        self.ct = CTLoop(self.store, self.artifacts, self.core.publish, decode_sample, config.training,
+        self.ct = CTLoop(self.store, self.artifacts, self.core.publish, decode_marked, config.training,
                          on_results=CtGauges(self.metrics.registry).update, manifest=self.core.rollouts.manifest,
                          rollouts=self.core.rollouts.rollouts)
         self.core.rollouts.on_finish.append(self.ct.rollout_ended)  # a rolled-back version is no champion

@@ -612,7 +612,8 @@ class CTLoop:
             return end("stopped", f"validation: {vr.summary}")
 
         # 2. training, warm-started from the champion, on everything older than the holdout
-        dataset = clean.dataset([f"{st.input_name}:{i}" for i in range(st.n_features)])
+        dataset = clean.dataset([f"{st.input_name}:{i}" for i in range(st.n_features)],
+                                hard_weight=c.hard_example_weight)
         try:
             window = _training_window(c)
             dataset = apply_window(dataset, window)
@@ -630,6 +631,7 @@ class CTLoop:
         self.store.add_execution(model, run_id, "training", "done", {
             "trainer": c.trainer, "seed": c.seed, "code_version": __version__, "rows": len(fit_train),
             "half_life_rows": c.train_half_life or None,
+            "hard_examples": {"rows": clean.hard_rows, "weight": c.hard_example_weight},
             "window": {"kind": window.kind, "size": window.size, "rows": len(dataset)},
             "trainer_options": dict(c.trainer_options),
             "validation_rows": len(fit_val), "warm_start": result.report.warm_start_note,
