@@ -1,4 +1,7 @@
 """The rollout planner: replayable canary choice, exponential waves, gates."""
+import pytest
+
+from edgeloop.config import ConfigError, parse_cloud_config
 from edgeloop.delivery import rollout as ro
 
 
@@ -73,3 +76,20 @@ def test_the_accuracy_gate_fails_only_on_evidence_that_the_new_version_is_worse(
     strict = ro.Plan(min_labelled=30, max_accuracy_drop=0.02, accuracy_alpha=1e-6)
     assert ro.accuracy_gate(strict, (60, 100), (80, 100), 0)["verdict"] == "pass"
     assert ro.accuracy_gate(plan, (60, 100), (80, 100), 0)["verdict"] == "fail"
+
+
+def test_the_gate_settings_come_from_the_delivery_table_and_bad_ones_name_the_key(tmp_path):
+    store = {"storage": {"database": "coord.sqlite"}}
+    config = parse_cloud_config({**store, "delivery": {"min_labelled": 50, "max_accuracy_drop": 0.05, "accuracy_alpha": 0.01,
+                                              "accuracy_wait_s": 12}}, base_dir=tmp_path)
+    d = config.delivery
+    assert (d.min_labelled, d.max_accuracy_drop, d.accuracy_alpha, d.accuracy_wait_s) == (50, 0.05, 0.01, 12.0)
+    for key, value in (("accuracy_alpha", 0.0), ("accuracy_alpha", 0.7), ("max_accuracy_drop", 1.5),
+                       ("min_labelled", -1), ("accuracy_wait_s", -2)):
+        with pytest.raises(ConfigError, match=f"delivery.{key}"):
+            parse_cloud_config({**store, "delivery": {key: value}}, base_dir=tmp_path)
+    training = parse_cloud_config({**store, "training": {"retry_after_rollback_s": 5, "hard_example_weight": 3}},
+                                  base_dir=tmp_path).training
+    assert (training.retry_after_rollback_s, training.hard_example_weight) == (5.0, 3.0)
+    with pytest.raises(ConfigError, match="training.hard_example_weight"):
+        parse_cloud_config({**store, "training": {"hard_example_weight": -1}}, base_dir=tmp_path)

@@ -227,8 +227,6 @@ class Rollouts:
         # the champion over the same span: its requests from the new version's first labelled one on
         champion_counts = self.accuracy_counts(doc["model"], doc["previous"], doc["created_ms"], first)[:2]
         accuracy = ro.accuracy_gate(plan, (correct, labelled), champion_counts, now - doc["wave_started_ms"])
-        if accuracy["verdict"] == "no_labels":
-            accuracy = None if not labelled and not champion_counts[1] else accuracy
         return ro.check_gates(plan, new, champion, psis, accuracy)
 
     def accuracy_counts(self, model: str, version: int, since_ms: int, from_event_ms: int = 0) -> tuple[int, int, int]:

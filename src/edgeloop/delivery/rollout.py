@@ -37,7 +37,7 @@ class Plan:
     p99_slack_ms: float = 5.0       # ... plus this (timer resolution on fast models)
     max_accuracy_drop: float = 0.02  # labelled accuracy of the new version vs the champion (when labels arrive)
     max_psi: float = 0.5            # prediction drift (PSI) reported by edges serving the new version
-    min_labelled: int = 30          # labelled requests per version before the accuracy gate judges (0: judge any)
+    min_labelled: int = 30          # labelled requests per version before the accuracy gate judges (at least 1)
     accuracy_alpha: float = 0.05    # significance of the one-sided test "the new version is worse"
     accuracy_wait_ms: int = 300_000  # longest a wave waits for labels, then passes on the other gates (says so)
 
