@@ -113,3 +113,17 @@ def test_the_loop_reads_rollbacks_it_missed_from_the_rollout_documents(cloud):
     assert superseded["state"] == "aborted" and not superseded["rolled_back"]
     cloud.ct.step(3001.0)
     assert cloud.ct.models[MODEL].champion_version == 4 and cloud.ct.models[MODEL].rolled_back == [2]
+
+
+def test_an_operator_rollback_marks_the_version_it_leaves(cloud):
+    push(cloud, champion())
+    push(cloud, champion(seed=1))
+    cloud.ct.step(4000.0)
+    assert cloud.ct.models[MODEL].champion_version == 2
+    published = cloud.ct.rollback(MODEL, 0, "operator: version 2 misbehaves")
+    assert published.version == 3 and published.sha256 == cloud.store.published_models()[0].sha256
+    st = cloud.ct.models[MODEL]
+    assert st.champion_version == 3 and st.rolled_back == [2] and st.hold_until > 0
+    assert cloud.store.aliases(MODEL)["rolled_back"] == 2
+    (event,) = [e for e in cloud.store.events("ct_rolled_back")]
+    assert event[3]["version"] == 2 and "operator rollback to the bytes of version 1" in event[3]["reason"]

@@ -747,16 +747,29 @@ class CTLoop:
             return published
 
     def rollback(self, model: str, version: int = 0, reason: str = ""):
-        """Back to ``version``, or (0) to the newest earlier version whose bytes differ from the champion's."""
-        if version == 0:
+        """Back to ``version``, or (0) to the newest earlier version whose bytes differ from the champion's.
+
+        The version rolled back from is marked rolled back (as a rollout the gates rolled back is), so it
+        is never the base of a later run and automatic triggers wait ``retry_after_rollback_s``.
+        """
+        with self._lock:
             mine = sorted((p for p in self.store.published_models() if p.model == model), key=lambda p: p.version)
             if not mine:
                 raise KeyError(f"model {model!r} has no published version")
-            older = [p for p in mine[:-1] if p.sha256 != mine[-1].sha256]
-            if not older:
-                raise KeyError(f"model {model!r} has no earlier version to roll back to")
-            version = older[-1].version
-        return self.republish(model, version, "rollback", reason)
+            if version == 0:
+                older = [p for p in mine[:-1] if p.sha256 != mine[-1].sha256]
+                if not older:
+                    raise KeyError(f"model {model!r} has no earlier version to roll back to")
+                version = older[-1].version
+            newest = mine[-1]
+            published = self.republish(model, version, "rollback", reason)
+            if newest.version != version and newest.sha256 != published.sha256:
+                self._mark_rolled_back(self._state(model), {
+                    "model": model, "version": newest.version, "sha256": newest.sha256, "state": "rolled_back",
+                    "rolled_back": True, "previous": published.version, "rollout_id": "",
+                    "reason": f"operator rollback to the bytes of version {version}" + (f": {reason}" if reason else "")},
+                    self.clock())
+            return published
 
     # ------------------------------------------------------------------ views
     def latest(self) -> dict[str, dict]:
