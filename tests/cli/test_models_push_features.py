@@ -45,7 +45,8 @@ def test_push_with_features_puts_the_definition_in_the_manifest_and_refuses_a_ba
         out = edgeloop(capsys, "models", "push", model, "--model", "fm", "--config", config_path, "--features", bad_op)
         assert out.returncode == 1 and "INVALID_ARGUMENT" in out.stderr and "features_json" in out.stderr \
             and "features[0].op" in out.stderr and "median" in out.stderr, out.stderr
-        out = edgeloop(capsys, "models", "push", model, "--model", "fm", "--config", config_path, "--features", wrong_width)
+        out = edgeloop(capsys, "models", "push", model, "--model", "fm", "--config", config_path,
+                       "--features", wrong_width)
         assert out.returncode == 1 and "float input [batch, 5]" in out.stderr, out.stderr
         out = edgeloop(capsys, "models", "push", model, "--model", "fm", "--config", config_path, "--features",
                        tmp_path / "missing.json")

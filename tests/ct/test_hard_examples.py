@@ -66,7 +66,8 @@ def train_once(tmp_path, weight: float) -> str:
         (run,) = cloud.ct.step(1000.0)
         (training,) = [s for s in cloud.store.executions(MODEL, run.run_id) if s["type"] == "training"]
         assert training["properties"]["hard_examples"] == {"rows": 200, "weight": weight}
-        (challenger,) = [a for a in cloud.store.artifacts(MODEL, "model") if a["properties"].get("role") == "challenger"]
+        (challenger,) = [a for a in cloud.store.artifacts(MODEL, "model")
+                         if a["properties"].get("role") == "challenger"]
         return challenger["sha256"]
     finally:
         cloud.stop(1.0)

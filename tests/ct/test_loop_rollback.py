@@ -87,6 +87,9 @@ def test_a_rolled_back_challenger_returns_the_champion_and_a_later_trigger_makes
     assert [r.state for r in runs] == ["published"] and runs[0].version == 3, runs
     (run3,) = [s for s in cloud.store.executions(MODEL, runs[0].run_id) if s["type"] == "run"]
     assert run3["properties"]["champion_version"] == 1 and run3["properties"]["trigger"] != "manual"
+    # and its rollout judges it against what the fleet serves (1), not the rolled-back 2
+    (doc3,) = [d for d in cloud.core.rollouts.rollouts() if d["version"] == 3]
+    assert doc3["previous"] == 1 and doc3["previous_by_edge"] == {"edge-a": 1}
     assert cloud.ct.models[MODEL].champion_version == 3
 
 

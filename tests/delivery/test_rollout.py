@@ -80,8 +80,9 @@ def test_the_accuracy_gate_fails_only_on_evidence_that_the_new_version_is_worse(
 
 def test_the_gate_settings_come_from_the_delivery_table_and_bad_ones_name_the_key(tmp_path):
     store = {"storage": {"database": "coord.sqlite"}}
-    config = parse_cloud_config({**store, "delivery": {"min_labelled": 50, "max_accuracy_drop": 0.05, "accuracy_alpha": 0.01,
-                                              "accuracy_wait_s": 12}}, base_dir=tmp_path)
+    config = parse_cloud_config({**store, "delivery": {"min_labelled": 50, "max_accuracy_drop": 0.05,
+                                                       "accuracy_alpha": 0.01, "accuracy_wait_s": 12}},
+                                base_dir=tmp_path)
     d = config.delivery
     assert (d.min_labelled, d.max_accuracy_drop, d.accuracy_alpha, d.accuracy_wait_s) == (50, 0.05, 0.01, 12.0)
     for key, value in (("accuracy_alpha", 0.0), ("accuracy_alpha", 0.7), ("max_accuracy_drop", 1.5),

@@ -1,5 +1,6 @@
 """``edgeloop models push FILE.onnx --model NAME --config CLOUD.toml [--features DEF.json]``, ``models list``,
-and the registry views ``models show NAME[:VERSION] | lineage NAME:VERSION | promote NAME:VERSION | rollback NAME[:VERSION]``.
+and the registry views ``models show NAME[:VERSION] | lineage NAME:VERSION | promote NAME:VERSION |
+rollback NAME[:VERSION]``.
 
 A push stores the file in the coordinator's artifact directory (by sha256) and directs every edge
 to load it; edges that join later are directed on Join.

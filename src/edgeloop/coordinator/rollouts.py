@@ -83,12 +83,12 @@ class Rollouts:
             weights = {n.node_id: float(n.identity.get("weight") or 1.0) for n in nodes}
             zones = self._zones()
             pins = {d["target"]: d["version"] for d in self.store.docs(PIN) if d["model"] == published.model}
-            older = [p.version for p in self.store.published_models() if p.model == published.model
-                     and p.version < published.version]
-            # what each edge served before: its rollback target (a version it holds), and the champion
-            held = {n.node_id: max([m[1] for m in n.models if m[0] == published.model and m[1] < published.version],
-                                   default=0) for n in nodes}
-            previous = max(older) if older else max(held.values(), default=0)
+            # what each edge served before: its rollback target (a version it holds and that was not rolled
+            # back), and the champion: what the fleet serves (the newest version whose rollout completed)
+            refused = self.rolled_back_versions(published.model)
+            held = {n.node_id: max([m[1] for m in n.models if m[0] == published.model and m[1] < published.version
+                                    and m[1] not in refused], default=0) for n in nodes}
+            previous = self.fleet_version(published.model, published.version) or max(held.values(), default=0)
             rollout_id = f"{published.model}-{published.version}-{uuid.uuid4().hex[:8]}"
             doc = ro.new_rollout(rollout_id, published.model, published.version, published.sha256, previous,
                                  weights, zones, pins, self.plan(canary, bake_s), now_ms(), reason)
@@ -96,6 +96,23 @@ class Rollouts:
             self._next_wave(doc)
             self._save(doc)
             return doc
+
+    def rolled_back_versions(self, model: str) -> set[int]:
+        """Versions of ``model`` whose rollout ended with its edges sent back to the previous version."""
+        return {int(d["version"]) for d in self.store.docs(ROLLOUT) if d["model"] == model
+                and d.get("rolled_back", d["state"] == ro.ROLLED_BACK)}
+
+    def fleet_version(self, model: str, below: int) -> int:
+        """The version the fleet serves before ``below``: the newest one whose rollout completed, else (no
+        rollout completed yet) the newest one not rolled back; 0 when there is none."""
+        docs = [d for d in self.store.docs(ROLLOUT) if d["model"] == model and d["version"] < below]
+        done = [int(d["version"]) for d in docs if d["state"] == ro.DONE]
+        if done:
+            return max(done)
+        refused = {int(d["version"]) for d in docs if d.get("rolled_back", d["state"] == ro.ROLLED_BACK)}
+        older = [p.version for p in self.store.published_models() if p.model == model and p.version < below
+                 and p.version not in refused]
+        return max(older, default=0)
 
     def _zones(self) -> dict[str, str]:
         return {n.node_id: n.identity.get("zone", "") for n in self.store.nodes()}

@@ -75,7 +75,7 @@ class ModelState:
     prior: dict | None = None  # the previous champion's version, sha and reference (restored when the fleet returns)
     # in memory only
     champion: bytes = b""
-    features: dict | None = None  # the champion's feature definition (from its manifest): every version it begets carries it
+    features: dict | None = None  # the champion's feature definition (manifest): every version it begets carries it
     input_name: str = ""
     n_features: int = 0
     profile: ReferenceProfile | None = None
@@ -767,7 +767,8 @@ class CTLoop:
                 self._mark_rolled_back(self._state(model), {
                     "model": model, "version": newest.version, "sha256": newest.sha256, "state": "rolled_back",
                     "rolled_back": True, "previous": published.version, "rollout_id": "",
-                    "reason": f"operator rollback to the bytes of version {version}" + (f": {reason}" if reason else "")},
+                    "reason": f"operator rollback to the bytes of version {version}"
+                              + (f": {reason}" if reason else "")},
                     self.clock())
             return published
 
