@@ -78,6 +78,20 @@ def test_the_accuracy_gate_fails_only_on_evidence_that_the_new_version_is_worse(
     assert ro.accuracy_gate(plan, (60, 100), (80, 100), 0)["verdict"] == "fail"
 
 
+def test_the_paired_gate_judges_the_same_requests_and_decides_when_it_has_enough_pairs():
+    plan = ro.Plan(min_labelled=30, max_accuracy_drop=0.02, accuracy_alpha=0.05)
+    # side by side the new version looks 30 points worse, but on its own requests the champion is no better
+    ev = ro.accuracy_gate(plan, (60, 100), (90, 100), 0, paired=(100, 6, 5))
+    assert ev["verdict"] == "pass" and ev["paired"]["difference"] == 0.01
+    # the champion right on 25 of the new version's requests where it was wrong (and the reverse on 5): fail
+    ev = ro.accuracy_gate(plan, (60, 100), (60, 100), 0, paired=(100, 25, 5))
+    assert ev["verdict"] == "fail" and ev["p_value"] < 0.01
+    ok, gates = ro.check_gates(plan, [], [], [], accuracy=ev)
+    assert ok is False and "on the same 100 labelled requests" in gates["failed"][0]
+    # too few pairs: the side-by-side counts decide (here: wait for labels)
+    assert ro.accuracy_gate(plan, (10, 20), (90, 100), 0, paired=(20, 10, 0))["verdict"] == "wait"
+
+
 def test_the_gate_settings_come_from_the_delivery_table_and_bad_ones_name_the_key(tmp_path):
     store = {"storage": {"database": "coord.sqlite"}}
     config = parse_cloud_config({**store, "delivery": {"min_labelled": 50, "max_accuracy_drop": 0.05,

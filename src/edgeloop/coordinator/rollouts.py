@@ -30,6 +30,29 @@ def _key(model: str, version: int) -> str:
     return f"{model}:{version}"
 
 
+def _predicted(out) -> float | None:
+    """The class a served output tensor predicts: argmax for several values, >= 0.5 for one score."""
+    try:
+        values = np.frombuffer(out.data, numpy_dtype_of(out.datatype)).astype(np.float64)
+    except (ValueError, TypeError):
+        return None
+    if values.size == 0:
+        return None
+    return float(np.argmax(values)) if values.size > 1 else float(values[0] >= 0.5)
+
+
+def _single_input(model: bytes) -> str:
+    """The name of the model's one graph input (ValueError otherwise): the champion replays on it."""
+    import onnx
+
+    proto = onnx.load_model_from_string(model)
+    inits = {t.name for t in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name not in inits]
+    if len(names) != 1:
+        raise ValueError(f"the champion has {len(names)} inputs; replay needs one")
+    return names[0]
+
+
 class Rollouts:
     """Manifests, rollouts and pins over the store; ``start()`` runs the driver thread."""
 
@@ -45,6 +68,8 @@ class Rollouts:
         self.driving = lambda: True
         #: called with the document of each rollout that finishes (the CT loop learns rollbacks here)
         self.on_finish: list = []
+        #: rollout id -> the champion replayed on the new version's labelled requests (the paired gate)
+        self._replays: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ manifests
     def make_manifest(self, published, **extra) -> dict:
@@ -243,7 +268,9 @@ class Rollouts:
         correct, labelled, first = self.accuracy_counts(doc["model"], doc["version"], doc["created_ms"])
         # the champion over the same span: its requests from the new version's first labelled one on
         champion_counts = self.accuracy_counts(doc["model"], doc["previous"], doc["created_ms"], first)[:2]
-        accuracy = ro.accuracy_gate(plan, (correct, labelled), champion_counts, now - doc["wave_started_ms"])
+        paired = self.paired_counts(doc) if labelled else None
+        accuracy = ro.accuracy_gate(plan, (correct, labelled), champion_counts, now - doc["wave_started_ms"],
+                                    paired)
         return ro.check_gates(plan, new, champion, psis, accuracy)
 
     def accuracy_counts(self, model: str, version: int, since_ms: int, from_event_ms: int = 0) -> tuple[int, int, int]:
@@ -258,18 +285,65 @@ class Rollouts:
             sample = mesh_pb2.Sample.FromString(payload)
             if not sample.outputs or sample.timestamp_ms < from_event_ms:
                 continue
-            out = sample.outputs[0]
-            try:
-                values = np.frombuffer(out.data, numpy_dtype_of(out.datatype)).astype(np.float64)
-            except (ValueError, TypeError):
+            predicted = _predicted(sample.outputs[0])
+            if predicted is None:
                 continue
-            if values.size == 0:
-                continue
-            predicted = float(np.argmax(values)) if values.size > 1 else float(values[0] >= 0.5)
             hits += predicted == label
             total += 1
             first = sample.timestamp_ms if not first else min(first, sample.timestamp_ms)
         return int(hits), total, first
+
+    def paired_counts(self, doc: dict) -> tuple[int, int, int] | None:
+        """The champion replayed on the new version's labelled requests (the vectors that version saw):
+        (pairs, champion right where new wrong, new right where champion wrong); None when it cannot run."""
+        from edgeloop.ct.evaluation import predict
+
+        from .ct_link import decode_sample
+
+        key = doc["rollout_id"]
+        replay = self._replays.get(key)
+        if replay is None:
+            champion = next((p for p in self.store.published_models() if p.model == doc["model"]
+                             and p.version == doc["previous"]), None)
+            if champion is None:
+                return None
+            try:
+                data = self.core.artifacts.read(champion.sha256, 0, champion.size)
+                input_name = _single_input(data)
+            except Exception as exc:  # noqa: BLE001 - a champion the coordinator cannot replay: no pairs
+                log.info("rollout %s: the champion is not replayed (%s)", key, str(exc)[:200])
+                input_name, data = None, b""
+            replay = self._replays[key] = {"model": data, "input": input_name, "seen": {}}
+            while len(self._replays) > 16:  # rollouts run one at a time per model: keep the newest few
+                self._replays.pop(next(iter(self._replays)))
+        if replay["input"] is None:
+            return None
+        seen: dict = replay["seen"]
+        todo, rows = [], []
+        for payload, label in self.store.labelled_payloads(doc["model"], doc["version"], doc["created_ms"]):
+            sample = mesh_pb2.Sample.FromString(payload)
+            if sample.sample_id in seen or not sample.outputs:
+                continue
+            new_right = _predicted(sample.outputs[0])
+            if new_right is None:
+                continue
+            try:
+                x = np.asarray(decode_sample(payload, replay["input"]), np.float32).reshape(1, -1)
+            except ValueError:
+                continue
+            todo.append((sample.sample_id, new_right == label, label))
+            rows.append(x)
+        if rows:
+            try:
+                labels = predict(replay["model"], np.concatenate(rows), what="champion").label
+            except Exception as exc:  # noqa: BLE001 - shape or output the champion does not take: no pairs
+                log.info("rollout %s: the champion is not replayed (%s)", key, str(exc)[:200])
+                replay["input"] = None
+                return None
+            for (sid, new_right, label), champ in zip(todo, labels):
+                seen[sid] = (bool(new_right), float(champ) == label)
+        pairs = list(seen.values())
+        return (len(pairs), sum(1 for n, c in pairs if c and not n), sum(1 for n, c in pairs if n and not c))
 
     def _next_wave(self, doc: dict) -> None:
         doc["wave"] += 1

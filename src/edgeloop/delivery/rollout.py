@@ -75,17 +75,32 @@ def _upper_tail(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2.0))
 
 
-def accuracy_gate(plan: Plan, new: tuple[int, int], champion: tuple[int, int], waited_ms: int) -> dict:
+def accuracy_gate(plan: Plan, new: tuple[int, int], champion: tuple[int, int], waited_ms: int,
+                  paired: tuple[int, int, int] | None = None) -> dict:
     """The accuracy gate's evidence; ``verdict`` is "pass", "fail", "wait", "timed_out" or "no_labels".
 
     ``new`` / ``champion``: (correct, labelled) over the same time span.  The test is one-sided with the
     allowed drop as its margin: H0 "champion - new <= max_accuracy_drop", rejected at ``accuracy_alpha``.
+    ``paired``: (pairs, champion right where the new version was wrong, new right where the champion was
+    wrong) from the champion replayed on the new version's own labelled requests; with ``min_labelled``
+    pairs the paired test decides (same requests: no difference of entities or time between the sides).
     """
     (k1, n1), (k0, n0) = new, champion
     ev = {"new": {"correct": k1, "labelled": n1, "accuracy": k1 / n1 if n1 else None},
           "champion": {"correct": k0, "labelled": n0, "accuracy": k0 / n0 if n0 else None},
           "min_labelled": plan.min_labelled, "max_drop": plan.max_accuracy_drop, "alpha": plan.accuracy_alpha,
           "p_value": None}
+    if paired is not None and paired[0] >= max(1, plan.min_labelled):
+        n, b, c = paired
+        # the paired difference (champion - new) with a continuity half added to each discordant count
+        bb, cc, nn = b + 0.5, c + 0.5, n + 1.0
+        d = (bb - cc) / nn
+        se = math.sqrt(max(bb + cc - (bb - cc) ** 2 / nn, 1e-12)) / nn
+        p_value = _upper_tail((d - plan.max_accuracy_drop) / se)
+        ev["paired"] = {"pairs": n, "champion_only_right": b, "new_only_right": c, "difference": (b - c) / n}
+        ev["p_value"] = p_value
+        ev["verdict"] = "fail" if p_value < plan.accuracy_alpha else "pass"
+        return ev
     if n1 == 0 and n0 == 0:
         ev["verdict"], ev["note"] = "no_labels", "no labelled requests for either version: the gate does not apply"
         return ev
@@ -126,7 +141,13 @@ def check_gates(plan: Plan, new: list[dict], champion: list[dict], psis: list[fl
             evidence["failed"].append(f"success {success:.4f} < {plan.min_success}")
     if psis and max(psis) > plan.max_psi:
         evidence["failed"].append(f"prediction drift psi {max(psis):.3f} > {plan.max_psi}")
-    if accuracy is not None and accuracy["verdict"] == "fail":
+    if accuracy is not None and accuracy["verdict"] == "fail" and "paired" in accuracy:
+        p = accuracy["paired"]
+        evidence["failed"].append(f"accuracy on the same {p['pairs']} labelled requests: the champion was right on "
+                                  f"{p['champion_only_right']} the new version got wrong, the new version on "
+                                  f"{p['new_only_right']} (loss {p['difference']:.4f} > {plan.max_accuracy_drop}, "
+                                  f"one-sided p = {accuracy['p_value']:.3g} < {plan.accuracy_alpha})")
+    elif accuracy is not None and accuracy["verdict"] == "fail":
         a_new, a_old = accuracy["new"], accuracy["champion"]
         evidence["failed"].append(f"accuracy {a_new['accuracy']:.4f} on {a_new['labelled']} labelled < champion "
                                   f"{a_old['accuracy']:.4f} on {a_old['labelled']} - {plan.max_accuracy_drop} "
