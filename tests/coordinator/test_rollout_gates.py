@@ -86,3 +86,24 @@ def test_a_canary_waits_for_labels_then_passes_on_the_other_gates_and_says_so(tm
         assert passed["verdict"] == "timed_out" and "accuracy not judged" in passed["note"], passed
     finally:
         running.stop()
+
+
+def test_a_first_version_has_no_champion_to_wait_for(tmp_path):
+    config = cloud_config(tmp_path)
+    running = Running(replace(config, delivery=replace(config.delivery, canary=1, bake_s=0.01)))
+    try:
+        core = running.coordinator.core
+        join(running.coord, "edge-a", zone="zone-1")
+        sha, size = core.artifacts.put(iter([onnx_bytes(100)]))
+        core.publish("m", 1, sha, size, reason="test")
+        (record,) = [r for r in running.store.directives_after("edge-a", 0) if r.kind == "load"]
+        running.coord.ReportDirective(mesh_pb2.DirectiveResult(node_id="edge-a", sequence=record.sequence, ok=True),
+                                      timeout=30)
+        upload(running, "edge-a", 1, "first", 10, 1.0)  # labels flow, but there is nothing to compare with
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and core.rollouts.rollouts()[0]["state"] == "running":
+            time.sleep(0.05)
+        doc = core.rollouts.rollouts()[0]
+        assert doc["state"] == "done" and not any(d["decision"] == "waiting" for d in doc["decisions"]), doc
+    finally:
+        running.stop()

@@ -265,6 +265,8 @@ class Rollouts:
                     champion.append(s)
             if n.node_id in applied and n.last_status.get("max_psi") is not None:
                 psis.append(float(n.last_status["max_psi"]))
+        if not doc["previous"]:  # a first version: no champion to be less accurate than
+            return ro.check_gates(plan, new, champion, psis, None)
         correct, labelled, first = self.accuracy_counts(doc["model"], doc["version"], doc["created_ms"])
         # the champion over the same span: its requests from the new version's first labelled one on
         champion_counts = self.accuracy_counts(doc["model"], doc["previous"], doc["created_ms"], first)[:2]
