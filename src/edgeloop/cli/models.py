@@ -1,5 +1,6 @@
-"""``edgeloop models push FILE.onnx --model NAME --config CLOUD.toml``, ``models list``, and the registry views
-``models show NAME[:VERSION] | lineage NAME:VERSION | promote NAME:VERSION | rollback NAME[:VERSION]``.
+"""``edgeloop models push FILE.onnx --model NAME --config CLOUD.toml [--features DEF.json]``, ``models list``,
+and the registry views ``models show NAME[:VERSION] | lineage NAME:VERSION | promote NAME:VERSION |
+rollback NAME[:VERSION]``.
 
 A push stores the file in the coordinator's artifact directory (by sha256) and directs every edge
 to load it; edges that join later are directed on Join.
@@ -19,6 +20,9 @@ def register(sub) -> None:
     push.add_argument("--model", required=True, metavar="NAME", help="model name")
     push.add_argument("--version", type=int, default=0, metavar="N", help="version (default: one above the highest)")
     push.add_argument("--config", required=True, metavar="CLOUD.toml", help="cloud config (address, token, TLS)")
+    push.add_argument("--features", default="", metavar="DEF.json",
+                      help="the model's feature definition (raw inputs and derived features); it goes into the "
+                           "signed manifest, and edges serve the model with real-time features")
     push.set_defaults(handler=run_push)
     listing = actions.add_parser("list", help="models and versions the fleet serves, with sample and label counts")
     listing.add_argument("--config", required=True, metavar="CLOUD.toml", help="cloud config (address, token, TLS)")
@@ -80,18 +84,46 @@ def run_push(args) -> int:
     except OSError as exc:
         return _fail(ValueError(f"{args.file}: cannot be read ({exc.strerror}); expected a model file"))
     try:
+        features = _features_text(args.features)
+    except ValueError as exc:
+        return _fail(exc)
+    try:
         channel = _channel(args)
     except (ConfigError, AuthError, OSError) as exc:
         return _fail(exc)
     try:
-        reply = push_model(channel, args.file, args.model, args.version)
+        reply = push_model(channel, args.file, args.model, args.version, features_json=features)
     except (grpc.RpcError, OSError) as exc:
         return _fail(exc)
     finally:
         channel.close()
-    print(f"published {reply.model} version {reply.version} (sha256 {reply.sha256}, {reply.size} bytes); "
+    print(f"published {reply.model} version {reply.version} (sha256 {reply.sha256}, {reply.size} bytes"
+          f"{', with its feature definition' if features else ''}); "
           f"{reply.edges_directed} edge(s) directed to load it (the rollout's first wave)")
     return 0
+
+
+#: the largest feature definition file read (the coordinator's bound too)
+MAX_FEATURES_FILE_BYTES = 1 << 20
+
+
+def _features_text(path: str) -> str:
+    """The definition file's text ('' without one); the coordinator validates it against the model."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FEATURES_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"--features {path}: cannot be read ({exc.strerror}); expected a feature definition "
+                         f"JSON file") from None
+    if len(raw) > MAX_FEATURES_FILE_BYTES:
+        raise ValueError(f"--features {path}: more than {MAX_FEATURES_FILE_BYTES} bytes; expected a feature "
+                         f"definition JSON file of at most that")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--features {path}: not UTF-8; expected a feature definition JSON file") from None
 
 
 def run_list(args) -> int:

@@ -11,7 +11,8 @@ from .paths import resolve
 
 EDGE_DELIVERY_KEYS = ("trusted_keys", "require_signed")
 CLOUD_DELIVERY_KEYS = ("signing_key", "canary", "wave_factor", "bake_s", "manifest_ttl_s", "min_requests",
-                       "min_success", "max_p99_ratio", "max_psi")
+                       "min_success", "max_p99_ratio", "max_psi", "min_labelled", "max_accuracy_drop",
+                       "accuracy_alpha", "accuracy_wait_s")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class CloudDeliveryConfig:
     min_success: float = 0.99
     max_p99_ratio: float = 1.2
     max_psi: float = 0.5
+    min_labelled: int = 30          # labelled requests per version before the canary accuracy gate judges
+    max_accuracy_drop: float = 0.02  # accuracy the new version may lose against the champion
+    accuracy_alpha: float = 0.05    # significance of the one-sided test that it lost more
+    accuracy_wait_s: float = 300.0  # a wave waits this long for labels, then passes on the other gates (says so)
 
 
 def parse_edge_delivery(table: dict[str, Any], source: str, base: Path) -> EdgeDeliveryConfig:
@@ -64,4 +69,17 @@ def parse_cloud_delivery(table: dict[str, Any], source: str, base: Path) -> Clou
         min_requests=fields.integer("min_requests", d.min_requests, minimum=0, maximum=1 << 40),
         min_success=fields.number("min_success", d.min_success, minimum=0.0, expected="a number >= 0.0"),
         max_p99_ratio=fields.number("max_p99_ratio", d.max_p99_ratio, minimum=1.0, expected="a number >= 1.0"),
-        max_psi=fields.number("max_psi", d.max_psi, minimum=0.0, expected="a number >= 0.0"))
+        max_psi=fields.number("max_psi", d.max_psi, minimum=0.0, expected="a number >= 0.0"),
+        min_labelled=fields.integer("min_labelled", d.min_labelled, minimum=0, maximum=1 << 40),
+        max_accuracy_drop=_fraction(fields, "max_accuracy_drop", d.max_accuracy_drop, "a number in [0, 1]"),
+        accuracy_alpha=_fraction(fields, "accuracy_alpha", d.accuracy_alpha, "a significance level in (0, 0.5]",
+                                 low_exclusive=True, high=0.5),
+        accuracy_wait_s=fields.number("accuracy_wait_s", d.accuracy_wait_s, minimum=0.0, expected="seconds >= 0"))
+
+
+def _fraction(fields, name: str, default: float, expected: str, low_exclusive: bool = False,
+              high: float = 1.0) -> float:
+    value = fields.number(name, default, minimum=0.0, expected=expected)
+    if value > high or (low_exclusive and value == 0.0):
+        raise fields.error(name, value, expected)
+    return value

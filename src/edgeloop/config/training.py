@@ -16,7 +16,8 @@ TRAINING_KEYS = ("enabled", "interval_ms", "monitor_window", "reference_rows", "
                  "min_change_rows", "train_half_life", "models", "federated_strategy", "federated_clip_norm",
                  "federated_trim", "federated_epochs", "federated_lr", "federated_mu", "federated_min_edges",
                  "federated_timeout_s", "trainer_options", "window", "train_days",
-                 "slice_features", "backend", "scheduler", "n_workers", "chunk_rows")
+                 "slice_features", "backend", "scheduler", "n_workers", "chunk_rows", "retry_after_rollback_s",
+                 "hard_example_weight")
 MODES = ("central", "federated")
 FEDERATED_STRATEGIES = ("fedavg", "median", "trimmed_mean")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -39,6 +40,8 @@ class TrainingConfig:
     performance_floor: float = -1.0     # accuracy floor (< 0: off)
     performance_margin: float = 0.05    # X below the champion's reference accuracy
     cooldown_s: float = 60.0            # per trigger kind (manual has none)
+    retry_after_rollback_s: float = 60.0  # after a rollout ends rolled back, automatic triggers wait this long
+    hard_example_weight: float = 1.0    # training weight of samples marked hard (escalated); 1.0: like any other
     train_rows: int = 2000              # newest labelled rows a run reads (holdout included)
     holdout_fraction: float = 0.25      # newest share of them, never trained on
     train_half_life: float = 0.0        # recency weights: a row this many rows older weighs half (0: off)
@@ -158,6 +161,10 @@ def parse_training(table: dict, source: str) -> TrainingConfig:
         performance_margin=t.number("performance_margin", d.performance_margin, minimum=0.0,
                                     expected="a number >= 0"),
         cooldown_s=t.number("cooldown_s", d.cooldown_s, minimum=0.0, expected="seconds >= 0"),
+        retry_after_rollback_s=t.number("retry_after_rollback_s", d.retry_after_rollback_s, minimum=0.0,
+                                        expected="seconds >= 0"),
+        hard_example_weight=t.number("hard_example_weight", d.hard_example_weight, minimum=0.0,
+                                     expected="a weight >= 0 (1.0: like any other sample)"),
         train_rows=t.integer("train_rows", d.train_rows, minimum=40, maximum=20_000_000),
         holdout_fraction=fraction,
         train_half_life=t.number("train_half_life", d.train_half_life, minimum=0.0,

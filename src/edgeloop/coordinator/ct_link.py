@@ -18,10 +18,27 @@ MAX_INPUT_BYTES = 1 << 20
 
 def decode_sample(payload: bytes, input_name: str) -> np.ndarray:
     """The tensor ``input_name`` of a stored Sample as a float array; ValueError naming what is wrong."""
+    return _input(_parse(payload), input_name)
+
+
+def decode_marked(payload: bytes, input_name: str) -> tuple[np.ndarray, bool]:
+    """``decode_sample`` plus the sample's hard-example mark (the CT loop's decoder: hard rows may weigh more).
+
+    For a model with features ``inputs`` holds the full vector the model saw (``raw_inputs`` what the
+    client sent): the loop reads ``inputs``, so it trains on what was served.
+    """
+    sample = _parse(payload)
+    return _input(sample, input_name), bool(sample.hard_example)
+
+
+def _parse(payload: bytes):
     try:
-        sample = mesh_pb2.Sample.FromString(payload)
+        return mesh_pb2.Sample.FromString(payload)
     except Exception as exc:  # protobuf's DecodeError (not imported here: the coordinator's row lists no protobuf)
         raise ValueError(f"payload does not parse as a Sample: {str(exc)[:200]}") from None
+
+
+def _input(sample, input_name: str) -> np.ndarray:
     for t in sample.inputs:
         if t.name != input_name:
             continue

@@ -56,8 +56,10 @@ def fleet_status(channel, timeout: float = 10.0) -> dict:
     }
 
 
-def push_model(channel, path: str | Path, model: str, version: int = 0, timeout: float = 600.0):
-    """Stream a model file to the coordinator; returns the PushModelResponse."""
+def push_model(channel, path: str | Path, model: str, version: int = 0, timeout: float = 600.0,
+               features_json: str = ""):
+    """Stream a model file to the coordinator (with its feature definition, JSON, when it has one);
+    returns the PushModelResponse."""
     path = Path(path)
 
     def chunks():
@@ -66,7 +68,8 @@ def push_model(channel, path: str | Path, model: str, version: int = 0, timeout:
             while True:
                 data = fh.read(PUSH_CHUNK_BYTES)
                 if first:
-                    yield mesh_pb2.PushModelChunk(model=model, version=version, data=data)
+                    yield mesh_pb2.PushModelChunk(model=model, version=version, data=data,
+                                                    features_json=features_json)
                     first = False
                 elif data:
                     yield mesh_pb2.PushModelChunk(data=data)

@@ -14,6 +14,7 @@ from edgeloop.store import ArtifactError, StoreError
 from . import validate as v
 from .core import CoordinatorCore, model_messages
 from .ct_service import CtFleetMethods
+from .definitions import definition_of_push
 from .guards import guard
 from .model_check import onnx_problem
 
@@ -66,6 +67,8 @@ class FleetServicer(CtFleetMethods, mesh_pb2_grpc.FleetServicer):
                     raise v.bad(f"chunk[{i}].model", chunk.model, f"'' or {model!r} (the model is named once)")
                 if chunk.version not in (0, version):
                     raise v.bad(f"chunk[{i}].version", chunk.version, f"0 or {version}")
+                if chunk.features_json:
+                    raise v.bad(f"chunk[{i}].features_json", chunk.features_json, "'' (the first message carries it)")
                 yield chunk.data
 
         try:
@@ -79,10 +82,17 @@ class FleetServicer(CtFleetMethods, mesh_pb2_grpc.FleetServicer):
             if not core.store.artifact_published(sha):
                 core.artifacts.discard(sha)
             raise invalid_argument(f"data: {size} bytes with sha256 {sha}: {problem}")
+        try:
+            features = definition_of_push(first.features_json, core.artifacts.path(sha))
+        except ProtocolError:
+            if not core.store.artifact_published(sha):
+                core.artifacts.discard(sha)
+            raise
         if not context.is_active():
             raise unavailable("the push stream was cancelled before its end")
+        extra = {} if features is None else {"features": features}
         try:
-            published, records = core.publish(model, version, sha, size, reason="edgeloop models push")
+            published, records = core.publish(model, version, sha, size, reason="edgeloop models push", **extra)
         except StoreError as exc:
             if core.stopping:
                 raise

@@ -23,7 +23,7 @@ from .hub import DirectiveHub
 from .leader import LeaderLease
 from .metrics import CoordinatorMetrics
 from .core import CoordinatorCore
-from .ct_link import CtGauges, decode_sample
+from .ct_link import CtGauges, decode_marked
 from .entity_history import EdgeServicer, decode_logged
 from .federated import FederatedRounds
 from .fleet_service import FleetServicer
@@ -65,8 +65,10 @@ class Coordinator:
             self.core.rollouts.tick = self.leader.guard(self.core.rollouts.tick)
             ct_store, ct_publish = self.leader.fence(self.store), self.leader.guard(self.core.publish)
         #: the continuous-training loop (its thread runs when ``training.enabled``; tests may step it)
-        self.ct = CTLoop(ct_store, self.artifacts, ct_publish, decode_sample, config.training,
-                         on_results=CtGauges(self.metrics.registry).update, manifest=self.core.rollouts.manifest)
+        self.ct = CTLoop(ct_store, self.artifacts, ct_publish, decode_marked, config.training,
+                         on_results=CtGauges(self.metrics.registry).update, manifest=self.core.rollouts.manifest,
+                         rollouts=self.core.rollouts.rollouts)
+        self.core.rollouts.on_finish.append(self.ct.rollout_ended)  # a rolled-back version is no champion
         self.core.ct = self.ct
         self.ct.decode_logged = decode_logged  # backfill reads raw inputs and feature times (ct/backfill.py)
         #: federated rounds of the models with [training.models.NAME] mode = "federated"

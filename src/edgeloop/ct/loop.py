@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgeloop import __version__
+from edgeloop.features import FeatureDefinition
 
 from .compression import CompressionPolicy, compress
 from .detectors import Adwin
@@ -48,6 +50,10 @@ MANIFEST_PROFILE_KEY = "ct:profile"
 #: a larger profile stays out of the manifest (manifests are capped at 1 MiB on both sides); the new
 #: champion's reference is then built from served rows, as for a pushed model
 MAX_MANIFEST_PROFILE_BYTES = 512 << 10
+#: rolled-back versions remembered per model (older ones are long superseded)
+MAX_ROLLED_BACK = 1000
+#: a rollout that ended in these states, with its edges sent back (the driver's ``rolled_back`` flag)
+ROLLED_BACK_STATES = ("rolled_back", "aborted")
 
 
 class UnsupportedModel(ValueError):
@@ -65,8 +71,12 @@ class ModelState:
     reference_json: str = ""
     champion_score: float | None = None
     trigger_state: dict | None = None
+    rolled_back: list = field(default_factory=list)  # versions whose rollout ended rolled back: never champions
+    hold_until: float = 0.0  # after a rollback, automatic triggers wait until then (``retry_after_rollback_s``)
+    prior: dict | None = None  # the previous champion's version, sha and reference (restored when the fleet returns)
     # in memory only
     champion: bytes = b""
+    features: dict | None = None  # the champion's feature definition (manifest): every version it begets carries it
     input_name: str = ""
     n_features: int = 0
     profile: ReferenceProfile | None = None
@@ -83,7 +93,9 @@ class ModelState:
     def to_state(self) -> dict:
         return {"champion_version": self.champion_version, "champion_sha": self.champion_sha, "cursor": self.cursor,
                 "reference": self.reference_json, "champion_score": self.champion_score,
-                "triggers": self.engine.to_state() if self.engine else None}
+                "triggers": self.engine.to_state() if self.engine else self.trigger_state,
+                "rolled_back": sorted(self.rolled_back)[-MAX_ROLLED_BACK:], "hold_until": self.hold_until,
+                "prior": self.prior}
 
 
 @dataclass(frozen=True)
@@ -103,12 +115,18 @@ class CTLoop:
     ``decode(payload, input_name)`` turns a stored sample into one feature row; ``clock()`` gives seconds;
     ``manifest(model, version)`` (optional) gives a published version's manifest dict or None: when it
     carries the loop's reference (``MANIFEST_PROFILE_KEY``) the champion is monitored against it at once.
+    ``rollouts()`` (optional) gives the rollout documents; with it the champion is what the fleet serves:
+    the newest published version whose rollout did not end rolled back.  The rollout driver reports each
+    finished rollout through ``rollout_ended(doc)``; a restarted loop reads the documents once instead.
     """
 
     def __init__(self, store, artifacts, publish, decode, config, clock=time.time,
-                 settings: SessionSettings = SessionSettings(), on_results=None, manifest=None) -> None:
+                 settings: SessionSettings = SessionSettings(), on_results=None, manifest=None,
+                 rollouts=None) -> None:
         check_trainer(config)
         self.manifest = manifest
+        self.rollouts = rollouts
+        self._ended: deque = deque(maxlen=10_000)  # finished rollouts reported by the driver, not yet handled
         self.store = store
         self.artifacts = artifacts
         self.publish = publish
@@ -191,6 +209,7 @@ class CTLoop:
         now = self.clock() if now is None else now
         out = []
         with self._lock:
+            self._handle_ended(now)
             for published in self.store.published_models(latest_only=True):
                 if self._stop.is_set():
                     break
@@ -210,24 +229,77 @@ class CTLoop:
         return out
 
     def _sync(self, model: str) -> ModelState | None:
-        """The model's state, with the champion following the newest published version."""
+        """The model's state, with the champion following what the fleet serves: the newest published
+        version whose rollout did not end rolled back."""
         latest = [p for p in self.store.published_models() if p.model == model]
         if not latest:
             return None
-        newest = max(latest, key=lambda p: p.version)
-        st = self.models.get(model)
-        if st is None:
-            st = ModelState(model)
-            saved = self.store.ct_state(model)
-            if saved:
-                st.champion_version, st.champion_sha = saved["champion_version"], saved["champion_sha"]
-                st.cursor, st.reference_json = saved["cursor"], saved["reference"]
-                st.champion_score, st.trigger_state = saved["champion_score"], saved["triggers"]
-            self.models[model] = st
+        st = self._state(model)
+        served = [p for p in latest if p.version not in st.rolled_back] or latest
+        newest = max(served, key=lambda p: p.version)
         if st.champion_version != newest.version or not st.champion:
             changed = st.champion_version != newest.version
             self._adopt(st, newest, changed)
         return st
+
+    def _state(self, model: str) -> ModelState:
+        """The model's state: in memory, else from ``ct_state`` (plus rollbacks missed while stopped)."""
+        st = self.models.get(model)
+        if st is not None:
+            return st
+        st = ModelState(model)
+        saved = self.store.ct_state(model)
+        if saved:
+            st.champion_version, st.champion_sha = saved["champion_version"], saved["champion_sha"]
+            st.cursor, st.reference_json = saved["cursor"], saved["reference"]
+            st.champion_score, st.trigger_state = saved["champion_score"], saved["triggers"]
+            st.rolled_back = [int(v) for v in saved.get("rolled_back") or []]
+            st.hold_until, st.prior = float(saved.get("hold_until") or 0.0), saved.get("prior")
+        self.models[model] = st
+        if self.rollouts is not None:  # rollouts that ended while this loop was not running
+            now = self.clock()
+            for doc in self.rollouts():
+                if doc.get("model") == model:
+                    self._mark_rolled_back(st, doc, now)
+        return st
+
+    # ------------------------------------------------------------------ rollouts that end rolled back
+    def rollout_ended(self, doc: dict) -> None:
+        """The rollout driver's hook for a finished rollout (its thread): handled on the loop's next step."""
+        self._ended.append(doc)
+
+    def _handle_ended(self, now: float) -> None:
+        while self._ended:
+            doc = self._ended.popleft()
+            model = doc.get("model")
+            if not isinstance(model, str) or not any(p.model == model for p in self.store.published_models()):
+                continue
+            if self._mark_rolled_back(self._state(model), doc, now):
+                self._sync(model)  # the champion returns to the version the fleet serves
+
+    def _mark_rolled_back(self, st: ModelState, doc: dict, now: float) -> bool:
+        """Record a version whose rollout ended with its edges sent back; True when it is news."""
+        version = int(doc.get("version") or 0)
+        if doc.get("state") not in ROLLED_BACK_STATES or not doc.get("rolled_back", doc.get("state") == "rolled_back") \
+                or not version or version in st.rolled_back:
+            return False
+        st.rolled_back = (st.rolled_back + [version])[-MAX_ROLLED_BACK:]
+        retry = float(self.config.retry_after_rollback_s)
+        st.hold_until = max(st.hold_until, now + retry)
+        ms = int(now * 1000)
+        model = st.model
+        arts = [a for a in self.store.artifacts(model, "model", version) if a["sha256"] == doc.get("sha256")]
+        run_id = int((arts[0]["properties"].get("run_id") or 0) if arts else 0)
+        detail = {"version": version, "rollout_id": doc.get("rollout_id"), "state": doc.get("state"),
+                  "reason": str(doc.get("reason", ""))[:500], "served_again": doc.get("previous"),
+                  "retry_after_s": retry}
+        self.store.add_execution(model, run_id, "rollout", "rolled_back", detail, ms)
+        self.store.set_alias(model, "rolled_back", version, ms)
+        self.store.add_event("ct_rolled_back", "", {"model": model, **detail}, ms)
+        log.warning("ct: model %s version %d was rolled back (%s); it is never a champion again; automatic "
+                    "triggers wait %.0f s", model, version, detail["reason"][:200], retry)
+        self._save(st, now)
+        return True
 
     def _adopt(self, st: ModelState, published, changed: bool) -> None:
         st.champion = self.artifacts.read(published.sha256, 0, published.size)
@@ -236,9 +308,19 @@ class CTLoop:
             raise UnsupportedModel(f"model {st.model!r} version {published.version}: the loop needs one float input "
                              f"[batch, features]; the model has {[(s.name, s.dtype, s.shape) for s in specs]}")
         st.input_name, st.n_features = specs[0].name, int(specs[0].shape[1])
+        st.features = self._features_of(st.model, published.version)
+        if st.features is not None and len(st.features["inputs"]) + len(st.features["features"]) != st.n_features:
+            raise UnsupportedModel(f"model {st.model!r} version {published.version}: its feature definition has "
+                                   f"{len(st.features['inputs']) + len(st.features['features'])} values; the "
+                                   f"model's input {st.input_name!r} has {st.n_features}")
         policy = self.trigger_policy()
         now = self.clock()
         if changed:
+            returning = st.prior if st.prior and st.prior.get("version") == published.version \
+                and st.prior.get("sha") == published.sha256 else None
+            if st.champion_version and st.reference_json:  # kept: the fleet may come back to it
+                st.prior = {"version": st.champion_version, "sha": st.champion_sha, "reference": st.reference_json,
+                            "score": st.champion_score}
             st.champion_version, st.champion_sha = published.version, published.sha256
             st.reference_json, st.profile, st.champion_score, st.trigger_state = "", None, None, None
             st.prediction_profile, st.pending, st.change_from, st.latest = None, None, None, {}
@@ -252,6 +334,8 @@ class CTLoop:
                                          {"reason": "push: the first champion of this name, or a manual push"},
                                          int(now * 1000), outputs=[aid])
             self.store.set_alias(st.model, "champion", published.version, int(now * 1000))
+            if returning is not None and self._restore_reference(st, returning, now):
+                return
             if self._reference_from_manifest(st, published.version, now):
                 return
             log.info("ct: model %s champion is version %d; its reference is the next %d labelled rows it serves",
@@ -263,6 +347,33 @@ class CTLoop:
         st.adwin = Adwin()
         st.mem_cursor = st.cursor
         self._save(st, now)
+
+    def _restore_reference(self, st: ModelState, prior: dict, now: float) -> bool:
+        """Back to an earlier champion (its successor was rolled back): its own reference and accuracy."""
+        try:
+            profile = ReferenceProfile.from_json(prior["reference"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ct: model %s: the reference kept for version %s is unusable (%s); it is rebuilt",
+                        st.model, prior.get("version"), str(exc)[:200])
+            return False
+        st.profile, st.reference_json = profile, prior["reference"]
+        st.champion_score = prior.get("score")
+        st.adwin = Adwin()
+        st.mem_cursor = st.cursor
+        self._save(st, now)
+        self.store.add_event("ct_reference", "", {"model": st.model, "version": st.champion_version,
+                                                  "source": "restored", "accuracy": st.champion_score},
+                             int(now * 1000))
+        log.info("ct: model %s champion is version %d again, with its reference", st.model, st.champion_version)
+        return True
+
+    def _features_of(self, model: str, version: int) -> dict | None:
+        """The feature definition in a published version's manifest (normalised), or None without one."""
+        doc = self.manifest(model, version) if self.manifest is not None else None
+        raw = (doc or {}).get("features")
+        if raw is None or raw == []:  # [] : a manifest signed before definitions travelled
+            return None
+        return FeatureDefinition.from_dict(raw).to_dict()  # DefinitionError (a ValueError) names the field
 
     def _reference_from_manifest(self, st: ModelState, version: int, now: float) -> bool:
         """Take the champion's reference (and reference accuracy) from its manifest, when it carries one."""
@@ -313,6 +424,10 @@ class CTLoop:
             else:
                 st.buffer.append(win)
                 self._monitor(st, now)
+        if now < st.hold_until and not st.engine.manual_pending:
+            if rows:  # after a rollback: monitoring goes on, automatic runs wait for the cool-down
+                self._save(st, now)
+            return None
         if st.pending is not None:
             return self._run_when_ready(st, st.pending, now)
         decision = st.engine.evaluate(now, 0)
@@ -500,7 +615,8 @@ class CTLoop:
             return end("stopped", f"validation: {vr.summary}")
 
         # 2. training, warm-started from the champion, on everything older than the holdout
-        dataset = clean.dataset([f"{st.input_name}:{i}" for i in range(st.n_features)])
+        dataset = clean.dataset([f"{st.input_name}:{i}" for i in range(st.n_features)],
+                                hard_weight=c.hard_example_weight)
         try:
             window = _training_window(c)
             dataset = apply_window(dataset, window)
@@ -518,10 +634,12 @@ class CTLoop:
         self.store.add_execution(model, run_id, "training", "done", {
             "trainer": c.trainer, "seed": c.seed, "code_version": __version__, "rows": len(fit_train),
             "half_life_rows": c.train_half_life or None,
+            "hard_examples": {"rows": clean.hard_rows, "weight": c.hard_example_weight},
             "window": {"kind": window.kind, "size": window.size, "rows": len(dataset)},
             "trainer_options": dict(c.trainer_options),
             "validation_rows": len(fit_val), "warm_start": result.report.warm_start_note,
-            "validation": result.report.validation}, ms, inputs=[window_art, *champion_ids], outputs=[chall_art])
+            "validation": result.report.validation, "features": _features_note(st.features)}, ms,
+            inputs=[window_art, *champion_ids], outputs=[chall_art])
 
         # 3. challenger vs champion on the newest holdout, per edge
         ev = evaluate(challenger, st.champion, holdout,
@@ -560,10 +678,13 @@ class CTLoop:
         version = max([p.version for p in self.store.published_models() if p.model == model] or [0]) + 1
         reason = f"ct run {run_id} ({firing.kind}): {ev.reason}"[:500]
         fields, reference_note = self._manifest_reference(st, train_all, ev)
+        if st.features is not None:  # the champion's definition travels with every version it begets
+            fields["features"] = st.features
         published, records = self.publish(model, version, sha, size, reason, **fields)
         version = published.version
         served = self.store.add_artifact(model, "model", {"role": "champion", "run_id": run_id,
-                                                          "variant": comp.chosen, "trigger": firing.kind},
+                                                          "variant": comp.chosen, "trigger": firing.kind,
+                                                          "features": _features_note(st.features)},
                                          ms, version, sha)
         directed = [getattr(r, "node_id", r) for r in records]  # node ids since staged rollouts (delivery)
         self.store.add_execution(model, run_id, "publication", "done",
@@ -613,10 +734,13 @@ class CTLoop:
             text = f"{action} of version {version}" + (f": {reason}" if reason else "")
             run_id = self.store.add_execution(model, 0, "run", "running", {
                 "trigger": action, "evidence": text, "code_version": __version__, "source_version": version}, ms)
-            published, records = self.publish(model, 0, src.sha256, src.size, text[:500])
+            features = self._features_of(model, version)
+            published, records = self.publish(model, 0, src.sha256, src.size, text[:500],
+                                              **({"features": features} if features is not None else {}))
             art = self.store.add_artifact(model, "model", {"role": "champion", "run_id": run_id, "action": action,
-                                                           "source_version": version}, ms, published.version,
-                                          src.sha256)
+                                                           "source_version": version,
+                                                           "features": _features_note(features)},
+                                          ms, published.version, src.sha256)
             self.store.add_execution(model, run_id, "publication", "done",
                                      {"version": published.version, "directed_edges": [getattr(r, "node_id", r) for r in records]},
                                      ms, outputs=[art])
@@ -626,16 +750,30 @@ class CTLoop:
             return published
 
     def rollback(self, model: str, version: int = 0, reason: str = ""):
-        """Back to ``version``, or (0) to the newest earlier version whose bytes differ from the champion's."""
-        if version == 0:
+        """Back to ``version``, or (0) to the newest earlier version whose bytes differ from the champion's.
+
+        The version rolled back from is marked rolled back (as a rollout the gates rolled back is), so it
+        is never the base of a later run and automatic triggers wait ``retry_after_rollback_s``.
+        """
+        with self._lock:
             mine = sorted((p for p in self.store.published_models() if p.model == model), key=lambda p: p.version)
             if not mine:
                 raise KeyError(f"model {model!r} has no published version")
-            older = [p for p in mine[:-1] if p.sha256 != mine[-1].sha256]
-            if not older:
-                raise KeyError(f"model {model!r} has no earlier version to roll back to")
-            version = older[-1].version
-        return self.republish(model, version, "rollback", reason)
+            if version == 0:
+                older = [p for p in mine[:-1] if p.sha256 != mine[-1].sha256]
+                if not older:
+                    raise KeyError(f"model {model!r} has no earlier version to roll back to")
+                version = older[-1].version
+            newest = mine[-1]
+            published = self.republish(model, version, "rollback", reason)
+            if newest.version != version and newest.sha256 != published.sha256:
+                self._mark_rolled_back(self._state(model), {
+                    "model": model, "version": newest.version, "sha256": newest.sha256, "state": "rolled_back",
+                    "rolled_back": True, "previous": published.version, "rollout_id": "",
+                    "reason": f"operator rollback to the bytes of version {version}"
+                              + (f": {reason}" if reason else "")},
+                    self.clock())
+            return published
 
     # ------------------------------------------------------------------ views
     def latest(self) -> dict[str, dict]:
@@ -691,6 +829,15 @@ def _prediction_profile(pred, config) -> ReferenceProfile | None:
     labels = [f"{c:g}" if isinstance(c, (float, np.floating)) else str(c) for c in
               (pred.classes if pred.classes is not None else range(proba.shape[1]))]
     return prediction_reference(proba, labels, window=config.monitor_window, seed=config.seed)
+
+
+def _features_note(features: dict | None) -> dict | None:
+    """The feature definition as lineage records it: its digest (identity) and the definition itself."""
+    if features is None:
+        return None
+    definition = FeatureDefinition.from_dict(features)
+    return {"digest": definition.digest, "entity": definition.entity, "width": definition.width,
+            "definition": definition.to_dict()}
 
 
 def _reference_rows(profile: ReferenceProfile) -> np.ndarray:

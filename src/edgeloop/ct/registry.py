@@ -77,6 +77,8 @@ def lineage(store, model: str, version: int) -> dict | None:
                                                                    "warm_start", "validation")}
         elif s["type"] == "compression":
             out["compression"] = {"chosen": s["properties"].get("chosen"), "reason": s["properties"].get("reason")}
+        elif s["type"] == "rollout":  # its staged rollout ended rolled back: never a champion again
+            out["rollout"] = {"state": s["state"], **s["properties"]}
     evals = store.evaluations(model, run_id)
     if evals:
         e = evals[-1]
@@ -106,6 +108,10 @@ def describe(info: dict) -> str:
         lines.append(f"  evaluation: {info['evaluation']['reason']}")
     if "compression" in info:
         lines.append(f"  compression: {info['compression']['reason']}")
+    if "rollout" in info:
+        r = info["rollout"]
+        lines.append(f"  rollout {r.get('rollout_id')}: {r['state']}: {r.get('reason')}; the fleet serves version "
+                     f"{r.get('served_again')} again")
     lines.append(f"  served now by: {', '.join(info['serving_edges']) or 'no edge (per their latest reports)'}")
     return "\n".join(lines)
 

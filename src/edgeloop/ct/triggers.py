@@ -161,6 +161,11 @@ class TriggerEngine:
             raise TypeError(f"detection must be a Detection, got {type(detection).__name__}")
         self._change = detection
 
+    @property
+    def manual_pending(self) -> bool:
+        """A person asked for a run that has not fired yet."""
+        return bool(self._manual)
+
     def request_manual(self, reason: str) -> None:
         """A person asked for a run (``edgeloop retrain MODEL --reason TEXT``)."""
         if not isinstance(reason, str) or not reason.strip():

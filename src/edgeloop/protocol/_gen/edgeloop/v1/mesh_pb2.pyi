@@ -511,14 +511,16 @@ class CtMonitor(_message.Message):
     def __init__(self, model: _Optional[str] = ..., monitor: _Optional[str] = ..., subject: _Optional[str] = ..., slice: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., alarm: _Optional[bool] = ...) -> None: ...
 
 class PushModelChunk(_message.Message):
-    __slots__ = ("model", "version", "data")
+    __slots__ = ("model", "version", "data", "features_json")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_JSON_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     data: bytes
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    features_json: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., data: _Optional[bytes] = ..., features_json: _Optional[str] = ...) -> None: ...
 
 class RolloutRequest(_message.Message):
     __slots__ = ("action", "model", "version", "rollout_id", "canary", "bake_s", "target")
