@@ -51,6 +51,7 @@ MAX_KEY_BYTES = 256
 _LE_F32 = np.dtype("<f4")
 _InputTensor = inference_pb2.ModelInferRequest.InferInputTensor
 _WIRE = methodcaller("SerializeToString")
+_COLD, _PARTIAL = _k.FLAG_COLD, _k.FLAG_PARTIAL
 
 
 class ServedFeatures:
@@ -86,12 +87,16 @@ _local = threading.local()
 
 
 def take_served(request) -> ServedFeatures | None:
-    """The features served for ``request`` on this thread (once), or None for a model without features."""
+    """The features served for ``request`` on this thread (once), or None for a model without features.
+
+    ``enrich`` leaves a plain tuple (the cheapest handoff on the request path); it becomes a
+    ``ServedFeatures`` only here, for a recorder that asks.
+    """
     served = getattr(_local, "served", None)
-    if served is None or served.request is not request:
+    if served is None or served[0] is not request:
         return None
     _local.served = None
-    return served
+    return ServedFeatures(*served)
 
 
 def parse_manifest_definition(manifest: dict | None) -> FeatureDefinition | None:
@@ -323,7 +328,6 @@ class FeatureFront:
         #: what a one-row request's input tensors are on the wire ({name, "FP32", [1]}, definition order):
         #: such a request is read in one native call (``_k.read_one_row``); empty turns that path off
         self._fast_tensors = tuple(self._wire_1)
-        self._kernel_flags = (_k.FLAG_COLD, _k.FLAG_PARTIAL)
 
     def _wire(self, n: int) -> list[bytes]:
         """The serialized tensor headers of an ``n``-row request's raw inputs, in the definition's order."""
@@ -369,7 +373,6 @@ class FeatureFront:
             return self._enrich_rows(request)
         entity, key, ms = read
         t = ms / 1000.0 if ms >= 0 else time.time()
-        cold_flag, partial_flag = self._kernel_flags
         try:
             if entity is None:
                 self.states.count("no_key", 1)
@@ -384,12 +387,12 @@ class FeatureFront:
                 if flags < 0:  # not held here: ask the previous owner first (mesh on)
                     self.states.adopt_from_previous_owner(self.model, state, entity)
                     flags = state.serve_into(entity, key, t, out)
-                cold, partial = (flags & cold_flag) != 0, (flags & partial_flag) != 0
+                cold, partial = (flags & _COLD) != 0, (flags & _PARTIAL) != 0
                 if request.id:
                     self._remember(request.id, self.model, entity, t)
         except FeatureError as exc:
             raise invalid_argument(f"model {quote(self.model)}: {exc}") from None
-        _local.served = ServedFeatures(request, self, out, cold, partial, entity, t)
+        _local.served = (request, self, out, cold, partial, entity, t)  # ServedFeatures' arguments
         return {self.input_name: out}, 1
 
     def _enrich_rows(self, request) -> tuple[dict[str, np.ndarray], int]:
@@ -429,7 +432,7 @@ class FeatureFront:
             raise invalid_argument(f"model {quote(self.model)}: {exc}") from None
         if entity is not None and request.id:
             self._remember(request.id, self.model, entity, t)
-        _local.served = ServedFeatures(request, self, out, cold, partial, entity, t)
+        _local.served = (request, self, out, cold, partial, entity, t)  # ServedFeatures' arguments
         return {self.input_name: out}, batch if self._batching else 1
 
     @staticmethod
