@@ -490,3 +490,25 @@ def test_the_fast_path_and_the_checked_path_serve_the_same_vectors_and_counts():
     a, b = fast.state.stats(), checked.state.stats()
     assert a == b and a.served == 270 and a.cold == 7
     assert fast.states.no_key == checked.states.no_key == 30
+
+
+def test_a_request_is_read_from_the_bytes_it_was_parsed_from_while_it_is_served():
+    """The servicer hands the request's wire bytes over (``parsed_from``): enrich reads those, only for
+    that very message, and serializes the message itself once they are withdrawn."""
+    from edgeloop.serving.features import parsed_from, take_served
+
+    front = _front(0)
+    d = front.definition
+    rows = np.array([[1.0, 2.0, 3.0], [7.0, 8.0, 9.0]], np.float32)
+    request = feature_request(MODEL, d, rows[0], "k", T0_MS)
+    sent = feature_request(MODEL, d, rows[1], "k", T0_MS + 1000).SerializeToString()
+    try:
+        parsed_from(request, sent)
+        feeds, _ = front.enrich(request)
+        assert feeds["features"][0, :3].tolist() == [7.0, 8.0, 9.0] and take_served(request).t == T0_MS / 1000 + 1
+        other = feature_request(MODEL, d, rows[0], "k", T0_MS + 2000)  # another message: its own bytes
+        assert front.enrich(other)[0]["features"][0, :3].tolist() == [1.0, 2.0, 3.0]
+    finally:
+        parsed_from(None, b"")
+    feeds, _ = front.enrich(request)
+    assert feeds["features"][0, :3].tolist() == [1.0, 2.0, 3.0]

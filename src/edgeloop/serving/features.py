@@ -99,6 +99,15 @@ def take_served(request) -> ServedFeatures | None:
     return ServedFeatures(*served)
 
 
+def parsed_from(request, wire: bytes) -> None:
+    """The servicer parsed ``request`` from ``wire`` (this thread): ``enrich`` reads a one-row request
+    from those bytes instead of serializing the message again.  Call ``parsed_from(None, b"")`` once the
+    request is answered, so no thread keeps a request alive.  Valid while the message is unchanged but
+    for parameters the read skips (the mesh's forwarded flag: the only change before inference).
+    """
+    _local.wire = (request, wire)
+
+
 def parse_manifest_definition(manifest: dict | None) -> FeatureDefinition | None:
     """The manifest's feature definition (None without one); ``DefinitionError`` names the bad field."""
     if not manifest or MANIFEST_KEY not in manifest:
@@ -368,7 +377,9 @@ class FeatureFront:
         stripe's lock, in one more.  Every other request takes ``_enrich_rows`` (any form, every check).
         """
         out = np.empty((1, self._width), dtype=np.float32)
-        read = _k.read_one_row(request.SerializeToString(), self._fast_tensors, out)
+        wire = getattr(_local, "wire", None)
+        wire = wire[1] if wire is not None and wire[0] is request else request.SerializeToString()
+        read = _k.read_one_row(wire, self._fast_tensors, out)
         if read is None:
             return self._enrich_rows(request)
         entity, key, ms = read
@@ -560,4 +571,4 @@ def build_front(model: str, manifest: dict | None, onnx_signature: ModelSignatur
 
 
 __all__ = ["FeatureCollector", "FeatureFront", "PeriodicSnapshots", "FeatureStates", "MANIFEST_KEY", "ServedFeatures", "TIMESTAMP_MS", "build_front",
-           "parse_manifest_definition", "raw_signature", "take_served"]
+           "parse_manifest_definition", "parsed_from", "raw_signature", "take_served"]
