@@ -430,11 +430,12 @@ cdef class Kernel:
         for c in range(self.p.C):
             if not isfinite(buf[self.p.cols[c]]):
                 raise ValueError(f"input {self.p.cols[c]} must be finite (it enters the history), got {buf[self.p.cols[c]]}")
-        cdef int flags
-        with nogil:
-            flags = _compute(r, &self.p, self.dflt, buf, t, d)
-            if push:
-                _push_row(r, &self.p, buf, t)
+        # nogil code run with the GIL held: dropping it for a sub-microsecond kernel costs more than it
+        # gives (a thread that takes it meanwhile is waited for, up to the switch interval), and the
+        # entity's record is already guarded by its stripe's lock
+        cdef int flags = _compute(r, &self.p, self.dflt, buf, t, d)
+        if push:
+            _push_row(r, &self.p, buf, t)
         return flags
 
 
