@@ -429,7 +429,8 @@ cdef class Kernel:
             raise ValueError(f"timestamp must be finite, got {t}")
         for c in range(self.p.C):
             if not isfinite(buf[self.p.cols[c]]):
-                raise ValueError(f"input {self.p.cols[c]} must be finite (it enters the history), got {buf[self.p.cols[c]]}")
+                raise ValueError(f"input {self.p.cols[c]} must be finite (it enters the history), "
+                                 f"got {buf[self.p.cols[c]]}")
         # nogil code run with the GIL held: dropping it for a sub-microsecond kernel costs more than it
         # gives (a thread that takes it meanwhile is waited for, up to the switch interval), and the
         # entity's record is already guarded by its stripe's lock
