@@ -22,8 +22,12 @@ what is there (lag takes the oldest one) and the vector is *partial*; with none,
 default is used, else x for lag/mean and 0 for the others.
 """
 cimport numpy as cnp
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport sqrt, isfinite, isnan
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy
 
 cnp.import_array()
 
@@ -377,3 +381,234 @@ def push_label(rec, plan, double ts, double label):
     r[lts + lo - 1] = ts
     r[lval + lo - 1] = label
     return K_INSERTED
+
+
+# -- the per-request path of a served model: a plan checked once, a one-row request read from its wire form ----
+
+cdef class Kernel:
+    """A plan and its defaults checked once, for the per-request path (``serve_out``).
+
+    ``serve``/``compute`` above read and check the plan on every call; a node serving one definition
+    keeps this instead.  It holds references to both arrays (read-only), so its pointers stay valid.
+    """
+    cdef Plan p
+    cdef const double* dflt
+    cdef readonly object codes, defaults
+
+    def __cinit__(self, codes, defaults):
+        _plan(codes, &self.p)
+        self.dflt = <const double*>_data(defaults, cnp.NPY_FLOAT64, 1, "defaults", False)
+        if cnp.PyArray_DIM(<cnp.ndarray>defaults, 0) != self.p.F:
+            raise ValueError(f"defaults length {cnp.PyArray_DIM(<cnp.ndarray>defaults, 0)} does not match F={self.p.F}")
+        self.codes = codes
+        self.defaults = defaults
+
+    @property
+    def width(self):
+        return self.p.n_in + self.p.F
+
+    def serve_out(self, rec, double t, out, bint push=True):
+        """``out`` (float32, C-contiguous, ``width`` values, e.g. ``[1, width]``) holds the raw row in its
+        first n_in values: write the derived features after it and, with ``push``, push the row into
+        ``rec``; returns the flags.  ``rec`` is only read without ``push``.
+        """
+        cdef double buf[MAX_IN]
+        cdef double* r = _record(rec, &self.p, push)
+        if not cnp.PyArray_Check(out):
+            raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+        cdef cnp.ndarray o = <cnp.ndarray>out
+        cdef Py_ssize_t i, c, n_in = self.p.n_in
+        if cnp.PyArray_TYPE(o) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(o) \
+                or cnp.PyArray_SIZE(o) != n_in + self.p.F or not cnp.PyArray_ISWRITEABLE(o):
+            raise ValueError(f"out must be {n_in + self.p.F} writeable C-contiguous float32 values, "
+                             f"got {out.dtype} with shape {out.shape}")
+        cdef float* d = <float*>cnp.PyArray_DATA(o)
+        for i in range(n_in):
+            buf[i] = d[i]
+        if not isfinite(t):
+            raise ValueError(f"timestamp must be finite, got {t}")
+        for c in range(self.p.C):
+            if not isfinite(buf[self.p.cols[c]]):
+                raise ValueError(f"input {self.p.cols[c]} must be finite (it enters the history), "
+                                 f"got {buf[self.p.cols[c]]}")
+        # nogil code run with the GIL held: dropping it for a sub-microsecond kernel costs more than it
+        # gives (a thread that takes it meanwhile is waited for, up to the switch interval), and the
+        # entity's record is already guarded by its stripe's lock
+        cdef int flags = _compute(r, &self.p, self.dflt, buf, t, d)
+        if push:
+            _push_row(r, &self.p, buf, t)
+        return flags
+
+
+cdef inline Py_ssize_t _varint(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, uint64_t* v) noexcept nogil:
+    """The varint at s[i] into v; the index after it, or -1 when truncated or longer than 10 bytes."""
+    cdef uint64_t x = 0
+    cdef int shift = 0
+    cdef unsigned char b
+    while i < n and shift < 64:
+        b = s[i]
+        i += 1
+        x |= (<uint64_t>(b & 0x7F)) << shift
+        if not (b & 0x80):
+            v[0] = x
+            return i
+        shift += 7
+    return -1
+
+
+cdef inline Py_ssize_t _skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int wt) noexcept nogil:
+    """The index after a field's value of wire type ``wt`` at s[i], or -1 (truncated, groups)."""
+    cdef uint64_t v
+    if wt == 0:
+        return _varint(s, i, n, &v)
+    if wt == 1:
+        return i + 8 if i + 8 <= n else -1
+    if wt == 5:
+        return i + 4 if i + 4 <= n else -1
+    if wt == 2:
+        i = _varint(s, i, n, &v)
+        if i < 0 or v > <uint64_t>(n - i):
+            return -1
+        return i + <Py_ssize_t>v
+    return -1
+
+
+cdef enum:
+    PARAM_NONE = 0
+    PARAM_STRING = 1  # InferParameter.string_param (3)
+    PARAM_UINT = 2    # int64_param (2) or uint64_param (5), as the unsigned varint
+    PARAM_OTHER = 3   # anything else: the checked Python path answers it
+    MAX_KEY = 256     # longest routing key (UTF-8 bytes), as serving.features.MAX_KEY_BYTES
+
+cdef uint64_t MAX_MS = (<uint64_t>1) << 53  # timestamps are Unix ms in 0..2^53
+
+
+cdef int _param(const unsigned char* s, Py_ssize_t i, Py_ssize_t end, Py_ssize_t* a, Py_ssize_t* b,
+                uint64_t* u) noexcept nogil:
+    """The kind of the InferParameter in s[i:end] (exactly one field of its oneof); a string's bounds in a, b."""
+    cdef int kind = PARAM_NONE
+    cdef uint64_t tag, n
+    cdef Py_ssize_t f, wt
+    while i < end:
+        i = _varint(s, i, end, &tag)
+        if i < 0 or kind != PARAM_NONE:
+            return PARAM_OTHER
+        f = <Py_ssize_t>(tag >> 3)
+        wt = <Py_ssize_t>(tag & 7)
+        if f == 3 and wt == 2:
+            i = _varint(s, i, end, &n)
+            if i < 0 or n > <uint64_t>(end - i):
+                return PARAM_OTHER
+            a[0] = i
+            b[0] = i + <Py_ssize_t>n
+            i = b[0]
+            kind = PARAM_STRING
+        elif (f == 2 or f == 5) and wt == 0:
+            i = _varint(s, i, end, u)
+            if i < 0:
+                return PARAM_OTHER
+            kind = PARAM_UINT
+        else:
+            return PARAM_OTHER
+    return kind
+
+
+def read_one_row(bytes wire, tuple tensors, out):
+    """A one-row feature request read from its wire form (a serialized ModelInferRequest), or None.
+
+    ``tensors``: the k expected serialized input tensors (``{name, "FP32", [1]}`` in the definition's
+    order).  When the request's inputs are exactly those, each with a 4-byte raw content, the k
+    little-endian FP32 values go into ``out``'s first k slots (float32, C-contiguous) and the result is
+    ``(entity, key, timestamp_ms)``: the ``routing_key`` parameter (str, and its UTF-8 bytes; both None
+    without one) and the ``timestamp_ms`` parameter (-1 without one).  Model name, version, id, other
+    parameters and requested outputs are skipped.  Anything else (typed contents, another tensor form,
+    a parameter of another kind, an empty or too long key, a timestamp outside 0..2^53, a malformed
+    message) returns None, for the checked path to serve or refuse with its messages.
+    """
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(wire)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(wire), i = 0, end, f, wt, j
+    cdef Py_ssize_t k = PyTuple_GET_SIZE(tensors), n_inputs = 0, n_raw = 0
+    cdef Py_ssize_t ka, kb, va, vb, sa = 0, sb = 0, ea = -1, eb = -1
+    cdef uint64_t tag, length, u = 0, ms = <uint64_t>-1
+    cdef bint has_key, has_value, seen_key = False, seen_ms = False
+    cdef int kind
+    cdef uint32_t bits
+    cdef float value
+    cdef object expected
+    if not cnp.PyArray_Check(out):
+        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+    cdef cnp.ndarray o = <cnp.ndarray>out
+    if cnp.PyArray_TYPE(o) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(o) or cnp.PyArray_SIZE(o) < k \
+            or not cnp.PyArray_ISWRITEABLE(o):
+        raise ValueError(f"out must hold at least {k} writeable C-contiguous float32 values")
+    cdef float* d = <float*>cnp.PyArray_DATA(o)
+    while i < n:
+        i = _varint(s, i, n, &tag)
+        if i < 0:
+            return None
+        f = <Py_ssize_t>(tag >> 3)
+        wt = <Py_ssize_t>(tag & 7)
+        if wt != 2 or f < 4 or f == 6 or f > 7:  # name, version, id, requested outputs, unknown fields
+            i = _skip(s, i, n, <int>wt)
+            if i < 0:
+                return None
+            continue
+        i = _varint(s, i, n, &length)
+        if i < 0 or length > <uint64_t>(n - i):
+            return None
+        end = i + <Py_ssize_t>length
+        if f == 5:  # an input tensor: byte for byte the expected one
+            if n_inputs >= k:
+                return None
+            expected = <object>PyTuple_GET_ITEM(tensors, n_inputs)
+            if type(expected) is not bytes or PyBytes_GET_SIZE(expected) != end - i \
+                    or memcmp(PyBytes_AS_STRING(expected), s + i, end - i) != 0:
+                return None
+            n_inputs += 1
+        elif f == 7:  # a raw content: one FP32, little-endian
+            if n_raw >= k or end - i != 4:
+                return None
+            bits = <uint32_t>s[i] | (<uint32_t>s[i + 1] << 8) | (<uint32_t>s[i + 2] << 16) | (<uint32_t>s[i + 3] << 24)
+            memcpy(&value, &bits, 4)
+            d[n_raw] = value
+            n_raw += 1
+        else:  # f == 4: a parameters map entry {1: key, 2: InferParameter}
+            has_key = has_value = False
+            ka = kb = va = vb = i
+            j = i
+            while j < end:
+                j = _varint(s, j, end, &tag)
+                if j < 0:
+                    return None
+                if (tag >> 3) in (1, 2) and (tag & 7) == 2:
+                    j = _varint(s, j, end, &length)
+                    if j < 0 or length > <uint64_t>(end - j):
+                        return None
+                    if (tag >> 3) == 1:
+                        ka, kb, has_key = j, j + <Py_ssize_t>length, True
+                    else:
+                        va, vb, has_value = j, j + <Py_ssize_t>length, True
+                    j += <Py_ssize_t>length
+                else:
+                    j = _skip(s, j, end, <int>(tag & 7))
+                    if j < 0:
+                        return None
+            if has_key and kb - ka == 11 and memcmp(s + ka, b"routing_key", 11) == 0:
+                if seen_key or not has_value or _param(s, va, vb, &sa, &sb, &u) != PARAM_STRING \
+                        or not 0 < sb - sa <= MAX_KEY:
+                    return None
+                ea, eb, seen_key = sa, sb, True
+            elif has_key and kb - ka == 12 and memcmp(s + ka, b"timestamp_ms", 12) == 0:
+                if seen_ms or not has_value or _param(s, va, vb, &sa, &sb, &u) != PARAM_UINT or u >= MAX_MS:
+                    return None
+                ms, seen_ms = u, True
+        i = end
+    if n_inputs != k or n_raw != k:
+        return None
+    if not seen_key:
+        return None, None, <long long>ms if seen_ms else -1
+    try:
+        entity = PyUnicode_DecodeUTF8(<const char*>(s + ea), eb - ea, NULL)
+    except UnicodeDecodeError:
+        return None
+    return entity, wire[ea:eb], <long long>ms if seen_ms else -1

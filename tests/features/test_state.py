@@ -232,3 +232,48 @@ def test_stats_count_what_happened():
     assert not st.update_with_label("x", 1.0, 1.0)  # no label features: dropped, counted
     s = st.stats()
     assert (s.served, s.cold, s.partial, s.rows, s.labels, s.labels_dropped) == (3, 1, 2, 3, 1, 1)
+
+
+def test_serve_into_is_serve_bit_for_bit_with_the_row_in_the_output_and_nothing_allocated():
+    """The node's per-request form (``serve_into``: the row already in the graph's vector, the plan
+    checked once) and ``serve`` on two states fed the same stream: same vectors, flags, records, counts."""
+    d = mixed_definition()
+    s = random_stream(33, 600, 7)
+    a, b = FeatureState(d, max_entities=5, stripes=1), FeatureState(d, max_entities=5, stripes=1)  # evicts too
+    width, n_in = a.plan.width, a.plan.n_inputs
+    for i, (k, row, t) in enumerate(zip(s.keys, s.rows, s.timestamps)):
+        if i:
+            for st in (a, b):
+                st.update_with_label(s.keys[i - 1], s.labels[i - 1], s.timestamps[i - 1])
+        want = a.serve(k, np.asarray(row, np.float32), t)
+        out = np.full((1, width), np.nan, np.float32)
+        out[0, :n_in] = row
+        flags = b.serve_into(k, k.encode("utf-8"), float(t), out)
+        assert out.tobytes() == want.vector.tobytes(), i
+        assert (bool(flags & 1), bool(flags & 2)) == (want.cold, want.partial), i
+    assert a.stats() == b.stats() and a.stats().evictions > 0
+    assert sorted(a.keys()) == sorted(b.keys())
+    assert all(a.export_entity(k) == b.export_entity(k) for k in a.keys())
+
+
+def test_serve_into_only_held_leaves_an_unknown_entity_alone_and_bad_input_is_named():
+    d = mixed_definition()
+    st = FeatureState(d)
+    out = np.zeros((1, st.plan.width), np.float32)
+    assert st.serve_into("new", b"new", 1.0, out, only_held=True) == -1
+    assert "new" not in st and st.stats().served == 0 and not out.any()
+    assert st.serve_into("new", b"new", 1.0, out) & 1  # cold: first row of the entity
+    assert st.serve_into("new", b"new", 2.0, out, only_held=True) >= 0 and st.stats().served == 2
+    for entity, key in (("x" * 257, b"x" * 257), ("", b""), ("k", "k")):
+        with pytest.raises(FeatureError, match="entity"):
+            st.serve_into(entity, key, 3.0, out)
+    kept = d.inputs.index(st.plan.columns[0])
+    out[0, kept] = np.inf
+    with pytest.raises(FeatureError, match=d.inputs[kept]):
+        st.serve_into("new", b"new", 3.0, out)
+    out[0, kept] = 1.0
+    with pytest.raises(FeatureError, match="timestamp"):
+        st.serve_into("new", b"new", float("nan"), out)
+    with pytest.raises(ValueError, match="out"):
+        st.serve_into("new", b"new", 3.0, np.zeros((1, st.plan.width), np.float64))
+    assert st.stats().served == 2  # refused rows never enter the state

@@ -382,39 +382,133 @@ def test_scaling_folded_into_the_graph_with_onnx_compose():
     onnx.checker.check_model(folded)
 
 
-def test_the_one_row_wire_read_takes_only_the_exact_form_and_reads_it_right():
+def _front(max_batch_size: int = 8):
     from edgeloop.serving.features import FeatureFront, FeatureStates
     from edgeloop.serving.signature import ModelSignature, TensorSpec
 
     d = definition()
-    graph = ModelSignature([TensorSpec("features", "FP32", (-1, d.width), "input", ("batch", None))], [], 8)
+    graph = ModelSignature([TensorSpec("features", "FP32", (-1, d.width), "input", ("batch", None))], [],
+                           max_batch_size)
     states = FeatureStates()
-    front = FeatureFront(MODEL, d, graph, 8, states.state_for(MODEL, d, 100), states)
+    return FeatureFront(MODEL, d, graph, max_batch_size, states.state_for(MODEL, d, 100), states)
+
+
+def _read(front, request):
+    from edgeloop.kernels import features as _k
+
+    out = np.full((1, front.definition.width), np.nan, np.float32)
+    got = _k.read_one_row(request.SerializeToString(), front._fast_tensors, out)
+    return got, out[0, : len(front.definition.inputs)]
+
+
+def test_the_one_row_wire_read_takes_only_the_exact_form_and_reads_it_right():
+    front = _front()
+    d = front.definition
     rng = np.random.default_rng(3)
     rows = rng.standard_normal((50, 3)).astype(np.float32)
     rows[0] = np.frombuffer(b"\x3a\x04\x3a\x04" * 3, np.float32)  # values that look like the tags
     for i, row in enumerate(rows):
-        got = front._one_row(feature_request(MODEL, d, row, f"k{i}", T0_MS + i))
-        assert got is not None and got.tobytes() == row.reshape(1, 3).tobytes()
+        key = f"k{i}" if i % 2 else f"\u00e9t\u00e9-{i}"  # non-ASCII keys: the str and its UTF-8 bytes
+        got, values = _read(front, feature_request(MODEL, d, row, key, T0_MS + i, request_id=f"id{i}"))
+        assert got == (key, key.encode("utf-8"), T0_MS + i) and values.tobytes() == row.tobytes()
+    got, values = _read(front, feature_request(MODEL, d, rows[1]))  # no key, no timestamp: the node decides
+    assert got == (None, None, -1) and values.tobytes() == rows[1].tobytes()
+    asked = feature_request(MODEL, d, rows[1], "k", T0_MS)
+    asked.outputs.add(name="vector")  # requested outputs are the signature's business, not the reader's
+    asked.parameters["priority"].int64_param = 3  # other parameters are skipped
+    asked.parameters["timestamp_ms"].uint64_param = T0_MS + 7
+    assert _read(front, asked)[0] == ("k", b"k", T0_MS + 7)
 
     def variant(change):
         request = feature_request(MODEL, d, rows[1], "k", T0_MS)
         change(request)
         return request
     others = {
-        "an output asked for": lambda r: r.outputs.add(name="vector"),
         "a tensor parameter": lambda r: r.inputs[0].parameters["x"].CopyFrom(
             inference_pb2.InferParameter(bool_param=True)),
         "another datatype": lambda r: setattr(r.inputs[1], "datatype", "INT32"),
         "another name": lambda r: setattr(r.inputs[2], "name", "prices"),
         "two rows in the shape": lambda r: r.inputs[0].shape.__setitem__(0, 2),
         "a short raw": lambda r: r.raw_input_contents.__setitem__(2, b"\0\0"),
+        "two rows of raw": lambda r: r.raw_input_contents.__setitem__(0, b"\0" * 8),
         "typed contents too": lambda r: r.inputs[1].contents.fp32_contents.append(1.0),
         "an extra raw": lambda r: r.raw_input_contents.append(b"\0\0\0\0"),
+        "a raw missing": lambda r: r.raw_input_contents.pop(),
+        "an extra input": lambda r: r.inputs.add(name="d", datatype="FP32", shape=[1]),
         "inputs reordered": lambda r: (setattr(r.inputs[0], "name", "b"), setattr(r.inputs[1], "name", "a")),
+        "a key of another kind": lambda r: r.parameters["routing_key"].CopyFrom(
+            inference_pb2.InferParameter(int64_param=5)),
+        "an empty key": lambda r: setattr(r.parameters["routing_key"], "string_param", ""),
+        "a key too long": lambda r: setattr(r.parameters["routing_key"], "string_param", "x" * 257),
+        "a timestamp of another kind": lambda r: r.parameters["timestamp_ms"].CopyFrom(
+            inference_pb2.InferParameter(double_param=1.5)),
+        "a negative timestamp": lambda r: setattr(r.parameters["timestamp_ms"], "int64_param", -1),
+        "a timestamp past 2^53": lambda r: setattr(r.parameters["timestamp_ms"], "int64_param", 2**53),
     }
     for what, change in others.items():
-        assert front._one_row(variant(change)) is None, what
+        assert _read(front, variant(change))[0] is None, what
+    from edgeloop.kernels import features as _k
+
+    wire = feature_request(MODEL, d, rows[1], "k", T0_MS).SerializeToString()
+    out = np.zeros((1, d.width), np.float32)
+    for cut in range(len(wire)):  # every truncation of a valid request: refused, never read past the end
+        got = _k.read_one_row(wire[:cut], front._fast_tensors, out)
+        assert got is None or got[2] == -1 or got[2] == T0_MS, cut
     # what falls back is still served by the checked path: the reordered request reads the same values
     swapped = variant(others["inputs reordered"])
     assert front._rows(swapped)[0].tolist() == [[rows[1][1], rows[1][0], rows[1][2]]]
+
+
+def test_the_fast_path_and_the_checked_path_serve_the_same_vectors_and_counts():
+    """Every request served twice, by the native one-row path and by the checked path (fast path off), on
+    two fronts with their own state: the vectors, flags and state counters are equal bit for bit."""
+    from edgeloop.serving.features import take_served
+
+    fast, checked = _front(0), _front(0)
+    checked._fast_tensors = ()  # every request takes ``_enrich_rows``
+    keys, rows, ts, labels, _arrivals = stream(11, 300, 7)
+    for i in range(300):
+        request = feature_request(MODEL, fast.definition, rows[i], keys[i] if i % 10 else None, int(ts[i]),
+                                  request_id=f"r{i}")
+        if i % 9 == 0:
+            rows_bad = rows[i].copy()
+            rows_bad[0] = np.nan  # a non-finite kept column: refused by both, naming the input
+            bad = feature_request(MODEL, fast.definition, rows_bad, keys[i], int(ts[i]))
+            for front in (fast, checked):
+                with pytest.raises(Exception) as err:
+                    front.enrich(bad)
+                assert "'a'" in str(err.value) or " a " in str(err.value), str(err.value)
+        got = []
+        for front in (fast, checked):
+            feeds, batch = front.enrich(request)
+            served = take_served(request)
+            got.append((feeds["features"].tobytes(), batch, served.cold, served.partial, served.entity, served.t))
+        assert got[0] == got[1], i
+        if i % 4 == 0 and i:
+            for front in (fast, checked):
+                front.state.update_with_label(keys[i - 1], labels[i - 1], ts[i - 1] / 1000.0)
+    a, b = fast.state.stats(), checked.state.stats()
+    assert a == b and a.served == 270 and a.cold == 7
+    assert fast.states.no_key == checked.states.no_key == 30
+
+
+def test_a_request_is_read_from_the_bytes_it_was_parsed_from_while_it_is_served():
+    """The servicer hands the request's wire bytes over (``parsed_from``): enrich reads those, only for
+    that very message, and serializes the message itself once they are withdrawn."""
+    from edgeloop.serving.features import parsed_from, take_served
+
+    front = _front(0)
+    d = front.definition
+    rows = np.array([[1.0, 2.0, 3.0], [7.0, 8.0, 9.0]], np.float32)
+    request = feature_request(MODEL, d, rows[0], "k", T0_MS)
+    sent = feature_request(MODEL, d, rows[1], "k", T0_MS + 1000).SerializeToString()
+    try:
+        parsed_from(request, sent)
+        feeds, _ = front.enrich(request)
+        assert feeds["features"][0, :3].tolist() == [7.0, 8.0, 9.0] and take_served(request).t == T0_MS / 1000 + 1
+        other = feature_request(MODEL, d, rows[0], "k", T0_MS + 2000)  # another message: its own bytes
+        assert front.enrich(other)[0]["features"][0, :3].tolist() == [1.0, 2.0, 3.0]
+    finally:
+        parsed_from(None, b"")
+    feeds, _ = front.enrich(request)
+    assert feeds["features"][0, :3].tolist() == [1.0, 2.0, 3.0]

@@ -75,6 +75,8 @@ class Plan:
         self.defaults.flags.writeable = False
         self._blank = self.new_record()
         self._blank.flags.writeable = False
+        #: the plan checked once for the per-request path (``FeatureState.serve_into``)
+        self.kernel = _k.Kernel(self.codes, self.defaults)
 
     def new_record(self) -> np.ndarray:
         """The state of an entity never seen: no rows, no labels."""

@@ -157,6 +157,43 @@ class FeatureState:
                 stripe.partial += 1
         return Served(out, bool(flags & _k.FLAG_COLD), bool(flags & _k.FLAG_PARTIAL))
 
+    def serve_into(self, entity: str, key: bytes, t: float, out: np.ndarray, only_held: bool = False) -> int:
+        """``serve`` on a node's request path, with nothing allocated: the row is ``out``'s first n_in values.
+
+        ``out`` is float32, C-contiguous, ``width`` values (``[1, width]`` for the graph); the derived
+        features are written after the row.  ``key`` is ``entity`` in UTF-8 (both read from the request,
+        so not encoded again here).  Returns the flags (``FLAG_COLD`` | ``FLAG_PARTIAL``), or -1 with
+        nothing done when ``only_held`` and the entity is not held (the caller may adopt it first).
+        """
+        if type(key) is not bytes or not 0 < len(key) <= MAX_ENTITY_BYTES or type(entity) is not str:
+            raise FeatureError("request", "entity", entity, f"1..{MAX_ENTITY_BYTES} bytes of UTF-8")
+        stripes = self._stripes
+        stripe = stripes[zlib.crc32(key) % len(stripes)]
+        with stripe.lock:
+            records = stripe.records
+            rec = records.get(entity)
+            new = rec is None
+            if new:
+                if only_held:
+                    return -1
+                rec = self.plan.new_record()
+            else:
+                records.move_to_end(entity)
+            try:
+                flags = self.plan.kernel.serve_out(rec, t, out)
+            except ValueError as exc:
+                raise _row_error(self.plan, out.reshape(-1)[: self.plan.n_inputs], t, exc) from None
+            stripe.rows += 1
+            stripe.served += 1
+            if new:
+                stripe.admit(entity, rec)
+            if flags:
+                if flags & _k.FLAG_COLD:
+                    stripe.cold += 1
+                if flags & _k.FLAG_PARTIAL:
+                    stripe.partial += 1
+        return flags
+
     def update_with_row(self, entity: str, row, t: float) -> None:
         """The served row enters the entity's history (after ``compute``)."""
         stripe = self._stripe(entity)

@@ -20,7 +20,8 @@ __all__ = [
     "RECORD_VERSION", "HEADER_SLOTS", "SLOT_VERSION", "SLOT_ROWS", "SLOT_HEAD", "SLOT_LAST_T", "SLOT_LABELS",
     "SLOT_SEEN", "SLOT_LABELS_SEEN", "OP_LAG", "OP_DELTA", "OP_MEAN", "OP_STD", "OP_DEV", "OP_SINCE_LAST",
     "OP_LABEL_LAG", "OP_LABEL_MEAN", "FLAG_COLD", "FLAG_PARTIAL", "LABEL_DROPPED", "LABEL_INSERTED",
-    "LABEL_REPLACED", "record_length", "compute", "push_row", "serve", "push_label", "as_row",
+    "LABEL_REPLACED", "record_length", "compute", "push_row", "serve", "push_label", "as_row", "Kernel",
+    "read_one_row",
 ]
 
 RECORD_VERSION: float = _ft.RECORD_VERSION
@@ -58,6 +59,12 @@ push_row = _ft.push_row
 serve = _ft.serve
 #: push_label(rec, plan, ts, label) -> LABEL_*: a label for the entity's event at ts.
 push_label = _ft.push_label
+#: Kernel(plan, defaults): the plan checked once; .serve_out(rec, t, out, push=True) -> flags, the raw row
+#: being out's first n_in values (the per-request path of a node).
+Kernel = _ft.Kernel
+#: read_one_row(wire, tensors, out) -> (entity, key bytes, timestamp_ms) or None: a one-row request of
+#: raw FP32 inputs read from its serialized ModelInferRequest into out (see the .pyx for what falls back).
+read_one_row = _ft.read_one_row
 
 
 def as_row(values, n_inputs: int) -> np.ndarray:

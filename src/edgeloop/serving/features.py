@@ -25,7 +25,6 @@ parameter) with the one implementation in ``edgeloop.features``, then pushes the
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -37,6 +36,7 @@ import numpy as np
 
 from edgeloop.features import DefinitionError, FeatureDefinition, FeatureError, FeatureState, Plan, StateError
 from edgeloop.features import compute as _compute_vector
+from edgeloop.kernels import features as _k
 from edgeloop.protocol import inference_pb2
 from edgeloop.protocol.errors import invalid_argument, quote
 from edgeloop.serving.signature import ModelSignature, SignatureError, TensorSpec
@@ -53,15 +53,7 @@ MAX_KEY_BYTES = 256
 _LE_F32 = np.dtype("<f4")
 _InputTensor = inference_pb2.ModelInferRequest.InferInputTensor
 _WIRE = methodcaller("SerializeToString")
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+_COLD, _PARTIAL = _k.FLAG_COLD, _k.FLAG_PARTIAL
 
 
 class ServedFeatures:
@@ -94,16 +86,40 @@ class ServedFeatures:
             self.front.states.remember(sample_id, self.front.model, self.entity, self.t)
 
 
-_local = threading.local()
+class _PerThread(threading.local):
+    """What a handler thread hands from one step of a request to the next.
+
+    Class defaults, so that reading a slot never set on this thread finds None instead of raising
+    (and catching) AttributeError: that costs microseconds per request, every request, on the recorder's path.
+    """
+
+    wire: tuple | None = None  # (request, the bytes it was parsed from), see ``parsed_from``
+    served: tuple | None = None  # ``ServedFeatures``' arguments, see ``take_served``
+
+
+_local = _PerThread()
 
 
 def take_served(request) -> ServedFeatures | None:
-    """The features served for ``request`` on this thread (once), or None for a model without features."""
-    served = getattr(_local, "served", None)
-    if served is None or served.request is not request:
+    """The features served for ``request`` on this thread (once), or None for a model without features.
+
+    ``enrich`` leaves a plain tuple (the cheapest handoff on the request path); it becomes a
+    ``ServedFeatures`` only here, for a recorder that asks.
+    """
+    served = _local.served
+    if served is None or served[0] is not request:
         return None
     _local.served = None
-    return served
+    return ServedFeatures(*served)
+
+
+def parsed_from(request, wire: bytes) -> None:
+    """The servicer parsed ``request`` from ``wire`` (this thread): ``enrich`` reads a one-row request
+    from those bytes instead of serializing the message again.  Call ``parsed_from(None, b"")`` once the
+    request is answered, so no thread keeps a request alive.  Valid while the message is unchanged but
+    for parameters the read skips (the mesh's forwarded flag: the only change before inference).
+    """
+    _local.wire = (request, wire)
 
 
 def parse_manifest_definition(manifest: dict | None) -> FeatureDefinition | None:
@@ -356,51 +372,22 @@ class FeatureFront:
         self._batching = self.signature.max_batch_size > 0
         self._max_rows = self.signature.max_batch_size if self._batching else 1 << 20
         self._wire_1 = self._wire(1)
-        k = len(self._inputs)
-        # one-row fast path on the request's own wire form (see ``_one_row``): the k input tensors as
-        # serialized fields 5 of ModelInferRequest, then k raw contents (field 7) of 4 bytes each
-        self._inputs_field_1 = b"".join(b"\x2a" + _varint(len(w)) + w for w in self._wire_1)
-        self._raw_tail = 6 * k
-        self._raw_tags = b"\x3a\x04" * k
-        self._raw_unpack = struct.Struct("<" + "2xf" * k).unpack_from
+        #: what a one-row request's input tensors are on the wire ({name, "FP32", [1]}, definition order):
+        #: such a request is read in one native call (``_k.read_one_row``); empty turns that path off
+        self._fast_tensors = tuple(self._wire_1)
 
     def _wire(self, n: int) -> list[bytes]:
         """The serialized tensor headers of an ``n``-row request's raw inputs, in the definition's order."""
         return [_InputTensor(name=name, datatype="FP32", shape=[n]).SerializeToString() for name in self._inputs]
 
-    def _one_row(self, request) -> np.ndarray | None:
-        """The one-row request's raw inputs (float32 ``[1, k]``) read from its wire form, or None.
-
-        Reading six tensors through protobuf costs more than the 20 features; serializing the request is
-        one C call.  Fields are written in field-number order (5 inputs, 6 outputs, 7 raw contents, then
-        unknown fields), so with exactly k inputs and k raw contents, the wire form ending in the expected
-        k tensors immediately followed by k 4-byte raw contents means: no outputs, no unknown fields, every
-        tensor exactly ``{name, "FP32", [1]}`` in the definition's order.  Anything else returns None.
-        """
-        k = len(self._inputs)
-        if len(request.inputs) != k or len(request.raw_input_contents) != k:
-            return None
-        wire = request.SerializeToString()
-        tail = self._raw_tail
-        end = len(wire) - tail
-        head = self._inputs_field_1
-        if end < len(head) or wire[end - len(head): end] != head:
-            return None
-        if wire[end::6] + wire[end + 1::6] != self._raw_tags[0::2] + self._raw_tags[1::2]:
-            return None
-        return np.array(self._raw_unpack(wire, end), dtype=np.float32).reshape(1, k)
-
     def _rows(self, request) -> tuple[np.ndarray, int]:
-        """The request's rows ``[n, inputs]`` (float32) and batch size.
+        """The request's rows ``[n, inputs]`` (float32) and batch size (any request ``enrich`` did not read whole).
 
         Fast path: every raw input as FP32 ``[n]`` raw contents in the definition's order (what
         ``feature_request`` and most clients send) is one join of the bytes, after comparing each
         tensor's wire form with the expected one; anything else goes through the signature's full
         checks (typed contents, any order, and every error message).
         """
-        one = self._one_row(request)
-        if one is not None:
-            return one, 1
         inputs = request.inputs
         raws = request.raw_input_contents
         k = len(self._inputs)
@@ -420,7 +407,46 @@ class FeatureFront:
         return rows, batch
 
     def enrich(self, request) -> tuple[dict[str, np.ndarray], int]:
-        """Decode the raw inputs, serve each row from its entity's state; ``(feeds, batch)`` for the graph."""
+        """Decode the raw inputs, serve each row from its entity's state; ``(feeds, batch)`` for the graph.
+
+        A one-row request of raw FP32 inputs (what clients send) is read from its wire form in one
+        native call, straight into the vector the graph is fed (``[1, width]``, allocated once); the
+        entity's state computes the derived features after the raw row and takes the row, under its
+        stripe's lock, in one more.  Every other request takes ``_enrich_rows`` (any form, every check).
+        """
+        out = np.empty((1, self._width), dtype=np.float32)
+        wire = _local.wire
+        wire = wire[1] if wire is not None and wire[0] is request else request.SerializeToString()
+        read = _k.read_one_row(wire, self._fast_tensors, out)
+        if read is None:
+            return self._enrich_rows(request)
+        entity, key, ms = read
+        t = ms / 1000.0 if ms >= 0 else time.time()
+        rebuilt = False
+        try:
+            if entity is None:
+                self.states.count("no_key", 1)
+                plan = self.plan
+                served = _compute_vector(plan, plan.blank, out[0, : plan.n_inputs].copy(), t)
+                out = served.vector.reshape(1, self._width)
+                cold, partial = True, served.partial
+            else:
+                state = self.state
+                fetch = self.states.fetch_entity is not None
+                flags = state.serve_into(entity, key, t, out, fetch)
+                if flags < 0:  # not held here: ask the previous owner first (mesh on)
+                    rebuilt = self.states.adopt_from_previous_owner(self.model, state, entity)
+                    flags = state.serve_into(entity, key, t, out)
+                cold, partial = (flags & _COLD) != 0, (flags & _PARTIAL) != 0
+                if request.id:
+                    self._remember(request.id, self.model, entity, t)
+        except FeatureError as exc:
+            raise invalid_argument(f"model {quote(self.model)}: {exc}") from None
+        _local.served = (request, self, out, cold, partial, entity, t, rebuilt)  # ServedFeatures' arguments
+        return {self.input_name: out}, 1
+
+    def _enrich_rows(self, request) -> tuple[dict[str, np.ndarray], int]:
+        """``enrich`` of any request: batches, typed contents, any input order, and every error message."""
         rows, batch = self._rows(request)
         rows_n = rows.shape[0]
         if rows_n < 1:
@@ -456,7 +482,7 @@ class FeatureFront:
             raise invalid_argument(f"model {quote(self.model)}: {exc}") from None
         if entity is not None and request.id:
             self._remember(request.id, self.model, entity, t)
-        _local.served = ServedFeatures(request, self, out, cold, partial, entity, t, rebuilt)
+        _local.served = (request, self, out, cold, partial, entity, t, rebuilt)  # ServedFeatures' arguments
         return {self.input_name: out}, batch if self._batching else 1
 
     @staticmethod
@@ -585,4 +611,4 @@ def build_front(model: str, manifest: dict | None, onnx_signature: ModelSignatur
 
 
 __all__ = ["FeatureCollector", "FeatureFront", "PeriodicSnapshots", "FeatureStates", "MANIFEST_KEY", "ServedFeatures", "TIMESTAMP_MS", "build_front",
-           "parse_manifest_definition", "raw_signature", "take_served"]
+           "parse_manifest_definition", "parsed_from", "raw_signature", "take_served"]

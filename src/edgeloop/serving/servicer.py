@@ -24,6 +24,7 @@ import grpc
 import edgeloop
 from edgeloop.protocol import inference_pb2, inference_pb2_grpc
 from edgeloop.protocol.errors import ProtocolError, invalid_argument, quote, unavailable
+from edgeloop.serving.features import parsed_from
 from edgeloop.serving.manager import invalid_name
 from edgeloop.serving.repository import valid_model_name
 
@@ -141,11 +142,13 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def _stream(self, request_iterator, context):
         for request in request_iterator:
             if type(request) is bytes:
+                raw = request
                 try:
-                    request = _parse(_ModelInferRequest, request)
+                    request = _parse(_ModelInferRequest, raw)
                 except ProtocolError as exc:
                     yield inference_pb2.ModelStreamInferResponse(error_message=f"{exc.code.name}: {exc.message}")
                     continue
+                parsed_from(request, raw)
             try:
                 response = self._infer(request, context)
             except ProtocolError as exc:
@@ -161,6 +164,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 yield inference_pb2.ModelStreamInferResponse(
                     error_message=f"INTERNAL: {type(exc).__name__}: {quote(str(exc), 1000)}")
                 continue
+            finally:
+                parsed_from(None, b"")
             yield inference_pb2.ModelStreamInferResponse(infer_response=response)
 
     # --------------------------------------------------------------------------- statistics
@@ -225,14 +230,26 @@ def _parse(message_type, raw: bytes):
 
 
 def _parsing(method, message_type):
-    """A unary handler taking raw bytes: parse (INVALID_ARGUMENT if they do not parse), then ``method``."""
+    """A unary handler taking raw bytes: parse (INVALID_ARGUMENT if they do not parse), then ``method``.
+
+    An inference request's bytes stay at hand while it is served (``features.parsed_from``): a model
+    with features reads its raw inputs from them rather than serializing the message again.
+    """
+    infer = message_type is _ModelInferRequest
+
     @functools.wraps(method)
     def handler(raw, context):
         try:
             request = _parse(message_type, raw)
         except ProtocolError as exc:
             context.abort(exc.code, exc.message)
-        return method(request, context)
+        if not infer:
+            return method(request, context)
+        parsed_from(request, raw)
+        try:
+            return method(request, context)
+        finally:
+            parsed_from(None, b"")
 
     return handler
 
