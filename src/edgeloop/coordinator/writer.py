@@ -3,9 +3,10 @@
 Upload streams validate their batches on their own gRPC threads and hand them here, several at a
 time (a stream's batches are only acknowledged together, at its end, so nothing waits longer for
 it); sample batches that are waiting together are committed in one transaction (up to
-``max_group_rows`` rows), which writes each touched index page once instead of once per batch.  SQLite releases the GIL while it
-works, so validation of the next batches overlaps the commit.  If a group fails, its batches are
-retried one by one, so one bad batch never fails another stream's batches.
+``max_group_rows`` rows), which writes each touched index page once instead of once per batch.
+SQLite releases the GIL while it works, so validation of the next batches overlaps the commit.  If
+a group fails, its batches are retried one by one, so one bad batch never fails another stream's
+batches.
 """
 from __future__ import annotations
 

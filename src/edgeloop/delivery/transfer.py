@@ -117,7 +117,7 @@ def fetch(manifest: dict, part: Path, sources: list[Source], *, max_bad_chunks: 
 
             def settle() -> bool:
                 """Check the chunk being hashed; a bad one is fetched again alone.  False: it must be re-streamed."""
-                nonlocal pending, bad
+                nonlocal pending
                 if pending is None:
                     return True
                 j, from_index, digest = pending
