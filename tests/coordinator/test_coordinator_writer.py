@@ -34,3 +34,19 @@ def test_grouped_batches_commit_and_a_bad_one_fails_alone(tmp_path):
     late = writer.samples("e1", "b9", rows("z"), 7)
     with pytest.raises(RuntimeError, match="closed"):
         late.result(1)
+
+
+def test_a_streams_group_commits_together_and_its_bad_batch_fails_alone(tmp_path):
+    store = SqliteStore(tmp_path / "c.sqlite")
+    writer = IngestWriter(store)
+    try:
+        good, bad, dup = writer.sample_batches([("e1", "g1", rows("a", "b"), 5),
+                                                ("e1", "g2", rows("c") + [SampleRow("m", "d", 1, "k", 1, object())], 5),
+                                                ("e1", "g1", rows("a", "b"), 5)])
+        assert good.result(10) == 2 and dup.result(10) is None
+        with pytest.raises(Exception):
+            bad.result(10)
+        assert sorted(i for _, i in store.sample_ids()) == ["a", "b"]
+    finally:
+        writer.close()
+        store.close()

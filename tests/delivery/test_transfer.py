@@ -155,3 +155,21 @@ def test_kill_mid_transfer_then_resume_fetches_at_most_one_chunk_again(cloud, tm
     assert stats.resumed_at_chunk == verified and stats.chunks_received == n - verified
     resent = received_before + stats.chunks_received - n
     assert 0 <= resent <= 1
+
+
+def test_a_resume_hashes_the_written_chunks_again_and_refetches_from_the_first_bad_one(cloud, tmp_path):
+    # the resume point counts chunks written (each is hashed while the next is received), so a resume
+    # must not trust it: a written chunk that is wrong on disk is fetched again, with everything after it
+    data, doc = artifact(cloud)
+    n = len(doc["chunks"])
+    part = tmp_path / "r.part"
+    written = 12
+    on_disk = bytearray(data[:written * CHUNK])
+    on_disk[9 * CHUNK + 7] ^= 0x01  # chunk 9 is corrupt on disk; chunks 0..8 are good
+    part.write_bytes(bytes(on_disk))
+    part.with_name("r.part.verified").write_text(f"{doc['sha256']}:{written:012d}")
+    with grpc.insecure_channel(cloud.address) as channel:
+        src = transfer.Source("coordinator", mesh_pb2_grpc.CoordinatorStub(channel), "coordinator")
+        stats = transfer.fetch(doc, part, [src])
+        assert transfer.finish(part, doc) == data
+    assert stats.resumed_at_chunk == 9 and stats.chunks_received == n - 9 and stats.bad_chunks == 0

@@ -1,10 +1,12 @@
 """The one thread that commits uploads, with group commit for sample batches.
 
-Upload streams validate their batches on their own gRPC threads and hand them here; sample batches
-that are waiting together are committed in one transaction (up to ``max_group_rows`` rows), which
-writes each touched index page once instead of once per batch.  SQLite releases the GIL while it
-works, so validation of the next batches overlaps the commit.  If a group fails, its batches are
-retried one by one, so one bad batch never fails another stream's batches.
+Upload streams validate their batches on their own gRPC threads and hand them here, several at a
+time (a stream's batches are only acknowledged together, at its end, so nothing waits longer for
+it); sample batches that are waiting together are committed in one transaction (up to
+``max_group_rows`` rows), which writes each touched index page once instead of once per batch.
+SQLite releases the GIL while it works, so validation of the next batches overlaps the commit.  If
+a group fails, its batches are retried one by one, so one bad batch never fails another stream's
+batches.
 """
 from __future__ import annotations
 
@@ -29,9 +31,13 @@ class IngestWriter:
 
     def samples(self, node_id: str, batch_id: str, rows, now_ms: int) -> Future:
         """Queue one sample batch; the future gives what ``store.ingest_samples`` returns."""
-        future: Future = Future()
-        self._put(("samples", (node_id, batch_id, rows, now_ms), future))
-        return future
+        return self.sample_batches([(node_id, batch_id, rows, now_ms)])[0]
+
+    def sample_batches(self, batches) -> list[Future]:
+        """Queue (node_id, batch_id, rows, now_ms) batches to commit together; one future per batch."""
+        futures = [Future() for _ in batches]
+        self._put(("samples", list(batches), futures))
+        return futures
 
     def call(self, fn, *args) -> Future:
         """Queue any other store write; it runs alone, in order with the sample batches."""
@@ -41,7 +47,8 @@ class IngestWriter:
 
     def _put(self, job) -> None:
         if self._closed:
-            job[2].set_exception(RuntimeError("the ingest writer is closed"))
+            for future in job[2] if isinstance(job[2], list) else [job[2]]:
+                future.set_exception(RuntimeError("the ingest writer is closed"))
             return
         self._jobs.put(job)
 
@@ -62,7 +69,8 @@ class IngestWriter:
             if kind == "call":
                 self._settle(future, payload[0], *payload[1])
                 continue
-            group, rows = [job], len(payload[2])
+            group, futures = list(payload), list(future)
+            rows = sum(len(b[2]) for b in payload)
             while rows < self._max_rows:
                 try:
                     nxt = self._jobs.get_nowait()
@@ -71,19 +79,20 @@ class IngestWriter:
                 if nxt is _STOP or nxt[0] != "samples":
                     carry = nxt
                     break
-                group.append(nxt)
-                rows += len(nxt[1][2])
-            self._commit(group)
+                group.extend(nxt[1])
+                futures.extend(nxt[2])
+                rows += sum(len(b[2]) for b in nxt[1])
+            self._commit(group, futures)
 
-    def _commit(self, group) -> None:
-        futures = [f for _, _, f in group]  # never cancelled: a stream that gives up just stops waiting
+    def _commit(self, group, futures) -> None:
+        """Commit ``group`` in one transaction (futures are never cancelled: a stream that gives up stops waiting)."""
         try:
-            results = self._store.ingest_sample_batches([payload for _, payload, _ in group])
+            results = self._store.ingest_sample_batches(group)
         except Exception as exc:  # noqa: BLE001 - retried one by one below, so the culprit alone fails
             if len(group) == 1:
                 futures[0].set_exception(exc)
                 return
-            for _, payload, future in group:
+            for payload, future in zip(group, futures):
                 try:
                     future.set_result(self._store.ingest_sample_batches([payload])[0])
                 except Exception as one:  # noqa: BLE001
