@@ -107,7 +107,11 @@ def test_a_manual_firing_without_enough_edges_is_recorded_as_stopped(tmp_path):
     try:
         triggers = fleet.cloud.federated.triggers
         assert triggers.step(T0) == []
-        triggers.request(MODEL, "operator asked")
+        with grpc.insecure_channel(fleet.cloud.address) as channel:  # `edgeloop retrain`'s RPC
+            reply = mesh_pb2_grpc.FleetStub(channel).Retrain(mesh_pb2.CtRequest(model=MODEL, reason="operator asked"),
+                                                             timeout=10)
+        assert "federated round" in reply.text
+        assert fleet.cloud.ct.step(T0 + 1) == []  # the central loop leaves a federated model alone
         (outcome,) = triggers.step(T0 + 1)
         assert outcome["kind"] == "manual" and outcome["state"] == "stopped", outcome
         (recorded,) = fleet.cloud.store.triggers(MODEL)

@@ -69,6 +69,12 @@ class CtFleetMethods:
         model = _model(request)
         reason = _reason(request, required=True)
         _published(self.core, model)
+        federated = getattr(self.core, "federated", None)
+        if federated is not None and model in federated.models:  # its raw rows stay on the edges: a round
+            federated.triggers.request(model, reason)
+            text = (f"retrain of {model} requested ({reason}); a federated round starts at the next step "
+                    f"(`edgeloop triggers list`)")
+            return _reply(text, {"model": model, "reason": reason, "requested": True, "federated": True})
         self.core.ct.request_retrain(model, reason)
         text = f"retrain of {model} requested ({reason}); the loop runs it on its next step (`edgeloop triggers list`)"
         return _reply(text, {"model": model, "reason": reason, "requested": True})

@@ -213,6 +213,8 @@ class CTLoop:
             for published in self.store.published_models(latest_only=True):
                 if self._stop.is_set():
                     break
+                if published.model in self.config.federated_models:  # trained in rounds on the edges
+                    continue
                 if self.unsupported.get(published.model, (0,))[0] == published.version:
                     continue
                 try:
