@@ -307,6 +307,21 @@ def _store_chunks(client, window: StoreWindow, chunk_rows: int) -> _Chunks:
     return _Chunks(client, futures, sizes)
 
 
+def _read_source_chunk(spec) -> Chunk:
+    from .window_chunks import read_chunk
+
+    return Chunk(*read_chunk(spec))
+
+
+def _source_chunks(client, source, chunk_rows: int) -> _Chunks:
+    """Each worker reads and decodes its chunk of ``source`` (a WindowSource) from the store: no features pass
+    through this process, only label ids and weights."""
+    n = len(source)
+    specs = [source.chunk(i, min(i + chunk_rows, n)) for i in range(0, n, chunk_rows)]
+    futures = [client.submit(_read_source_chunk, spec, pure=False) for spec in specs]
+    return _Chunks(client, futures, [len(spec.label_ids) for spec in specs])
+
+
 def _window_stats(chunks: _Chunks) -> tuple:
     """(n, total weight, mean, inv_std, classes, d) of the whole window from per-chunk sums (two passes)."""
     stats = chunks.map(_chunk_stats)
@@ -389,6 +404,24 @@ class DaskTrainer:
         self._check_chunks(math.ceil(int(window.rows) / max(1, int(self.chunk_rows))))
         client = self.backend.client()
         chunks = _store_chunks(client, window, int(self.chunk_rows))
+        try:
+            return self._fit(chunks, validation, warm_start, seed)
+        finally:
+            chunks.release()
+
+    def fit_source(self, source, validation: Dataset, warm_start: bytes | None = None,
+                   seed: int = 0) -> TrainResult:
+        """Train on a :class:`~edgeloop.ct.window_chunks.WindowSource` (the CT loop's window, by label ids):
+        the workers read their chunks from the store; the rows keep the source's order and weights."""
+        from .window_chunks import WindowSource
+
+        if not isinstance(source, WindowSource) or not isinstance(validation, Dataset):
+            raise TrainingError("source/validation: expected a WindowSource and a Dataset")
+        self._check_chunks(math.ceil(len(source) / max(1, int(self.chunk_rows))))
+        client = self.backend.client()
+        chunks = _source_chunks(client, source, int(self.chunk_rows))
+        log.info("dask: %d training rows of %s read by the workers from the store, in chunks of %d", len(source),
+                 _cut(source.model, 80), int(self.chunk_rows))
         try:
             return self._fit(chunks, validation, warm_start, seed)
         finally:

@@ -52,7 +52,8 @@ class LabelledWindow:
     def dataset(self, feature_names: Sequence[str] = ()) -> Dataset:
         """As a trainer's Dataset: edge as the slice key, timestamps in seconds, time-ordered."""
         order = np.argsort(self.timestamps_ms, kind="stable")
-        return Dataset(self.X[order], self.y[order], slices={"edge": self.edges[order]},
+        return Dataset(self.X[order], self.y[order], slices={"edge": self.edges[order],
+                                                              "label_id": self.label_ids[order]},
                        timestamps=self.timestamps_ms[order] / 1000.0, feature_names=tuple(feature_names))
 
 
