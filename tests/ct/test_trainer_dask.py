@@ -228,8 +228,12 @@ def _loop_training_step(tmp_path, **training):
     return run, step, backend, started
 
 
-def test_a_loop_run_trains_on_the_configured_dask_cluster_and_stops_it(tmp_path):
-    run, step, backend, started = _loop_training_step(tmp_path / "dask", backend="dask", n_workers=1, chunk_rows=100)
+def test_a_loop_run_trains_on_the_configured_dask_cluster_and_stops_it(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="edgeloop.ct.dask"):
+        run, step, backend, started = _loop_training_step(tmp_path / "dask", backend="dask", n_workers=1,
+                                                          chunk_rows=100)
+    # the loop handed the window to the workers by label ids (they read it from the store file)
+    assert any("read by the workers from the store" in r.getMessage() for r in caplog.records)
     plain, plain_step, none, _ = _loop_training_step(tmp_path / "plain")
     assert started and backend._client is None and none is None  # started for the run, stopped with the loop
     assert run.state == plain.state and step["properties"]["rows"] == plain_step["properties"]["rows"]

@@ -2,9 +2,10 @@
 
 Why: a training window can outgrow the coordinator's memory.  Here the window is cut into chunks of
 rows fixed by the coordinator (``chunk_rows``, independent of the number of workers); each chunk is
-read by a worker (from the coordinator's SQLite store through a read-only connection, by label
-row-id range, see :class:`StoreWindow`; or scattered from an in-memory :class:`Dataset`) and stays in
-that worker's memory for the whole fit.  The coordinator only ever holds per-chunk sums:
+read by a worker (from the coordinator's store through a read-only connection: the CT loop's window by
+its label ids, see :mod:`edgeloop.ct.window_chunks` and :meth:`DaskTrainer.fit_source`, SQLite or
+PostgreSQL; the newest rows of a SQLite store by label row-id range, see :class:`StoreWindow`; or
+scattered from an in-memory :class:`Dataset`) and stays in that worker's memory for the whole fit.  The coordinator only ever holds per-chunk sums:
 
 * logistic regression: the exact per-chunk loss, gradient and (Newton) Hessian, summed -> the same
   Newton/L-BFGS iterations as :class:`LogisticRegressionTrainer`;
