@@ -598,7 +598,7 @@ def _fit_mlp(cfg: MLPTrainer, chunks: _Chunks, validation: Dataset, warm_start, 
                 rows, owner = order[start:start + bs], where[start:start + bs]
                 futs = []
                 for i in np.unique(owner):
-                    local = rows[owner == i] - starts[i]
+                    local = (rows[owner == i] - starts[i]).astype(np.int32)  # < MAX_CHUNK_ROWS: half the bytes per task
                     futs.append(client.submit(_mlp_grad, parts[i], local, params, len(rows), pure=False))
                 total = None
                 for g in client.gather(futs):  # chunk order: np.unique sorts
