@@ -8,7 +8,9 @@ the validation window (2000 rows) and the test window (5000 rows) come after it 
   inprocess: what the CT loop does today: ``labelled_latest`` -> ``decode_rows`` on the coordinator ->
              ``LogisticRegressionTrainer.fit`` (or the MLP)
   dask:      ``DaskTrainer.fit_store``: the coordinator reads label row ids only; 2 worker processes
-             read and decode their chunks from the store file and return per-chunk sums
+             read and decode their chunks from the store file and return per-chunk sums.  The local
+             cluster's scheduler runs in its own process (``SubprocessCluster``), as a remote one would:
+             the coordinator's figures are the client's alone
 
 Each mode runs in its own fresh process (so peak RSS is its own), fits a 1000-row window once untraced
 (first-use imports), and reports: fit wall time (store

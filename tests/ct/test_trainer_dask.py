@@ -228,8 +228,12 @@ def _loop_training_step(tmp_path, **training):
     return run, step, backend, started
 
 
-def test_a_loop_run_trains_on_the_configured_dask_cluster_and_stops_it(tmp_path):
-    run, step, backend, started = _loop_training_step(tmp_path / "dask", backend="dask", n_workers=1, chunk_rows=100)
+def test_a_loop_run_trains_on_the_configured_dask_cluster_and_stops_it(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="edgeloop.ct.dask"):
+        run, step, backend, started = _loop_training_step(tmp_path / "dask", backend="dask", n_workers=1,
+                                                          chunk_rows=100)
+    # the loop handed the window to the workers by label ids (they read it from the store file)
+    assert any("read by the workers from the store" in r.getMessage() for r in caplog.records)
     plain, plain_step, none, _ = _loop_training_step(tmp_path / "plain")
     assert started and backend._client is None and none is None  # started for the run, stopped with the loop
     assert run.state == plain.state and step["properties"]["rows"] == plain_step["properties"]["rows"]
@@ -237,3 +241,88 @@ def test_a_loop_run_trains_on_the_configured_dask_cluster_and_stops_it(tmp_path)
         plain_step["properties"]["validation"]["accuracy"], abs=1e-9)
     assert step["properties"]["validation"]["log_loss"] == pytest.approx(
         plain_step["properties"]["validation"]["log_loss"], rel=1e-5)
+
+
+# ------------------------------------------------------- the loop's window, read by the workers
+
+
+def _stored_window(store, train: Dataset):
+    """``train`` ingested as the coordinator stores it (one Sample payload per row, then its label); the
+    window as the loop builds it (decoded in process) and the coordinator's decoder."""
+    from edgeloop.coordinator.ct_link import decode_sample
+    from edgeloop.ct.window import decode_rows
+    from edgeloop.protocol import mesh_pb2
+    from edgeloop.store import LabelRow, SampleRow
+
+    d = train.n_features
+    rows = []
+    for i in range(len(train)):
+        t = mesh_pb2.TensorData(name="input", datatype="FP32", shape=[1, d], data=train.X[i].tobytes())
+        payload = mesh_pb2.Sample(sample_id=f"s{i}", model="m", model_version=1, timestamp_ms=1000 + (i * 7919) % 5000,
+                                  inputs=[t]).SerializeToString()
+        rows.append(SampleRow("m", f"s{i}", 1, "", 1000 + (i * 7919) % 5000, payload))  # time order != label order
+    store.ingest_samples("edge-a", "b1", rows, 9000)
+    store.ingest_labels("edge-a", "l1", [LabelRow(f"s{i}", "m", "", 0, float(train.y[i]), 9000)
+                                         for i in range(len(train))], 9000)
+    win = decode_rows(store.labelled_latest("m", len(train)), decode_sample, "input", d)
+    return win, decode_sample
+
+
+def _source_matches_in_process(store, data, backend, base):
+    from edgeloop.ct.window_chunks import fit_window
+
+    train, val, holdout = data
+    win, decode = _stored_window(store, Dataset(train.X, train.y))
+    ds = win.dataset()  # time-ordered, rows carry their label ids
+    assert not np.array_equal(ds.slices["label_id"], np.sort(ds.slices["label_id"]))
+    ds = replace(ds, weight=np.linspace(0.2, 2.0, len(ds)))
+    local = fit_window(base, ds, val, store=store, decode=decode, model="m", input_name="input", n_features=5,
+                       seed=11)
+    dask = fit_window(DaskTrainer(backend, base, chunk_rows=700), ds, val, store=store, decode=decode, model="m",
+                      input_name="input", n_features=5, seed=11)
+    _same_model(local.model, dask.model, holdout)
+    assert dask.report.n_train == len(ds) and dask.report.iterations == local.report.iterations
+    return win, decode
+
+
+@pytest.mark.parametrize("base", [LogisticRegressionTrainer(), MLP], ids=["logistic", "mlp"])
+def test_the_loops_window_is_read_by_the_workers_from_sqlite(tmp_path, base, data, two_workers, caplog):
+    from edgeloop.store import SqliteStore
+
+    store = SqliteStore(tmp_path / "coord.sqlite")
+    try:
+        with caplog.at_level("INFO", logger="edgeloop.ct.dask"):
+            _source_matches_in_process(store, data, two_workers, base)
+        assert any("read by the workers" in r.getMessage() for r in caplog.records)
+    finally:
+        store.close()
+
+
+def test_the_loops_window_is_read_by_the_workers_from_postgres(postgres_url, data, two_workers):
+    from edgeloop.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres_url)
+    try:
+        assert store.worker_database() == postgres_url
+        _source_matches_in_process(store, data, two_workers, LogisticRegressionTrainer())
+    finally:
+        store.close()
+
+
+def test_a_window_row_gone_from_the_store_is_refused(tmp_path, data, two_workers):
+    from edgeloop.ct.window_chunks import WindowSource
+    from edgeloop.store import SqliteStore
+
+    train, val, _ = data
+    store = SqliteStore(tmp_path / "coord.sqlite")
+    try:
+        win, decode = _stored_window(store, Dataset(train.X[:300], train.y[:300]))
+        ids = np.append(win.label_ids, 10_000_000)
+        source = WindowSource(store.worker_database(), "m", "input", 5, decode, ids)
+        with pytest.raises(TrainingError, match=r"1 rows of the window \(e.g. label ids \[10000000\]\)"):
+            DaskTrainer(two_workers, chunk_rows=100).fit_source(source, val)
+        with pytest.raises(TrainingError, match="label_ids: an id appears twice"):
+            WindowSource(store.worker_database(), "m", "input", 5, decode, np.array([1, 1, 2]))
+        assert SqliteStore(":memory:").worker_database() is None  # nothing a worker could open
+    finally:
+        store.close()

@@ -36,6 +36,7 @@ from .triggers import DEFAULT_COOLDOWN_S, TriggerEngine, TriggerPolicy
 from .validation import Batch, ValidationPolicy, signature_from_onnx, validate_batches
 from .backfill import training_window
 from .window import LabelledWindow, concat, decode_rows
+from .window_chunks import fit_window
 
 log = logging.getLogger("edgeloop.ct")
 
@@ -629,7 +630,8 @@ class CTLoop:
         except TrainingError as exc:
             return end("stopped", f"split: {exc}")
         trainer = self._trainer()
-        result = trainer.fit(fit_train, fit_val, warm_start=st.champion, seed=c.seed)
+        result = fit_window(trainer, fit_train, fit_val, store=self.store, decode=self.decode, model=model,
+                            input_name=st.input_name, n_features=st.n_features, warm_start=st.champion, seed=c.seed)
         challenger = result.model
         chall_art = self.store.add_artifact(model, "model", {"role": "challenger", "report": result.report.to_dict()},
                                             ms, 0, _sha(challenger))

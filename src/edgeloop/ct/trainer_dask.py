@@ -2,9 +2,10 @@
 
 Why: a training window can outgrow the coordinator's memory.  Here the window is cut into chunks of
 rows fixed by the coordinator (``chunk_rows``, independent of the number of workers); each chunk is
-read by a worker (from the coordinator's SQLite store through a read-only connection, by label
-row-id range, see :class:`StoreWindow`; or scattered from an in-memory :class:`Dataset`) and stays in
-that worker's memory for the whole fit.  The coordinator only ever holds per-chunk sums:
+read by a worker (from the coordinator's store through a read-only connection: the CT loop's window by
+its label ids, see :mod:`edgeloop.ct.window_chunks` and :meth:`DaskTrainer.fit_source`, SQLite or
+PostgreSQL; the newest rows of a SQLite store by label row-id range, see :class:`StoreWindow`; or
+scattered from an in-memory :class:`Dataset`) and stays in that worker's memory for the whole fit.  The coordinator only ever holds per-chunk sums:
 
 * logistic regression: the exact per-chunk loss, gradient and (Newton) Hessian, summed -> the same
   Newton/L-BFGS iterations as :class:`LogisticRegressionTrainer`;
@@ -62,9 +63,23 @@ def available() -> str | None:
 # ------------------------------------------------------------------------ the cluster
 
 
+def _local_cluster(n_workers: int, threads: int):
+    """The scheduler and each worker in their own process, all on loopback.
+
+    Why not ``LocalCluster``: it runs the scheduler inside the coordinator's process, where its task
+    bookkeeping (every submitted task's spec, logs, transitions) grows with the number of round trips
+    and outweighed the window itself (benchmarks/ct_dask.py, MLP: 1.3x the in-process peak)."""
+    from distributed.deploy.subprocess import SubprocessCluster
+
+    return SubprocessCluster(host="127.0.0.1", n_workers=n_workers, threads_per_worker=threads,
+                             dashboard_address="127.0.0.1:0", worker_class="distributed.Worker",
+                             silence_logs=logging.WARNING)
+
+
 class DaskBackend:
-    """A client of an existing scheduler (``tcp://host:port``) or of a ``LocalCluster`` this object starts
-    (loopback only, worker processes) on first use and stops in :meth:`close`."""
+    """A client of an existing scheduler (``tcp://host:port``) or of a local cluster this object starts
+    (loopback only; the scheduler and the workers each in their own process) on first use and stops in
+    :meth:`close`."""
 
     def __init__(self, scheduler: str = "local", n_workers: int = 2, threads_per_worker: int = 1,
                  timeout_s: float = 60.0) -> None:
@@ -84,12 +99,10 @@ class DaskBackend:
                 why = available()
                 if why:
                     raise TrainingError(why)
-                from distributed import Client, LocalCluster
+                from distributed import Client
 
                 if self.scheduler == "local":
-                    self._cluster = LocalCluster(host="127.0.0.1", n_workers=self.n_workers,
-                                                 threads_per_worker=self.threads, processes=True,
-                                                 dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING)
+                    self._cluster = _local_cluster(self.n_workers, self.threads)
                     self._client = Client(self._cluster, timeout=self.timeout_s)
                 else:
                     self._client = Client(self.scheduler, timeout=self.timeout_s)
@@ -307,6 +320,21 @@ def _store_chunks(client, window: StoreWindow, chunk_rows: int) -> _Chunks:
     return _Chunks(client, futures, sizes)
 
 
+def _read_source_chunk(spec) -> Chunk:
+    from .window_chunks import read_chunk
+
+    return Chunk(*read_chunk(spec))
+
+
+def _source_chunks(client, source, chunk_rows: int) -> _Chunks:
+    """Each worker reads and decodes its chunk of ``source`` (a WindowSource) from the store: no features pass
+    through this process, only label ids and weights."""
+    n = len(source)
+    specs = [source.chunk(i, min(i + chunk_rows, n)) for i in range(0, n, chunk_rows)]
+    futures = [client.submit(_read_source_chunk, spec, pure=False) for spec in specs]
+    return _Chunks(client, futures, [len(spec.label_ids) for spec in specs])
+
+
 def _window_stats(chunks: _Chunks) -> tuple:
     """(n, total weight, mean, inv_std, classes, d) of the whole window from per-chunk sums (two passes)."""
     stats = chunks.map(_chunk_stats)
@@ -389,6 +417,24 @@ class DaskTrainer:
         self._check_chunks(math.ceil(int(window.rows) / max(1, int(self.chunk_rows))))
         client = self.backend.client()
         chunks = _store_chunks(client, window, int(self.chunk_rows))
+        try:
+            return self._fit(chunks, validation, warm_start, seed)
+        finally:
+            chunks.release()
+
+    def fit_source(self, source, validation: Dataset, warm_start: bytes | None = None,
+                   seed: int = 0) -> TrainResult:
+        """Train on a :class:`~edgeloop.ct.window_chunks.WindowSource` (the CT loop's window, by label ids):
+        the workers read their chunks from the store; the rows keep the source's order and weights."""
+        from .window_chunks import WindowSource
+
+        if not isinstance(source, WindowSource) or not isinstance(validation, Dataset):
+            raise TrainingError("source/validation: expected a WindowSource and a Dataset")
+        self._check_chunks(math.ceil(len(source) / max(1, int(self.chunk_rows))))
+        client = self.backend.client()
+        chunks = _source_chunks(client, source, int(self.chunk_rows))
+        log.info("dask: %d training rows of %s read by the workers from the store, in chunks of %d", len(source),
+                 _cut(source.model, 80), int(self.chunk_rows))
         try:
             return self._fit(chunks, validation, warm_start, seed)
         finally:
@@ -552,7 +598,7 @@ def _fit_mlp(cfg: MLPTrainer, chunks: _Chunks, validation: Dataset, warm_start, 
                 rows, owner = order[start:start + bs], where[start:start + bs]
                 futs = []
                 for i in np.unique(owner):
-                    local = rows[owner == i] - starts[i]
+                    local = (rows[owner == i] - starts[i]).astype(np.int32)  # < MAX_CHUNK_ROWS: half the bytes per task
                     futs.append(client.submit(_mlp_grad, parts[i], local, params, len(rows), pure=False))
                 total = None
                 for g in client.gather(futs):  # chunk order: np.unique sorts

@@ -61,7 +61,8 @@ class LabelledWindow:
         weight = None
         if hard_weight != 1.0 and self.hard is not None and self.hard.any():
             weight = np.where(self.hard[order], float(hard_weight), 1.0)
-        return Dataset(self.X[order], self.y[order], weight=weight, slices={"edge": self.edges[order]},
+        return Dataset(self.X[order], self.y[order], weight=weight,
+                       slices={"edge": self.edges[order], "label_id": self.label_ids[order]},
                        timestamps=self.timestamps_ms[order] / 1000.0, feature_names=tuple(feature_names))
 
     @property

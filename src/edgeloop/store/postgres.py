@@ -186,6 +186,11 @@ class PostgresStore(SqliteStore):
         finally:
             raw.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
+    def worker_database(self) -> str | None:
+        """The URL another process (a Dask worker reading a training window) connects with, read-only.
+        Unredacted: it carries the credentials this coordinator uses; it goes only to the configured cluster."""
+        return self._conn._url
+
     def close(self) -> None:
         """Close both connections (idempotent)."""
         with self._lock:

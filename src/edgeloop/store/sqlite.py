@@ -91,6 +91,12 @@ class SqliteStore(CtTables, Leases, ArtifactRows, EntityLog):
     def closed(self) -> bool:
         return self._closed
 
+    def worker_database(self) -> str | None:
+        """Where a process on this machine (a Dask worker reading a training window) opens this database
+        read-only: the file's absolute path; None for an in-memory database."""
+        text = str(self.path)
+        return None if text == ":memory:" or text.startswith("file::memory:") else str(self.path.resolve())
+
     def _clock_ms(self, conn) -> int:
         """Now, by the clock leases are measured with (one process: this machine's)."""
         return int(time.time() * 1000)
