@@ -582,8 +582,11 @@ class CTLoop:
         limit = c.train_rows if c.window == "samples" else c.max_read_rows
         rows = self.store.labelled_latest(model, limit, st.change_from - 1 if after_change else 0)
         data = decode_rows(rows, self.decode, st.input_name, st.n_features)
+        served = data
         data = training_window(self.store, self.manifest, getattr(self, "decode_logged", None), model,
                                st.champion_version, rows, data, ms)  # a feature never served: backfilled
+        #: workers (Dask) read the served vectors from the store; a backfilled window exists only here
+        window_store = self.store if data is served else None
         scope = (f"the newest {len(rows)} labelled rows after the change (from label {st.change_from})"
                  if after_change else f"the newest {len(rows)} labelled rows")
         st.change_from = None
@@ -630,7 +633,7 @@ class CTLoop:
         except TrainingError as exc:
             return end("stopped", f"split: {exc}")
         trainer = self._trainer()
-        result = fit_window(trainer, fit_train, fit_val, store=self.store, decode=self.decode, model=model,
+        result = fit_window(trainer, fit_train, fit_val, store=window_store, decode=self.decode, model=model,
                             input_name=st.input_name, n_features=st.n_features, warm_start=st.champion, seed=c.seed)
         challenger = result.model
         chall_art = self.store.add_artifact(model, "model", {"role": "challenger", "report": result.report.to_dict()},
