@@ -99,7 +99,10 @@ def test_key_column_and_multiclass_model(tmp_path):
 def test_shipped_elec2_is_the_real_stream():
     stream = elec2()
     assert stream.rows == 45_312 and stream.columns[:2] == ("period", "nswprice")
-    assert len(set(stream.keys)) == 8  # eight entities, by 3-hour part of the day
+    # one entity per four weeks: contiguous in time (an entity's rows follow each other), 34 of them
+    assert len(set(stream.keys)) == 34 and stream.keys[0] == "weeks-0" and stream.keys[-1] == "weeks-33"
+    first = {k: stream.keys.index(k) for k in set(stream.keys)}
+    assert all(stream.keys[first[k]:first[k] + stream.keys.count(k)] == (k,) * stream.keys.count(k) for k in first)
 
 
 @pytest.mark.slow
