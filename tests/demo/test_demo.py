@@ -51,6 +51,14 @@ def test_fast_demo_end_to_end(tmp_path):
     assert len(rows) == 4501 and {r[6] for r in rows[1:]} == {"edge-a", "edge-b", "edge-c"}
     versions = {int(r[5]) for r in rows[1:]}
     assert 1 in versions and max(versions) >= 2  # the loop's model served within the replay
+    # the model declares its features (Elec2's shipped definition): label and demand history, no price history
+    derived = [f for f in summary["features"] if f["op"] != "raw"]
+    assert {"op": "label_lag", "name": "label_lag_1", "k": 1, "default": 0.5} in derived
+    assert derived and not any(f.get("col") == "nswprice" for f in derived)
+    # the edges computed the same vectors as the in-process replay (the static model's input): version 1,
+    # served by the mesh, answers exactly as the static model on every row it served
+    v1 = [r for r in rows[1:] if r[5] == "1"]
+    assert len(v1) > 1000 and all(r[2] == r[3] for r in v1)
     assert (workdir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -96,10 +104,32 @@ def test_key_column_and_multiclass_model(tmp_path):
     assert (label == stream.y).mean() > 0.9
 
 
+def test_shipped_definition_is_fair_and_fits_elec2(tmp_path):
+    from edgeloop.demo import definition
+
+    stream = elec2()
+    d = definition.load(definition.ELEC2_DEFINITION, stream)
+    assert d.inputs == stream.columns and "nswprice" in d.forbidden
+    assert not any(f.col == "nswprice" for f in d.features)
+    assert any(f.op == "label_lag" for f in d.features)
+    other = stream.slice(0, 100)
+    bad = tmp_path / "d.json"
+    bad.write_text(json.dumps(dict(d.to_dict(), inputs=list(reversed(stream.columns)))))
+    with pytest.raises(StreamError, match="expected the stream's input columns"):
+        definition.load(bad, other)
+    # point in time: a row's label_lag_1 is the previous row's label, never its own
+    x = definition.vectors(d, other, 1)
+    j = len(stream.columns) + [f.name for f in d.features].index("label_lag_1")
+    assert (x[1:, j] == other.y[:-1]).all() and x[0, j] == 0.5
+
+
 def test_shipped_elec2_is_the_real_stream():
     stream = elec2()
     assert stream.rows == 45_312 and stream.columns[:2] == ("period", "nswprice")
-    assert len(set(stream.keys)) == 8  # eight entities, by 3-hour part of the day
+    # one entity per four weeks: contiguous in time (an entity's rows follow each other), 34 of them
+    assert len(set(stream.keys)) == 34 and stream.keys[0] == "weeks-0" and stream.keys[-1] == "weeks-33"
+    first = {k: stream.keys.index(k) for k in set(stream.keys)}
+    assert all(stream.keys[first[k]:first[k] + stream.keys.count(k)] == (k,) * stream.keys.count(k) for k in first)
 
 
 @pytest.mark.slow

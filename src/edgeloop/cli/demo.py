@@ -17,6 +17,10 @@ def register(sub) -> None:
     p.add_argument("--label", metavar="COLUMN", help="the class column (required with --data)")
     p.add_argument("--key", metavar="COLUMN", help="the entity column (routing key); default: eight streams")
     p.add_argument("--features", metavar="A,B,C", help="input columns (default: every other column)")
+    p.add_argument("--definition", metavar="DEF.json",
+                   help="the model's feature definition (raw inputs + real-time features the edges compute); "
+                        "default for Elec2: the one shipped with it (label and demand history)")
+    p.add_argument("--raw", action="store_true", help="no feature definition: the model sees the raw inputs only")
     p.add_argument("--label-delay", type=int, default=1, metavar="ROWS", help="labels arrive this many rows late")
     p.add_argument("--eval-start", type=int, metavar="ROW",
                    help="first evaluated row; the first model trains on the rows before (default: 10%%)")
@@ -50,6 +54,11 @@ def run_demo(args) -> int:
             stream = streams.elec2()
             if args.fast:
                 stream = stream.slice(*FAST_ELEC2)
+        definition = None
+        if not args.raw and (args.definition or not args.data):
+            from edgeloop.demo import definition as definitions
+
+            definition = definitions.load(args.definition or definitions.ELEC2_DEFINITION, stream)
     except streams.StreamError as exc:
         return _fail(str(exc))
     eval_start = args.eval_start
@@ -57,7 +66,7 @@ def run_demo(args) -> int:
         eval_start = min(600, stream.rows // 5)
     try:
         run(Options(stream, args.workdir, args.label_delay, eval_start, args.speed, args.fast,
-                    live=not args.no_live and sys.stdout.isatty()))
+                    live=not args.no_live and sys.stdout.isatty(), definition=definition))
     except ValueError as exc:
         return _fail(str(exc))
     except RuntimeError as exc:

@@ -1,9 +1,13 @@
 """The demo's engine: publish the first model, replay the stream through ``MeshClient``, label it late.
 
 Rows are replayed in file order, a chunk of 96 at a time (two days of Elec2) (within a chunk one worker thread per group of
-entities, so the mesh's edges work in parallel, each entity's rows in order); each row is sent to its entity's owner with ``routing_key`` and a
-``request_id`` of ``r<row>``; its label follows ``label_delay`` rows later through ``MeshClient.label``
-(the feedback path the CT loop learns from).  The CT loop retrains on its own triggers; what the demo
+entities, so the mesh's edges work in parallel, each entity's rows in order); each row is sent to its entity's owner with ``routing_key``,
+a ``request_id`` of ``r<row>`` and its event time (``timestamp_ms``: one row per 30 minutes); the label of row
+``j`` arrives ``label_delay`` rows later, before row ``j + label_delay`` is served (as in every row of the CT
+benchmark: with a delay of 1, row ``i`` is predicted knowing the labels up to row ``i - 1``), through
+``MeshClient.label`` (the feedback path the CT loop learns from, and the owner's feature state).  A model with a
+feature definition gets its raw inputs as one tensor per column (the edge computes the derived features).
+The CT loop retrains on its own triggers; what the demo
 sees of it is read from the coordinator's database, read-only (``Progress.poll_cloud``).
 """
 from __future__ import annotations
@@ -24,12 +28,15 @@ import numpy as np
 from edgeloop.client import MeshClient
 from edgeloop.protocol.codec import build_infer_request, infer_response_to_numpy
 
+from . import definition as feature_definition
 from . import model as initial_model
 from .fleet import Fleet
 from .stream import Stream
 
 MODEL = "demo"
 ROLLING = 500
+#: the first row's event time (Elec2 starts on 7 May 1996); row i is ``i`` x 30 minutes later
+EPOCH_MS = 831_427_200_000
 
 
 @dataclass
@@ -96,26 +103,39 @@ class Progress:
             self.triggers, self.published, self.received, self.rollout = triggers, published, received, rollout
 
 
-def publish(fleet: Fleet, stream: Stream, train_rows: int, workdir: Path):
-    """Fit the first model on rows [0, train_rows) and publish it with ``edgeloop models push`` (a process)."""
-    params = initial_model.fit_softmax(stream.x[:train_rows], stream.y[:train_rows], len(stream.classes))
+def publish(fleet: Fleet, stream: Stream, train_rows: int, workdir: Path, definition=None, label_delay: int = 1):
+    """Fit the first model on rows [0, train_rows) and publish it with ``edgeloop models push`` (a process),
+    with ``--features`` when the model declares a feature definition.  Returns (params, every row's model
+    input: the raw inputs, or the served vectors of ``definition``) for the static baseline."""
+    x = stream.x if definition is None else feature_definition.vectors(definition, stream, label_delay)
+    params = initial_model.fit_softmax(x[:train_rows], stream.y[:train_rows], len(stream.classes))
     path = workdir / "initial.onnx"
     path.write_bytes(initial_model.to_onnx(params, len(stream.classes)))
+    extra = []
+    if definition is not None:
+        (workdir / "features.json").write_text(json.dumps(definition.to_dict(), indent=2))
+        extra = ["--features", str(workdir / "features.json")]
     done = subprocess.run([sys.executable, "-m", "edgeloop", "models", "push", str(path), "--model", MODEL,
-                           "--config", str(fleet.cloud_config)], capture_output=True, text=True, timeout=120)
+                           "--config", str(fleet.cloud_config), *extra], capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"edgeloop models push failed: {done.stderr.strip()[:500]}")
-    return params
+    return params, x
 
 
 def replay(client: MeshClient, stream: Stream, progress: Progress, label_delay: int, speed: float,
-           stop: threading.Event, workers: int = 8, chunk: int = 96) -> None:
+           stop: threading.Event, workers: int = 8, chunk: int = 96, columns: bool = False) -> None:
     """Replay every row in file order, ``chunk`` rows at a time (a chunk's rows go out in parallel, one worker
-    per group of entities, each entity's rows in order); returns when all are served and labelled."""
+    per group of entities, each entity's rows in order); returns when all are served and labelled.
+    ``columns``: send the raw inputs one tensor per column (a model with a feature definition)."""
     keys = sorted(set(stream.keys))
     group = {k: i % workers for i, k in enumerate(keys)}
     pending = [deque() for _ in range(workers)]  # (row, key) served, label not yet sent, per worker
     t0 = time.monotonic()
+
+    def due(w: int, row: int) -> None:
+        """Send worker ``w``'s labels that have arrived by ``row`` (rows <= row - label_delay)."""
+        while pending[w] and pending[w][0][0] <= row - label_delay and not stop.is_set():
+            _label(client, stream, progress, *pending[w].popleft())
 
     def serve(w: int, rows: list[int]) -> None:
         for i in rows:
@@ -125,10 +145,9 @@ def replay(client: MeshClient, stream: Stream, progress: Progress, label_delay: 
                 wait = t0 + i / speed - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-            _serve(client, stream, progress, i)
+            due(w, i)
+            _serve(client, stream, progress, i, columns)
             pending[w].append((i, stream.keys[i]))
-            while pending[w] and pending[w][0][0] <= i - label_delay:
-                _label(client, stream, progress, *pending[w].popleft())
 
     with ThreadPoolExecutor(workers, thread_name_prefix="demo-replay") as pool:
         for lo in range(0, stream.rows, chunk):
@@ -139,14 +158,18 @@ def replay(client: MeshClient, stream: Stream, progress: Progress, label_delay: 
                 rows_of[group[stream.keys[i]]].append(i)
             for f in [pool.submit(serve, w, r) for w, r in enumerate(rows_of) if r]:
                 f.result()
+            for f in [pool.submit(due, w, lo + chunk) for w in range(workers) if pending[w]]:
+                f.result()  # labels due before the next chunk, whichever worker's entities they are
     for w in range(workers):  # the last labels
-        while pending[w] and not stop.is_set():
-            _label(client, stream, progress, *pending[w].popleft())
+        due(w, stream.rows + label_delay)
 
 
-def _serve(client: MeshClient, stream: Stream, progress: Progress, i: int) -> None:
+def _serve(client: MeshClient, stream: Stream, progress: Progress, i: int, columns: bool = False) -> None:
     key = stream.keys[i]
-    request = build_infer_request(MODEL, {"input": stream.x[i:i + 1]}, request_id=f"r{i}")
+    inputs = ({c: stream.x[i, j:j + 1] for j, c in enumerate(stream.columns)} if columns
+              else {"input": stream.x[i:i + 1]})
+    request = build_infer_request(MODEL, inputs, request_id=f"r{i}")
+    request.parameters["timestamp_ms"].int64_param = EPOCH_MS + i * int(feature_definition.ROW_SECONDS * 1000)
     owner = client.owner(key, MODEL) or "?"
     t = time.perf_counter()
     try:

@@ -1,8 +1,11 @@
 """The stream the demo replays: a CSV read in file order, its inputs, label and entity (routing key) per row.
 
 Every cell comes from a user's file, so it is checked: numeric feature columns only (a non-numeric one is
-refused by name), a label with at most ``MAX_CLASSES`` values, bounded rows and columns.  Elec2 has no
-entity column: its rows are split into eight streams by ``period``'s 3-hour part of the day, so that several entities, and so every edge, carry traffic.
+refused by name), a label with at most ``MAX_CLASSES`` values, bounded rows and columns.  A stream without an
+entity column is split into contiguous blocks of rows, one entity per block (Elec2: one per four weeks, ``weeks-N``,
+1,344 rows of 30 minutes; measured against one per week, per day and per 3-hour part of the day in
+``benchmarks/ct_stream.py --splits``): every entity's rows stay contiguous in time, so its real-time features (the last
+labels, demand history) describe the stream's recent past, while the entities, and so the edges, take turns.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ MAX_ROWS = 5_000_000
 MAX_COLUMNS = 256
 MAX_CLASSES = 64
 MAX_KEY_BYTES = 200
-DAY_PARTS = tuple(f"h{h:02d}-{h + 3:02d}" for h in range(0, 24, 3))  # Elec2: eight 3-hour streams
+BLOCK_ROWS = 4 * 336  # Elec2: four weeks of half-hour rows, one entity each
 
 
 class StreamError(ValueError):
@@ -132,12 +135,14 @@ def _as_float(v: str) -> float:
 
 
 def _default_keys(features: list[str], x: np.ndarray) -> tuple[tuple[str, ...], str]:
-    if "period" in features:  # Elec2: the part of the day (period is the half-hour, scaled to [0, 1])
-        part = np.clip((x[:, features.index("period")] * 8).astype(int), 0, 7)
-        return tuple(DAY_PARTS[p] for p in part), "eight streams, one per 3 hours of the day (column 'period')"
+    """Contiguous blocks: four weeks of Elec2 (``period`` marks a half-hourly stream), else 1/48 of the rows."""
     n = x.shape[0]
+    if "period" in features:
+        return (tuple(f"weeks-{i // BLOCK_ROWS}" for i in range(n)),
+                f"one entity per four weeks ({BLOCK_ROWS} contiguous rows: weeks-0, weeks-1, ...)")
     block = max(1, n // 48)
-    return tuple(f"stream-{(i // block) % 8}" for i in range(n)), f"eight streams, blocks of {block} rows in turn"
+    return (tuple(f"block-{i // block}" for i in range(n)),
+            f"one entity per block of {block} contiguous rows (block-0, block-1, ...)")
 
 
 def elec2() -> Stream:
