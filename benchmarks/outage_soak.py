@@ -16,11 +16,12 @@ samples/s against the goal of 50k samples/s.
 ``--check`` exits 1 when anything was stored twice, lost outside the window, or the drain is slower
 than the goal.
 
-    python benchmarks/outage_soak.py [--outage-s 60] [--rate 200] [--drain-samples 200000] [--check]
+    python benchmarks/outage_soak.py [--outage-s 60] [--rate 200] [--drain-samples 200000] [--skip-soak] [--check]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -101,9 +102,13 @@ def direct_ingest(address: str, template, n_samples: int, batch: int = 5000) -> 
     return n_samples / elapsed
 
 
-def drain(root: Path, n_samples: int) -> tuple[float, int, float]:
+def drain(root: Path, n_samples: int) -> tuple[float, int, float, float, float]:
     """Samples/s at which the uploader empties an outbox of ``n_samples`` into a coordinator process,
-    and the direct-ingest ceiling of that coordinator measured in the same run."""
+    the direct-ingest ceiling of that coordinator measured in the same run, and the drain's samples per
+    CPU-second of the coordinator process and of this (the edge's uploader) process: on a busy machine
+    the CPU-time rates are the stable figures."""
+    from coordinator_ingest import cpu_seconds
+
     from edgeloop.node.outbox import Outbox
     from edgeloop.node.recorder import build_sample
     from edgeloop.node.uploader import Uploader
@@ -133,11 +138,12 @@ def drain(root: Path, n_samples: int) -> tuple[float, int, float]:
         fleet.start_cloud()
         channel = open_channel(fleet.cloud.address, None, None, options=[("grpc.max_send_message_length", 64 << 20)])
         uploader = Uploader(box, channel, "edge-drain", batch_size=5000, backoff_max_s=1.0)
-        t0 = time.perf_counter()
+        pid = fleet.cloud.popen.pid
+        t0, c0, e0 = time.perf_counter(), cpu_seconds(pid), time.process_time()
         uploader.start()
         while box.snapshot()["pending_rows"] and time.perf_counter() - t0 < 300:
             time.sleep(0.01)
-        elapsed = time.perf_counter() - t0
+        elapsed, cloud_cpu, edge_cpu = time.perf_counter() - t0, cpu_seconds(pid) - c0, time.process_time() - e0
         uploader.stop()
         stored = uploader.uploaded["samples"]
         ceiling = direct_ingest(fleet.cloud.address, template, n_samples)
@@ -146,7 +152,21 @@ def drain(root: Path, n_samples: int) -> tuple[float, int, float]:
             channel.close()
         box.close()
         fleet.close()
-    return stored / elapsed, stored, ceiling
+    return stored / elapsed, stored, ceiling, stored / cloud_cpu, stored / edge_cpu
+
+
+def soak_phase(root: Path, args, failed: list) -> None:
+    """Phase 1 and its printout; a duplicate or a loss outside the window is added to ``failed``."""
+    result, backlog, drained_s, request_failures = soak(root, args)
+    print(f"soak: outage {args.outage_s:.0f} s, 2 edges at {args.rate:.0f} req/s each, edge-b SIGKILLed once")
+    print(f"  samples served {result.served}, received {result.received}, duplicated {result.duplicated}, "
+          f"lost {result.lost} (outside the {args.loss_window_s:.1f} s kill window: "
+          f"{result.lost_outside_window}); failed requests {request_failures}")
+    if drained_s is not None and drained_s > 0:
+        print(f"  outage backlog {backlog} samples drained (under load) {drained_s:.2f} s after the restart "
+              f"began (includes the coordinator's start and the edges' reconnect backoff)")
+    if result.duplicated or result.lost_outside_window:
+        failed.append("exactly-once")
 
 
 def main(argv=None) -> int:
@@ -158,28 +178,23 @@ def main(argv=None) -> int:
                         help="answered this long before edge-b's kill may be lost (default 1.0)")
     parser.add_argument("--backoff-max-ms", type=int, default=2000, help="the edges' upload_backoff_max_ms")
     parser.add_argument("--drain-samples", type=int, default=200_000, help="backlog for phase 2 (0 = skip)")
+    parser.add_argument("--skip-soak", action="store_true", help="run phase 2 (the backlog drain) only")
     parser.add_argument("--check", action="store_true", help="exit 1 on a duplicate, a loss outside the window, "
                                                              f"or a drain below {DRAIN_GOAL:.0f} samples/s")
     args = parser.parse_args(argv)
     failed = []
     with tempfile.TemporaryDirectory(prefix="edgeloop-soak-") as tmp:
         root = Path(tmp)
-        result, backlog, drained_s, request_failures = soak(root, args)
-        print(f"soak: outage {args.outage_s:.0f} s, 2 edges at {args.rate:.0f} req/s each, edge-b SIGKILLed once")
-        print(f"  samples served {result.served}, received {result.received}, duplicated {result.duplicated}, "
-              f"lost {result.lost} (outside the {args.loss_window_s:.1f} s kill window: "
-              f"{result.lost_outside_window}); failed requests {request_failures}")
-        if drained_s is not None and drained_s > 0:
-            print(f"  outage backlog {backlog} samples drained (under load) {drained_s:.2f} s after the restart "
-                  f"began (includes the coordinator's start and the edges' reconnect backoff)")
-        if result.duplicated or result.lost_outside_window:
-            failed.append("exactly-once")
+        if not args.skip_soak:
+            soak_phase(root, args, failed)
         if args.drain_samples > 0:
-            rate, stored, ceiling = drain(root, args.drain_samples)
+            rate, stored, ceiling, cloud_rate, edge_rate = drain(root, args.drain_samples)
             print(f"drain: {stored} samples (32 FP32 features) uploaded at {rate:.0f} samples/s "
                   f"(goal >= {DRAIN_GOAL:.0f}: ratio {rate / DRAIN_GOAL:.2f}); the same coordinator's direct "
                   f"ingest of pre-encoded batches in this run: {ceiling:.0f} samples/s (uploader / direct "
                   f"{rate / ceiling:.2f})")
+            print(f"  drain CPU-time rates: {cloud_rate:.0f} samples per coordinator CPU-second, {edge_rate:.0f} per "
+                  f"edge (uploader + outbox) CPU-second; load average {os.getloadavg()[0]:.1f}, cpus {os.cpu_count()}")
             if rate < DRAIN_GOAL:
                 failed.append("drain rate")
     if args.check and failed:

@@ -28,3 +28,32 @@ def test_backoff_doubles_to_its_cap_with_jitter_and_resets():
     assert len(set(delays)) == len(delays)  # jittered, not a fixed schedule
     backoff.reset()
     assert backoff.next_delay() <= 0.1
+
+
+def test_a_backlog_of_more_batches_than_the_streams_in_flight_hold_drains_exactly_once(tmp_path, closing):
+    """Overlapping streams: every batch is sent, acknowledged in order and deleted once; nothing twice."""
+    from edgeloop.node.outbox import SAMPLES, Outbox
+    from edgeloop.node.uploader import MAX_BATCHES_PER_STREAM, STREAMS_IN_FLIGHT, Uploader
+    from edgeloop.protocol.auth import open_channel
+    from nodekit import start_cloud, stored_sample_ids, wait_for
+
+    cloud = start_cloud(tmp_path)
+    closing(cloud)
+    box = Outbox(tmp_path / "outbox.sqlite", 1000, 1 << 20, 1000).start()
+    closing(box)
+    batch_size = 3
+    n = 2 * MAX_BATCHES_PER_STREAM * STREAMS_IN_FLIGHT * batch_size + 1  # the last batch one row short
+    tensor = mesh_pb2.TensorData(name="INPUT0", datatype="FP32", shape=[1, 2], data=bytes(8))
+    for i in range(n):
+        box.offer("mlp", (bytes, (mesh_pb2.Sample(sample_id=f"s-{i}", model="mlp", timestamp_ms=1 + i,
+                                                  inputs=[tensor]).SerializeToString(),)))
+    assert wait_for(lambda: box.snapshot()["committed"] == n, timeout=10)
+    channel = open_channel(cloud.address, None, None)
+    closing(channel)
+    uploader = Uploader(box, channel, "edge-a", batch_size=batch_size, backoff_max_s=1.0)
+    assert uploader.upload_once(SAMPLES) == n
+    assert box.pending(SAMPLES) == 0 and box.snapshot()["pending_rows"] == 0
+    assert box.next_batches(SAMPLES, batch_size, 100, 1 << 20) == []  # no batch left fixed
+    assert sorted(stored_sample_ids(cloud.store.path)) == sorted(f"s-{i}" for i in range(n))
+    assert uploader.upload_once(SAMPLES) == 0
+

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections import deque
 
 import grpc
 
@@ -22,7 +23,11 @@ from edgeloop.protocol import mesh_pb2
 log = logging.getLogger("edgeloop.node.uploader")
 
 #: Per stream: batches and bytes (kept well under gRPC's default 4 MiB message limit per batch).
-MAX_BATCHES_PER_STREAM = 4
+MAX_BATCHES_PER_STREAM = 2
+#: Streams open at once while a backlog drains.  The coordinator acknowledges a stream only once all
+#: of it is committed, and its writer interleaves the streams it holds, so two streams tend to end
+#: together and leave it idle while the next is read and sent; with three, one is always queued.
+STREAMS_IN_FLIGHT = 3
 MAX_BYTES_PER_STREAM = 32 << 20
 MAX_BATCH_BYTES = 3 << 20
 UPLOAD_TIMEOUT_S = 60.0
@@ -144,32 +149,39 @@ class Uploader:
     def upload_once(self, kind: str) -> int:
         """Send every pending batch of ``kind``; returns the rows acknowledged (0 when nothing was pending).
 
-        Two streams overlap: the next one is read and encoded while the coordinator commits the
-        previous one, so a backlog drains at the coordinator's pace, not at the sum of both sides.
+        Up to ``STREAMS_IN_FLIGHT`` streams overlap: the next one is read and encoded while the
+        coordinator commits the earlier ones, and acks are taken in the order the streams were sent,
+        so a backlog drains at the coordinator's pace, not at the sum of both sides.
         """
         call = self._calls[kind]
-        inflight = None  # (future, batches)
+        inflight: deque = deque()  # (future, batches), oldest first
         rows = 0
         try:
             while True:
-                skip = {b.batch_id for b in inflight[1]} if inflight else frozenset()
+                skip = {b.batch_id for _, sent in inflight for b in sent}
                 batches = self.outbox.next_batches(kind, self.batch_size, MAX_BATCHES_PER_STREAM,
                                                    MAX_BYTES_PER_STREAM, MAX_BATCH_BYTES, skip)
-                following = None
                 if batches:
                     frames = [encode_batch(b, self.node_id) for b in batches]
-                    following = (call.future(iter(frames), timeout=UPLOAD_TIMEOUT_S), batches)
-                if inflight is not None:
-                    rows += self._finish(kind, *inflight)
-                inflight = following
-                if inflight is None or self._stop.is_set() or rows >= (1 << 62):
+                    inflight.append((call.future(iter(frames), timeout=UPLOAD_TIMEOUT_S), batches))
+                if not inflight:
+                    break
+                if not batches or len(inflight) >= STREAMS_IN_FLIGHT:
+                    rows += self._finish(kind, *inflight.popleft())
+                if self._stop.is_set() or rows >= (1 << 62):
                     break
         finally:
-            if inflight is not None:  # a failure or stop: the other stream is given up (its batches stay)
+            failed = False  # after a failure or a stop the streams left are given up (their batches stay)
+            while inflight:
+                future, sent = inflight.popleft()
+                if failed:
+                    future.cancel()
+                    continue
                 try:
-                    rows += self._finish(kind, *inflight)
+                    rows += self._finish(kind, future, sent)
                 except Exception:
-                    inflight[0].cancel()
+                    failed = True
+                    future.cancel()
         return rows
 
     def _finish(self, kind: str, future, batches) -> int:
