@@ -72,7 +72,7 @@ class CoordinatorCore:
         v.count("samples", batch.samples, self.config.max_batch_rows)
         rows = []
         append = rows.append
-        check_tensors = self._tensors.check
+        check_tensors = self._tensors.check_sample
         id_ok = v.ID_RE.fullmatch
         name_ok = v.NAME_RE.fullmatch
         models_ok: set[str] = set()
@@ -91,11 +91,8 @@ class CoordinatorCore:
                 v.timestamp(f"samples[{i}].timestamp_ms", ts)
             if not 0 <= version < v.MAX_VERSION:
                 v.version(f"samples[{i}].model_version", version)
-            check_tensors("samples[%d].inputs", s.inputs, i)
-            check_tensors("samples[%d].outputs", s.outputs, i)
-            raw = s.raw_inputs
-            if len(raw):  # a model with features: what the client sent, beside the vector the model saw
-                check_tensors("samples[%d].raw_inputs", raw, i)
+            # raw_inputs: for a model with features, what the client sent beside the vector the model saw
+            check_tensors(s, i)
             if s.feature_digest:
                 v.sha256(f"samples[{i}].feature_digest", s.feature_digest)
             if model in self._federated:  # e.g. recorded by an edge before it first joined

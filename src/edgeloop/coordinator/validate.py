@@ -111,20 +111,20 @@ class TensorChecker:
         self._ok: set[bytes] = set()
         self._limit = limit
 
-    def check(self, field: str, tensors, at: int | None = None) -> None:
-        """Check a repeated TensorData field; ``field`` % ``at`` names it (formatted only for an error).
-
-        The container is indexed, not iterated: iterating a upb container ends in a raised IndexError.
-        """
-        n = len(tensors)
-        if n > MAX_TENSORS:
-            raise bad(field if at is None else field % at, f"{n} tensors", f"at most {MAX_TENSORS} tensors")
+    def check_sample(self, sample, at: int) -> None:
+        """Check the ``inputs``, ``outputs`` and ``raw_inputs`` of ``samples[at]`` in one call (the per-sample
+        hot path: one call, and the field names are formatted only for an error)."""
         ok = self._ok
-        for i in range(n):
-            t = tensors[i]
-            encoded = t.SerializeToString()
-            if encoded[:len(encoded) - len(t.data)] not in ok:
-                self._check_one(f"{field if at is None else field % at}[{i}]", t, encoded)
+        for field, tensors in (("inputs", sample.inputs), ("outputs", sample.outputs),
+                               ("raw_inputs", sample.raw_inputs)):
+            n = len(tensors)
+            if n > MAX_TENSORS:
+                raise bad(f"samples[{at}].{field}", f"{n} tensors", f"at most {MAX_TENSORS} tensors")
+            for i in range(n):
+                t = tensors[i]
+                encoded = t.SerializeToString()
+                if encoded[:len(encoded) - len(t.data)] not in ok:
+                    self._check_one(f"samples[{at}].{field}[{i}]", t, encoded)
 
     def _check_one(self, where: str, t, encoded: bytes) -> None:
         if not ID_RE.fullmatch(t.name):
