@@ -91,8 +91,7 @@ class CoordinatorCore:
                 v.timestamp(f"samples[{i}].timestamp_ms", ts)
             if not 0 <= version < v.MAX_VERSION:
                 v.version(f"samples[{i}].model_version", version)
-            # raw_inputs: for a model with features, what the client sent beside the vector the model saw
-            check_tensors(s, i)
+            check_tensors(s, i)  # inputs, outputs and raw_inputs (a featured model: what the client sent)
             if s.feature_digest:
                 v.sha256(f"samples[{i}].feature_digest", s.feature_digest)
             if model in self._federated:  # e.g. recorded by an edge before it first joined

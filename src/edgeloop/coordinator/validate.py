@@ -113,7 +113,8 @@ class TensorChecker:
 
     def check_sample(self, sample, at: int) -> None:
         """Check the ``inputs``, ``outputs`` and ``raw_inputs`` of ``samples[at]`` in one call (the per-sample
-        hot path: one call, and the field names are formatted only for an error)."""
+        hot path: one call, field names formatted only for an error, and the upb containers indexed, not
+        iterated: iterating one ends in a raised IndexError)."""
         ok = self._ok
         for field, tensors in (("inputs", sample.inputs), ("outputs", sample.outputs),
                                ("raw_inputs", sample.raw_inputs)):
