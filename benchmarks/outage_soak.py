@@ -11,7 +11,9 @@ the backlog built during the outage drained.
 
 Phase 2 (backlog drain): an outbox file is filled with ``--drain-samples`` samples of 32 float
 features, and the edge's uploader drains it to a fresh ``edgeloop cloud`` process; printed as
-samples/s against the goal of 50k samples/s.
+samples/s against the goal of 50k samples/s, beside the same coordinator's direct ingest of the same
+samples (the ceiling, same run) and the drain's samples per CPU-second of the coordinator and of the
+edge side (stable on a busy machine).  ``--skip-soak`` runs phase 2 alone.
 
 ``--check`` exits 1 when anything was stored twice, lost outside the window, or the drain is slower
 than the goal.

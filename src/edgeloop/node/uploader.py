@@ -1,9 +1,9 @@
 """Streams outbox batches to the coordinator; a batch leaves the outbox only after the coordinator's ack.
 
 One thread per node.  Each round sends the outbox's batches (those fixed earlier first, so a re-send
-carries the same id and rows) in one ``UploadSamples`` / ``UploadLabels`` client stream and waits for
-the ack, which the coordinator sends only once every batch of the stream is committed; accepted and
-duplicate ids are then deleted from the outbox.  Any failure (coordinator down, restarting, token
+carries the same id and rows) in ``UploadSamples`` / ``UploadLabels`` client streams, a few open at
+once, and takes their acks in order; the coordinator acks a stream only once every batch of it is
+committed, and accepted and duplicate ids are then deleted from the outbox (one range delete each).  Any failure (coordinator down, restarting, token
 refused) leaves the outbox as it was and waits an exponentially growing, jittered delay; serving
 never waits on any of this.  Batches are serialized straight from the stored message bytes (a
 repeated field is the concatenation of its elements), so a backlog drains without re-parsing.
