@@ -8,6 +8,7 @@ URL), reads the labelled samples of its chunk by one label-id range, decodes the
 """
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
 from typing import Callable
@@ -15,6 +16,8 @@ from typing import Callable
 import numpy as np
 
 from .trainers import MAX_FEATURES, MAX_ROWS, TrainingError, _cut
+
+log = logging.getLogger("edgeloop.ct.dask")
 
 #: the per-row key the loop's Dataset carries so a trainer can name its rows to the workers
 LABEL_ID = "label_id"
@@ -83,12 +86,8 @@ def _connect(database: str):
     return sqlite3.connect(f"file:{database}?mode=ro", uri=True, check_same_thread=False)
 
 
-def read_chunk(spec: ChunkSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(on a worker) X float32, raw labels y and weights of the chunk's rows, in the chunk's order.
-
-    Refuses a chunk with a row that is gone from the store or no longer decodes (the window would not
-    be the one the coordinator validated), naming the label id.
-    """
+def _decoded(spec: ChunkSpec):
+    """(on a worker) the chunk's rows that are in the store, decoded, in label-id order (skips counted)."""
     from edgeloop.store.sqlite_ct import _LABELLED
 
     from .window import decode_rows
@@ -102,7 +101,11 @@ def read_chunk(spec: ChunkSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | No
     finally:
         db.close()
     wanted = set(ids.tolist())
-    win = decode_rows([r for r in rows if r[0] in wanted], spec.decode, spec.input_name, spec.n_features)
+    return decode_rows([r for r in rows if r[0] in wanted], spec.decode, spec.input_name, spec.n_features)
+
+
+def _positions(spec: ChunkSpec, win, ids: np.ndarray) -> np.ndarray:
+    """Rows of ``win`` holding ``ids``; refuses ids that are gone or no longer decode (naming them)."""
     pos = np.searchsorted(win.label_ids, ids)
     found = (pos < len(win.label_ids)) & (win.label_ids[np.minimum(pos, max(0, len(win) - 1))] == ids) \
         if len(win) else np.zeros(len(ids), bool)
@@ -111,7 +114,132 @@ def read_chunk(spec: ChunkSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | No
         raise TrainingError(f"label_ids: {int((~found).sum())} rows of the window (e.g. label ids {missing}) are not "
                             f"in the store as decodable samples of {spec.model[:80]!r}; "
                             f"{'; '.join(win.skip_reasons)[:200]}")
+    return pos
+
+
+def read_chunk(spec: ChunkSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(on a worker) X float32, raw labels y and weights of the chunk's rows, in the chunk's order.
+
+    Refuses a chunk with a row that is gone from the store or no longer decodes (the window would not
+    be the one the coordinator validated), naming the label id.
+    """
+    win = _decoded(spec)
+    pos = _positions(spec, win, spec.label_ids)
     return win.X[pos], win.y[pos], spec.weight
+
+
+def decodable(spec: ChunkSpec) -> tuple[np.ndarray, np.ndarray, int, tuple]:
+    """(on a worker) which of the chunk's rows decode: their label ids, hard flags, the skip count and reasons."""
+    win = _decoded(spec)
+    hard = win.hard if win.hard is not None else np.zeros(len(win), bool)
+    return win.label_ids, hard, win.skipped, win.skip_reasons
+
+
+@dataclass(frozen=True)
+class CheckTask:
+    """Whole validation batches for one worker: the rows to read and, per batch, (batch id, edge, label ids)."""
+
+    spec: ChunkSpec
+    batches: tuple
+    signature: tuple
+    profile: object
+    policy: object
+    feature_input: str
+    label_set: np.ndarray | None
+
+
+def check_chunk(task: CheckTask) -> list:
+    """(on a worker) the per-batch validation of the task's batches, as summaries (no rows travel back)."""
+    from .validation import Batch, summarise_batch
+
+    spec = task.spec
+    win = _decoded(spec)
+    out = []
+    for batch_id, edge, ids in task.batches:
+        pos = _positions(spec, win, ids)
+        b = Batch(batch_id, edge, {spec.input_name: win.X[pos]}, win.y[pos], tuple(win.sample_ids[i] for i in pos))
+        out.append(summarise_batch(b, task.signature, task.profile, task.policy, task.feature_input, task.label_set,
+                                   keep_batch=False))
+    return out
+
+
+@dataclass(frozen=True)
+class WorkerWindow:
+    """The CT loop's window when the Dask workers read it: the coordinator holds its small columns only.
+
+    ``window(meta)`` (rows of ``store.labelled_latest_meta``) -> the rows that decode, as a LabelledWindow
+    whose X is a placeholder column of zeros (the workers decoded the payloads and said which rows decode
+    and which are hard examples); ``validate`` checks whole batches on the workers and merges their
+    summaries here (same rules and decisions as :func:`validate_batches`, statistics summed per batch);
+    ``materialise`` reads the rows of a Dataset (the holdout, the trainer's validation rows) into this process.
+    """
+
+    client: object
+    database: str
+    model: str
+    input_name: str
+    n_features: int
+    decode: Callable[[bytes, str], np.ndarray]
+    chunk_rows: int
+
+    def _spec(self, ids, weight=None) -> ChunkSpec:
+        return ChunkSpec(self.database, self.model, self.input_name, self.n_features, self.decode,
+                         np.ascontiguousarray(ids, dtype=np.int64), weight)
+
+    def window(self, meta: list):
+        from .window import LabelledWindow
+
+        ids = np.asarray([r[0] for r in meta], np.int64)
+        step = max(1, int(self.chunk_rows))
+        futures = [self.client.submit(decodable, self._spec(ids[i:i + step]), pure=False)
+                   for i in range(0, len(ids), step)]
+        parts = self.client.gather(futures)
+        kept = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+        hard = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, bool)
+        skipped = sum(int(p[2]) for p in parts)
+        reasons = tuple(r for p in parts for r in p[3])[:5]
+        keep = np.isin(ids, kept)
+        rows = [r for r, k in zip(meta, keep) if k]
+        n = len(rows)
+        return LabelledWindow(ids[keep], tuple(r[1] for r in rows), np.asarray([r[2] for r in rows], dtype=object),
+                              np.asarray([r[4] for r in rows], np.int64), np.asarray([r[3] for r in rows], np.int64),
+                              np.zeros((n, 1), np.float32), np.asarray([r[5] for r in rows], np.float64), skipped,
+                              reasons, hard[np.searchsorted(kept, ids[keep])] if n else np.zeros(0, bool))
+
+    def validate(self, batches, signature, profile, policy, *, data, index: dict):
+        """``batches``/``index``: the loop's batches of the placeholder window ``data`` (ids, edges, request ids)."""
+        from .validation import check_request_ids, merge_summaries, validation_context
+
+        policy, signature, feature_input, label_set = validation_context(signature, profile, policy)
+        tasks, group, rows = [], [], 0
+        for b in batches:
+            group.append((b.batch_id, b.edge, data.label_ids[index[b.batch_id]]))
+            rows += len(index[b.batch_id])
+            if rows >= self.chunk_rows:
+                tasks.append(group)
+                group, rows = [], 0
+        if group:
+            tasks.append(group)
+        futures = [self.client.submit(check_chunk, CheckTask(
+            self._spec(np.unique(np.concatenate([g[2] for g in group]))), tuple(group), signature, profile, policy,
+            feature_input, label_set), pure=False) for group in tasks]
+        summaries = [s for part in self.client.gather(futures) for s in part]
+        log.info("dask: %d batches (%d rows) of %s decoded and validated by the workers in %d tasks", len(batches),
+                 len(data), self.model[:80], len(tasks))
+        seen: set = set()
+        for b, s in zip(batches, summaries):
+            check_request_ids(s, b.request_ids, seen)
+        return merge_summaries(summaries, profile, policy, label_set)
+
+    def materialise(self, data):
+        """``data`` (a placeholder Dataset carrying label ids) with its real rows, read by a worker."""
+        from dataclasses import replace
+
+        ids = data.slices[LABEL_ID]
+        if not len(ids):
+            return data
+        X, _, _ = self.client.submit(read_chunk, self._spec(ids), pure=False).result()
+        return replace(data, X=X, feature_names=tuple(f"{self.input_name}:{i}" for i in range(self.n_features)))
 
 
 def window_source(store, decode, model: str, input_name: str, n_features: int, train) -> WindowSource | None:
@@ -130,8 +258,12 @@ def fit_window(trainer, train, validation, *, store, decode, model: str, input_n
     fit_source = getattr(trainer, "fit_source", None)
     source = window_source(store, decode, model, input_name, n_features, train) if fit_source else None
     if source is None:
+        if train.n_features != n_features:  # a placeholder window (its rows only by label id) never trains as is
+            raise TrainingError(f"train: {train.n_features} columns; expected {n_features} features or a window "
+                                f"the workers can read (a store with worker_database and >= 2 label ids)")
         return trainer.fit(train, validation, warm_start=warm_start, seed=seed)
     return fit_source(source, validation, warm_start=warm_start, seed=seed)
 
 
-__all__ = ["ChunkSpec", "LABEL_ID", "WindowSource", "fit_window", "read_chunk", "window_source"]
+__all__ = ["CheckTask", "ChunkSpec", "LABEL_ID", "WindowSource", "WorkerWindow", "check_chunk", "decodable", "fit_window",
+           "read_chunk", "window_source"]

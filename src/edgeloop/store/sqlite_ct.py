@@ -42,6 +42,16 @@ class CtTables:
                               (model, after, limit)).fetchall()
         return [(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6]) for r in reversed(rows)]
 
+    def labelled_latest_meta(self, model: str, limit: int, after: int = 0) -> list[tuple]:
+        """The rows of :meth:`labelled_latest` without their payloads: ``(label id, sample id, node id,
+        version, ts ms, label)``, oldest first (what the coordinator keeps of a window the Dask workers read)."""
+        with self._reading() as db:
+            rows = db.execute("SELECT l.rowid, s.sample_id, s.node_id, s.model_version, s.timestamp_ms, l.value "
+                              "FROM labels l JOIN samples s ON s.sample_id = l.sample_id AND s.model = l.model "
+                              "WHERE l.model = ? AND l.rowid > ? ORDER BY l.rowid DESC LIMIT ?",
+                              (model, after, limit)).fetchall()
+        return [tuple(r) for r in reversed(rows)]
+
     def labelled_count_since(self, model: str, after: int) -> int:
         """How many labels of ``model`` (joined to their samples) were written after label rowid ``after``."""
         with self._reading() as db:
