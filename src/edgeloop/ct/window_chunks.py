@@ -135,31 +135,19 @@ def decodable(spec: ChunkSpec) -> tuple[np.ndarray, np.ndarray, int, tuple]:
     return win.label_ids, hard, win.skipped, win.skip_reasons
 
 
-@dataclass(frozen=True)
-class CheckTask:
-    """Whole validation batches for one worker: the rows to read and, per batch, (batch id, edge, label ids)."""
-
-    spec: ChunkSpec
-    batches: tuple
-    signature: tuple
-    profile: object
-    policy: object
-    feature_input: str
-    label_set: np.ndarray | None
-
-
-def check_chunk(task: CheckTask) -> list:
-    """(on a worker) the per-batch validation of the task's batches, as summaries (no rows travel back)."""
+def check_chunk(spec: ChunkSpec, batches: tuple, shared: tuple) -> list:
+    """(on a worker) the per-batch validation of whole batches ``(batch id, edge, label ids)`` whose rows are
+    ``spec``'s, as summaries (no rows travel back).  ``shared``: (signature, profile, policy, feature input,
+    label set), as :func:`~edgeloop.ct.validation.validation_context` resolved them."""
     from .validation import Batch, summarise_batch
 
-    spec = task.spec
+    signature, profile, policy, feature_input, label_set = shared
     win = _decoded(spec)
     out = []
-    for batch_id, edge, ids in task.batches:
+    for batch_id, edge, ids in batches:
         pos = _positions(spec, win, ids)
         b = Batch(batch_id, edge, {spec.input_name: win.X[pos]}, win.y[pos], tuple(win.sample_ids[i] for i in pos))
-        out.append(summarise_batch(b, task.signature, task.profile, task.policy, task.feature_input, task.label_set,
-                                   keep_batch=False))
+        out.append(summarise_batch(b, signature, profile, policy, feature_input, label_set, keep_batch=False))
     return out
 
 
@@ -167,7 +155,7 @@ def check_chunk(task: CheckTask) -> list:
 class WorkerWindow:
     """The CT loop's window when the Dask workers read it: the coordinator holds its small columns only.
 
-    ``window(meta)`` (rows of ``store.labelled_latest_meta``) -> the rows that decode, as a LabelledWindow
+    ``window(meta)`` (the columns of ``store.labelled_latest_meta``) -> the rows that decode, as a LabelledWindow
     whose X is a placeholder column of zeros (the workers decoded the payloads and said which rows decode
     and which are hard examples); ``validate`` checks whole batches on the workers and merges their
     summaries here (same rules and decisions as :func:`validate_batches`, statistics summed per batch);
@@ -186,10 +174,10 @@ class WorkerWindow:
         return ChunkSpec(self.database, self.model, self.input_name, self.n_features, self.decode,
                          np.ascontiguousarray(ids, dtype=np.int64), weight)
 
-    def window(self, meta: list):
+    def window(self, meta: dict):
         from .window import LabelledWindow
 
-        ids = np.asarray([r[0] for r in meta], np.int64)
+        ids = meta["label_id"]
         step = max(1, int(self.chunk_rows))
         futures = [self.client.submit(decodable, self._spec(ids[i:i + step]), pure=False)
                    for i in range(0, len(ids), step)]
@@ -199,12 +187,11 @@ class WorkerWindow:
         skipped = sum(int(p[2]) for p in parts)
         reasons = tuple(r for p in parts for r in p[3])[:5]
         keep = np.isin(ids, kept)
-        rows = [r for r, k in zip(meta, keep) if k]
-        n = len(rows)
-        return LabelledWindow(ids[keep], tuple(r[1] for r in rows), np.asarray([r[2] for r in rows], dtype=object),
-                              np.asarray([r[4] for r in rows], np.int64), np.asarray([r[3] for r in rows], np.int64),
-                              np.zeros((n, 1), np.float32), np.asarray([r[5] for r in rows], np.float64), skipped,
-                              reasons, hard[np.searchsorted(kept, ids[keep])] if n else np.zeros(0, bool))
+        n = int(keep.sum())
+        sids = meta["sample_id"] if n == len(ids) else tuple(s for s, k in zip(meta["sample_id"], keep) if k)
+        return LabelledWindow(ids[keep], sids, meta["edge"][keep], meta["ts_ms"][keep], meta["version"][keep],
+                              np.zeros((n, 1), np.float32), meta["label"][keep], skipped, reasons,
+                              hard[np.searchsorted(kept, ids[keep])] if n else np.zeros(0, bool))
 
     def validate(self, batches, signature, profile, policy, *, data, index: dict):
         """``batches``/``index``: the loop's batches of the placeholder window ``data`` (ids, edges, request ids)."""
@@ -220,9 +207,10 @@ class WorkerWindow:
                 group, rows = [], 0
         if group:
             tasks.append(group)
-        futures = [self.client.submit(check_chunk, CheckTask(
-            self._spec(np.unique(np.concatenate([g[2] for g in group]))), tuple(group), signature, profile, policy,
-            feature_input, label_set), pure=False) for group in tasks]
+        shared = self.client.scatter([(signature, profile, policy, feature_input, label_set)], broadcast=True,
+                                     hash=False)[0]  # sent once, not with every task
+        futures = [self.client.submit(check_chunk, self._spec(np.unique(np.concatenate([g[2] for g in group]))),
+                                      tuple(group), shared, pure=False) for group in tasks]
         summaries = [s for part in self.client.gather(futures) for s in part]
         log.info("dask: %d batches (%d rows) of %s decoded and validated by the workers in %d tasks", len(batches),
                  len(data), self.model[:80], len(tasks))
@@ -265,5 +253,5 @@ def fit_window(trainer, train, validation, *, store, decode, model: str, input_n
     return fit_source(source, validation, warm_start=warm_start, seed=seed)
 
 
-__all__ = ["CheckTask", "ChunkSpec", "LABEL_ID", "WindowSource", "WorkerWindow", "check_chunk", "decodable", "fit_window",
+__all__ = ["ChunkSpec", "LABEL_ID", "WindowSource", "WorkerWindow", "check_chunk", "decodable", "fit_window",
            "read_chunk", "window_source"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
+import numpy as np
+
 #: a labelled sample as the loop reads it:
 #: (label rowid, sample id, node id, model version that served it, timestamp ms, payload, label)
 LabelledSample = tuple[int, str, str, int, int, bytes, float]
@@ -42,15 +44,25 @@ class CtTables:
                               (model, after, limit)).fetchall()
         return [(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6]) for r in reversed(rows)]
 
-    def labelled_latest_meta(self, model: str, limit: int, after: int = 0) -> list[tuple]:
-        """The rows of :meth:`labelled_latest` without their payloads: ``(label id, sample id, node id,
-        version, ts ms, label)``, oldest first (what the coordinator keeps of a window the Dask workers read)."""
+    def labelled_latest_meta(self, model: str, limit: int, after: int = 0) -> dict:
+        """The rows of :meth:`labelled_latest` without their payloads, as columns, oldest first: ``label_id``,
+        ``ts_ms``, ``version`` (int64), ``label`` (float64), ``edge`` (object, one str per edge) and ``sample_id``
+        (a tuple of str).  What the coordinator keeps of a window the Dask workers read: a few bytes a row."""
+        ids, ts, versions, labels, edges, sids, names = [], [], [], [], [], [], {}
         with self._reading() as db:
-            rows = db.execute("SELECT l.rowid, s.sample_id, s.node_id, s.model_version, s.timestamp_ms, l.value "
-                              "FROM labels l JOIN samples s ON s.sample_id = l.sample_id AND s.model = l.model "
-                              "WHERE l.model = ? AND l.rowid > ? ORDER BY l.rowid DESC LIMIT ?",
-                              (model, after, limit)).fetchall()
-        return [tuple(r) for r in reversed(rows)]
+            for r in db.execute("SELECT l.rowid, s.sample_id, s.node_id, s.model_version, s.timestamp_ms, l.value "
+                                "FROM labels l JOIN samples s ON s.sample_id = l.sample_id AND s.model = l.model "
+                                "WHERE l.model = ? AND l.rowid > ? ORDER BY l.rowid DESC LIMIT ?",
+                                (model, after, limit)):
+                ids.append(r[0])
+                sids.append(r[1])
+                edges.append(names.setdefault(r[2], r[2]))
+                versions.append(r[3])
+                ts.append(r[4])
+                labels.append(r[5])
+        return {"label_id": np.asarray(ids[::-1], np.int64), "sample_id": tuple(sids[::-1]),
+                "edge": np.asarray(edges[::-1], dtype=object), "version": np.asarray(versions[::-1], np.int64),
+                "ts_ms": np.asarray(ts[::-1], np.int64), "label": np.asarray(labels[::-1], np.float64)}
 
     def labelled_count_since(self, model: str, after: int) -> int:
         """How many labels of ``model`` (joined to their samples) were written after label rowid ``after``."""
