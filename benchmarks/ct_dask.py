@@ -164,7 +164,17 @@ def _feed(store, x: np.ndarray, y: np.ndarray, first: int) -> None:
 
 
 def loop_child(args) -> dict:
-    """One CT loop run (``--loop``) in this fresh process, inprocess or on Dask; its figures as a dict."""
+    """One CT loop run (``--loop``) in this fresh process, inprocess or on Dask; its figures as a dict.
+
+    A first, untraced run on its own coordinator with a ``WARMUP_ROWS`` window does the first-use imports
+    of either path (modules loaded during a traced run would count as the window's memory)."""
+    x, y = load(DATA)
+    base = Path(args.db)
+    _loop_once(args, base / "warmup", x, y, WARMUP_ROWS)
+    return _loop_once(args, base / "run", x, y, args.rows)
+
+
+def _loop_once(args, base_dir: Path, x, y, n: int) -> dict:
     from dataclasses import replace
 
     from edgeloop.config import parse_cloud_config
@@ -172,15 +182,13 @@ def loop_child(args) -> dict:
     from edgeloop.ct.trainers import Dataset, LogisticRegressionTrainer
     from edgeloop.ct.triggers import TriggerFiring
 
-    x, y = load(DATA)
-    n = args.rows
     training = {"enabled": False, "monitor_window": 500, "reference_rows": REFERENCE_ROWS, "drift_windows": 1000,
                 "train_rows": n, "min_slice_samples": 40, "cooldown_s": 0.0, "latency_ratio": 50.0,
                 "trainer": args.trainer}
     if args.child == "loop-dask":
         training.update(backend="dask", scheduler="local", n_workers=2, chunk_rows=args.chunk_rows)
     config = parse_cloud_config({"storage": {"database": "coord.sqlite", "artifact_dir": "artifacts"},
-                                 "training": training}, base_dir=Path(args.db))
+                                 "training": training}, base_dir=base_dir)
     config = replace(config, node=replace(config.node, grpc_port=0, metrics_port=-1))
     cloud = Coordinator(config).start()
     out = {"mode": args.child}

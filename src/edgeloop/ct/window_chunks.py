@@ -174,6 +174,14 @@ class WorkerWindow:
         return ChunkSpec(self.database, self.model, self.input_name, self.n_features, self.decode,
                          np.ascontiguousarray(ids, dtype=np.int64), weight)
 
+    def _gather(self, futures: list) -> list:
+        """The futures' results; the futures released at once (their task specs and results leave the client)."""
+        try:
+            return self.client.gather(futures)
+        finally:
+            for f in futures:
+                f.release()
+
     def window(self, meta: dict):
         from .window import LabelledWindow
 
@@ -181,17 +189,21 @@ class WorkerWindow:
         step = max(1, int(self.chunk_rows))
         futures = [self.client.submit(decodable, self._spec(ids[i:i + step]), pure=False)
                    for i in range(0, len(ids), step)]
-        parts = self.client.gather(futures)
+        parts = self._gather(futures)
         kept = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
         hard = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, bool)
         skipped = sum(int(p[2]) for p in parts)
         reasons = tuple(r for p in parts for r in p[3])[:5]
-        keep = np.isin(ids, kept)
-        n = int(keep.sum())
-        sids = meta["sample_id"] if n == len(ids) else tuple(s for s, k in zip(meta["sample_id"], keep) if k)
-        return LabelledWindow(ids[keep], sids, meta["edge"][keep], meta["ts_ms"][keep], meta["version"][keep],
-                              np.zeros((n, 1), np.float32), meta["label"][keep], skipped, reasons,
-                              hard[np.searchsorted(kept, ids[keep])] if n else np.zeros(0, bool))
+        if len(kept) == len(ids):  # every row decodes (the usual case): the columns as they are, no copies
+            cols, sids = meta, meta["sample_id"]
+        else:
+            keep = np.isin(ids, kept)
+            cols = {k: meta[k][keep] for k in ("label_id", "edge", "ts_ms", "version", "label")}
+            sids = tuple(s for s, k in zip(meta["sample_id"], keep) if k)
+        n = len(kept)
+        return LabelledWindow(cols["label_id"], sids, cols["edge"], cols["ts_ms"], cols["version"],
+                              np.zeros((n, 1), np.float32), cols["label"], skipped, reasons,
+                              hard[np.searchsorted(kept, cols["label_id"])] if n else np.zeros(0, bool))
 
     def validate(self, batches, signature, profile, policy, *, data, index: dict):
         """``batches``/``index``: the loop's batches of the placeholder window ``data`` (ids, edges, request ids)."""
@@ -211,9 +223,11 @@ class WorkerWindow:
                                      hash=False)[0]  # sent once, not with every task
         futures = [self.client.submit(check_chunk, self._spec(np.unique(np.concatenate([g[2] for g in group]))),
                                       tuple(group), shared, pure=False) for group in tasks]
-        summaries = [s for part in self.client.gather(futures) for s in part]
+        summaries = [s for part in self._gather(futures + [shared])[:-1] for s in part]
+        n_tasks = len(tasks)
+        del tasks, futures, shared
         log.info("dask: %d batches (%d rows) of %s decoded and validated by the workers in %d tasks", len(batches),
-                 len(data), self.model[:80], len(tasks))
+                 len(data), self.model[:80], n_tasks)
         seen: set = set()
         for b, s in zip(batches, summaries):
             check_request_ids(s, b.request_ids, seen)
@@ -226,7 +240,7 @@ class WorkerWindow:
         ids = data.slices[LABEL_ID]
         if not len(ids):
             return data
-        X, _, _ = self.client.submit(read_chunk, self._spec(ids), pure=False).result()
+        X, _, _ = self._gather([self.client.submit(read_chunk, self._spec(ids), pure=False)])[0]
         return replace(data, X=X, feature_names=tuple(f"{self.input_name}:{i}" for i in range(self.n_features)))
 
 

@@ -48,21 +48,28 @@ class CtTables:
         """The rows of :meth:`labelled_latest` without their payloads, as columns, oldest first: ``label_id``,
         ``ts_ms``, ``version`` (int64), ``label`` (float64), ``edge`` (object, one str per edge) and ``sample_id``
         (a tuple of str).  What the coordinator keeps of a window the Dask workers read: a few bytes a row."""
-        ids, ts, versions, labels, edges, sids, names = [], [], [], [], [], [], {}
+        cols: dict[str, list] = {k: [] for k in ("label_id", "version", "ts_ms", "label", "edge")}
+        sids: list[str] = []
+        names: dict[str, str] = {}
         with self._reading() as db:
-            for r in db.execute("SELECT l.rowid, s.sample_id, s.node_id, s.model_version, s.timestamp_ms, l.value "
-                                "FROM labels l JOIN samples s ON s.sample_id = l.sample_id AND s.model = l.model "
-                                "WHERE l.model = ? AND l.rowid > ? ORDER BY l.rowid DESC LIMIT ?",
-                                (model, after, limit)):
-                ids.append(r[0])
-                sids.append(r[1])
-                edges.append(names.setdefault(r[2], r[2]))
-                versions.append(r[3])
-                ts.append(r[4])
-                labels.append(r[5])
-        return {"label_id": np.asarray(ids[::-1], np.int64), "sample_id": tuple(sids[::-1]),
-                "edge": np.asarray(edges[::-1], dtype=object), "version": np.asarray(versions[::-1], np.int64),
-                "ts_ms": np.asarray(ts[::-1], np.int64), "label": np.asarray(labels[::-1], np.float64)}
+            cur = db.execute("SELECT l.rowid, s.sample_id, s.node_id, s.model_version, s.timestamp_ms, l.value "
+                             "FROM labels l JOIN samples s ON s.sample_id = l.sample_id AND s.model = l.model "
+                             "WHERE l.model = ? AND l.rowid > ? ORDER BY l.rowid DESC LIMIT ?", (model, after, limit))
+            while True:  # in parts, so that only a part's Python objects exist at once
+                part = cur.fetchmany(4096)
+                if not part:
+                    break
+                cols["label_id"].append(np.fromiter((r[0] for r in part), np.int64, len(part)))
+                cols["version"].append(np.fromiter((r[3] for r in part), np.int64, len(part)))
+                cols["ts_ms"].append(np.fromiter((r[4] for r in part), np.int64, len(part)))
+                cols["label"].append(np.fromiter((r[5] for r in part), np.float64, len(part)))
+                cols["edge"].append(np.asarray([names.setdefault(r[2], r[2]) for r in part] or np.zeros(0), object))
+                sids.extend(r[1] for r in part)
+        out = {k: np.concatenate(v)[::-1].copy() if v else np.zeros(0, np.float64 if k == "label" else
+                                                                       object if k == "edge" else np.int64)
+               for k, v in cols.items()}
+        out["sample_id"] = tuple(reversed(sids))
+        return out
 
     def labelled_count_since(self, model: str, after: int) -> int:
         """How many labels of ``model`` (joined to their samples) were written after label rowid ``after``."""
