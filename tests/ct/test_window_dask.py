@@ -146,3 +146,82 @@ def test_per_batch_summaries_merge_to_the_same_verdict():
     assert [(q.batch_id, q.checks) for q in merged.quarantined] == [(q.batch_id, q.checks) for q in whole.quarantined]
     assert {"edge_labels", "duplicate_ids"} <= {c for q in whole.quarantined for c in q.checks}
     assert merged.summary == whole.summary and [b.batch_id for b in merged.clean] == [b.batch_id for b in whole.clean]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request, tmp_path):
+    from edgeloop.store import PostgresStore, SqliteStore
+
+    s = SqliteStore(tmp_path / "c.sqlite") if request.param == "sqlite" else \
+        PostgresStore(request.getfixturevalue("postgres_url"))
+    yield s
+    s.close()
+
+
+def _fill(store):
+    """4 edges x 150 rows (every 7th marked hard, edge-d's labels flipped), one payload that does not decode."""
+    from loopkit import FEATURES, INPUT, MODEL, stream
+
+    from edgeloop.protocol import mesh_pb2
+    from edgeloop.store import LabelRow, SampleRow
+
+    k = 0
+    for part in range(3):
+        for j, edge in enumerate(EDGES):
+            x, y = stream(50, 10 * part + j)
+            if edge == "edge-d":
+                y = 1.0 - y
+            rows, labels = [], []
+            for i in range(50):
+                k += 1
+                sid, ts = f"{edge}-{k}", 1_700_000_000_000 + 10 * k
+                t = mesh_pb2.TensorData(name=INPUT, datatype="FP32", shape=[1, FEATURES], data=x[i].tobytes())
+                payload = mesh_pb2.Sample(sample_id=sid, model=MODEL, model_version=1, timestamp_ms=ts, inputs=[t],
+                                          hard_example=k % 7 == 0).SerializeToString()
+                if k == 177:
+                    payload = b"\xff\x00 not a sample"
+                rows.append(SampleRow(MODEL, sid, 1, "", ts, payload))
+                labels.append(LabelRow(sid, MODEL, "", 0, float(y[i]), ts))
+            store.ingest_samples(edge, f"s{k}", rows, k)
+            store.ingest_labels(edge, f"l{k}", labels, k)
+
+
+def test_the_worker_window_is_the_in_process_window_on_both_backends(any_store, cluster):
+    """Small columns, decode skips, hard flags, validation verdict and materialised rows: the same as in process."""
+    from loopkit import FEATURES, INPUT, MODEL
+
+    from edgeloop.coordinator.ct_link import decode_marked
+    from edgeloop.ct.drift import build_reference
+    from edgeloop.ct.loop import _batches
+    from edgeloop.ct.validation import TensorSpec
+    from edgeloop.ct.window import decode_rows
+    from edgeloop.ct.window_chunks import WorkerWindow
+
+    _fill(any_store)
+    meta = any_store.labelled_latest_meta(MODEL, 500, 0)
+    assert set(meta) == {"label_id", "sample_id", "edge", "version", "ts_ms", "label"} and len(meta["label_id"]) == 500
+    plain = decode_rows(any_store.labelled_latest(MODEL, 500, 0), decode_marked, INPUT, FEATURES)
+    with DaskBackend(cluster, timeout_s=60) as backend:
+        ww = WorkerWindow(backend.client(), any_store.worker_database(), MODEL, INPUT, FEATURES, decode_marked, 120)
+        data = ww.window(meta)
+        assert data.skipped == plain.skipped == 1 and "does not parse" in data.skip_reasons[0]
+        for key in ("label_ids", "edges", "timestamps_ms", "versions", "y", "hard"):
+            np.testing.assert_array_equal(getattr(data, key), getattr(plain, key), err_msg=key)
+        assert data.sample_ids == plain.sample_ids and data.hard.any() and data.X.shape == (len(plain), 1)
+
+        profile = build_reference(plain.X, [f"{INPUT}:{i}" for i in range(FEATURES)], window=100, seed=0)
+        sig = (TensorSpec(INPUT, "float32", (-1, FEATURES)),)
+        policy = ValidationPolicy(feature_input=INPUT, label_domain=(0.0, 1.0), min_clean_rows=50)
+        pb, _ = _batches(plain, INPUT)
+        want = validate_batches(pb, sig, profile, policy)
+        wb, index = _batches(data, INPUT)
+        got = ww.validate(wb, sig, profile, policy, data=data, index=index)
+        assert [(q.batch_id, q.checks, q.reasons) for q in got.quarantined] == \
+            [(q.batch_id, q.checks, q.reasons) for q in want.quarantined]
+        assert "edge_labels" in {c for q in want.quarantined for c in q.checks}
+        assert got.summary == want.summary and [n.text for n in got.notes] == [n.text for n in want.notes]
+
+        ds = data.dataset(()).take(np.arange(150, 260))
+        real = ww.materialise(ds)
+        np.testing.assert_array_equal(real.X, plain.dataset().take(np.arange(150, 260)).X)
+        np.testing.assert_array_equal(real.y, ds.y)
