@@ -194,8 +194,8 @@ def _loop_once(args, base_dir: Path, x, y, n: int) -> dict:
     out = {"mode": args.child}
     try:
         c = CHAMPION_ROWS
-        champion = LogisticRegressionTrainer().fit(Dataset(x[:c - 1000], y[:c - 1000]), Dataset(x[c - 1000:c], y[c - 1000:c]),
-                                                   seed=0).model
+        champion = LogisticRegressionTrainer().fit(Dataset(x[:c - 1000], y[:c - 1000]),
+                                                   Dataset(x[c - 1000:c], y[c - 1000:c]), seed=0).model
         sha, size = cloud.artifacts.put_bytes(champion)
         cloud.core.publish(MODEL, 0, sha, size, "push")
         _feed(cloud.store, x[c:c + REFERENCE_ROWS], y[c:c + REFERENCE_ROWS], c)
@@ -255,15 +255,17 @@ def loop_main(args) -> int:
               f"{r['state']}: {r['reason'][:90]}")
     print(f"validation: inprocess {a['validation']!r}; dask {b['validation']!r}")
     print(f"dask cluster start {b['cluster_start_s']:.2f} s (not in run s); time ratio dask/inprocess "
-          f"{b['fit_s'] / a['fit_s']:.2f}; coordinator traced-peak ratio {mem_ratio:.3f} (target <= {TARGET_MEMORY_RATIO})")
+          f"{b['fit_s'] / a['fit_s']:.2f}; coordinator traced-peak ratio {mem_ratio:.3f} "
+          f"(target <= {TARGET_MEMORY_RATIO})")
     missed = []
     if mem_ratio > TARGET_MEMORY_RATIO:
         missed.append(f"coordinator memory ratio {mem_ratio:.3f} > {TARGET_MEMORY_RATIO}")
     for key in ("state", "quarantine", "validation", "training_rows"):
         if a[key] != b[key]:
             missed.append(f"{key} differs: {str(a[key])[:100]} vs {str(b[key])[:100]}")
+    pairs = list(zip(a["evaluation"], b["evaluation"]))
     if len(a["evaluation"]) != len(b["evaluation"]) or any(
-            ea[0] != eb[0] or abs(ea[1] - eb[1]) > TARGET_ACCURACY_GAP for ea, eb in zip(a["evaluation"], b["evaluation"])):
+            ea[0] != eb[0] or abs(ea[1] - eb[1]) > TARGET_ACCURACY_GAP for ea, eb in pairs):
         missed.append(f"evaluation differs: {a['evaluation']} vs {b['evaluation']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": args.rows, "trainer": args.trainer, "inprocess": a,

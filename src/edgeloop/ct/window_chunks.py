@@ -5,6 +5,15 @@ through the coordinator.  The coordinator names the rows (label row ids in train
 weights); each worker opens the store read-only (a SQLite file on this machine, or the PostgreSQL
 URL), reads the labelled samples of its chunk by one label-id range, decodes them with the same
 :func:`edgeloop.ct.window.decode_rows` as the in-process window, and keeps them in the chunk's order.
+
+The CT loop's whole window goes this way (:class:`WorkerWindow`): the coordinator reads only the small
+columns (``store.labelled_latest_meta``: label ids, sample ids, edges, times, labels); the workers say
+which rows decode (and which are hard examples), then check whole validation batches where their rows
+are and send back per-batch summaries (:func:`edgeloop.ct.validation.summarise_batch`) that the
+coordinator merges with the same cross-batch rules as in process (request ids checked here, in batch
+order).  Training reads the clean rows by label id (:func:`fit_window`); only the holdout and the
+trainer's validation rows are read into the coordinator.  Each row is decoded up to three times on the
+workers (decodable, validation, training), never on the coordinator.
 """
 from __future__ import annotations
 
