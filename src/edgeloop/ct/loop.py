@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -174,6 +175,23 @@ class CTLoop:
         if self._dask is None:
             self._dask = backend_for(c)  # started on the first run, stopped with the loop
         return trainer_for(c, self._dask)
+
+    def _dask_window(self, st: ModelState):
+        """A WorkerWindow when the Dask workers can read this model's window from the store; else None.
+
+        The in-process path stays for a champion without a reference profile yet (it is built from the
+        window's rows) and for one with a feature definition (its window may need a backfill, done here)."""
+        c = self.config
+        where = getattr(self.store, "worker_database", None)
+        database = where() if where is not None else None
+        if c.backend != "dask" or database is None or st.profile is None or st.features is not None:
+            return None
+        from .trainer_dask import DEFAULT_CHUNK_ROWS
+        from .window_chunks import WorkerWindow
+
+        self._trainer()  # starts the backend
+        return WorkerWindow(self._dask.client(), database, st.model, st.input_name, int(st.n_features), self.decode,
+                            int(getattr(c, "chunk_rows", DEFAULT_CHUNK_ROWS)))
 
     def _run(self) -> None:
         period = self.config.interval_ms / 1000.0
@@ -580,11 +598,16 @@ class CTLoop:
         # 1. the window and its validation
         after_change = firing.kind in ("drift", "performance") and st.change_from is not None
         limit = c.train_rows if c.window == "samples" else c.max_read_rows
-        rows = self.store.labelled_latest(model, limit, st.change_from - 1 if after_change else 0)
-        data = decode_rows(rows, self.decode, st.input_name, st.n_features)
-        served = data
-        data = training_window(self.store, self.manifest, getattr(self, "decode_logged", None), model,
-                               st.champion_version, rows, data, ms)  # a feature never served: backfilled
+        dask = self._dask_window(st)  # the Dask workers read, decode and validate the window (None: here)
+        if dask is not None:
+            rows = self.store.labelled_latest_meta(model, limit, st.change_from - 1 if after_change else 0)
+            data = served = dask.window(rows)
+        else:
+            rows = self.store.labelled_latest(model, limit, st.change_from - 1 if after_change else 0)
+            data = decode_rows(rows, self.decode, st.input_name, st.n_features)
+            served = data
+            data = training_window(self.store, self.manifest, getattr(self, "decode_logged", None), model,
+                                   st.champion_version, rows, data, ms)  # a feature never served: backfilled
         #: workers (Dask) read the served vectors from the store; a backfilled window exists only here
         window_store = self.store if data is served else None
         scope = (f"the newest {len(rows)} labelled rows after the change (from label {st.change_from})"
@@ -596,11 +619,12 @@ class CTLoop:
         profile = st.profile or build_reference(data.X, [f"{st.input_name}:{i}" for i in range(st.n_features)],
                                                 window=max(10, min(c.monitor_window, len(data) // 2)),
                                                 seed=c.seed)
-        classes = predict(st.champion, data.X[:1], self.settings, "champion").classes
+        classes = predict(st.champion, data.X[:1] if dask is None else np.zeros((1, st.n_features), np.float32),
+                          self.settings, "champion").classes
         label_domain = tuple(float(x) for x in classes) if classes is not None else None
-        vr = validate_batches(batches, signature_from_onnx(_onnx_model(st.champion)), profile,
-                              ValidationPolicy(feature_input=st.input_name, label_domain=label_domain,
-                                               min_clean_rows=c.min_clean_rows))
+        vr = (validate_batches if dask is None else partial(dask.validate, data=data, index=index))(
+            batches, signature_from_onnx(_onnx_model(st.champion)), profile,
+            ValidationPolicy(feature_input=st.input_name, label_domain=label_domain, min_clean_rows=c.min_clean_rows))
         if vr.quarantined:
             self.store.add_quarantine(model, run_id, [(q.batch_id, q.edge, q.rows, q.checks, q.reasons)
                                                       for q in vr.quarantined], ms)
@@ -621,8 +645,8 @@ class CTLoop:
             return end("stopped", f"validation: {vr.summary}")
 
         # 2. training, warm-started from the champion, on everything older than the holdout
-        dataset = clean.dataset([f"{st.input_name}:{i}" for i in range(st.n_features)],
-                                hard_weight=c.hard_example_weight)
+        dataset = clean.dataset([f"{st.input_name}:{i}" for i in range(st.n_features)] if dask is None else (),
+                                hard_weight=c.hard_example_weight)  # (Dask: a placeholder X; rows by label id)
         try:
             window = _training_window(c)
             dataset = apply_window(dataset, window)
@@ -632,6 +656,9 @@ class CTLoop:
                 fit_train = apply_window(fit_train, TrainingWindow("all", None, c.train_half_life))
         except TrainingError as exc:
             return end("stopped", f"split: {exc}")
+        if dask is not None:  # only the rows evaluated here (and the trainer's validation rows) come here
+            holdout, fit_val = dask.materialise(holdout), dask.materialise(fit_val)
+            train_all = fit_val  # the manifest's reference profile: from the newest training rows
         trainer = self._trainer()
         result = fit_window(trainer, fit_train, fit_val, store=window_store, decode=self.decode, model=model,
                             input_name=st.input_name, n_features=st.n_features, warm_start=st.champion, seed=c.seed)

@@ -25,8 +25,9 @@ from edgeloop.kernels import HistogramAccumulator, psi
 
 from .drift import ReferenceProfile, check_name
 
-__all__ = ["TensorSpec", "Batch", "ValidationPolicy", "QuarantineRecord", "ValidationNote", "ValidationResult",
-           "signature_from_onnx", "validate_batches"]
+__all__ = ["TensorSpec", "Batch", "BatchSummary", "ValidationPolicy", "QuarantineRecord", "ValidationNote",
+           "ValidationResult", "check_request_ids", "merge_summaries", "signature_from_onnx", "summarise_batch",
+           "validate_batches", "validation_context"]
 
 MAX_ROWS = 1_000_000
 MAX_ID = 256
@@ -287,9 +288,8 @@ def _out_of_range(c: _Checked, profile: ReferenceProfile, policy: ValidationPoli
 
 
 def _edge_feature_anomalies(by_edge: dict, profile: ReferenceProfile, policy: ValidationPolicy) -> dict[str, list]:
-    """Edges whose feature histogram is far from the other edges' pooled one."""
-    edges = profile.edges_matrix()
-    counts = {e: HistogramAccumulator(edges).update(np.vstack([c.x for c in cs])).counts for e, cs in by_edge.items()}
+    """Edges whose feature histogram is far from the other edges' pooled one (from the batches' summaries)."""
+    counts = {e: sum(s.hist for s in ss) for e, ss in by_edge.items()}
     total = sum(counts.values())
     names = sorted(counts)
     vals = {e: psi(total - counts[e], counts[e]) for e in names}
@@ -310,35 +310,34 @@ def _edge_feature_anomalies(by_edge: dict, profile: ReferenceProfile, policy: Va
     return found
 
 
-def _mean(cs, f) -> float:
-    return float(np.nanmean(np.concatenate([c.x[:, f] for c in cs])))
+def _mean(ss, f) -> float:
+    return float(sum(s.xsum[f] for s in ss) / max(1, sum(s.rows for s in ss)))
 
 
 def _pooled_mean(by_edge, skip, f) -> float:
-    return float(np.nanmean(np.concatenate([c.x[:, f] for e, cs in by_edge.items() if e != skip for c in cs])))
+    return _mean([s for e, ss in by_edge.items() if e != skip for s in ss], f)
 
 
-def _relation(x: np.ndarray, y: np.ndarray, label_set, mean, scale) -> np.ndarray:
-    """How labels relate to features: per-class centroids (classification) or correlations, centred."""
-    z = (x - mean) / scale
-    z = z - z.mean(axis=0)
+def _relation(ss, label_set) -> np.ndarray:
+    """How labels relate to features: per-class centroids (classification) or correlations, centred;
+    from the summed standardised features of the batches ``ss``."""
+    n = float(sum(s.rows for s in ss))
+    zbar = sum(s.zsum for s in ss) / n
     if label_set is None:
-        yc = y - y.mean()
-        return (z * yc[:, None]).mean(axis=0) / max(float(yc.std()), 1e-12)
-    rows = [z[y == k].mean(axis=0) if np.any(y == k) else np.zeros(z.shape[1]) for k in label_set]
+        ybar = sum(s.ysum for s in ss) / n
+        cov = sum(s.zy for s in ss) / n - zbar * ybar
+        sd = float(np.sqrt(max(sum(s.y2sum for s in ss) / n - ybar * ybar, 0.0)))
+        return cov / max(sd, 1e-12)
+    zk, nk = sum(s.zk for s in ss), sum(s.nk for s in ss)
+    rows = [zk[k] / nk[k] - zbar if nk[k] else np.zeros(len(zbar)) for k in range(len(label_set))]
     return np.concatenate(rows)
 
 
 def _edge_label_anomalies(by_edge: dict, profile: ReferenceProfile, policy: ValidationPolicy, label_set) -> dict:
-    mean = np.array([f.mean for f in profile.features])
-    scale = np.array([f.std if f.std > 0 else 1.0 for f in profile.features])
     found: dict[str, list] = {}
-    data = {e: (np.vstack([c.x for c in cs]), np.concatenate([c.y for c in cs])) for e, cs in by_edge.items()}
-    for e in sorted(data):
-        x, y = data[e]
-        ox = np.vstack([data[o][0] for o in data if o != e])
-        oy = np.concatenate([data[o][1] for o in data if o != e])
-        a, b = _relation(x, y, label_set, mean, scale), _relation(ox, oy, label_set, mean, scale)
+    for e in sorted(by_edge):
+        others = [s for o, ss in by_edge.items() if o != e for s in ss]
+        a, b = _relation(by_edge[e], label_set), _relation(others, label_set)
         na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
         if na == 0 or nb == 0:
             continue
@@ -346,22 +345,50 @@ def _edge_label_anomalies(by_edge: dict, profile: ReferenceProfile, policy: Vali
         if cos < policy.min_label_agreement:
             what = "class-conditional feature means" if label_set is not None else "feature-label correlations"
             found.setdefault(e, []).append(
-                f"edge '{e}': its labels relate to the features unlike the other {len(data) - 1} edges' (cosine of "
+                f"edge '{e}': its labels relate to the features unlike the other {len(by_edge) - 1} edges' (cosine of "
                 f"{what} {cos:.2f} < {policy.min_label_agreement:g}; flipped or wrong labels?)")
     return found
 
 
-def validate_batches(batches, signature, profile: ReferenceProfile, policy: ValidationPolicy | None = None,
-                     seen_request_ids=()) -> ValidationResult:
-    """Check ``batches`` (time-ordered) against the model's ``signature`` and reference ``profile``.
+@dataclass
+class BatchSummary:
+    """One checked batch as the cross-batch checks see it: its own verdicts and small sufficient statistics.
 
-    ``seen_request_ids``: ids already in the training data (a duplicate of one quarantines the
-    batch).  Within the call, the first batch carrying an id wins.
+    Why: the per-batch checks need the rows, the cross-batch ones only sums and histogram counts, so a
+    Dask worker can check its chunk's batches where the rows are and send back just this (``batch`` is
+    None then).  Sums of standardised features (by the reference's mean and sd) give the label-feature
+    relation exactly as from the rows, up to floating-point summation order.
     """
+
+    batch_id: str
+    edge: str
+    rows: int
+    has_x: bool
+    has_y: bool
+    checks: list
+    reasons: list
+    out_of_range: dict  # feature index -> text (the batch alone; consensus decides)
+    hist: np.ndarray | None = None  # (F, B) counts on the reference's bin edges
+    xsum: np.ndarray | None = None  # (F,)
+    zsum: np.ndarray | None = None  # (F,) standardised
+    zy: np.ndarray | None = None  # (F,) standardised x label
+    ysum: float = 0.0
+    y2sum: float = 0.0
+    zk: np.ndarray | None = None  # (K, F) standardised sums per class of the label domain
+    nk: np.ndarray | None = None  # (K,)
+    batch: Batch | None = None
+
+    def fail(self, check: str, reason: str) -> None:
+        if check not in self.checks:
+            self.checks.append(check)
+        self.reasons.append(reason)
+
+
+def validation_context(signature, profile: ReferenceProfile, policy: ValidationPolicy | None):
+    """(policy, signature tuple, feature input, label set): what every per-batch check needs."""
     policy = policy or ValidationPolicy()
     signature = tuple(signature)
     names = [s.name for s in signature]
-    F = len(profile.features)
     feature_input = policy.feature_input
     if feature_input is None:
         two_d = [s.name for s in signature if len(s.shape) == 2]
@@ -371,32 +398,88 @@ def validate_batches(batches, signature, profile: ReferenceProfile, policy: Vali
     if feature_input not in names:
         raise ValueError(f"feature_input {feature_input!r} is not a model input; inputs are {names}")
     label_set = None if policy.label_domain is None else np.array(sorted(policy.label_domain), dtype=np.float64)
-    seen = set(seen_request_ids)
-    checked: list[_Checked] = []
-    for b in batches:
-        if not isinstance(b, Batch):
-            raise TypeError(f"batches must hold Batch, got {type(b).__name__}")
-        c = _Checked(b, 0)
-        checked.append(c)
-        try:
-            check_name("slice_key", b.edge, "edge")
-            check_name("slice_key", b.batch_id, "batch_id")
-        except ValueError as exc:
-            c.fail("schema", str(exc))
-            continue
-        _check_schema(c, signature, policy, feature_input, F)
-        if c.x is None:
-            continue
-        _check_values(c, profile, policy, label_set)
-        _check_ids(c, seen)
+    return policy, signature, feature_input, label_set
 
+
+def summarise_batch(b, signature, profile: ReferenceProfile, policy: ValidationPolicy, feature_input: str,
+                    label_set, keep_batch: bool = True) -> BatchSummary:
+    """The per-batch checks of ``b`` (schema, values; not request ids, which need the batches' order) and the
+    statistics the cross-batch checks need."""
+    if not isinstance(b, Batch):
+        raise TypeError(f"batches must hold Batch, got {type(b).__name__}")
+    c = _Checked(b, 0)
+    s = BatchSummary(b.batch_id, b.edge, 0, False, False, c.checks, c.reasons, {},
+                     batch=b if keep_batch else None)
+    try:
+        check_name("slice_key", b.edge, "edge")
+        check_name("slice_key", b.batch_id, "batch_id")
+    except ValueError as exc:
+        c.fail("schema", str(exc))
+        return s
+    _check_schema(c, signature, policy, feature_input, len(profile.features))
+    s.rows = c.rows
+    if c.x is None:
+        return s
+    _check_values(c, profile, policy, label_set)
+    s.has_x, s.has_y = True, c.y is not None
+    if c.reasons:
+        return s  # the cross-batch checks never see it
+    x = c.x
+    s.out_of_range = _out_of_range(c, profile, policy)
+    s.hist = HistogramAccumulator(profile.edges_matrix()).update(x).counts.copy()
+    s.xsum = x.sum(axis=0)
+    mean = np.array([f.mean for f in profile.features])
+    scale = np.array([f.std if f.std > 0 else 1.0 for f in profile.features])
+    z = (x - mean) / scale
+    s.zsum = z.sum(axis=0)
+    if c.y is not None:
+        y = c.y
+        s.zy, s.ysum, s.y2sum = (z * y[:, None]).sum(axis=0), float(y.sum()), float((y * y).sum())
+        if label_set is not None:
+            s.zk = np.stack([z[y == k].sum(axis=0) for k in label_set]) if len(label_set) else np.zeros((0, z.shape[1]))
+            s.nk = np.array([int((y == k).sum()) for k in label_set], np.int64)
+    return s
+
+
+def check_request_ids(s: BatchSummary, request_ids, seen: set) -> None:
+    """The request-id check of one summarised batch, in the batches' order (``seen`` grows)."""
+    if not s.has_x:
+        return  # a batch that failed its schema is never read further
+    stub = _Checked(Batch(s.batch_id, s.edge, {}, None, None if request_ids is None else tuple(request_ids)), s.rows)
+    stub.checks, stub.reasons = s.checks, s.reasons
+    _check_ids(stub, seen)
+
+
+def validate_batches(batches, signature, profile: ReferenceProfile, policy: ValidationPolicy | None = None,
+                     seen_request_ids=()) -> ValidationResult:
+    """Check ``batches`` (time-ordered) against the model's ``signature`` and reference ``profile``.
+
+    ``seen_request_ids``: ids already in the training data (a duplicate of one quarantines the
+    batch).  Within the call, the first batch carrying an id wins.
+    """
+    policy, signature, feature_input, label_set = validation_context(signature, profile, policy)
+    seen = set(seen_request_ids)
+    summaries = []
+    for b in batches:
+        s = summarise_batch(b, signature, profile, policy, feature_input, label_set)
+        check_request_ids(s, b.request_ids, seen)
+        summaries.append(s)
+    return merge_summaries(summaries, profile, policy, label_set)
+
+
+def merge_summaries(summaries, profile: ReferenceProfile, policy: ValidationPolicy, label_set) -> ValidationResult:
+    """The cross-batch checks over summarised batches (in time order) and the verdict.
+
+    A summary without its batch (checked on a Dask worker) is clean as ``Batch(batch_id, edge, {})``.
+    """
+    checked = list(summaries)
     notes: list[ValidationNote] = []
     alive = [c for c in checked if not c.reasons]
     # out-of-range: quarantine only when a minority of edges shows it (else it is drift)
-    oor = {id(c): _out_of_range(c, profile, policy) for c in alive}
-    edges_all = {c.batch.edge for c in alive}
+    oor = {id(c): c.out_of_range for c in alive}
+    edges_all = {c.edge for c in alive}
     for f, fp in enumerate(profile.features):
-        hit_edges = {c.batch.edge for c in alive if f in oor[id(c)]}
+        hit_edges = {c.edge for c in alive if f in oor[id(c)]}
         if not hit_edges:
             continue
         if len(edges_all) >= 3 and len(hit_edges) * 2 < len(edges_all):
@@ -411,11 +494,11 @@ def validate_batches(batches, signature, profile: ReferenceProfile, policy: Vali
     alive = [c for c in checked if not c.reasons]
     by_edge: dict[str, list] = {}
     for c in alive:
-        by_edge.setdefault(c.batch.edge, []).append(c)
+        by_edge.setdefault(c.edge, []).append(c)
     big = {e: cs for e, cs in by_edge.items() if sum(c.rows for c in cs) >= policy.min_edge_rows}
     if len(big) >= 3:
         found = _edge_feature_anomalies(big, profile, policy)
-        labelled = {e: cs for e, cs in big.items() if all(c.y is not None for c in cs)}
+        labelled = {e: cs for e, cs in big.items() if all(c.has_y for c in cs)}
         if len(labelled) >= 3:
             for e, reasons in _edge_label_anomalies(labelled, profile, policy, label_set).items():
                 found.setdefault(e, []).extend(reasons)
@@ -427,8 +510,8 @@ def validate_batches(batches, signature, profile: ReferenceProfile, policy: Vali
         notes.append(ValidationNote("edges", "", f"per-edge comparison skipped: {len(big)} edge(s) with >= "
                                                  f"{policy.min_edge_rows} rows, 3 needed"))
 
-    clean = tuple(c.batch for c in checked if not c.reasons)
-    quarantined = tuple(QuarantineRecord(_cut(c.batch.batch_id), _cut(c.batch.edge), c.rows, tuple(c.checks),
+    clean = tuple(c.batch if c.batch is not None else Batch(c.batch_id, c.edge, {}) for c in checked if not c.reasons)
+    quarantined = tuple(QuarantineRecord(_cut(c.batch_id), _cut(c.edge), c.rows, tuple(c.checks),
                                          tuple(c.reasons))
                         for c in checked if c.reasons)
     rows_total = sum(c.rows for c in checked)

@@ -65,7 +65,7 @@ def translate(sql: str) -> tuple[str, bool]:
 
 
 class _Result:
-    """A cursor as ``sqlite3`` callers use it: fetchone/fetchall, iteration, rowcount, lastrowid."""
+    """A cursor as ``sqlite3`` callers use it: fetchone/fetchmany/fetchall, iteration, rowcount, lastrowid."""
 
     def __init__(self, cursor, returning: bool) -> None:
         self._cursor = cursor
@@ -86,6 +86,12 @@ class _Result:
             rows, self._rows = self._rows, []
             return rows
         return self._cursor.fetchall() if self._cursor.description else []
+
+    def fetchmany(self, size: int):
+        if self._rows is not None:
+            rows, self._rows = self._rows[:size], self._rows[size:]
+            return rows
+        return self._cursor.fetchmany(size) if self._cursor.description else []
 
     def __iter__(self):
         return iter(self.fetchall())

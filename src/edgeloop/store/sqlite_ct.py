@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Sequence
 
+import numpy as np
+
 #: a labelled sample as the loop reads it:
 #: (label rowid, sample id, node id, model version that served it, timestamp ms, payload, label)
 LabelledSample = tuple[int, str, str, int, int, bytes, float]
@@ -41,6 +43,33 @@ class CtTables:
             rows = db.execute(_LABELLED + " AND l.rowid > ? ORDER BY l.rowid DESC LIMIT ?",
                               (model, after, limit)).fetchall()
         return [(r[0], r[1], r[2], r[3], r[4], bytes(r[5]), r[6]) for r in reversed(rows)]
+
+    def labelled_latest_meta(self, model: str, limit: int, after: int = 0) -> dict:
+        """The rows of :meth:`labelled_latest` without their payloads, as columns, oldest first: ``label_id``,
+        ``ts_ms``, ``version`` (int64), ``label`` (float64), ``edge`` (object, one str per edge) and ``sample_id``
+        (a tuple of str).  What the coordinator keeps of a window the Dask workers read: a few bytes a row."""
+        cols: dict[str, list] = {k: [] for k in ("label_id", "version", "ts_ms", "label", "edge")}
+        sids: list[str] = []
+        names: dict[str, str] = {}
+        with self._reading() as db:
+            cur = db.execute("SELECT l.rowid, s.sample_id, s.node_id, s.model_version, s.timestamp_ms, l.value "
+                             "FROM labels l JOIN samples s ON s.sample_id = l.sample_id AND s.model = l.model "
+                             "WHERE l.model = ? AND l.rowid > ? ORDER BY l.rowid DESC LIMIT ?", (model, after, limit))
+            while True:  # in parts, so that only a part's Python objects exist at once
+                part = cur.fetchmany(4096)
+                if not part:
+                    break
+                cols["label_id"].append(np.fromiter((r[0] for r in part), np.int64, len(part)))
+                cols["version"].append(np.fromiter((r[3] for r in part), np.int64, len(part)))
+                cols["ts_ms"].append(np.fromiter((r[4] for r in part), np.int64, len(part)))
+                cols["label"].append(np.fromiter((r[5] for r in part), np.float64, len(part)))
+                cols["edge"].append(np.asarray([names.setdefault(r[2], r[2]) for r in part] or np.zeros(0), object))
+                sids.extend(r[1] for r in part)
+        out = {k: np.concatenate(v)[::-1].copy() if v else np.zeros(0, np.float64 if k == "label" else
+                                                                       object if k == "edge" else np.int64)
+               for k, v in cols.items()}
+        out["sample_id"] = tuple(reversed(sids))
+        return out
 
     def labelled_count_since(self, model: str, after: int) -> int:
         """How many labels of ``model`` (joined to their samples) were written after label rowid ``after``."""
