@@ -21,7 +21,7 @@ EDGE_TABLES = ("node", "serving", "mesh", "coordinator", "auth", "delivery")
 SERVING_KEYS = ("model_repository", "max_receive_message_bytes", "max_send_message_bytes", "grpc_workers",
                 "model_defaults", "models")
 COORDINATOR_KEYS = ("address", "outbox_path", "outbox_max_rows", "outbox_max_bytes", "outbox_queue_size",
-                    "upload_batch_size", "upload_backoff_max_ms")
+                    "upload_batch_size", "upload_backoff_max_ms", "keepalive_ms")
 MAX_OUTBOX_ROWS = 100_000_000
 MAX_OUTBOX_BYTES = 1 << 40
 MAX_QUEUE = 1 << 22
@@ -114,5 +114,7 @@ def parse_data_path(table: dict[str, Any], source: str, base_dir: Path) -> Coord
                            expected=f"samples per upload batch, 1..{MAX_UPLOAD_BATCH}")
     backoff = fields.integer("upload_backoff_max_ms", default.upload_backoff_max_ms, minimum=10, maximum=600_000,
                              expected="the longest wait between upload retries in ms, 10..600000")
+    keepalive = fields.integer("keepalive_ms", default.keepalive_ms, minimum=1000, maximum=3_600_000,
+                               expected="the interval of keepalive pings to the coordinator in ms, 1000..3600000")
     return CoordinatorConfig(outbox_path=path, outbox_max_rows=rows, outbox_max_bytes=size, outbox_queue_size=queue,
-                             upload_batch_size=batch, upload_backoff_max_ms=backoff)
+                             upload_batch_size=batch, upload_backoff_max_ms=backoff, keepalive_ms=keepalive)

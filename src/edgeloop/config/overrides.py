@@ -52,7 +52,7 @@ def edge_config_to_data(config: EdgeConfig) -> dict[str, Any]:
     data["coordinator"] = {
         "outbox_max_rows": coordinator.outbox_max_rows, "outbox_max_bytes": coordinator.outbox_max_bytes,
         "outbox_queue_size": coordinator.outbox_queue_size, "upload_batch_size": coordinator.upload_batch_size,
-        "upload_backoff_max_ms": coordinator.upload_backoff_max_ms,
+        "upload_backoff_max_ms": coordinator.upload_backoff_max_ms, "keepalive_ms": coordinator.keepalive_ms,
     }
     if coordinator.outbox_path is not None:
         data["coordinator"]["outbox_path"] = str(coordinator.outbox_path)

@@ -174,6 +174,9 @@ class CoordinatorConfig:
     outbox_queue_size: int = 65536  # samples waiting for the outbox writer; past it they are dropped
     upload_batch_size: int = 2000
     upload_backoff_max_ms: int = 10_000
+    #: HTTP/2 keepalive pings on the channel to the coordinator: a coordinator that vanishes without
+    #: closing its connections (frozen, unplugged) is noticed within about this plus 10 s
+    keepalive_ms: int = 20_000
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ class Coordinator:
                 token, services=(COORDINATOR_SERVICE, FLEET_SERVICE), on_reject=self._on_unauthenticated))
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes),
-                   ("grpc.so_reuseport", 0)]
+                   ("grpc.so_reuseport", 0), *fleet_auth.KEEPALIVE_SERVER_OPTIONS]
         self._executor = ThreadPoolExecutor(max_workers=config.grpc_workers, thread_name_prefix="edgeloop-coord")
         self.server = grpc.server(self._executor, options=options, interceptors=interceptors)
         mesh_pb2_grpc.add_CoordinatorServicer_to_server(EdgeServicer(self.core), self.server)

@@ -182,14 +182,15 @@ class EdgeNode:
     def _start_data_path(self) -> None:
         from edgeloop.node.coordinator_link import CoordinatorLink
         from edgeloop.node.uploader import Uploader
-        from edgeloop.protocol.auth import open_channel
+        from edgeloop.protocol.auth import keepalive_options, open_channel
 
         address = self.config.coordinator_address
         if not address:
             return
         c = self.config.coordinator
         self._coordinator_channel = open_channel(address, self.config.auth, self._token, options=[
-            ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
+            ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
+            *keepalive_options(c.keepalive_ms)])
         self.uploader = Uploader(self.outbox, self._coordinator_channel, self.config.node.id, c.upload_batch_size,
                                  c.upload_backoff_max_ms / 1000).start()
         from edgeloop.node.federated import FederatedEdge

@@ -212,6 +212,26 @@ def open_channel(address: str, auth=None, token: str | None = None, options=(), 
     return channel
 
 
+#: the shortest ping interval a server accepts from a client on a connection without data (ms)
+MIN_PING_INTERVAL_MS = 1000
+
+
+def keepalive_options(interval_ms: int) -> list[tuple[str, int]]:
+    """Client channel options: an HTTP/2 ping every ``interval_ms`` (even on an idle connection), the
+    connection given up when one is not answered within 10 s (or the interval, when shorter), so a
+    peer that vanished without closing its sockets (frozen, unplugged) ends the calls waiting on it."""
+    interval = max(int(interval_ms), MIN_PING_INTERVAL_MS)
+    return [("grpc.keepalive_time_ms", interval), ("grpc.keepalive_timeout_ms", min(10_000, interval)),
+            ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.ping_timeout_ms", min(10_000, interval))]
+
+
+#: server options that accept the pings of ``keepalive_options`` (gRPC's default would answer a ping
+#: more often than every 5 minutes without data with GOAWAY "too_many_pings")
+KEEPALIVE_SERVER_OPTIONS = [("grpc.keepalive_permit_without_calls", 1),
+                            ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS)]
+
+
 def process_token(auth, who: str) -> str | None:
     """The fleet token of a process, read once at start; logs once when the fleet is unauthenticated."""
     if auth is None or auth.token_file is None:
@@ -223,6 +243,8 @@ def process_token(auth, who: str) -> str | None:
 
 __all__ = [
     "AuthError",
+    "KEEPALIVE_SERVER_OPTIONS",
+    "keepalive_options",
     "MAX_TOKEN_BYTES",
     "TOKEN_METADATA_KEY",
     "TokenInterceptor",
