@@ -59,16 +59,20 @@ def test_a_due_volume_run_is_not_starved_by_a_change_run_waiting_for_rows(tmp_pa
     assert any(r.state == "published" for r in runs), runs
 
 
-def test_a_change_run_waits_for_enough_rows_and_is_judged_on_the_minimum_holdout(tmp_path, clouds):
+@pytest.mark.parametrize("train_rows", [1000, 4000])
+def test_a_change_run_waits_for_enough_rows_and_is_judged_on_the_minimum_holdout(tmp_path, clouds, train_rows):
     # min_change_rows alone would run on 40 rows after the change; the holdout floor asks for 2 x 300
     cloud = start_cloud(tmp_path, min_change_rows=40, min_holdout_rows=300, holdout_fraction=0.1,
-                        train_rows=4000)
+                        train_rows=train_rows)
     clouds.append(cloud)
     push(cloud, champion())
     runs = feed(cloud, Feeder(cloud.store), 16, changed_from=6)
     assert runs, "no run after the change"
     window = cloud.store.artifacts(MODEL, "data_window")[0]["properties"]
-    assert "after the change" in window["scope"] and window["rows"] >= 600, window
+    if train_rows == 1000:  # >= half a window after the change: the run fits on those rows only
+        assert "after the change" in window["scope"] and 600 <= window["rows"] <= 1000, window
+    else:  # fewer than half a window after the change: the newest window (older rows too)
+        assert "after the change" not in window["scope"] and window["rows"] > 1000, window
     assert holdout_of(cloud, runs[0].run_id) >= 300
     assert runs[0].state == "published", runs
 

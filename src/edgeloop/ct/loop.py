@@ -608,9 +608,10 @@ class CTLoop:
         after_change = firing.kind in ("drift", "performance") and st.change_from is not None
         limit = c.train_rows if c.window == "samples" else c.max_read_rows
         rows = self.store.labelled_latest(model, limit, st.change_from - 1 if after_change else 0)
-        need = self._change_rows()
-        if after_change and len(rows) < need:  # too few after the change to fit and judge: the newest window
-            rows = self.store.labelled_latest(model, max(limit, need), 0)
+        if after_change and len(rows) < max(self._change_rows(), limit // 2):
+            # too few after the change to fit on (half a window): the newest window, whose newest rows (the
+            # holdout, where challenger and champion are compared) are the ones after the change
+            rows = self.store.labelled_latest(model, limit, 0)
             after_change = False
         data = decode_rows(rows, self.decode, st.input_name, st.n_features)
         served = data

@@ -17,15 +17,16 @@ from .engine import MODEL, Progress, publish, replay
 from .fleet import Fleet
 from .stream import Stream
 
-#: the CT loop's settings for the demo (the cloud config's [training] table): windows sized to the stream
-#: besides drift and performance, a volume trigger: a run per 240 new labelled rows (5 days of Elec2), on the
-#: newest 2,880 (60 days), 20% of them held out to judge the challenger.  A drift/performance run waits for
-#: 600 rows after the change (fitted and judged on ~300 rows, measured: challengers at 0.57 were blessed), and
-#: performance alarms at 0.15 below the champion: a ready performance trigger outranks volume, so a
-#: tighter margin kept the loop waiting instead of retraining; --fast: a run per 600 rows
+#: the CT loop's settings for the demo (the cloud config's [training] table): windows sized to the stream.
+#: The regular retrain is volume: a run per 240 new labelled rows (5 days of Elec2) on the newest 2,880 (60
+#: days; measured in-process with the loop's trainer: 0.770 raw / 0.870 with features, vs 0.767 / 0.860 on 30
+#: days), the newest 20% (at least 288 rows, 6 days) held out to judge challenger and champion on the same
+#: rows.  Drift and performance alarms mark the change; their run waits for 600 rows after it, and a due
+#: volume run is never held back by that wait (fitted on ~300 post-change rows, challengers at 0.57 were
+#: blessed).  --fast: a run per 600 rows
 TRAINING = {"enabled": True, "interval_ms": 500, "monitor_window": 200, "reference_rows": 600, "drift_windows": 4,
             "cooldown_s": 5.0, "min_change_rows": 600, "train_rows": 2880, "holdout_fraction": 0.2,
-            "volume": 240, "performance_margin": 0.15}
+            "min_holdout_rows": 288, "volume": 240, "performance_margin": 0.15}
 
 
 #: staged rollouts at the demo's pace: canary, then waves, each baking a few seconds (production: minutes)
@@ -49,7 +50,8 @@ def training_settings(fast: bool) -> dict:
     if not fast:
         return dict(TRAINING)
     return dict(TRAINING, monitor_window=100, reference_rows=300, min_change_rows=200, cooldown_s=5.0, volume=600,
-                train_rows=1440, holdout_fraction=0.25, drift_windows=2, performance_margin=0.05)
+                train_rows=1440, holdout_fraction=0.25, min_holdout_rows=200, drift_windows=2,
+                performance_margin=0.05)
 
 
 def run(opts: Options) -> dict:
