@@ -26,11 +26,19 @@ from .stream import Stream
 #: blessed).  --fast: a run per 600 rows
 TRAINING = {"enabled": True, "interval_ms": 500, "monitor_window": 200, "reference_rows": 600, "drift_windows": 4,
             "cooldown_s": 5.0, "min_change_rows": 600, "train_rows": 2880, "holdout_fraction": 0.2,
-            "min_holdout_rows": 288, "volume": 240, "performance_margin": 0.15}
+            "min_holdout_rows": 288, "volume": 240, "performance_margin": 0.15,
+            # after a rolled-back rollout the loop waits this long (production: a minute; at the demo's ~150
+            # rows/s that was 9,000 rows on a champion the stream had left behind)
+            "retry_after_rollback_s": 5.0,
+            # infra validation's latency budget (3 x the champion's p99 + 0.25 ms) refused challengers on
+            # scheduler noise of this shared machine (p99 1.6 ms vs 0.06 ms for the same 1 kB model)
+            "latency_ratio": 50.0}
 
 
 #: staged rollouts at the demo's pace: canary, then waves, each baking a few seconds (production: minutes)
-DELIVERY = {"canary": 1, "wave_factor": 2.0, "bake_s": 3.0, "min_requests": 20}
+#: the p99 gate is loose: the demo's edges share a loaded machine with its training and replay (measured: a
+#: canary rolled back on p99 25 ms > 1.2 x 5.2 ms); the paired accuracy gate stays as in production
+DELIVERY = {"canary": 1, "wave_factor": 2.0, "bake_s": 3.0, "min_requests": 20, "max_p99_ratio": 50.0}
 
 
 @dataclass
