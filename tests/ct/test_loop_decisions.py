@@ -90,3 +90,16 @@ def test_min_holdout_rows_is_checked():
     with pytest.raises(ConfigError) as info:
         parse_training({"min_holdout_rows": 0}, "<test>")
     assert "min_holdout_rows" in str(info.value) and "0" in str(info.value)
+
+
+def test_validation_fraction_is_checked_and_used(tmp_path, clouds):
+    with pytest.raises(ConfigError) as info:
+        parse_training({"validation_fraction": 0.8}, "<test>")
+    assert "validation_fraction" in str(info.value) and "0.8" in str(info.value)
+    cloud = start_cloud(tmp_path, volume=400, validation_fraction=0.1, holdout_fraction=0.25, train_rows=800)
+    clouds.append(cloud)
+    push(cloud, champion())
+    runs = feed(cloud, Feeder(cloud.store), 8, changed_from=100)
+    assert runs
+    training = [e for e in cloud.store.executions(MODEL, runs[0].run_id) if e["type"] == "training"][0]["properties"]
+    assert training["validation_rows"] == 60 and training["rows"] == 540, training  # 800 - 200 held out: 10%

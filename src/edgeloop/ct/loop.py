@@ -659,7 +659,7 @@ class CTLoop:
             window = _training_window(c)
             dataset = apply_window(dataset, window)
             train_all, holdout = time_split(dataset, holdout_rows(len(dataset), c))
-            fit_train, fit_val = time_split(train_all, 0.2)
+            fit_train, fit_val = time_split(train_all, c.validation_fraction)
             if c.train_half_life:
                 fit_train = apply_window(fit_train, TrainingWindow("all", None, c.train_half_life))
         except TrainingError as exc:
