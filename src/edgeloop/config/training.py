@@ -44,7 +44,7 @@ class TrainingConfig:
     hard_example_weight: float = 1.0    # training weight of samples marked hard (escalated); 1.0: like any other
     train_rows: int = 2000              # newest labelled rows a run reads (holdout included)
     holdout_fraction: float = 0.25      # newest share of them, never trained on
-    min_holdout_rows: int = 200         # ... but at least this many rows (a gate judged on 40 rows blesses noise)
+    min_holdout_rows: int = 100         # ... but at least this many rows (a gate judged on 40 rows blesses noise)
     validation_fraction: float = 0.2    # newest share of the rest: the trainer's validation, not fitted on
     train_half_life: float = 0.0        # recency weights: a row this many rows older weighs half (0: off)
     min_gain: float = 0.0               # a challenger must beat the champion by more than this
