@@ -157,3 +157,18 @@ def test_an_error_stream_change_is_a_performance_trigger():
     assert f.evidence.startswith("performance: the error stream changed: ADWIN: error rate 10.")
     assert "detected at sample" in f.evidence
     assert e.evaluate(2.0).firing is None  # consumed by the run
+
+
+def test_only_the_asked_kinds_fire_and_the_others_keep_their_state():
+    """While a change run waits for rows, the loop lets only the regular kinds fire: a pending performance
+    alarm must neither fire again nor reset the volume counter."""
+    e = engine(volume=300, performance_margin=0.05)
+    e.observe_performance(Metric("accuracy", 0.64, 0.60, 0.68, 400, True), champion_score=0.8)
+    e.add_labelled(200)
+    assert e.evaluate(1.0, kinds=("manual", "volume", "schedule")).firing is None  # performance may not fire
+    e.add_labelled(100)
+    firing = e.evaluate(2.0, kinds=("manual", "volume", "schedule")).firing
+    assert firing is not None and firing.kind == "volume" and firing.kinds == ("volume",)
+    assert e.evaluate(3.0).firing.kind == "performance"  # still ready: it was not consumed
+    with pytest.raises(ValueError, match="kinds"):
+        e.evaluate(4.0, kinds=("sometimes",))

@@ -17,7 +17,7 @@ TRAINING_KEYS = ("enabled", "interval_ms", "monitor_window", "reference_rows", "
                  "federated_trim", "federated_epochs", "federated_lr", "federated_mu", "federated_min_edges",
                  "federated_timeout_s", "trainer_options", "window", "train_days",
                  "slice_features", "backend", "scheduler", "n_workers", "chunk_rows", "retry_after_rollback_s",
-                 "hard_example_weight")
+                 "hard_example_weight", "min_holdout_rows", "validation_fraction")
 MODES = ("central", "federated")
 FEDERATED_STRATEGIES = ("fedavg", "median", "trimmed_mean")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -44,6 +44,8 @@ class TrainingConfig:
     hard_example_weight: float = 1.0    # training weight of samples marked hard (escalated); 1.0: like any other
     train_rows: int = 2000              # newest labelled rows a run reads (holdout included)
     holdout_fraction: float = 0.25      # newest share of them, never trained on
+    min_holdout_rows: int = 100         # ... but at least this many rows (a gate judged on 40 rows blesses noise)
+    validation_fraction: float = 0.2    # newest share of the rest: the trainer's validation, not fitted on
     train_half_life: float = 0.0        # recency weights: a row this many rows older weighs half (0: off)
     min_gain: float = 0.0               # a challenger must beat the champion by more than this
     max_slice_regression: float = 0.05  # ... and lose no more than this on any edge with enough rows
@@ -110,6 +112,10 @@ def parse_training(table: dict, source: str) -> TrainingConfig:
     fraction = t.number("holdout_fraction", d.holdout_fraction, exclusive_minimum=0.0, expected="a number in (0, 0.9]")
     if fraction > 0.9:
         raise t.error("holdout_fraction", fraction, "a number in (0, 0.9]")
+    validation = t.number("validation_fraction", d.validation_fraction, exclusive_minimum=0.0,
+                          expected="a number in (0, 0.5]")
+    if validation > 0.5:
+        raise t.error("validation_fraction", validation, "a number in (0, 0.5]")
     federated = []
     for name, table in t.subtable("models").items():
         if not _MODEL_NAME.match(name) or not isinstance(table, dict):
@@ -167,6 +173,8 @@ def parse_training(table: dict, source: str) -> TrainingConfig:
                                      expected="a weight >= 0 (1.0: like any other sample)"),
         train_rows=t.integer("train_rows", d.train_rows, minimum=40, maximum=20_000_000),
         holdout_fraction=fraction,
+        validation_fraction=validation,
+        min_holdout_rows=t.integer("min_holdout_rows", d.min_holdout_rows, minimum=1, maximum=1 << 40),
         train_half_life=t.number("train_half_life", d.train_half_life, minimum=0.0,
                                  expected="rows >= 0 (0: equal weights)"),
         min_gain=t.number("min_gain", d.min_gain, minimum=0.0, expected="a number >= 0"),

@@ -54,6 +54,8 @@ MANIFEST_PROFILE_KEY = "ct:profile"
 MAX_MANIFEST_PROFILE_BYTES = 512 << 10
 #: rolled-back versions remembered per model (older ones are long superseded)
 MAX_ROLLED_BACK = 1000
+#: trigger kinds that run on the newest window (not on the rows after a change)
+REGULAR_KINDS = ("manual", "volume", "schedule")
 #: a rollout that ended in these states, with its edges sent back (the driver's ``rolled_back`` flag)
 ROLLED_BACK_STATES = ("rolled_back", "aborted")
 
@@ -450,7 +452,10 @@ class CTLoop:
                 self._save(st, now)
             return None
         if st.pending is not None:
-            return self._run_when_ready(st, st.pending, now)
+            outcome = self._run_when_ready(st, st.pending, now)
+            if outcome is not None or st.pending is None:
+                return outcome
+            return self._run_due_instead(st, now)
         decision = st.engine.evaluate(now, 0)
         for hold in decision.held:
             log.info("ct: model %s trigger held: %s", model, hold.reason[:300])
@@ -460,9 +465,31 @@ class CTLoop:
             return None
         return self._run_when_ready(st, decision.firing, now)
 
+    def _run_due_instead(self, st: ModelState, now: float) -> RunOutcome | None:
+        """While a drift/performance run waits for rows after the change, a due volume, schedule or manual
+        trigger still runs (on the newest window): a pending change must not starve the regular retrains."""
+        firing = st.engine.evaluate(now, 0, kinds=REGULAR_KINDS).firing
+        if firing is None:
+            return None
+        waiting, waiting_kind = st.pending_trigger, st.pending.kind
+        st.pending, st.pending_trigger = None, 0
+        if waiting:
+            self.store.set_trigger_outcome(waiting, 0, f"superseded: a {firing.kind} run on the newest rows came due "
+                                                       f"while this one waited for rows after the change")
+        st.change_from = None
+        log.info("ct: model %s: a %s trigger came due while a %s run waited for rows after the change; it runs "
+                 "on the newest rows", st.model, firing.kind, waiting_kind)
+        return self.run(st, firing, now)
+
+    def _change_rows(self) -> int:
+        """Rows after a change that a drift/performance run waits for: ``min_change_rows``, and enough that
+        the holdout (``holdout_fraction``, at least ``min_holdout_rows``) leaves as many to train on."""
+        c = self.config
+        return max(c.min_change_rows, 2 * c.min_holdout_rows)
+
     def _run_when_ready(self, st: ModelState, firing, now: float) -> RunOutcome | None:
         """Drift and performance runs train on the rows after the change only: wait until there are enough."""
-        need = self.config.min_change_rows
+        need = self._change_rows()
         if firing.kind in ("drift", "performance") and st.change_from is not None:
             have = self.store.labelled_count_since(st.model, st.change_from - 1)
             if have < need:
@@ -599,11 +626,16 @@ class CTLoop:
         after_change = firing.kind in ("drift", "performance") and st.change_from is not None
         limit = c.train_rows if c.window == "samples" else c.max_read_rows
         dask = self._dask_window(st)  # the Dask workers read, decode and validate the window (None: here)
+        read = self.store.labelled_latest_meta if dask is not None else self.store.labelled_latest
+        rows = read(model, limit, st.change_from - 1 if after_change else 0)
+        if after_change and len(rows) < max(self._change_rows(), limit // 2):
+            # too few after the change to fit on (half a window): the newest window, whose newest rows (the
+            # holdout, where challenger and champion are compared) are the ones after the change
+            rows = read(model, limit, 0)
+            after_change = False
         if dask is not None:
-            rows = self.store.labelled_latest_meta(model, limit, st.change_from - 1 if after_change else 0)
             data = served = dask.window(rows)
         else:
-            rows = self.store.labelled_latest(model, limit, st.change_from - 1 if after_change else 0)
             data = decode_rows(rows, self.decode, st.input_name, st.n_features)
             served = data
             data = training_window(self.store, self.manifest, getattr(self, "decode_logged", None), model,
@@ -650,8 +682,8 @@ class CTLoop:
         try:
             window = _training_window(c)
             dataset = apply_window(dataset, window)
-            train_all, holdout = time_split(dataset, c.holdout_fraction)
-            fit_train, fit_val = time_split(train_all, 0.2)
+            train_all, holdout = time_split(dataset, holdout_rows(len(dataset), c))
+            fit_train, fit_val = time_split(train_all, c.validation_fraction)
             if c.train_half_life:
                 fit_train = apply_window(fit_train, TrainingWindow("all", None, c.train_half_life))
         except TrainingError as exc:
@@ -842,6 +874,13 @@ def _trainer(config):
             raise TrainingError(f"trainer {config.trainer!r}: {exc}") from None
         return SklearnTrainer(estimator)
     return LogisticRegressionTrainer() if config.trainer == "logistic" else MLPTrainer()
+
+
+def holdout_rows(n: int, config) -> int:
+    """The holdout's size for ``n`` rows: ``holdout_fraction`` of them, at least ``min_holdout_rows``, and
+    never more than half (the challenger needs rows to train on)."""
+    k = max(int(round(config.holdout_fraction * n)), int(config.min_holdout_rows))
+    return max(1, min(k, n // 2))
 
 
 def _training_window(config) -> TrainingWindow:

@@ -221,13 +221,16 @@ class TriggerEngine:
             text += f"; also above threshold for {k}+ windows: {others}{more}"
         return text
 
-    def evaluate(self, now: float, running: int = 0) -> TriggerDecision:
-        """Decide at time ``now`` with ``running`` runs of this model in progress."""
+    def evaluate(self, now: float, running: int = 0, kinds: tuple[str, ...] = KINDS) -> TriggerDecision:
+        """Decide at time ``now`` with ``running`` runs of this model in progress; only ``kinds`` may fire
+        (the others keep their state: e.g. the regular kinds while a change run waits for rows)."""
+        if not set(kinds) <= set(KINDS):
+            raise ValueError(f"kinds must be among {KINDS}, got {_cut(kinds)}")
         if not math.isfinite(now):
             raise ValueError(f"now must be a finite time in seconds, got {now!r}")
         if isinstance(running, bool) or not isinstance(running, int) or running < 0:
             raise ValueError(f"running must be an int >= 0, got {_cut(running)}")
-        ready = self._ready(now)
+        ready = {k: v for k, v in self._ready(now).items() if k in kinds}
         held: list[TriggerHold] = []
         go: list[str] = []
         for kind in KINDS:
