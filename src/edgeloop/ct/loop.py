@@ -628,7 +628,7 @@ class CTLoop:
         dask = self._dask_window(st)  # the Dask workers read, decode and validate the window (None: here)
         read = self.store.labelled_latest_meta if dask is not None else self.store.labelled_latest
         rows = read(model, limit, st.change_from - 1 if after_change else 0)
-        if after_change and len(rows) < max(self._change_rows(), limit // 2):
+        if after_change and _n_rows(rows) < max(self._change_rows(), limit // 2):
             # too few after the change to fit on (half a window): the newest window, whose newest rows (the
             # holdout, where challenger and champion are compared) are the ones after the change
             rows = read(model, limit, 0)
@@ -642,8 +642,8 @@ class CTLoop:
                                    st.champion_version, rows, data, ms)  # a feature never served: backfilled
         #: workers (Dask) read the served vectors from the store; a backfilled window exists only here
         window_store = self.store if data is served else None
-        scope = (f"the newest {len(rows)} labelled rows after the change (from label {st.change_from})"
-                 if after_change else f"the newest {len(rows)} labelled rows")
+        scope = (f"the newest {_n_rows(rows)} labelled rows after the change (from label {st.change_from})"
+                 if after_change else f"the newest {_n_rows(rows)} labelled rows")
         st.change_from = None
         if len(data) < 2 * c.min_clean_rows:
             return end("stopped", f"only {len(data)} labelled rows; a run needs >= {2 * c.min_clean_rows}")
@@ -881,6 +881,11 @@ def holdout_rows(n: int, config) -> int:
     never more than half (the challenger needs rows to train on)."""
     k = max(int(round(config.holdout_fraction * n)), int(config.min_holdout_rows))
     return max(1, min(k, n // 2))
+
+
+def _n_rows(rows) -> int:
+    """Rows read for a window: a list of rows, or (Dask) ``labelled_latest_meta``'s columns."""
+    return len(rows["label_id"]) if isinstance(rows, dict) else len(rows)
 
 
 def _training_window(config) -> TrainingWindow:

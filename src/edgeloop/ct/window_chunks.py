@@ -194,6 +194,7 @@ class WorkerWindow:
     def window(self, meta: dict):
         from .window import LabelledWindow
 
+        meta = meta_columns(meta)
         ids = meta["label_id"]
         step = max(1, int(self.chunk_rows))
         futures = [self.client.submit(decodable, self._spec(ids[i:i + step]), pure=False)
@@ -251,6 +252,18 @@ class WorkerWindow:
             return data
         X, _, _ = self._gather([self.client.submit(read_chunk, self._spec(ids), pure=False)])[0]
         return replace(data, X=X, feature_names=tuple(f"{self.input_name}:{i}" for i in range(self.n_features)))
+
+
+def meta_columns(meta: dict) -> dict:
+    """``store.labelled_latest_meta``'s columns (stdlib arrays and lists) as NumPy arrays (no copy for the
+    numeric ones); ``sample_id`` stays a tuple."""
+    out = {k: np.frombuffer(meta[k], dtype=np.int64) if len(meta[k]) else np.zeros(0, np.int64)
+           for k in ("label_id", "version", "ts_ms")}
+    out["label"] = np.frombuffer(meta["label"], dtype=np.float64) if len(meta["label"]) else np.zeros(0, np.float64)
+    edges = np.empty(len(meta["edge"]), object)
+    edges[:] = meta["edge"]
+    out["edge"], out["sample_id"] = edges, tuple(meta["sample_id"])
+    return out
 
 
 def window_source(store, decode, model: str, input_name: str, n_features: int, train) -> WindowSource | None:
