@@ -178,3 +178,32 @@ def test_live_view_shows_edges_versions_trigger_and_rollout():
     text = console.export_text()
     assert "300/1000 rows" in text and "30.0%" in text and "edge-a" in text and "v2" in text
     assert "KS statistic 0.9" in text and "1/2 edges serving it" in text and "wave 1/2" in text and "accuracy (last 500 rows): 1.000" in text
+
+
+def test_a_row_waits_for_the_clients_view_only_when_nothing_was_sent():
+    import grpc
+
+    from edgeloop.demo import engine
+    from edgeloop.protocol.errors import ProtocolError
+
+    calls = []
+
+    def empty_view_twice(x, routing_key=None):
+        calls.append((x, routing_key))
+        if len(calls) <= 2:
+            raise ProtocolError(grpc.StatusCode.NOT_FOUND,
+                                "model 'm': no node in the client's view serves it (epoch 3, 0 nodes up)")
+        return "answer"
+
+    assert engine._when_viewed(empty_view_twice, 7, routing_key="k") == "answer"
+    assert calls == [(7, "k")] * 3
+
+    def refused(x):
+        calls.append(x)
+        raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "input 'x': bad")
+
+    calls.clear()
+    with pytest.raises(ProtocolError) as err:
+        engine._when_viewed(refused, 1)
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert calls == [1]  # a request the mesh answered is never sent again

@@ -27,6 +27,7 @@ import numpy as np
 
 from edgeloop.client import MeshClient
 from edgeloop.protocol.codec import build_infer_request, infer_response_to_numpy
+from edgeloop.protocol.errors import ProtocolError
 
 from . import definition as feature_definition
 from . import model as initial_model
@@ -170,14 +171,14 @@ def _serve(client: MeshClient, stream: Stream, progress: Progress, i: int, colum
               else {"input": stream.x[i:i + 1]})
     request = build_infer_request(MODEL, inputs, request_id=f"r{i}")
     request.parameters["timestamp_ms"].int64_param = EPOCH_MS + i * int(feature_definition.ROW_SECONDS * 1000)
-    owner = client.owner(key, MODEL) or "?"
     t = time.perf_counter()
     try:
-        response = client.infer_request(request, routing_key=key)
+        response = _when_viewed(client.infer_request, request, routing_key=key)
     except Exception as exc:  # a refused or lost request is counted and shown, the replay goes on
         with progress.lock:
             progress.errors.append(f"row {i}: {str(exc)[:200]}")
         return
+    owner = client.owner(key, MODEL) or "?"
     ms = (time.perf_counter() - t) * 1000
     label = int(np.asarray(infer_response_to_numpy(response)["label"]).reshape(-1)[0])
     version = int(response.model_version or 0)
@@ -190,9 +191,27 @@ def _serve(client: MeshClient, stream: Stream, progress: Progress, i: int, colum
         progress.done += 1
 
 
+#: how long a row waits for the client's view of the mesh to list a node again (nothing was sent meanwhile)
+VIEW_WAIT_S = 20.0
+
+
+def _when_viewed(call, *args, **kwargs):
+    """``call(*args, **kwargs)`` (a MeshClient request or label); when the client's view lists no node for
+    the model (its liveness probes timed out on a loaded machine: nothing was sent), wait for the view to
+    recover, up to VIEW_WAIT_S, and send then."""
+    deadline = time.monotonic() + VIEW_WAIT_S
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except ProtocolError as exc:
+            if "no node in the client's view" not in exc.message or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _label(client: MeshClient, stream: Stream, progress: Progress, i: int, key: str) -> None:
     try:
-        client.label(MODEL, float(stream.y[i]), request_id=f"r{i}", routing_key=key)
+        _when_viewed(client.label, MODEL, float(stream.y[i]), request_id=f"r{i}", routing_key=key)
         with progress.lock:
             progress.labels_sent += 1
     except Exception as exc:
