@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeloop.ct.compression import Candidate, CompressionPolicy, CompressionResult, int8, low_rank
+from edgeloop.ct.compression import Candidate, CompressionPolicy, CompressionResult, int8, judged, low_rank, pick
 from edgeloop.ct.infra import InfraPolicy, ServingSignature, SessionSettings, validate_infra
 from edgeloop.ct.trainers import _cut
 
@@ -80,29 +80,9 @@ def choose(built, correct: list[int], n_rows: int, probe: np.ndarray, policy: Co
                                   "cannot be scored: no edge scored every variant on its holdout", rw))
             continue
         value = score[name]
-        loss = reference - value
         infra = validate_infra(data, probe, signature, settings, champion, infra_policy)
-        within = loss <= policy.metric_tolerance + 1e-12
-        why = []
-        if not within:
-            why.append(f"{policy.metric} loss {loss:.4f} > tolerance {policy.metric_tolerance:g}")
-        if not infra.passed:
-            why.append("infra: " + "; ".join(infra.reasons))
-        rows.append(Candidate(name, len(data), value, loss, infra.p99_ms, infra.passed, within, False,
-                              "refused: " + "; ".join(why) if why else "qualifies", rw))
-    fit = [c for c in rows if c.infra_passed and c.within_tolerance]
-    if not fit:
-        return CompressionResult(None, None, "no candidate qualifies: " + " | ".join(
-            f"{c.name}: {c.note}" for c in rows), tuple(rows))
-    best = min(fit, key=lambda c: (c.size_bytes, [r.name for r in rows].index(c.name)))
-    rows = [Candidate(**{**c.__dict__, "chosen": c is best}) for c in rows]
-    original = rows[0]
-    reason = (f"chose {best.name}: {best.size_bytes} bytes vs original {original.size_bytes} "
-              f"({best.size_bytes / max(1, original.size_bytes):.1%}), {policy.metric} {best.metric:.4f} vs "
-              f"{reference:.4f} (loss {best.metric_loss:+.4f} <= {policy.metric_tolerance:g}) on {n_rows} holdout "
-              f"rows of the edges, p99 {best.p99_ms:.3f} ms")
-    model = dict((name, data) for name, data, _, _ in built)[best.name]
-    return CompressionResult(model, best.name, reason, tuple(rows))
+        rows.append(judged(name, len(data), value, reference - value, infra, policy, rw))
+    return pick(built, rows, reference, policy, where=f" on {n_rows} holdout rows of the edges")
 
 
 __all__ = ["build_variants", "choose", "probe_rows", "variant_counts"]

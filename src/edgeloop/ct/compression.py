@@ -220,14 +220,26 @@ def compress(challenger: bytes, holdout: Dataset, policy: CompressionPolicy = Co
             continue
         loss = sign * (reference - value)
         infra = validate_infra(data, holdout.X, signature, settings, baseline, infra_policy)
-        within = loss <= policy.metric_tolerance + 1e-12
-        why = []
-        if not within:
-            why.append(f"{policy.metric} loss {loss:.4f} > tolerance {policy.metric_tolerance:g}")
-        if not infra.passed:
-            why.append("infra: " + "; ".join(infra.reasons))
-        rows.append(Candidate(name, len(data), value, loss, infra.p99_ms, infra.passed, within, False,
-                              "refused: " + "; ".join(why) if why else "qualifies", rw))
+        rows.append(judged(name, len(data), value, loss, infra, policy, rw))
+    return pick(built, rows, reference, policy)
+
+
+def judged(name: str, size: int, value: float, loss: float, infra, policy: CompressionPolicy, rw) -> Candidate:
+    """A built variant's row: within the metric tolerance and through infra validation, or why not."""
+    within = loss <= policy.metric_tolerance + 1e-12
+    why = []
+    if not within:
+        why.append(f"{policy.metric} loss {loss:.4f} > tolerance {policy.metric_tolerance:g}")
+    if not infra.passed:
+        why.append("infra: " + "; ".join(infra.reasons))
+    return Candidate(name, size, value, loss, infra.p99_ms, infra.passed, within, False,
+                     "refused: " + "; ".join(why) if why else "qualifies", rw)
+
+
+def pick(built, rows: list[Candidate], reference: float, policy: CompressionPolicy,
+         where: str = "") -> CompressionResult:
+    """The smallest qualifying variant (ties: the order built), every row marked; ``where`` names the rows
+    the metric was measured on, for the reason."""
     fit = [c for c in rows if c.infra_passed and c.within_tolerance]
     if not fit:
         return CompressionResult(None, None, "no candidate qualifies: " + " | ".join(
@@ -237,9 +249,11 @@ def compress(challenger: bytes, holdout: Dataset, policy: CompressionPolicy = Co
     original = rows[0]
     reason = (f"chose {best.name}: {best.size_bytes} bytes vs original {original.size_bytes} "
               f"({best.size_bytes / max(1, original.size_bytes):.1%}), {policy.metric} {best.metric:.4f} vs "
-              f"{reference:.4f} (loss {best.metric_loss:+.4f} <= {policy.metric_tolerance:g}), p99 {best.p99_ms:.3f} ms")
+              f"{reference:.4f} (loss {best.metric_loss:+.4f} <= {policy.metric_tolerance:g}){where}, "
+              f"p99 {best.p99_ms:.3f} ms")
     model = dict((name, data) for name, data, _, _ in built)[best.name]
     return CompressionResult(model, best.name, reason, tuple(rows))
 
 
-__all__ = ["Candidate", "CompressionPolicy", "CompressionResult", "LayerRewrite", "compress", "int8", "low_rank"]
+__all__ = ["Candidate", "CompressionPolicy", "CompressionResult", "LayerRewrite", "compress", "int8", "judged",
+           "low_rank", "pick"]
