@@ -12,36 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeloop.ct.compression import Candidate, CompressionPolicy, CompressionResult, int8, judged, low_rank, pick
+from edgeloop.ct.compression import (Candidate, CompressionPolicy, CompressionResult, build_variants, judged,
+                                     pick)
 from edgeloop.ct.infra import InfraPolicy, ServingSignature, SessionSettings, validate_infra
-from edgeloop.ct.trainers import _cut
 
 PROBE_ROWS = 256
-
-
-def build_variants(candidate: bytes, policy: CompressionPolicy) -> list[tuple[str, bytes | None, tuple, str]]:
-    """(name, ONNX bytes or None, low-rank rewrites, note) of original, low-rank, int8, low-rank+int8."""
-    built: list[tuple[str, bytes | None, tuple, str]] = [("original", candidate, (), "")]
-    try:
-        lr_model, rewrites = low_rank(candidate, policy.rank_tolerance, policy.seed)
-        if not any(r.rewritten for r in rewrites):
-            lr_model = None
-            note = f"not built: no weight has a smaller factorisation within rank_tolerance {policy.rank_tolerance:g}"
-        else:
-            note = ""
-        built.append(("low-rank", lr_model, rewrites, note))
-    except Exception as exc:  # a graph the rewrite cannot handle: report it, keep the others
-        lr_model, rewrites = None, ()
-        built.append(("low-rank", None, (), f"not built: {type(exc).__name__}: {_cut(str(exc))}"))
-    for name, source, rw in (("int8", candidate, ()), ("low-rank+int8", lr_model, rewrites)):
-        if source is None:
-            built.append((name, None, rw, "not built: no low-rank model"))
-            continue
-        try:
-            built.append((name, int8(source), rw, ""))
-        except Exception as exc:  # onnxruntime.quantization raises many types
-            built.append((name, None, rw, f"not built: quantize_dynamic failed: {_cut(str(exc))}"))
-    return built
 
 
 def probe_rows(mean: np.ndarray, inv_std: np.ndarray, n: int = PROBE_ROWS, seed: int = 0) -> np.ndarray:

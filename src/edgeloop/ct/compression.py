@@ -169,6 +169,31 @@ def _int8(model, QuantType, quantize_dynamic) -> bytes:
             return f.read()
 
 
+def build_variants(candidate: bytes, policy: CompressionPolicy) -> list[tuple[str, bytes | None, tuple, str]]:
+    """(name, ONNX bytes or None, low-rank rewrites, note) of original, low-rank, int8, low-rank+int8."""
+    built: list[tuple[str, bytes | None, tuple, str]] = [("original", candidate, (), "")]
+    try:
+        lr_model, rewrites = low_rank(candidate, policy.rank_tolerance, policy.seed)
+        if not any(r.rewritten for r in rewrites):
+            lr_model = None
+            note = f"not built: no weight has a smaller factorisation within rank_tolerance {policy.rank_tolerance:g}"
+        else:
+            note = ""
+        built.append(("low-rank", lr_model, rewrites, note))
+    except Exception as exc:  # a graph the rewrite cannot handle: report it, keep the others
+        lr_model, rewrites = None, ()
+        built.append(("low-rank", None, (), f"not built: {type(exc).__name__}: {_cut(str(exc))}"))
+    for name, source, rw in (("int8", candidate, ()), ("low-rank+int8", lr_model, rewrites)):
+        if source is None:
+            built.append((name, None, rw, "not built: no low-rank model"))
+            continue
+        try:
+            built.append((name, int8(source), rw, ""))
+        except Exception as exc:  # onnxruntime.quantization raises many types
+            built.append((name, None, rw, f"not built: quantize_dynamic failed: {_cut(str(exc))}"))
+    return built
+
+
 # ----------------------------------------------------------------------- selection
 
 
@@ -186,26 +211,7 @@ def compress(challenger: bytes, holdout: Dataset, policy: CompressionPolicy = Co
     y = class_labels(holdout.y, "holdout") if policy.metric in CLASSIFICATION else np.asarray(holdout.y, np.float64)
     signature = signature or ServingSignature.of_model(challenger, settings)
     baseline = champion if champion is not None else challenger
-    built: list[tuple[str, bytes | None, tuple, str]] = [("original", challenger, (), "")]
-    try:
-        lr_model, rewrites = low_rank(challenger, policy.rank_tolerance, policy.seed)
-        if any(r.rewritten for r in rewrites):
-            built.append(("low-rank", lr_model, rewrites, ""))
-        else:
-            lr_model = None
-            built.append(("low-rank", None, rewrites, "not built: no weight has a smaller factorisation within "
-                                                        f"rank_tolerance {policy.rank_tolerance:g}"))
-    except Exception as exc:  # a graph the rewrite cannot handle: report it, keep the others
-        lr_model, rewrites = None, ()
-        built.append(("low-rank", None, (), f"not built: {type(exc).__name__}: {_cut(str(exc))}"))
-    for name, source, rw in (("int8", challenger, ()), ("low-rank+int8", lr_model, rewrites)):
-        if source is None:
-            built.append((name, None, rw, "not built: no low-rank model"))
-            continue
-        try:
-            built.append((name, int8(source), rw, ""))
-        except Exception as exc:  # onnxruntime.quantization raises many types
-            built.append((name, None, rw, f"not built: quantize_dynamic failed: {_cut(str(exc))}"))
+    built = build_variants(challenger, policy)
     reference = predict(challenger, holdout.X, settings, "challenger").score(policy.metric, y)
     rows = []
     for name, data, rw, note in built:
@@ -255,5 +261,5 @@ def pick(built, rows: list[Candidate], reference: float, policy: CompressionPoli
     return CompressionResult(model, best.name, reason, tuple(rows))
 
 
-__all__ = ["Candidate", "CompressionPolicy", "CompressionResult", "LayerRewrite", "compress", "int8", "judged",
-           "low_rank", "pick"]
+__all__ = ["Candidate", "CompressionPolicy", "CompressionResult", "LayerRewrite", "build_variants", "compress",
+           "int8", "judged", "low_rank", "pick"]
