@@ -20,6 +20,7 @@ from edgeloop.kernels import features as _k
 
 from .definition import COLUMN_OPS, FeatureDefinition
 from .errors import FeatureError, StateError
+from .online import OnlineLayout
 
 _OP_CODES = {
     "lag": _k.OP_LAG, "delta": _k.OP_DELTA, "mean": _k.OP_MEAN, "std": _k.OP_STD, "dev": _k.OP_DEV,
@@ -70,7 +71,10 @@ class Plan:
         self.codes = np.array(codes, dtype=np.int64)
         self.defaults = np.array([np.nan if s.default is None else s.default for s in definition.features],
                                  dtype=np.float64)
-        self.record_len = _k.record_length(self.H, self.C, self.L)
+        #: the kernel's part of an entity's record; the online head (if declared) follows it
+        self.kernel_len = _k.record_length(self.H, self.C, self.L)
+        self.online = OnlineLayout(definition.online, self.width) if definition.online is not None else None
+        self.record_len = self.kernel_len + (self.online.length if self.online is not None else 0)
         self.codes.flags.writeable = False
         self.defaults.flags.writeable = False
         self._blank = self.new_record()
@@ -83,6 +87,14 @@ class Plan:
         rec = np.zeros(self.record_len, dtype=np.float64)
         rec[_k.SLOT_VERSION] = _k.RECORD_VERSION
         return rec
+
+    def kpart(self, rec: np.ndarray) -> np.ndarray:
+        """The kernel's part of a record (a view; the record itself without an online head)."""
+        return rec if self.online is None else rec[: self.kernel_len]
+
+    def head(self, rec: np.ndarray) -> np.ndarray:
+        """The online head's block of a record (a view)."""
+        return rec[self.kernel_len:]
 
     @property
     def blank(self) -> np.ndarray:
@@ -97,6 +109,9 @@ class Plan:
             raise StateError("record", f"{rec.shape[0]} values", f"{self.record_len} values for this definition")
         if not np.isfinite(rec).all():
             raise StateError("record", "non-finite values", "finite values only")
+        if self.online is not None:
+            self.online.check(rec[self.kernel_len:])
+            rec = rec[: self.kernel_len]
         h = rec[: _k.HEADER_SLOTS]
         if h[_k.SLOT_VERSION] != _k.RECORD_VERSION:
             raise StateError("record.version", h[_k.SLOT_VERSION], f"{_k.RECORD_VERSION}")
@@ -144,7 +159,7 @@ def compute(plan: Plan, record: np.ndarray, row, t: float) -> Served:
     row, t = _k.as_row(row, plan.n_inputs), request_time(t)
     out = np.empty(plan.width, dtype=np.float32)
     try:
-        flags = _k.compute(record, plan.codes, plan.defaults, row, t, out)
+        flags = _k.compute(plan.kpart(record), plan.codes, plan.defaults, row, t, out)
     except ValueError as exc:
         raise _row_error(plan, row, t, exc) from None
     return Served(out, bool(flags & _k.FLAG_COLD), bool(flags & _k.FLAG_PARTIAL))
@@ -155,7 +170,7 @@ def serve(plan: Plan, record: np.ndarray, row, t: float) -> Served:
     row, t = _k.as_row(row, plan.n_inputs), request_time(t)
     out = np.empty(plan.width, dtype=np.float32)
     try:
-        flags = _k.serve(record, plan.codes, plan.defaults, row, t, out)
+        flags = _k.serve(plan.kpart(record), plan.codes, plan.defaults, row, t, out)
     except ValueError as exc:
         raise _row_error(plan, row, t, exc) from None
     return Served(out, bool(flags & _k.FLAG_COLD), bool(flags & _k.FLAG_PARTIAL))
@@ -165,7 +180,7 @@ def update_with_row(plan: Plan, record: np.ndarray, row, t: float) -> None:
     """The served row enters the entity's history (after the vector was computed)."""
     row, t = _k.as_row(row, plan.n_inputs), request_time(t)
     try:
-        _k.push_row(record, plan.codes, row, t)
+        _k.push_row(plan.kpart(record), plan.codes, row, t)
     except ValueError as exc:
         raise _row_error(plan, row, t, exc) from None
 
@@ -177,7 +192,7 @@ def update_with_label(plan: Plan, record: np.ndarray, label: float, timestamp: f
     replaces the first (uploads may be retried), one older than a full buffer is dropped.
     """
     label, timestamp = label_args(label, timestamp)
-    return _k.push_label(record, plan.codes, timestamp, label) != _k.LABEL_DROPPED
+    return _k.push_label(plan.kpart(record), plan.codes, timestamp, label) != _k.LABEL_DROPPED
 
 
 def label_args(label, timestamp) -> tuple[float, float]:

@@ -19,6 +19,12 @@ Derived features run over the stream of the request's *entity* (its routing key)
 * ``since_last``: seconds since the entity's previous row (never negative)
 * ``label_lag(k)``, ``label_mean(k)``: over the entity's labels for events *before* the request
 
+``online`` (optional) declares the entity's *online head* (``edgeloop.features.online``): a small
+softmax correction of the model's output, learned per entity from its late labels on the owner node,
+``{"lr": 0.05, "classes": [0, 1], "pending": 16}``.  It is not an input of the model (the model's
+vector stays raw inputs + derived features); the edge applies it to the model's ``probabilities``
+and ``label`` outputs (output names configurable) between two models the CT loop publishes.
+
 Cold and partial state (documented defaults): with fewer than k values the window shrinks to
 the values there are (``lag`` takes the oldest one) and the vector is flagged *partial*; with no
 value at all the feature's ``default`` is used when declared, else the current value for
@@ -48,7 +54,10 @@ COLUMN_OPS = ("lag", "delta", "mean", "std", "dev")
 LABEL_OPS = ("label_lag", "label_mean")
 OPS = COLUMN_OPS + ("since_last",) + LABEL_OPS
 
-_TOP_KEYS = ("version", "entity", "inputs", "features", "forbidden")
+_TOP_KEYS = ("version", "entity", "inputs", "features", "forbidden", "online")
+_ONLINE_KEYS = ("lr", "l2", "classes", "pending", "probabilities", "label")
+MAX_CLASSES = 64
+MAX_PENDING = 256
 _FEATURE_KEYS = ("op", "col", "k", "name", "default")
 
 
@@ -79,6 +88,23 @@ def default_name(op: str, col: str | None, k: int | None) -> str:
 
 
 @dataclass(frozen=True)
+class OnlineSpec:
+    """The online head: SGD step ``lr`` (and L2 ``l2``) per late label, over ``classes`` (label values in
+    the order of the model's probability columns); ``pending`` served rows per entity wait for their labels."""
+
+    lr: float
+    classes: tuple[float, ...]
+    pending: int = 16
+    l2: float = 0.0
+    probabilities: str = "probabilities"
+    label: str = "label"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "l2": self.l2, "classes": list(self.classes), "pending": self.pending,
+                "probabilities": self.probabilities, "label": self.label}
+
+
+@dataclass(frozen=True)
 class FeatureDefinition:
     """A validated definition; build it with ``from_dict``/``from_json`` (or the constructor, which checks too)."""
 
@@ -87,11 +113,12 @@ class FeatureDefinition:
     features: tuple[FeatureSpec, ...] = ()
     forbidden: tuple[str, ...] = ()
     version: int = FORMAT_VERSION
+    online: OnlineSpec | None = None
 
     def __post_init__(self) -> None:
         # the constructor and from_dict share one validator: round-trip through the dict form
         checked = _parse(self.to_dict())
-        for attr in ("entity", "inputs", "features", "forbidden", "version"):
+        for attr in ("entity", "inputs", "features", "forbidden", "version", "online"):
             object.__setattr__(self, attr, getattr(checked, attr))
 
     # -- forms ------------------------------------------------------------------------------------------
@@ -103,7 +130,15 @@ class FeatureDefinition:
             "inputs": list(self.inputs),
             "features": [f.to_dict() if isinstance(f, FeatureSpec) else f for f in self.features],
             "forbidden": list(self.forbidden),
+            **({"online": self.online.to_dict() if isinstance(self.online, OnlineSpec) else self.online}
+               if self.online is not None else {}),
         }
+
+    def without_online(self) -> "FeatureDefinition":
+        """The same features without the online head (the model's vector is unchanged)."""
+        doc = self.to_dict()
+        doc.pop("online", None)
+        return _parse(doc)
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): the bytes the digest is taken over."""
@@ -210,6 +245,35 @@ def _feature(field: str, obj: Any, inputs: tuple[str, ...], forbidden: tuple[str
     return FeatureSpec(op=op, name=name, col=col, k=k, default=default)
 
 
+def _number(field: str, value: Any, low: float, high: float, low_open: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not (low < value <= high if low_open else low <= value <= high):
+        raise DefinitionError(field, value, f"a number in {'(' if low_open else '['}{low:g}, {high:g}]")
+    return float(value)
+
+
+def _online(obj: Any) -> OnlineSpec:
+    _keys("online", obj, _ONLINE_KEYS, "the online head")
+    if "lr" not in obj:
+        raise DefinitionError("online.lr", None, "the head's SGD step, a number in (0, 1]")
+    lr = _number("online.lr", obj["lr"], 0.0, 1.0, True)
+    l2 = _number("online.l2", obj.get("l2", 0.0), 0.0, 1.0, False)
+    classes = obj.get("classes")
+    if not isinstance(classes, list) or not 2 <= len(classes) <= MAX_CLASSES:
+        shown = f"a list of {len(classes)}" if isinstance(classes, list) else classes
+        raise DefinitionError("online.classes", shown, f"a list of 2..{MAX_CLASSES} label values (the model's "
+                              f"probability columns, in order)")
+    values = [_number(f"online.classes[{i}]", c, -2.0**53, 2.0**53, False) for i, c in enumerate(classes)]
+    if len(set(values)) != len(values):
+        raise DefinitionError("online.classes", classes[:20], "distinct label values")
+    pending = obj.get("pending", 16)
+    if not isinstance(pending, int) or isinstance(pending, bool) or not 1 <= pending <= MAX_PENDING:
+        raise DefinitionError("online.pending", pending, f"an integer in 1..{MAX_PENDING} (served rows per entity "
+                              f"waiting for their labels)")
+    names = {key: _name(f"online.{key}", obj.get(key, key)) for key in ("probabilities", "label")}
+    return OnlineSpec(lr=lr, classes=tuple(values), pending=pending, l2=l2, **names)
+
+
 def _parse(obj: Any) -> FeatureDefinition:
     _keys("(document)", obj, _TOP_KEYS, "a feature definition")
     version = obj.get("version")
@@ -237,8 +301,9 @@ def _parse(obj: Any) -> FeatureDefinition:
             raise DefinitionError(f"features[{i}].name", spec.name, "a name not used by another input or feature")
         taken.add(spec.name)
         features.append(spec)
+    online = _online(obj["online"]) if "online" in obj else None
     definition = object.__new__(FeatureDefinition)
     for attr, value in (("entity", entity), ("inputs", inputs), ("features", tuple(features)),
-                        ("forbidden", forbidden), ("version", version)):
+                        ("forbidden", forbidden), ("version", version), ("online", online)):
         object.__setattr__(definition, attr, value)
     return definition

@@ -56,11 +56,14 @@ class FeatureStats:
     labels_dropped: int
     imported: int
     exported: int
+    online_served: int = 0  # rows whose output the online head corrected
+    online_learned: int = 0  # labels the head learned from
+    online_unmatched: int = 0  # labels whose served row was no longer waiting (or of an unknown class)
 
 
 class _Stripe:
     __slots__ = ("lock", "records", "cap", "evictions", "served", "cold", "partial", "rows", "labels",
-                 "labels_dropped", "imported", "exported")
+                 "labels_dropped", "imported", "exported", "online_served", "online_learned", "online_unmatched")
 
     def __init__(self, cap: int) -> None:
         self.lock = threading.Lock()
@@ -68,6 +71,7 @@ class _Stripe:
         self.cap = cap
         self.evictions = self.served = self.cold = self.partial = self.rows = 0
         self.labels = self.labels_dropped = self.imported = self.exported = 0
+        self.online_served = self.online_learned = self.online_unmatched = 0
 
     def admit(self, entity: str, rec: np.ndarray) -> None:
         """Insert (or replace) as most recent; evict the least recently used beyond the cap."""
@@ -90,6 +94,8 @@ class FeatureState:
         n = min(stripes, max_entities)
         self.max_entities = (max_entities // n) * n  # the bound actually enforced (a multiple of the stripes)
         self._stripes = [_Stripe(max_entities // n) for _ in range(n)]
+        self._plain = self.plan.online is None  # the record is the kernel's (no online head after it)
+        self._klen = self.plan.kernel_len
 
     # -- lookup ----------------------------------------------------------------------------------------
     def _stripe(self, entity) -> _Stripe:
@@ -143,7 +149,7 @@ class FeatureState:
             elif keep:
                 stripe.records.move_to_end(entity)
             try:
-                flags = kernel(rec, plan.codes, plan.defaults, row, t, out)
+                flags = kernel(plan.kpart(rec), plan.codes, plan.defaults, row, t, out)
             except ValueError as exc:
                 raise _row_error(plan, row, t, exc) from None
             if keep:
@@ -180,7 +186,7 @@ class FeatureState:
             else:
                 records.move_to_end(entity)
             try:
-                flags = self.plan.kernel.serve_out(rec, t, out)
+                flags = self.plan.kernel.serve_out(rec if self._plain else rec[: self._klen], t, out)
             except ValueError as exc:
                 raise _row_error(self.plan, out.reshape(-1)[: self.plan.n_inputs], t, exc) from None
             stripe.rows += 1
@@ -207,7 +213,7 @@ class FeatureState:
             if new:
                 rec = plan.new_record()
             try:
-                _k.push_row(rec, plan.codes, row, t)
+                _k.push_row(plan.kpart(rec), plan.codes, row, t)
             except ValueError as exc:
                 raise _row_error(plan, row, t, exc) from None
             stripe.rows += 1
@@ -226,20 +232,44 @@ class FeatureState:
             new = rec is None
             if new:
                 rec = plan.new_record()
-            kept = _k.push_label(rec, plan.codes, timestamp, label) != _k.LABEL_DROPPED
+            kept = _k.push_label(plan.kpart(rec), plan.codes, timestamp, label) != _k.LABEL_DROPPED
             stripe.labels += 1
             if not kept:
                 stripe.labels_dropped += 1
+            if plan.online is not None:
+                if plan.online.learn(plan.head(rec), timestamp, label):
+                    stripe.online_learned += 1
+                else:
+                    stripe.online_unmatched += 1
             if new:
                 stripe.admit(entity, rec)
             else:
                 stripe.records.move_to_end(entity)
         return kept
 
+    def online_logits(self, entity: str, t: float, vectors: np.ndarray, proba: np.ndarray) -> np.ndarray | None:
+        """The online head's corrected log-probabilities ``[rows, K]`` for rows served to ``entity`` at ``t``.
+
+        ``vectors`` are what the model saw, ``proba`` its probabilities; each row then waits for its
+        label.  None when the entity is not held (nothing learned: the model's output stands).
+        """
+        layout = self.plan.online
+        stripe = self._stripe(entity)
+        out = np.empty((vectors.shape[0], layout.K), dtype=np.float64)
+        with stripe.lock:
+            rec = stripe.records.get(entity)
+            if rec is None:
+                return None
+            head = rec[self._klen:]
+            for i in range(vectors.shape[0]):
+                out[i] = layout.logits(head, vectors[i], proba[i], t)
+            stripe.online_served += vectors.shape[0]
+        return out
+
     # -- counters ---------------------------------------------------------------------------------------
     def stats(self) -> FeatureStats:
         totals = dict.fromkeys(("evictions", "served", "cold", "partial", "rows", "labels", "labels_dropped",
-                                "imported", "exported"), 0)
+                                "imported", "exported", "online_served", "online_learned", "online_unmatched"), 0)
         entities = 0
         for s in self._stripes:
             with s.lock:
@@ -267,12 +297,12 @@ class FeatureState:
         rec = plan.new_record()
         for row, t in zip(rows, times):
             try:
-                _k.push_row(rec, plan.codes, row, float(t))
+                _k.push_row(plan.kpart(rec), plan.codes, row, float(t))
             except ValueError as exc:
                 raise _row_error(plan, row, float(t), exc) from None
         for label, timestamp in labels:
             label, timestamp = label_args(label, timestamp)
-            _k.push_label(rec, plan.codes, timestamp, label)
+            _k.push_label(plan.kpart(rec), plan.codes, timestamp, label)
         plan.check_record(rec)
         with stripe.lock:
             if entity in stripe.records:

@@ -21,6 +21,10 @@ parameter) with the one implementation in ``edgeloop.features``, then pushes the
   a coordinator) rebuilds the entity from the coordinator's log; that request is flagged ``rebuilt``.
 * What the model saw is left for the recorder in ``take_served(request)`` (same thread, right after
   the inference), so the recorded sample carries the full vector and the cold/partial flags.
+* Online head (a definition with ``online``): ``adapt`` corrects the model's ``probabilities`` and
+  ``label`` outputs of a keyed request by the entity's head (``edgeloop.features.online``), which each
+  late label for that entity trains; the response and the recorded sample carry the corrected output
+  (what the client was served), the vector stays what the model saw.
 """
 from __future__ import annotations
 
@@ -375,6 +379,34 @@ class FeatureFront:
         #: what a one-row request's input tensors are on the wire ({name, "FP32", [1]}, definition order):
         #: such a request is read in one native call (``_k.read_one_row``); empty turns that path off
         self._fast_tensors = tuple(self._wire_1)
+        self.online = definition.online
+        if self.online is not None:
+            self._p_index, self._l_index, self._label_values = _online_outputs(definition, onnx_signature)
+
+    def adapt(self, request, outputs: list) -> list:
+        """The outputs (every output, signature order) corrected by the entity's online head.
+
+        Unchanged for a request without a routing key or for an entity not held here (nothing learned yet).
+        """
+        served = _local.served
+        if served is None or served[0] is not request or served[5] is None:
+            return outputs
+        proba = np.asarray(outputs[self._p_index])
+        if proba.ndim != 2 or proba.shape[1] != len(self.online.classes):
+            raise invalid_argument(f"model {quote(self.model)}: output {quote(self.online.probabilities)} has "
+                                   f"shape {list(proba.shape)}; expected [batch, {len(self.online.classes)}] for "
+                                   f"the online head's classes")
+        logits = self.state.online_logits(served[5], served[6], served[2], proba)
+        if logits is None:
+            return outputs
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        out = list(outputs)
+        out[self._p_index] = p.astype(np.float32)
+        label = np.asarray(outputs[self._l_index])
+        out[self._l_index] = self._label_values[np.argmax(logits, axis=1)].astype(label.dtype).reshape(label.shape)
+        return out
 
     def _wire(self, n: int) -> list[bytes]:
         """The serialized tensor headers of an ``n``-row request's raw inputs, in the definition's order."""
@@ -583,6 +615,31 @@ class FeatureCollector:
         for result, n in sorted(self.states.handover.items()):
             handover.add_metric([result], n)
         yield handover
+
+
+_LABEL_TYPES = ("INT64", "INT32", "FP32", "FP64")
+
+
+def _online_outputs(definition: FeatureDefinition, onnx_signature: ModelSignature) -> tuple[int, int, np.ndarray]:
+    """Where the online head reads and writes: the probabilities and label outputs (``SignatureError`` else)."""
+    spec = definition.online
+    names = [o.name for o in onnx_signature.outputs]
+    found = {}
+    for field, name in (("probabilities", spec.probabilities), ("label", spec.label)):
+        if name not in names:
+            raise SignatureError(f"manifest.json {MANIFEST_KEY}.online.{field}: output {name!r} is not one of the "
+                                 f"model's outputs ({', '.join(names)[:200]})")
+        found[field] = names.index(name)
+    p = onnx_signature.outputs[found["probabilities"]]
+    k = len(spec.classes)
+    if p.datatype != "FP32" or p.rank != 2 or p.shape[1] not in (k, -1):
+        raise SignatureError(f"manifest.json {MANIFEST_KEY}.online.probabilities: output {p.name!r} is "
+                             f"{p.datatype}{list(p.shape)}; expected FP32 [batch, {k}] (one column per class)")
+    label = onnx_signature.outputs[found["label"]]
+    if label.datatype not in _LABEL_TYPES or label.rank != 1:
+        raise SignatureError(f"manifest.json {MANIFEST_KEY}.online.label: output {label.name!r} is "
+                             f"{label.datatype}{list(label.shape)}; expected [batch] of {', '.join(_LABEL_TYPES)}")
+    return found["probabilities"], found["label"], np.asarray(spec.classes, dtype=np.float64)
 
 
 def build_front(model: str, manifest: dict | None, onnx_signature: ModelSignature, config,

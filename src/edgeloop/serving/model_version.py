@@ -50,6 +50,8 @@ class ModelVersion:
         self.features = features
         #: what clients send and ModelMetadata shows: the raw inputs of a model with features, else the graph's
         self.client_signature = features.signature if features is not None else signature
+        #: the entity's online head (a definition with ``online``): corrects the outputs before the response
+        self._adapt = features.adapt if features is not None and features.online is not None else None
         self.version = version
         self.version_str = str(version)
         self.session = session
@@ -134,18 +136,27 @@ class ModelVersion:
             specs = signature.requested_outputs(request)
             t_decoded = perf_counter_ns()
             decode_ns = t_decoded - t_start
+            adapt = self._adapt
             if self._batcher is None:
-                names = self._all_output_names if specs is signature.outputs else [s.name for s in specs]
+                every = specs is signature.outputs or adapt is not None
+                names = self._all_output_names if every else [s.name for s in specs]
                 try:
                     outputs = self._run(names, feeds)
                 except Exception as exc:
                     raise _run_error(exc, self.what) from None
+                if adapt is not None:  # the entity's online head corrects the model's output
+                    outputs = adapt(request, outputs)
+                    if specs is not signature.outputs:
+                        index = self._output_index
+                        outputs = [outputs[index[s.name]] for s in specs]
                 infer_ns = perf_counter_ns() - t_decoded
                 queue_ns = -1
             else:
                 key = tuple(feeds[n].shape[1:] for n in self._input_names)
                 result = self._batcher.submit(feeds, batch, key)
                 outputs = result.outputs
+                if adapt is not None:
+                    outputs = adapt(request, outputs)
                 if specs is not signature.outputs:
                     index = self._output_index
                     outputs = [outputs[index[s.name]] for s in specs]
