@@ -8,9 +8,13 @@ Rows (each row predicted before its label is used; labels ``--label-delay`` rows
   30 days of labelled rows, on the raw inputs and on raw + the real-time features below, and every 6 hours
   (12 rows) on raw + features;
 * River's ARF and online logistic regression on the same inputs (``[river]`` extra; skipped with a note);
+* the same daily model and the static one behind the definition's *online head* (``features/online.py``: a
+  per-entity correction of the model's output that the key's owner learns from each late label), driven by the
+  edge's own code in the demo's order;
 * edgeloop through the real mesh: ``edgeloop demo``'s engine (cloud + 3 edges as processes, ``--speed 0``),
-  the CT loop retraining on its own triggers, on the raw inputs and with the feature definition (the edges
-  compute the features of each row's entity; the model is pushed with it, the loop's challengers carry it).
+  the CT loop retraining on its own triggers, on the raw inputs, with the feature definition without its online
+  head, and with it (the edges compute the features of each row's entity and apply the head; the model is
+  pushed with the definition, the loop's challengers carry it).
 
 The real-time features are the demo's declared definition (``edgeloop/demo/data/elec2_features.json``, or
 ``--definition``: label history and demand/transfer history; ``nswprice`` forbidden: its history recomputes
@@ -54,17 +58,30 @@ def with_features(stream: Stream, delay: int, definition) -> tuple[np.ndarray, l
 
 def periodic(x: np.ndarray, y: np.ndarray, classes: int, start: int, every: int, delay: int) -> np.ndarray:
     """Refit every ``every`` rows on the last 30 days of rows whose labels have arrived; predictions per row."""
+    return periodic_proba(x, y, classes, start, every, delay).argmax(axis=1)
+
+
+def periodic_proba(x: np.ndarray, y: np.ndarray, classes: int, start: int, every: int, delay: int) -> np.ndarray:
+    """``periodic``'s class probabilities per row (float32, what the served model would output)."""
     n = x.shape[0]
-    pred = np.zeros(n, np.int64)
     params = demo_model.fit_softmax(x[:start], y[:start], classes, iters=150)
+    proba = softmax(params, x)  # rows before ``start``: the first model serves them (as in the demo)
     for begin in range(start, n, every):
         known = begin - delay + 1
         lo = max(0, known - WINDOW_DAYS * DAY)
         if begin > start and known - lo >= 50 and len(np.unique(y[lo:known])) > 1:
             params = demo_model.fit_softmax(x[lo:known], y[lo:known], classes, iters=150)
         end = min(n, begin + every)
-        pred[begin:end] = demo_model.predict(params, x[begin:end])
-    return pred
+        proba[begin:end] = softmax(params, x[begin:end])
+    return proba
+
+
+def softmax(params, x: np.ndarray) -> np.ndarray:
+    mean, inv, w, b = params
+    logits = ((np.asarray(x, np.float64) - mean) * inv) @ w + b
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def river_rows(x: np.ndarray, y: np.ndarray, start: int, delay: int) -> dict[str, np.ndarray] | str:
@@ -188,6 +205,14 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     table.append(("periodic every 12 rows, raw + features", acc(periodic(xf, y, k, start, 12, delay)),
                   f"{time.perf_counter() - t0:.0f} s"))
+    if definition.online is not None:
+        t0 = time.perf_counter()
+        static_f = softmax(demo_model.fit_softmax(xf[:start], y[:start], k, iters=150), xf)
+        daily_f = periodic_proba(xf, y, k, start, DAY, delay)
+        for label, proba in (("static", static_f), ("periodic daily", daily_f)):
+            table.append((f"{label}, raw + features, + online head",
+                          acc(definitions.with_online_head(definition, stream, delay, proba)),
+                          f"lr {definition.online.lr:g}, {time.perf_counter() - t0:.0f} s"))
     for tag, data in (("raw inputs", x), ("raw + features", xf)):
         if args.skip_river:
             break
@@ -199,7 +224,10 @@ def main(argv=None) -> int:
             table.append((f"{name}, {tag}", acc(pred), ""))
     mesh = {}
     if not args.skip_mesh:
-        for tag, d in (("raw inputs", None), ("raw + features", definition)):
+        runs = [("raw inputs", None), ("raw + features", definition.without_online())]
+        if definition.online is not None:
+            runs.append(("raw + features + online head", definition))
+        for tag, d in runs:
             t0 = time.perf_counter()
             summary, _ = mesh_row(stream, start, delay, d)
             mesh[tag] = summary["prequential_accuracy"]["edgeloop"]
@@ -219,10 +247,11 @@ def main(argv=None) -> int:
     missed = []
     if "raw inputs" in mesh and mesh["raw inputs"] < TARGET_WITHOUT:
         missed.append(f"mesh without features {mesh['raw inputs']:.4f} < {TARGET_WITHOUT}")
-    if "raw + features" in mesh:
+    best_mesh = max((mesh[t] for t in ("raw + features", "raw + features + online head") if t in mesh), default=None)
+    if best_mesh is not None:
         best_other = max(a for name, a, _ in table if not name.startswith("edgeloop"))
-        if mesh["raw + features"] < TARGET_WITH or mesh["raw + features"] <= best_other:
-            missed.append(f"mesh with features {mesh['raw + features']:.4f}: expected >= {TARGET_WITH} and above "
+        if best_mesh < TARGET_WITH or best_mesh <= best_other:
+            missed.append(f"mesh with the feature store {best_mesh:.4f}: expected >= {TARGET_WITH} and above "
                           f"every other row (best other {best_other:.4f})")
     for m in missed:
         print(f"MISSED: {m}")

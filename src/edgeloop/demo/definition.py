@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeloop.features import DefinitionError, FeatureDefinition, labels_after, replay
+from edgeloop.features import DefinitionError, FeatureDefinition, FeatureState, labels_after, replay
 
 from .stream import Stream, StreamError
 
@@ -51,6 +51,28 @@ def vectors(definition: FeatureDefinition, stream: Stream, label_delay: int) -> 
     keys = list(stream.keys)
     events = labels_after(keys, ts, stream.y.astype(np.float64), ROW_SECONDS * label_delay)
     return replay(definition, stream.x.astype(np.float64), keys, ts, events).vectors
+
+
+def with_online_head(definition: FeatureDefinition, stream: Stream, label_delay: int, proba: np.ndarray) -> np.ndarray:
+    """Class index per row served through the definition's online head, given the model's probabilities.
+
+    The edge's code (``FeatureState``: vector, head, then the row waits for its label), driven in the
+    demo's order: row j's label reaches its entity ``label_delay`` rows later, before that row is served.
+    """
+    if definition.online is None:
+        raise ValueError("the definition declares no online head")
+    state = FeatureState(definition, max_entities=max(1, len(set(stream.keys))) * 16)
+    keys, x, y = stream.keys, stream.x.astype(np.float64), stream.y
+    classes = definition.online.classes
+    out = np.zeros(stream.rows, dtype=np.int64)
+    for i in range(stream.rows):
+        j = i - label_delay
+        if j >= 0:
+            state.update_with_label(keys[j], classes[int(y[j])], j * ROW_SECONDS)
+        vector = state.serve(keys[i], x[i], i * ROW_SECONDS).vector
+        logits = state.online_logits(keys[i], i * ROW_SECONDS, vector[None], proba[i:i + 1])
+        out[i] = int(np.argmax(logits[0]))
+    return out
 
 
 def declared(definition: FeatureDefinition | None, stream: Stream) -> list[dict]:
