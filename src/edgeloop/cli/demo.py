@@ -21,6 +21,8 @@ def register(sub) -> None:
                    help="the model's feature definition (raw inputs + real-time features the edges compute); "
                         "default for Elec2: the one shipped with it (label and demand history)")
     p.add_argument("--raw", action="store_true", help="no feature definition: the model sees the raw inputs only")
+    p.add_argument("--no-online-head", action="store_true",
+                   help="the definition without its online head (the edges serve the model's own output)")
     p.add_argument("--label-delay", type=int, default=1, metavar="ROWS", help="labels arrive this many rows late")
     p.add_argument("--eval-start", type=int, metavar="ROW",
                    help="first evaluated row; the first model trains on the rows before (default: 10%%)")
@@ -59,6 +61,8 @@ def run_demo(args) -> int:
             from edgeloop.demo import definition as definitions
 
             definition = definitions.load(args.definition or definitions.ELEC2_DEFINITION, stream)
+            if args.no_online_head:
+                definition = definition.without_online()
     except streams.StreamError as exc:
         return _fail(str(exc))
     eval_start = args.eval_start

@@ -38,7 +38,7 @@ def retrains(progress: Progress) -> list[dict]:
 
 
 def write(workdir: Path, stream: Stream, progress: Progress, static: np.ndarray, eval_start: int,
-          label_delay: int, features: list[dict], wall_s: float) -> dict:
+          label_delay: int, features: list[dict], wall_s: float, online: dict | None = None) -> dict:
     y = stream.y
     base = no_change(y, label_delay)
     ev = slice(eval_start, stream.rows)
@@ -52,6 +52,8 @@ def write(workdir: Path, stream: Stream, progress: Progress, static: np.ndarray,
     summary = {
         "stream": stream.name, "rows": stream.rows, "key_rule": stream.key_rule, "label_delay": label_delay,
         "prequential_accuracy": acc, "eval_start": eval_start, "features": features,
+        # the definition's online head (edges correct the model's output per entity from late labels), or None
+        "online_head": online,
         "retrains": retrains(progress), "triggers": [{"kind": k, "at_ms": a, "evidence": str(e)[:300], "outcome": o}
                                                      for k, a, e, o in progress.triggers],
         "samples": {"served": int(served.sum()), "received": int(progress.received),
@@ -92,7 +94,8 @@ def draw(path: Path, stream: Stream, progress: Progress, static, base, eval_star
     acc = summary["prequential_accuracy"]
     for name, pred, colour in (("no change (last label)", base, "tab:orange"),
                                ("static (first model)", static, "tab:grey"),
-                               ("edgeloop (mesh + CT loop)", progress.pred, "tab:blue")):
+                               ("edgeloop (mesh + CT loop" + (" + online head)" if summary.get("online_head")
+                                                               else ")"), progress.pred, "tab:blue")):
         key = "edgeloop" if name.startswith("edgeloop") else ("static" if name.startswith("static") else "no_change")
         ax.plot(rows, _rolling(pred == y, window), label=f"{name}: {acc[key]:.3f}", color=colour, lw=1.2)
     ax.axvspan(0, eval_start, color="0.92", lw=0)

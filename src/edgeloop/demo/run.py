@@ -105,8 +105,9 @@ def run(opts: Options) -> dict:
         from .report import write
 
         features = feature_definition.declared(opts.definition, stream)
+        online = opts.definition.online.to_dict() if getattr(opts.definition, "online", None) else None
         summary = write(workdir, stream, progress, static, eval_start, opts.label_delay, features,
-                        time.monotonic() - started)
+                        time.monotonic() - started, online)
     except KeyboardInterrupt:
         stop.set()
         print("edgeloop demo: interrupted; stopping everything it started", file=sys.stderr)
