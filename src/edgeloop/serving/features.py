@@ -595,8 +595,15 @@ class FeatureCollector:
                                         "feature_max_entities", labels=("model",))
         labels = CounterMetricFamily("edgeloop_feature_labels", "Late labels folded into entity state",
                                      labels=("model",))
+        online = CounterMetricFamily("edgeloop_feature_online", "The online head: rows whose output it corrected, "
+                                     "labels it learned from, and labels whose row no longer waited (unmatched)",
+                                     labels=("model", "event"))
         for model, _digest, state in sorted(self.states.items(), key=lambda x: x[:2]):
             st = state.stats()
+            if state.plan.online is not None:
+                online.add_metric([model, "corrected"], st.online_served)
+                online.add_metric([model, "learned"], st.online_learned)
+                online.add_metric([model, "unmatched"], st.online_unmatched)
             served.add_metric([model, "all"], st.served)
             served.add_metric([model, "cold"], st.cold)
             served.add_metric([model, "partial"], st.partial)
@@ -607,6 +614,7 @@ class FeatureCollector:
         yield entities
         yield evictions
         yield labels
+        yield online
         yield CounterMetricFamily("edgeloop_feature_rows_without_key", "Rows of models with features served "
                                   "without a routing key (cold defaults, nothing kept)", value=self.states.no_key)
         handover = CounterMetricFamily("edgeloop_feature_handover", "Entity-state hand-overs asked of a previous "
