@@ -171,7 +171,12 @@ def test_unknown_classes_and_rows_that_left_the_ring_are_not_learned():
     st.update_with_label("m", 5.0, 3.0)  # the row at t=3 still waits
     st.update_with_label("m", -1.0, 2.0)  # ... and t=2: an unknown class did not spend it
     assert st.stats().online_learned == 2
-    assert _head(st, "m").tobytes() != before.tobytes()
+    learned = _head(st, "m")
+    assert learned.tobytes() != before.tobytes()
+    st.update_with_label("m", -1.0, 2.0)  # a retried upload: its row was learned once, never twice
+    st.update_with_label("m", 2.0, 0.0)  # t=0: the time of the slots emptied by learning; none waits
+    assert (st.stats().online_learned, st.stats().online_unmatched) == (2, 6)
+    assert _head(st, "m").tobytes() == learned.tobytes()
 
 
 def _trained(seed: int = 5, n: int = 60, entities: int = 4):
