@@ -614,6 +614,56 @@ def test_online_head_over_grpc_flips_a_contradicted_entity_and_leaves_others_alo
     assert np.frombuffer(later.outputs[1].data, "<f4").tobytes() != own(vector)[0].tobytes()
 
 
+def test_online_heads_of_entities_served_concurrently_in_merged_batches_stay_their_own(tmp_path):
+    """Four entities, each its own stream and labels on its own thread, on a batching model (rows that
+    arrive while one runs are merged): each response is what that entity's head alone gives (a local
+    ``FeatureState`` fed the same stream), whichever thread or batch served it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgeloop.features import FeatureState
+
+    d = online_definition()
+    repo = tmp_path / "models"
+    model = build_classifier(d.width)
+    write_feature_model(repo, MODEL, 1, model, d)
+    session = ort.InferenceSession(model.SerializeToString())
+    rng = np.random.default_rng(12)
+    keys = [f"k{j}" for j in range(4)]
+    rows = {key: rng.standard_normal((10, 3)).astype(np.float32) for key in keys}
+    truth = {key: float(j % 2) for j, key in enumerate(keys)}
+    client = Client(EdgeNode(config(tmp_path, repo, max_batch_size=8, max_queue_delay_us=20_000)).start())
+    try:
+        def run(key):
+            got = []
+            for i in range(10):
+                ts = T0_MS + 1000 * i
+                got.append(_infer(client, rows[key][i], key, ts))
+                client.label(key, ts, truth[key])
+            return got
+
+        with ThreadPoolExecutor(4) as pool:
+            served = dict(zip(keys, pool.map(run, keys)))
+        stats = client.node.models.features.of_model(MODEL)[0].stats()
+    finally:
+        client.close()
+    assert stats.online_learned == 40 and stats.online_served == 40
+    local = FeatureState(d)
+    for key in keys:
+        for i in range(10):
+            t = (T0_MS + 1000 * i) / 1000
+            vector = local.serve(key, rows[key][i], t).vector.reshape(1, -1)
+            got = served[key][i]
+            assert got["vector"].tobytes() == vector.tobytes(), (key, i)
+            proba, label = session.run(["probabilities", "label"], {"features": vector})
+            logits = local.online_logits(key, t, vector, proba)[0]
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+            want = proba[0] if i == 0 else p  # the first row: nothing learned, the model's own output
+            np.testing.assert_allclose(got["probabilities"][0], want, rtol=0, atol=1e-5, err_msg=f"{key} {i}")
+            assert got["label"].tolist() == ([int(np.argmax(p))] if i else label.tolist()), (key, i)
+            local.update_with_label(key, truth[key], t)
+
+
 @pytest.mark.parametrize("online, field", [
     ({"probabilities": "probs"}, "features.online.probabilities"),
     ({"classes": [0, 1, 2]}, "features.online.probabilities"),
