@@ -522,23 +522,27 @@ def online_definition(**online) -> FeatureDefinition:
     return FeatureDefinition.from_dict({**definition().to_dict(), "online": {**ONLINE, **online}})
 
 
-def build_classifier(width: int, seed: int = 4) -> onnx.ModelProto:
+def build_classifier(width: int, seed: int = 4, classes: int = 2, declared=2) -> onnx.ModelProto:
     """``vector`` (what the model saw), ``probabilities = softmax(x @ W + b)`` leaning to class 0, and
-    ``label = argmax`` (INT64 [batch]): the head's outputs are not the graph's first."""
+    ``label = argmax`` (INT64 [batch]): the head's outputs are not the graph's first.  ``declared``: the
+    probabilities' second dimension in the graph's signature (a name: open, not known until it runs)."""
     from onnx import TensorProto, helper, numpy_helper
 
     from edgeloop.serving.demo_models import _model
 
-    w = (np.random.default_rng(seed).standard_normal((width, 2)) * 0.02).astype(np.float32)
-    b = np.array([2.0, 0.0], np.float32)
+    w = (np.random.default_rng(seed).standard_normal((width, classes)) * 0.02).astype(np.float32)
+    b = np.array([2.0] + [0.0] * (classes - 1), np.float32)
+    # an open width: a Reshape to the logits' own runtime shape hides it from shape inference
+    opened = [helper.make_node("Gemm", ["features", "W", "B"], ["gemm"]),
+              helper.make_node("Shape", ["gemm"], ["shape"]), helper.make_node("Reshape", ["gemm", "shape"], ["logits"])]
     graph = helper.make_graph(
         [helper.make_node("Identity", ["features"], ["vector"]),
-         helper.make_node("Gemm", ["features", "W", "B"], ["logits"]),
+         *(opened if isinstance(declared, str) else [helper.make_node("Gemm", ["features", "W", "B"], ["logits"])]),
          helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
          helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0)], "online_classifier",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", width])],
         [helper.make_tensor_value_info("vector", TensorProto.FLOAT, ["batch", width]),
-         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", declared]),
          helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"])],
         [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
     return _model(graph)
@@ -662,6 +666,27 @@ def test_online_heads_of_entities_served_concurrently_in_merged_batches_stay_the
             np.testing.assert_allclose(got["probabilities"][0], want, rtol=0, atol=1e-5, err_msg=f"{key} {i}")
             assert got["label"].tolist() == ([int(np.argmax(p))] if i else label.tolist()), (key, i)
             local.update_with_label(key, truth[key], t)
+
+
+def test_an_open_class_dimension_that_does_not_fit_the_head_fails_the_keyed_request_by_name(tmp_path):
+    """Probabilities declared ``[batch, classes]`` load (the width is not known); three columns for a head
+    of two classes fail each keyed request with a message naming the output, nothing learned or kept."""
+    d = online_definition()
+    repo = tmp_path / "models"
+    write_feature_model(repo, MODEL, 1, build_classifier(d.width, classes=3, declared="classes"), d)
+    client = Client(EdgeNode(config(tmp_path, repo)).start())
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            _infer(client, [1, 2, 3], "a", T0_MS)
+        assert err.value.code() != grpc.StatusCode.OK
+        assert "'probabilities'" in err.value.details() and "[1, 3]" in err.value.details()
+        assert "[batch, 2]" in err.value.details()
+        unkeyed = infer_response_to_numpy(client.stub.ModelInfer(
+            feature_request(MODEL, d, [1, 2, 3], None, T0_MS), timeout=10))  # no entity: no head to apply
+        assert unkeyed["probabilities"].shape == (1, 3)
+        assert client.node.models.features.of_model(MODEL)[0].stats().online_served == 0
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("online, field", [
