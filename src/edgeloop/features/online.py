@@ -124,5 +124,5 @@ class OnlineLayout:
             raise StateError("record.online.pending", used[:8].tolist(), "slot flags 0 or 1")
         # magnitudes no real head reaches: a peer's garbage must not overflow the next request
         if (np.abs(head) > _MAX_MAGNITUDE).any():
-            raise StateError("record.online", f"values above {_MAX_MAGNITUDE:g}", "weights and moments of a "
-                             f"trained head")
+            raise StateError("record.online", f"values above {_MAX_MAGNITUDE:g}",
+                             "weights and moments of a trained head")
