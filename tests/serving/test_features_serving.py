@@ -512,3 +512,198 @@ def test_a_request_is_read_from_the_bytes_it_was_parsed_from_while_it_is_served(
         parsed_from(None, b"")
     feeds, _ = front.enrich(request)
     assert feeds["features"][0, :3].tolist() == [1.0, 2.0, 3.0]
+
+
+# -- the online head: the entity's late labels correct the model's output -------------------------------------
+ONLINE = {"lr": 0.5, "classes": [0, 1], "pending": 16}
+
+
+def online_definition(**online) -> FeatureDefinition:
+    return FeatureDefinition.from_dict({**definition().to_dict(), "online": {**ONLINE, **online}})
+
+
+def build_classifier(width: int, seed: int = 4, classes: int = 2, declared=2) -> onnx.ModelProto:
+    """``vector`` (what the model saw), ``probabilities = softmax(x @ W + b)`` leaning to class 0, and
+    ``label = argmax`` (INT64 [batch]): the head's outputs are not the graph's first.  ``declared``: the
+    probabilities' second dimension in the graph's signature (a name: open, not known until it runs)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeloop.serving.demo_models import _model
+
+    w = (np.random.default_rng(seed).standard_normal((width, classes)) * 0.02).astype(np.float32)
+    b = np.array([2.0] + [0.0] * (classes - 1), np.float32)
+    # an open width: a Reshape to the logits' own runtime shape hides it from shape inference
+    opened = [helper.make_node("Gemm", ["features", "W", "B"], ["gemm"]),
+              helper.make_node("Shape", ["gemm"], ["shape"]), helper.make_node("Reshape", ["gemm", "shape"], ["logits"])]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["features"], ["vector"]),
+         *(opened if isinstance(declared, str) else [helper.make_node("Gemm", ["features", "W", "B"], ["logits"])]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+         helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0)], "online_classifier",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("vector", TensorProto.FLOAT, ["batch", width]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", declared]),
+         helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    return _model(graph)
+
+
+def _infer(client: Client, rows, key, ts, outputs=()):
+    request = feature_request(MODEL, online_definition(), rows, key, ts)
+    for name in outputs:
+        request.outputs.add(name=name)
+    return infer_response_to_numpy(client.stub.ModelInfer(request, timeout=10))
+
+
+@pytest.mark.parametrize("batching", [{}, {"max_batch_size": 8, "max_queue_delay_us": 2000}])
+def test_online_head_over_grpc_flips_a_contradicted_entity_and_leaves_others_alone(tmp_path, batching):
+    d = online_definition()
+    repo = tmp_path / "models"
+    model = build_classifier(d.width)
+    write_feature_model(repo, MODEL, 1, model, d)
+    session = ort.InferenceSession(model.SerializeToString())
+
+    def own(vector):  # the model's own answer to the vector it saw
+        p, label = session.run(["probabilities", "label"], {"features": vector})
+        return p, label
+
+    rng = np.random.default_rng(8)
+    rows = rng.standard_normal((12, 3)).astype(np.float32)
+    cfg = config(tmp_path, repo, **batching)
+    client = Client(EdgeNode(cfg).start())
+    try:
+        flipped = 0
+        # "a" and its twin "c" are labelled 1 after each row (one row late) where the model says 0; "b" never is
+        for i in range(12):
+            ts = T0_MS + 1000 * i
+            for key in ("a", "b", "c"):
+                got = _infer(client, rows[i], key, ts)
+                p, label = own(got["vector"])
+                assert label.tolist() == [0], (i, key)  # the model alone never says 1 for these rows
+                if key == "b" or i == 0:  # untouched: exactly the model's output, bytes and types
+                    assert got["probabilities"].tobytes() == p.tobytes(), (i, key)
+                    assert got["label"].dtype == label.dtype and got["label"].tobytes() == label.tobytes()
+                else:
+                    assert not np.array_equal(got["probabilities"], p), i  # corrected
+                    assert abs(got["probabilities"].sum() - 1) < 1e-6
+                    assert got["label"].tolist() == [int(np.argmax(got["probabilities"]))]
+                    flipped += int(got["label"][0] == 1 and key == "a")
+            for key in ("a", "c"):
+                client.label(key, ts, 1.0)
+        assert flipped >= 6  # of the 11 rows of "a" after a label
+        # a subset of the outputs is corrected too: "a" asked for its label only, "c" (the same head) for all
+        differed = 0
+        for j in range(6):
+            ts = T0_MS + 20_000 + 1000 * j
+            full = _infer(client, rows[j], "c", ts)
+            only = _infer(client, rows[j], "a", ts, outputs=["label"])
+            assert list(only) == ["label"] and only["label"].tobytes() == full["label"].tobytes(), j
+            differed += int(full["label"].tolist() != own(full["vector"])[1].tolist())
+        assert differed >= 3
+        both = _infer(client, rows[2], "b", T0_MS + 30_000, outputs=["label", "vector"])
+        assert list(both) == ["label", "vector"] and both["label"].tolist() == own(both["vector"])[1].tolist() == [0]
+        stats = client.node.models.features.of_model(MODEL)[0].stats()
+        assert stats.online_learned == 24 and stats.online_unmatched == 0
+        assert stats.online_served == 3 * 12 + 2 * 6 + 1
+    finally:
+        client.close()
+    # the recorded samples carry what the client was served: "a"'s first row as the model said, then corrected
+    samples = [mesh_pb2.Sample.FromString(p) for p in _outbox_samples(cfg.coordinator.outbox_path)]
+    by_time = {s.feature_time: s for s in samples if s.routing_key == "c"}
+    first, later = by_time[T0_MS / 1000], by_time[(T0_MS + 20_000) / 1000]
+    assert [t.name for t in later.outputs] == ["vector", "probabilities", "label"]
+    p_first = np.frombuffer(first.outputs[1].data, "<f4")
+    vector = np.frombuffer(later.inputs[0].data, "<f4").reshape(1, -1)
+    assert p_first.tobytes() == own(np.frombuffer(first.inputs[0].data, "<f4").reshape(1, -1))[0].tobytes()
+    assert np.frombuffer(later.outputs[1].data, "<f4").tobytes() != own(vector)[0].tobytes()
+
+
+def test_online_heads_of_entities_served_concurrently_in_merged_batches_stay_their_own(tmp_path):
+    """Four entities, each its own stream and labels on its own thread, on a batching model (rows that
+    arrive while one runs are merged): each response is what that entity's head alone gives (a local
+    ``FeatureState`` fed the same stream), whichever thread or batch served it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgeloop.features import FeatureState
+
+    d = online_definition()
+    repo = tmp_path / "models"
+    model = build_classifier(d.width)
+    write_feature_model(repo, MODEL, 1, model, d)
+    session = ort.InferenceSession(model.SerializeToString())
+    rng = np.random.default_rng(12)
+    keys = [f"k{j}" for j in range(4)]
+    rows = {key: rng.standard_normal((10, 3)).astype(np.float32) for key in keys}
+    truth = {key: float(j % 2) for j, key in enumerate(keys)}
+    client = Client(EdgeNode(config(tmp_path, repo, max_batch_size=8, max_queue_delay_us=20_000)).start())
+    try:
+        def run(key):
+            got = []
+            for i in range(10):
+                ts = T0_MS + 1000 * i
+                got.append(_infer(client, rows[key][i], key, ts))
+                client.label(key, ts, truth[key])
+            return got
+
+        with ThreadPoolExecutor(4) as pool:
+            served = dict(zip(keys, pool.map(run, keys)))
+        stats = client.node.models.features.of_model(MODEL)[0].stats()
+    finally:
+        client.close()
+    assert stats.online_learned == 40 and stats.online_served == 40
+    local = FeatureState(d)
+    for key in keys:
+        for i in range(10):
+            t = (T0_MS + 1000 * i) / 1000
+            vector = local.serve(key, rows[key][i], t).vector.reshape(1, -1)
+            got = served[key][i]
+            assert got["vector"].tobytes() == vector.tobytes(), (key, i)
+            proba, label = session.run(["probabilities", "label"], {"features": vector})
+            logits = local.online_logits(key, t, vector, proba)[0]
+            p = np.exp(logits - logits.max())
+            p /= p.sum()
+            want = proba[0] if i == 0 else p  # the first row: nothing learned, the model's own output
+            np.testing.assert_allclose(got["probabilities"][0], want, rtol=0, atol=1e-5, err_msg=f"{key} {i}")
+            assert got["label"].tolist() == ([int(np.argmax(p))] if i else label.tolist()), (key, i)
+            local.update_with_label(key, truth[key], t)
+
+
+def test_an_open_class_dimension_that_does_not_fit_the_head_fails_the_keyed_request_by_name(tmp_path):
+    """Probabilities declared ``[batch, classes]`` load (the width is not known); three columns for a head
+    of two classes fail each keyed request with a message naming the output, nothing learned or kept."""
+    d = online_definition()
+    repo = tmp_path / "models"
+    write_feature_model(repo, MODEL, 1, build_classifier(d.width, classes=3, declared="classes"), d)
+    client = Client(EdgeNode(config(tmp_path, repo)).start())
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            _infer(client, [1, 2, 3], "a", T0_MS)
+        assert err.value.code() != grpc.StatusCode.OK
+        assert "'probabilities'" in err.value.details() and "[1, 3]" in err.value.details()
+        assert "[batch, 2]" in err.value.details()
+        unkeyed = infer_response_to_numpy(client.stub.ModelInfer(
+            feature_request(MODEL, d, [1, 2, 3], None, T0_MS), timeout=10))  # no entity: no head to apply
+        assert unkeyed["probabilities"].shape == (1, 3)
+        assert client.node.models.features.of_model(MODEL)[0].stats().online_served == 0
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("online, field", [
+    ({"probabilities": "probs"}, "features.online.probabilities"),
+    ({"classes": [0, 1, 2]}, "features.online.probabilities"),
+    ({"probabilities": "vector"}, "features.online.probabilities"),
+    ({"label": "y"}, "features.online.label"),
+    ({"label": "probabilities", "probabilities": "vector"}, "features.online.probabilities"),
+    ({"label": "vector"}, "features.online.label"),
+])
+def test_a_model_whose_outputs_do_not_fit_the_online_head_is_refused_at_load(tmp_path, online, field):
+    d = online_definition(**online)
+    repo = tmp_path / "models"
+    write_feature_model(repo, MODEL, 1, build_classifier(d.width), d)
+    node = EdgeNode(config(tmp_path, repo)).start()
+    try:
+        state, reason = node.models.index()[0][2:]
+        assert state == "UNAVAILABLE" and field in reason, reason
+    finally:
+        node.stop(2.0)

@@ -28,6 +28,10 @@ from .errors import StateError
 #: log-probabilities are taken of max(p, FLOOR): a model's hard 0 must not become -inf
 FLOOR = 1e-7
 _MAX_COUNT = float(2**53)
+#: the largest magnitude a head block may hold.  A standardised value is at most 2 * bound / 1e-6 (the
+#: standard-deviation floor), so a logit sums at most D (<= 576) terms of bound * 2e6 * bound: 1e150 let
+#: a peer's head overflow to inf (and its record to NaN for good); 1e100 keeps that below 1e210
+_MAX_MAGNITUDE = 1e100
 
 
 class OnlineLayout:
@@ -119,5 +123,6 @@ class OnlineLayout:
         if not np.isin(used, (0.0, 1.0)).all():
             raise StateError("record.online.pending", used[:8].tolist(), "slot flags 0 or 1")
         # magnitudes no real head reaches: a peer's garbage must not overflow the next request
-        if (np.abs(head) > 1e150).any():
-            raise StateError("record.online", "values above 1e150", "weights and moments of a trained head")
+        if (np.abs(head) > _MAX_MAGNITUDE).any():
+            raise StateError("record.online", f"values above {_MAX_MAGNITUDE:g}",
+                             "weights and moments of a trained head")

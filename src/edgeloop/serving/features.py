@@ -40,6 +40,7 @@ import numpy as np
 
 from edgeloop.features import DefinitionError, FeatureDefinition, FeatureError, FeatureState, Plan, StateError
 from edgeloop.features import compute as _compute_vector
+from edgeloop.features.online import FLOOR as ONLINE_FLOOR
 from edgeloop.kernels import features as _k
 from edgeloop.protocol import inference_pb2
 from edgeloop.protocol.errors import invalid_argument, quote
@@ -399,13 +400,22 @@ class FeatureFront:
         logits = self.state.online_logits(served[5], served[6], served[2], proba)
         if logits is None:
             return outputs
+        # a row the head does not correct (nothing learned yet: logits == the model's log-probabilities)
+        # keeps the model's own output bit for bit; renormalising its softmax in float64 moves it by an ulp
+        kept = (logits == np.log(np.maximum(proba.astype(np.float64), ONLINE_FLOOR))).all(axis=1)
+        if kept.all():
+            return outputs
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(axis=1, keepdims=True)
-        out = list(outputs)
-        out[self._p_index] = p.astype(np.float32)
+        p = p.astype(np.float32)
+        p[kept] = proba[kept]
         label = np.asarray(outputs[self._l_index])
-        out[self._l_index] = self._label_values[np.argmax(logits, axis=1)].astype(label.dtype).reshape(label.shape)
+        corrected = self._label_values[np.argmax(logits, axis=1)].astype(label.dtype).reshape(label.shape)
+        corrected[kept] = label[kept]
+        out = list(outputs)
+        out[self._p_index] = p
+        out[self._l_index] = corrected
         return out
 
     def _wire(self, n: int) -> list[bytes]:
