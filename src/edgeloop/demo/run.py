@@ -24,8 +24,9 @@ from .stream import Stream
 #: rows, and 10% of the rest as the trainer's validation: every row not fitted on makes the model older
 #: (in-process, fitting up to 1,037 / 576 / 120 rows before the newest: 0.862 / 0.870 / 0.877).  Drift and performance alarms mark the change; their run waits for 600 rows after it, and a due
 #: volume run is never held back by that wait (fitted on ~300 post-change rows, challengers at 0.57 were
-#: blessed).  Measured through the mesh (Elec2 from row 4,531): 0.838 with features, 0.756 raw (static 0.801 /
-#: 0.719), ~16 retrains, ~195 s.  --fast: a run per 600 rows
+#: blessed).  Measured through the mesh (Elec2 from row 4,531, ``benchmarks/ct_stream.py``): 0.906 with features
+#: and the definition's online head, 0.836 with features alone, 0.870 raw + head, 0.744 raw (static 0.801 /
+#: 0.719), 20-36 retrains, 160-265 s.  --fast: a run per 600 rows
 TRAINING = {"enabled": True, "interval_ms": 500, "monitor_window": 200, "reference_rows": 600, "drift_windows": 4,
             "cooldown_s": 5.0, "min_change_rows": 600, "train_rows": 2880, "holdout_fraction": 0.1,
             "min_holdout_rows": 288, "validation_fraction": 0.1, "volume": 240, "performance_margin": 0.15,
