@@ -43,7 +43,7 @@ from edgeloop.features import compute as _compute_vector
 from edgeloop.features.online import FLOOR as ONLINE_FLOOR
 from edgeloop.kernels import features as _k
 from edgeloop.protocol import inference_pb2
-from edgeloop.protocol.errors import invalid_argument, quote
+from edgeloop.protocol.errors import internal, invalid_argument, quote
 from edgeloop.serving.signature import ModelSignature, SignatureError, TensorSpec
 
 log = logging.getLogger("edgeloop.serving.features")
@@ -394,7 +394,8 @@ class FeatureFront:
             return outputs
         proba = np.asarray(outputs[self._p_index])
         if proba.ndim != 2 or proba.shape[1] != len(self.online.classes):
-            raise invalid_argument(f"model {quote(self.model)}: output {quote(self.online.probabilities)} has "
+            # the model, not the client, is at fault: a server-side status
+            raise internal(f"model {quote(self.model)}: output {quote(self.online.probabilities)} has "
                                    f"shape {list(proba.shape)}; expected [batch, {len(self.online.classes)}] for "
                                    f"the online head's classes")
         logits = self.state.online_logits(served[5], served[6], served[2], proba)
