@@ -396,8 +396,8 @@ class FeatureFront:
         if proba.ndim != 2 or proba.shape[1] != len(self.online.classes):
             # the model, not the client, is at fault: a server-side status
             raise internal(f"model {quote(self.model)}: output {quote(self.online.probabilities)} has "
-                                   f"shape {list(proba.shape)}; expected [batch, {len(self.online.classes)}] for "
-                                   f"the online head's classes")
+                           f"shape {list(proba.shape)}; expected [batch, {len(self.online.classes)}] for "
+                           f"the online head's classes")
         logits = self.state.online_logits(served[5], served[6], served[2], proba)
         if logits is None:
             return outputs
