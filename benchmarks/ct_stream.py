@@ -66,23 +66,15 @@ def periodic_proba(x: np.ndarray, y: np.ndarray, classes: int, start: int, every
     """``periodic``'s class probabilities per row (float32, what the served model would output)."""
     n = x.shape[0]
     params = demo_model.fit_softmax(x[:start], y[:start], classes, iters=150)
-    proba = softmax(params, x)  # rows before ``start``: the first model serves them (as in the demo)
+    proba = demo_model.proba(params, x)  # rows before ``start``: the first model serves them (as in the demo)
     for begin in range(start, n, every):
         known = begin - delay + 1
         lo = max(0, known - WINDOW_DAYS * DAY)
         if begin > start and known - lo >= 50 and len(np.unique(y[lo:known])) > 1:
             params = demo_model.fit_softmax(x[lo:known], y[lo:known], classes, iters=150)
         end = min(n, begin + every)
-        proba[begin:end] = softmax(params, x[begin:end])
+        proba[begin:end] = demo_model.proba(params, x[begin:end])
     return proba
-
-
-def softmax(params, x: np.ndarray) -> np.ndarray:
-    mean, inv, w, b = params
-    logits = ((np.asarray(x, np.float64) - mean) * inv) @ w + b
-    logits -= logits.max(axis=1, keepdims=True)
-    p = np.exp(logits)
-    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def raw_with_head(definition):
@@ -235,7 +227,7 @@ def main(argv=None) -> int:
     if definition.online is not None:
         t0 = time.perf_counter()
         for tag, d, data in (("raw inputs", raw_head, x), ("raw + features", definition, xf)):
-            static_p = softmax(demo_model.fit_softmax(data[:start], y[:start], k, iters=150), data)
+            static_p = demo_model.proba(demo_model.fit_softmax(data[:start], y[:start], k, iters=150), data)
             daily_p = periodic_proba(data, y, k, start, DAY, delay)
             for label, proba in (("static", static_p), ("periodic daily", daily_p)):
                 table.append((f"{label}, {tag}, + online head",

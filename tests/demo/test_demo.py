@@ -67,10 +67,7 @@ def test_fast_demo_end_to_end(tmp_path):
     d = definition.load(definition.ELEC2_DEFINITION, stream)
     x = definition.vectors(d, stream, 1)
     start = summary["eval_start"]
-    mean, inv, w, b = demo_model.fit_softmax(x[:start], stream.y[:start], len(stream.classes))
-    logits = ((x.astype(np.float64) - mean) * inv) @ w + b
-    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
-    proba = (proba / proba.sum(axis=1, keepdims=True)).astype(np.float32)
+    proba = demo_model.proba(demo_model.fit_softmax(x[:start], stream.y[:start], len(stream.classes)), x)
     expected = definition.with_online_head(d, stream, 1, proba)
     v1 = [int(r[0]) for r in rows[1:] if r[5] == "1"]
     served = {int(r[0]): r[2] for r in rows[1:]}

@@ -44,6 +44,15 @@ def predict(params, x: np.ndarray) -> np.ndarray:
     return np.argmax(((np.asarray(x, np.float64) - mean) * inv) @ w + b, axis=1)
 
 
+def proba(params, x: np.ndarray) -> np.ndarray:
+    """Class probabilities per row (float32: what the ONNX graph outputs as ``probabilities``)."""
+    mean, inv, w, b = params
+    logits = ((np.asarray(x, np.float64) - mean) * inv) @ w + b
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def to_onnx(params, classes: int) -> bytes:
     mean, inv, w, b = params
     d = w.shape[0]
