@@ -16,6 +16,12 @@ As a check that the features are point in time, ``label_lag_1`` alone must score
     python benchmarks/features.py elec2 [--data ../shared/data/elec2.csv] [--check]
     python benchmarks/features.py serving [--calls 200] [--blocks 31] [--check]
     python benchmarks/features.py decode [--calls 3000] [--blocks 7] [--check]
+    python benchmarks/features.py online [--calls 3000] [--blocks 7]
+
+``online``: the cost of the online head (``features/online.py``) per row, in process, on the demo's
+Elec2 definition (20 derived features): the head's corrected logits for a served row plus learning from
+that row's label (``FeatureState.online_logits`` + the head's part of ``update_with_label``), against the
+same rows' feature computation (``FeatureState.serve``) in the same blocks.  No target: it is reported.
 
 ``serving``: end to end on a real edge node (in-process, loopback gRPC): the same ONNX model (an MLP
 on 26 inputs) loaded twice, once with the 20-feature definition in its manifest (the client sends the
@@ -490,9 +496,42 @@ def elec2(args) -> int:
     return 0
 
 
+def online(args) -> int:
+    """Per row: serve (features) vs serve + head logits + a label that trains the head, interleaved blocks."""
+    from edgeloop.demo.definition import ELEC2_DEFINITION
+    from edgeloop.features import FeatureDefinition, FeatureState
+
+    with_head = FeatureDefinition.from_json(Path(ELEC2_DEFINITION).read_text())
+    plain = with_head.without_online()
+    rng = np.random.default_rng(0)
+    rows = rng.random((args.calls, len(with_head.inputs)))
+    proba = np.array([[0.3, 0.7]], np.float32)
+
+    def block(definition, head: bool) -> float:
+        state = FeatureState(definition)
+        t0 = time.perf_counter()
+        for i in range(args.calls):
+            v = state.serve("e", rows[i], float(i)).vector
+            if head:
+                state.online_logits("e", float(i), v[None], proba)
+            state.update_with_label("e", float(i % 2), float(i))
+        return (time.perf_counter() - t0) / args.calls * 1e6
+
+    base, full = [], []
+    for b in range(args.blocks):
+        order = ((plain, False), (with_head, True)) if b % 2 == 0 else ((with_head, True), (plain, False))
+        for definition, head in order:
+            (full if head else base).append(block(definition, head))
+    b_us, f_us = min(base), min(full)
+    print(f"features + label per row: {b_us:.1f} us; with the online head: {f_us:.1f} us; the head adds "
+          f"{f_us - b_us:.1f} us per row ({f_us / b_us:.2f}x); best of {args.blocks} blocks of {args.calls} rows")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", nargs="?", default="overhead", choices=("overhead", "elec2", "serving", "decode"))
+    parser.add_argument("mode", nargs="?", default="overhead", choices=("overhead", "elec2", "serving", "decode",
+                                                                           "online"))
     parser.add_argument("--calls", type=int, default=None, help="requests per block (3000; serving: 200 per round)")
     parser.add_argument("--blocks", type=int, default=None, help="interleaved blocks (7; serving: 31 rounds)")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "elec2.csv")
@@ -511,7 +550,8 @@ def main() -> int:
     if args.client_of is not None:
         print(json.dumps(serving_client(args.client_of, args.calls, args.blocks)))
         return 0
-    return {"overhead": overhead, "elec2": elec2, "serving": serving, "decode": decode}[args.mode](args)
+    return {"overhead": overhead, "elec2": elec2, "serving": serving, "decode": decode,
+            "online": online}[args.mode](args)
 
 
 if __name__ == "__main__":
